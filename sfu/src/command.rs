@@ -1,0 +1,125 @@
+//! The only vocabulary between the control plane and the media plane.
+//!
+//! Control → media: [`ShardCommand`] over a bounded channel of [`COMMAND_QUEUE`] entries; the
+//! control plane awaits space, so a command is never lost. Media → control: [`ShardEvent`] over an
+//! unbounded channel, because the media thread must never block and these events are as rare as
+//! signaling itself (joins, negotiations, departures), never per packet.
+
+use tokio::sync::oneshot;
+
+use crate::error::SfuError;
+use crate::ids::{ParticipantId, RoomId, TrackId};
+
+/// Room for bursts such as a class of forty joining within a second.
+pub const COMMAND_QUEUE: usize = 1024;
+
+/// Audio or video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrackKind {
+    Audio,
+    Video,
+}
+
+/// What a track shows; permissions and priorities are decided by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrackSource {
+    Microphone,
+    Camera,
+    Screen,
+}
+
+impl TrackSource {
+    /// The media kind this source must be sent as.
+    pub fn kind(self) -> TrackKind {
+        match self {
+            TrackSource::Microphone => TrackKind::Audio,
+            TrackSource::Camera | TrackSource::Screen => TrackKind::Video,
+        }
+    }
+}
+
+/// A client's statement of what one `m=` section of its publish offer carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackSpec {
+    pub mid: String,
+    pub source: TrackSource,
+}
+
+/// A track as the room sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedTrack {
+    pub track_id: TrackId,
+    pub participant: ParticipantId,
+    pub source: TrackSource,
+    /// The mid in the publisher's own connection.
+    pub mid: String,
+}
+
+/// A track as one subscriber receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribedTrack {
+    /// The mid in the subscriber's connection.
+    pub mid: String,
+    pub track_id: TrackId,
+    pub participant: ParticipantId,
+    pub source: TrackSource,
+}
+
+/// The result of a publish offer.
+#[derive(Debug)]
+pub struct PublishAnswer {
+    pub sdp: String,
+    /// Every track this participant now publishes.
+    pub tracks: Vec<PublishedTrack>,
+    /// Tracks newly published by this offer.
+    pub added: Vec<PublishedTrack>,
+    /// Tracks this offer stopped.
+    pub removed: Vec<TrackId>,
+}
+
+/// Requests from the control plane to the media plane.
+#[derive(Debug)]
+pub enum ShardCommand {
+    /// A participant was admitted to a room. It will be offered every track of the room (and
+    /// every later one) when `subscribe` is set.
+    Join {
+        participant: ParticipantId,
+        room: RoomId,
+        subscribe: bool,
+    },
+    /// A publish offer, already checked against the participant's permissions.
+    Publish {
+        participant: ParticipantId,
+        offer: String,
+        tracks: Vec<TrackSpec>,
+        reply: oneshot::Sender<Result<PublishAnswer, SfuError>>,
+    },
+    /// The answer to the latest [`ShardEvent::SubscriberOffer`].
+    SubscriberAnswer {
+        participant: ParticipantId,
+        answer: String,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    /// The participant left or its socket closed; everything it had goes.
+    Leave { participant: ParticipantId },
+    /// Close every peer connection and stop the media thread.
+    Shutdown,
+}
+
+/// Things the media plane tells the control plane.
+#[derive(Debug)]
+pub enum ShardEvent {
+    /// Send this offer to the participant's subscribe connection.
+    SubscriberOffer {
+        participant: ParticipantId,
+        sdp: String,
+        tracks: Vec<SubscribedTrack>,
+    },
+    /// Tracks went away without a publish offer saying so (the publisher's connection died).
+    TracksUnpublished {
+        participant: ParticipantId,
+        tracks: Vec<TrackId>,
+    },
+    /// One of the participant's connections failed or timed out.
+    ConnectionLost { participant: ParticipantId },
+}

@@ -1,0 +1,28 @@
+//! Errors of the media plane.
+
+use thiserror::Error;
+
+/// Why the media plane refused a request or could not start.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SfuError {
+    #[error("cannot bind the media socket {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the media bind address {0} is unspecified and no address to announce is configured")]
+    NothingToAnnounce(std::net::SocketAddr),
+    #[error("cannot start the media thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the SDP could not be parsed: {0}")]
+    BadSdp(String),
+    #[error("the SDP could not be negotiated: {0}")]
+    Negotiation(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("unknown participant")]
+    UnknownParticipant,
+    #[error("the media plane has stopped")]
+    Stopped,
+}

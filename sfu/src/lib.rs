@@ -1,0 +1,28 @@
+//! The media plane of classroom.
+//!
+//! One media thread (a *shard*) owns a UDP socket, every [`str0m::Rtc`] of the participants it
+//! serves, and the rooms' forwarding tables. The control plane (signaling) talks to it only through
+//! [`ShardCommand`] and [`ShardEvent`] values over channels; nothing here is shared behind a lock.
+//!
+//! - [`core`] holds the decisions, sans-IO: demultiplexing datagrams to peers, rewriting sequence
+//!   numbers and timestamps per subscriber, recognising keyframes, throttling keyframe requests.
+//!   It has no sockets, no clock and no tokio, and is tested with plain tables.
+//! - [`shard`] is the thin I/O loop that feeds datagrams and timeouts into `Rtc`s and applies the
+//!   core's decisions.
+
+pub mod command;
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod ids;
+pub mod metrics;
+pub mod shard;
+
+pub use command::{
+    PublishedTrack, ShardCommand, ShardEvent, SubscribedTrack, TrackKind, TrackSource, TrackSpec,
+};
+pub use config::MediaConfig;
+pub use error::SfuError;
+pub use ids::{ParticipantId, RoomId, TrackId};
+pub use metrics::MediaMetrics;
+pub use shard::{Sfu, start};

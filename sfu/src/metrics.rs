@@ -1,0 +1,149 @@
+//! Media counters. The shard counts in plain integers on its own thread and publishes a snapshot
+//! into [`MediaMetrics`] once a second, so the packet path touches no shared memory.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters owned by one shard, bumped per packet.
+#[derive(Debug, Default, Clone)]
+pub struct MediaCounters {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub rtp_forwarded: u64,
+    pub nacks_received: u64,
+    pub keyframe_requests_received: u64,
+    pub keyframe_requests_sent: u64,
+    pub datagrams_unroutable: u64,
+    pub datagrams_rejected: u64,
+    pub send_errors: u64,
+    pub peers: u64,
+}
+
+/// The last published snapshot, readable from any thread (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct MediaMetrics {
+    pub packets_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub packets_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub rtp_forwarded: AtomicU64,
+    pub nacks_received: AtomicU64,
+    pub keyframe_requests_received: AtomicU64,
+    pub keyframe_requests_sent: AtomicU64,
+    pub datagrams_unroutable: AtomicU64,
+    pub datagrams_rejected: AtomicU64,
+    pub send_errors: AtomicU64,
+    pub peers: AtomicU64,
+}
+
+impl MediaMetrics {
+    pub(crate) fn publish(&self, c: &MediaCounters) {
+        let pairs: [(&AtomicU64, u64); 12] = [
+            (&self.packets_in, c.packets_in),
+            (&self.bytes_in, c.bytes_in),
+            (&self.packets_out, c.packets_out),
+            (&self.bytes_out, c.bytes_out),
+            (&self.rtp_forwarded, c.rtp_forwarded),
+            (&self.nacks_received, c.nacks_received),
+            (
+                &self.keyframe_requests_received,
+                c.keyframe_requests_received,
+            ),
+            (&self.keyframe_requests_sent, c.keyframe_requests_sent),
+            (&self.datagrams_unroutable, c.datagrams_unroutable),
+            (&self.datagrams_rejected, c.datagrams_rejected),
+            (&self.send_errors, c.send_errors),
+            (&self.peers, c.peers),
+        ];
+        for (a, v) in pairs {
+            a.store(v, Ordering::Relaxed);
+        }
+    }
+
+    /// Renders the counters in the Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let rows: [(&str, &str, &str, &AtomicU64); 12] = [
+            (
+                "classroom_media_packets_received_total",
+                "counter",
+                "UDP datagrams received on the media port",
+                &self.packets_in,
+            ),
+            (
+                "classroom_media_bytes_received_total",
+                "counter",
+                "Bytes received on the media port",
+                &self.bytes_in,
+            ),
+            (
+                "classroom_media_packets_sent_total",
+                "counter",
+                "UDP datagrams sent from the media port",
+                &self.packets_out,
+            ),
+            (
+                "classroom_media_bytes_sent_total",
+                "counter",
+                "Bytes sent from the media port",
+                &self.bytes_out,
+            ),
+            (
+                "classroom_media_rtp_forwarded_total",
+                "counter",
+                "RTP packets handed to subscribers",
+                &self.rtp_forwarded,
+            ),
+            (
+                "classroom_media_nacks_received_total",
+                "counter",
+                "NACKs received from subscribers",
+                &self.nacks_received,
+            ),
+            (
+                "classroom_media_keyframe_requests_received_total",
+                "counter",
+                "PLI/FIR received from subscribers",
+                &self.keyframe_requests_received,
+            ),
+            (
+                "classroom_media_keyframe_requests_sent_total",
+                "counter",
+                "PLI/FIR sent to publishers after throttling",
+                &self.keyframe_requests_sent,
+            ),
+            (
+                "classroom_media_datagrams_unroutable_total",
+                "counter",
+                "Datagrams from unknown sources, dropped",
+                &self.datagrams_unroutable,
+            ),
+            (
+                "classroom_media_datagrams_rejected_total",
+                "counter",
+                "Datagrams a peer connection refused",
+                &self.datagrams_rejected,
+            ),
+            (
+                "classroom_media_send_errors_total",
+                "counter",
+                "Datagrams the socket would not send",
+                &self.send_errors,
+            ),
+            (
+                "classroom_media_peer_connections",
+                "gauge",
+                "Open peer connections",
+                &self.peers,
+            ),
+        ];
+        for (name, kind, help, v) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The packet path: an RTP packet from a publisher, decided per subscriber, written to each.
+//!
+//! Per packet this does map lookups and one `write_rtp` per subscriber; the payload is shared
+//! (`Arc<[u8]>`) between all subscribers and str0m's retransmission caches, never copied.
+
+use std::time::Instant;
+
+use str0m::Rtc;
+use str0m::format::Codec;
+use str0m::media::{KeyframeRequest, KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::stats::MediaEgressStats;
+
+use super::Shard;
+use super::peer::{PeerKey, PeerRole};
+use crate::command::TrackKind;
+use crate::core::forward::{Forward, Forwarder, IncomingPacket};
+use crate::core::keyframe::{VideoCodec, is_keyframe_start};
+use crate::ids::TrackId;
+
+/// One track flowing to one subscriber connection.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    pub peer: PeerKey,
+    /// The mid of the track in the subscriber's connection.
+    pub mid: Mid,
+    pub forwarder: Forwarder,
+    /// The payload type the subscriber negotiated for the codec currently forwarded.
+    pt: Option<(Codec, Pt)>,
+    /// NACKs counted so far from this subscriber's stats (they arrive as running totals).
+    nacks_seen: u64,
+}
+
+impl Subscription {
+    pub fn new(peer: PeerKey, mid: Mid, kind: TrackKind) -> Self {
+        Subscription {
+            peer,
+            mid,
+            forwarder: Forwarder::new(kind == TrackKind::Video, rand::random(), rand::random()),
+            pt: None,
+            nacks_seen: 0,
+        }
+    }
+}
+
+fn video_codec(codec: Codec) -> Option<VideoCodec> {
+    match codec {
+        Codec::Vp8 => Some(VideoCodec::Vp8),
+        Codec::Vp9 => Some(VideoCodec::Vp9),
+        Codec::H264 => Some(VideoCodec::H264),
+        _ => None,
+    }
+}
+
+/// The payload type the remote side accepted for `codec` on `mid`.
+fn negotiated_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Option<Pt> {
+    let remote = rtc.media(mid)?.remote_pts();
+    rtc.codec_config()
+        .params()
+        .iter()
+        .filter(|p| p.spec().codec == codec)
+        .find(|p| remote.is_empty() || remote.contains(&p.pt()))
+        .map(|p| p.pt())
+}
+
+/// Header extensions a subscriber should see as the publisher sent them. Transport-level ones
+/// (send time, transport-wide sequence numbers) are the subscriber connection's own.
+fn forwarded_extensions(e: &ExtensionValues) -> ExtensionValues {
+    ExtensionValues {
+        audio_level: e.audio_level,
+        voice_activity: e.voice_activity,
+        video_orientation: e.video_orientation,
+        video_content_type: e.video_content_type,
+        ..Default::default()
+    }
+}
+
+impl Shard {
+    /// Which track an incoming packet belongs to, and its codec, learning both on first sight.
+    fn classify(&mut self, key: PeerKey, packet: &RtpPacket) -> Option<(TrackId, Codec)> {
+        let peer = self.peers.get_mut(key.0 as usize)?.as_mut()?;
+        let PeerRole::Publish { tracks, by_ssrc } = &mut peer.role else {
+            return None;
+        };
+        let ssrc = packet.header.ssrc;
+        let track_id = match by_ssrc.get(&ssrc) {
+            Some(t) => *t,
+            None => {
+                let mid = peer.rtc.direct_api().stream_rx(&ssrc)?.mid();
+                let t = *tracks.get(&mid)?;
+                by_ssrc.insert(ssrc, t);
+                t
+            }
+        };
+        let track = self.tracks.get_mut(&track_id)?;
+        let pt = packet.header.payload_type;
+        let codec = match track.codec {
+            Some((known_pt, codec)) if known_pt == pt => codec,
+            _ => {
+                let codec = peer
+                    .rtc
+                    .codec_config()
+                    .params()
+                    .iter()
+                    .find(|p| p.pt() == pt)?
+                    .spec()
+                    .codec;
+                track.codec = Some((pt, codec));
+                codec
+            }
+        };
+        Some((track_id, codec))
+    }
+
+    pub(super) fn on_rtp(&mut self, key: PeerKey, packet: RtpPacket) {
+        let Some((track_id, codec)) = self.classify(key, &packet) else {
+            return;
+        };
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            return;
+        };
+        let video = track.info.source.kind() == TrackKind::Video;
+        let keyframe_start =
+            video && video_codec(codec).is_some_and(|c| is_keyframe_start(c, &packet.payload));
+        let incoming = IncomingPacket {
+            seq: *packet.seq_no,
+            timestamp: packet.header.timestamp,
+            marker: packet.header.marker,
+            keyframe_start,
+        };
+        let extensions = forwarded_extensions(&packet.header.ext_vals);
+        let mut wants_keyframe = false;
+
+        for sub in &mut track.subscriptions {
+            let Some(peer) = self
+                .peers
+                .get_mut(sub.peer.0 as usize)
+                .and_then(Option::as_mut)
+            else {
+                continue;
+            };
+            if !peer.connected {
+                continue;
+            }
+            let pt = match sub.pt {
+                Some((c, pt)) if c == codec => pt,
+                _ => match negotiated_pt(&peer.rtc, sub.mid, codec) {
+                    Some(pt) => {
+                        sub.pt = Some((codec, pt));
+                        pt
+                    }
+                    // The subscriber cannot decode this codec; nothing to send it.
+                    None => continue,
+                },
+            };
+            match sub.forwarder.forward(&incoming) {
+                Forward::Send {
+                    seq,
+                    timestamp,
+                    marker,
+                } => {
+                    let mut api = peer.rtc.direct_api();
+                    let Some(tx) = api.stream_tx_by_mid(sub.mid, None) else {
+                        continue;
+                    };
+                    let write = RtpWrite::new(
+                        pt,
+                        seq.into(),
+                        timestamp,
+                        packet.timestamp,
+                        packet.payload.clone(),
+                    )
+                    .marker(marker)
+                    .ext_vals(extensions.clone())
+                    .nackable(video);
+                    tx.write_rtp(write);
+                    self.counters.rtp_forwarded += 1;
+                    if !peer.dirty {
+                        peer.dirty = true;
+                        self.dirty.push(sub.peer);
+                    }
+                }
+                Forward::Drop(_) => wants_keyframe |= sub.forwarder.wants_keyframe(),
+            }
+        }
+
+        if wants_keyframe {
+            self.request_keyframe(track_id, KeyframeRequestKind::Pli, packet.timestamp);
+        }
+    }
+
+    /// Asks the publisher of `track_id` for a keyframe, at most once per throttle interval.
+    pub(super) fn request_keyframe(
+        &mut self,
+        track_id: TrackId,
+        kind: KeyframeRequestKind,
+        now: Instant,
+    ) {
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            return;
+        };
+        if !track.keyframe_throttle.allow(now) {
+            return;
+        }
+        let (publisher, mid) = (track.publisher, track.mid);
+        let Some(peer) = self.peer_mut(publisher) else {
+            return;
+        };
+        if let Some(rx) = peer.rtc.direct_api().stream_rx_by_mid(mid, None) {
+            rx.request_keyframe(kind);
+            self.counters.keyframe_requests_sent += 1;
+            self.mark_dirty(publisher);
+        }
+    }
+
+    pub(super) fn on_keyframe_request(&mut self, key: PeerKey, req: KeyframeRequest) {
+        let Some(peer) = self.peer(key) else { return };
+        let PeerRole::Subscribe { tracks, .. } = &peer.role else {
+            return;
+        };
+        let Some(&track_id) = tracks.get(&req.mid) else {
+            return;
+        };
+        self.counters.keyframe_requests_received += 1;
+        self.request_keyframe(track_id, req.kind, Instant::now());
+    }
+
+    pub(super) fn on_egress_stats(&mut self, key: PeerKey, stats: &MediaEgressStats) {
+        let Some(peer) = self.peer(key) else { return };
+        let PeerRole::Subscribe { tracks, .. } = &peer.role else {
+            return;
+        };
+        let Some(&track_id) = tracks.get(&stats.mid) else {
+            return;
+        };
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            return;
+        };
+        if let Some(sub) = track.subscriptions.iter_mut().find(|s| s.peer == key) {
+            self.counters.nacks_received += stats.nacks.saturating_sub(sub.nacks_seen);
+            sub.nacks_seen = stats.nacks;
+        }
+    }
+}
+
+/// str0m's media kind for a track.
+pub(super) fn media_kind(kind: TrackKind) -> MediaKind {
+    match kind {
+        TrackKind::Audio => MediaKind::Audio,
+        TrackKind::Video => MediaKind::Video,
+    }
+}

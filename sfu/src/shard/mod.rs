@@ -1,0 +1,535 @@
+//! The media thread: a thin I/O loop around the shard's `Rtc`s.
+//!
+//! The loop waits for one of three things — a datagram, a command, the earliest `Rtc` deadline —
+//! feeds it to the one `Rtc` concerned, and then drains every `Rtc` that was touched (`dirty`)
+//! until it reports its next timeout, as str0m's run loop requires. `Rtc`s with nothing to do are
+//! never polled.
+
+mod media;
+mod negotiate;
+mod peer;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::command::{COMMAND_QUEUE, ShardCommand, ShardEvent};
+use crate::config::MediaConfig;
+use crate::core::demux::Demuxer;
+use crate::error::SfuError;
+use crate::ids::{ParticipantId, RoomId, TrackId};
+use crate::metrics::{MediaCounters, MediaMetrics};
+use peer::{Peer, PeerKey, PeerRole};
+
+/// How often counters are copied out for `/metrics`.
+const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+/// Largest datagram we accept; anything longer is not WebRTC.
+const RECV_BUFFER: usize = 2048;
+
+/// A running media plane.
+pub struct Sfu {
+    /// Send commands here (bounded: [`COMMAND_QUEUE`]).
+    pub commands: mpsc::Sender<ShardCommand>,
+    /// Events for the control plane; take it once.
+    pub events: Option<mpsc::UnboundedReceiver<ShardEvent>>,
+    /// The bound media socket.
+    pub local_addr: SocketAddr,
+    /// The addresses announced to peers.
+    pub announced: Vec<SocketAddr>,
+    pub metrics: Arc<MediaMetrics>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sfu {
+    /// Asks the media thread to close every connection, and waits until it has.
+    pub fn shutdown(mut self) {
+        let _ = self.commands.try_send(ShardCommand::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds the media socket and starts the media thread.
+pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
+    let std_socket = std::net::UdpSocket::bind(config.bind).map_err(|source| SfuError::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    std_socket
+        .set_nonblocking(true)
+        .map_err(|source| SfuError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    let local_addr = std_socket.local_addr().map_err(|source| SfuError::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    let announced = announced_addrs(&config, local_addr)?;
+    let candidates: Vec<Candidate> = announced
+        .iter()
+        .filter_map(|a| Candidate::host(*a, "udp").ok())
+        .collect();
+
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (event_tx, event_rx) = mpsc::unbounded_channel();
+    let metrics = Arc::new(MediaMetrics::default());
+    let shard_metrics = metrics.clone();
+    let shard_announced = announced.clone();
+    let thread = std::thread::Builder::new()
+        .name("media-0".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    warn!("media runtime failed to start: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let socket = match UdpSocket::from_std(std_socket) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!("media socket unusable: {e}");
+                        return;
+                    }
+                };
+                let shard =
+                    Shard::new(socket, shard_announced, candidates, event_tx, shard_metrics);
+                shard.run(cmd_rx).await;
+            });
+        })
+        .map_err(SfuError::Thread)?;
+    info!(%local_addr, ?announced, "media plane listening");
+    Ok(Sfu {
+        commands: cmd_tx,
+        events: Some(event_rx),
+        local_addr,
+        announced,
+        metrics,
+        thread: Some(thread),
+    })
+}
+
+fn announced_addrs(config: &MediaConfig, local: SocketAddr) -> Result<Vec<SocketAddr>, SfuError> {
+    if !config.announce.is_empty() {
+        return Ok(config
+            .announce
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, local.port()))
+            .collect());
+    }
+    if local.ip().is_unspecified() {
+        return Err(SfuError::NothingToAnnounce(local));
+    }
+    Ok(vec![local])
+}
+
+/// A participant as the media plane sees it.
+#[derive(Debug)]
+struct Member {
+    room: RoomId,
+    subscribe: bool,
+    publisher: Option<PeerKey>,
+    subscriber: Option<PeerKey>,
+}
+
+/// A track and everyone receiving it.
+struct Track {
+    info: crate::command::PublishedTrack,
+    room: RoomId,
+    publisher: PeerKey,
+    mid: str0m::media::Mid,
+    /// The payload type last seen and its codec, learned from the packets.
+    codec: Option<(str0m::media::Pt, str0m::format::Codec)>,
+    subscriptions: Vec<media::Subscription>,
+    keyframe_throttle: crate::core::throttle::Throttle,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    members: Vec<ParticipantId>,
+    tracks: Vec<TrackId>,
+}
+
+/// Everything one media thread owns.
+struct Shard {
+    socket: UdpSocket,
+    announced: Vec<SocketAddr>,
+    candidates: Vec<Candidate>,
+    events: mpsc::UnboundedSender<ShardEvent>,
+    metrics: Arc<MediaMetrics>,
+    counters: MediaCounters,
+
+    peers: Vec<Option<Peer>>,
+    free: Vec<PeerKey>,
+    demux: Demuxer<PeerKey>,
+    timers: BTreeSet<(Instant, PeerKey)>,
+    dirty: Vec<PeerKey>,
+
+    members: HashMap<ParticipantId, Member>,
+    rooms: HashMap<RoomId, Room>,
+    tracks: HashMap<TrackId, Track>,
+    next_track: u64,
+}
+
+impl Shard {
+    fn new(
+        socket: UdpSocket,
+        announced: Vec<SocketAddr>,
+        candidates: Vec<Candidate>,
+        events: mpsc::UnboundedSender<ShardEvent>,
+        metrics: Arc<MediaMetrics>,
+    ) -> Shard {
+        Shard {
+            socket,
+            announced,
+            candidates,
+            events,
+            metrics,
+            counters: MediaCounters::default(),
+            peers: Vec::new(),
+            free: Vec::new(),
+            demux: Demuxer::default(),
+            timers: BTreeSet::new(),
+            dirty: Vec::new(),
+            members: HashMap::new(),
+            rooms: HashMap::new(),
+            tracks: HashMap::new(),
+            next_track: 1,
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<ShardCommand>) {
+        let mut buf = vec![0u8; RECV_BUFFER];
+        let mut metrics_tick = tokio::time::interval(METRICS_INTERVAL);
+        loop {
+            let deadline = self
+                .timers
+                .first()
+                .map(|(t, _)| *t)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                biased;
+                cmd = commands.recv() => match cmd {
+                    Some(ShardCommand::Shutdown) | None => break,
+                    Some(cmd) => self.handle_command(cmd),
+                },
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((n, source)) => self.handle_datagram(Instant::now(), source, &buf[..n]),
+                    Err(e) => debug!("media socket receive error: {e}"),
+                },
+                _ = tokio::time::sleep_until(deadline.into()) => self.handle_timeouts(Instant::now()),
+                _ = metrics_tick.tick() => {
+                    self.counters.peers = self.demux.len() as u64;
+                    self.metrics.publish(&self.counters);
+                }
+            }
+            self.drain_dirty();
+        }
+        self.close_all();
+        self.metrics.publish(&self.counters);
+        info!("media plane stopped");
+    }
+
+    fn handle_command(&mut self, cmd: ShardCommand) {
+        match cmd {
+            ShardCommand::Join {
+                participant,
+                room,
+                subscribe,
+            } => self.join(participant, room, subscribe),
+            ShardCommand::Publish {
+                participant,
+                offer,
+                tracks,
+                reply,
+            } => {
+                let result = self.publish(participant, &offer, &tracks);
+                let _ = reply.send(result);
+            }
+            ShardCommand::SubscriberAnswer {
+                participant,
+                answer,
+                reply,
+            } => {
+                let result = self.subscriber_answer(participant, &answer);
+                let _ = reply.send(result);
+            }
+            ShardCommand::Leave { participant } => self.leave(participant),
+            ShardCommand::Shutdown => {}
+        }
+    }
+
+    fn handle_datagram(&mut self, now: Instant, source: SocketAddr, datagram: &[u8]) {
+        self.counters.packets_in += 1;
+        self.counters.bytes_in += datagram.len() as u64;
+        let key = match self.demux.route(source, datagram) {
+            Ok(key) => key,
+            Err(_) => {
+                self.counters.datagrams_unroutable += 1;
+                return;
+            }
+        };
+        let Ok(contents) = DatagramRecv::try_from(datagram) else {
+            self.counters.datagrams_rejected += 1;
+            return;
+        };
+        let destination = self.local_address_for(source);
+        let Some(peer) = self.peer_mut(key) else {
+            return;
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents,
+            },
+        );
+        if let Err(e) = peer.rtc.handle_input(input) {
+            debug!(participant = %peer.participant, "datagram refused: {e}");
+            self.counters.datagrams_rejected += 1;
+        }
+        self.mark_dirty(key);
+    }
+
+    /// The announced address a client reached us on (same address family as the client).
+    fn local_address_for(&self, source: SocketAddr) -> SocketAddr {
+        self.announced
+            .iter()
+            .find(|a| a.is_ipv4() == source.is_ipv4())
+            .or(self.announced.first())
+            .copied()
+            .unwrap_or(source)
+    }
+
+    fn handle_timeouts(&mut self, now: Instant) {
+        while let Some(&(t, key)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(peer) = self.peer_mut(key) {
+                peer.timer = None;
+                if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                    debug!("timeout handling failed: {e}");
+                }
+                self.mark_dirty(key);
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, key: PeerKey) {
+        if let Some(peer) = self.peer_mut(key)
+            && !peer.dirty
+        {
+            peer.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Polls every touched `Rtc` until it only has a timeout to report. Handling one peer's
+    /// events can touch others (forwarding writes to subscribers), so this runs until quiet.
+    fn drain_dirty(&mut self) {
+        while let Some(key) = self.dirty.pop() {
+            if let Some(peer) = self.peer_mut(key) {
+                peer.dirty = false;
+            }
+            self.drain(key);
+        }
+    }
+
+    fn drain(&mut self, key: PeerKey) {
+        loop {
+            let Some(peer) = self.peer_mut(key) else {
+                return;
+            };
+            if !peer.rtc.is_alive() {
+                self.remove_peer(key);
+                return;
+            }
+            let output = match peer.rtc.poll_output() {
+                Ok(o) => o,
+                Err(e) => {
+                    debug!(participant = %peer.participant, "peer failed: {e}");
+                    self.remove_peer(key);
+                    return;
+                }
+            };
+            match output {
+                Output::Timeout(t) => {
+                    if peer.timer != Some(t) {
+                        if let Some(old) = peer.timer.replace(t) {
+                            self.timers.remove(&(old, key));
+                        }
+                        self.timers.insert((t, key));
+                    }
+                    return;
+                }
+                Output::Transmit(t) => match self.socket.try_send_to(&t.contents, t.destination) {
+                    Ok(n) => {
+                        self.counters.packets_out += 1;
+                        self.counters.bytes_out += n as u64;
+                    }
+                    Err(_) => self.counters.send_errors += 1,
+                },
+                Output::Event(e) => self.handle_event(key, e),
+            }
+        }
+    }
+
+    fn handle_event(&mut self, key: PeerKey, event: Event) {
+        match event {
+            Event::Connected => {
+                if let Some(peer) = self.peer_mut(key) {
+                    peer.connected = true;
+                    debug!(participant = %peer.participant, publisher = peer.is_publisher(), "peer connected");
+                }
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                if let Some(peer) = self.peer_mut(key) {
+                    debug!(participant = %peer.participant, "ICE disconnected");
+                    peer.rtc.disconnect();
+                }
+            }
+            Event::RtpPacket(packet) => self.on_rtp(key, packet),
+            Event::KeyframeRequest(req) => self.on_keyframe_request(key, req),
+            Event::MediaEgressStats(stats) => self.on_egress_stats(key, &stats),
+            _ => {}
+        }
+    }
+
+    fn peer_mut(&mut self, key: PeerKey) -> Option<&mut Peer> {
+        self.peers.get_mut(key.0 as usize).and_then(Option::as_mut)
+    }
+
+    fn peer(&self, key: PeerKey) -> Option<&Peer> {
+        self.peers.get(key.0 as usize).and_then(Option::as_ref)
+    }
+
+    fn insert_peer(&mut self, peer: Peer) -> PeerKey {
+        let key = match self.free.pop() {
+            Some(k) => k,
+            None => {
+                self.peers.push(None);
+                PeerKey((self.peers.len() - 1) as u32)
+            }
+        };
+        self.demux.insert(&peer.ufrag, key);
+        self.peers[key.0 as usize] = Some(peer);
+        self.mark_dirty(key);
+        key
+    }
+
+    /// Drops a peer connection and everything that hangs off it.
+    fn remove_peer(&mut self, key: PeerKey) {
+        let Some(peer) = self.peers.get_mut(key.0 as usize).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(key);
+        self.demux.remove(&peer.ufrag, key);
+        if let Some(t) = peer.timer {
+            self.timers.remove(&(t, key));
+        }
+        let participant = peer.participant;
+        debug!(%participant, publisher = peer.is_publisher(), "peer removed");
+        match peer.role {
+            PeerRole::Publish { tracks, .. } => {
+                let gone: Vec<TrackId> = tracks.values().copied().collect();
+                if let Some(m) = self.members.get_mut(&participant)
+                    && m.publisher == Some(key)
+                {
+                    m.publisher = None;
+                }
+                if !gone.is_empty() {
+                    for t in &gone {
+                        self.remove_track(*t);
+                    }
+                    let _ = self.events.send(ShardEvent::TracksUnpublished {
+                        participant,
+                        tracks: gone,
+                    });
+                }
+                if self.members.contains_key(&participant) {
+                    let _ = self.events.send(ShardEvent::ConnectionLost { participant });
+                }
+            }
+            PeerRole::Subscribe { tracks, .. } => {
+                for track in tracks.values() {
+                    if let Some(t) = self.tracks.get_mut(track) {
+                        t.subscriptions.retain(|s| s.peer != key);
+                    }
+                }
+                if let Some(m) = self.members.get_mut(&participant)
+                    && m.subscriber == Some(key)
+                {
+                    m.subscriber = None;
+                    let _ = self.events.send(ShardEvent::ConnectionLost { participant });
+                }
+            }
+        }
+    }
+
+    fn join(&mut self, participant: ParticipantId, room: RoomId, subscribe: bool) {
+        if self.members.contains_key(&participant) {
+            return;
+        }
+        self.rooms
+            .entry(room.clone())
+            .or_default()
+            .members
+            .push(participant);
+        self.members.insert(
+            participant,
+            Member {
+                room,
+                subscribe,
+                publisher: None,
+                subscriber: None,
+            },
+        );
+        self.negotiate_subscriber(participant);
+    }
+
+    fn leave(&mut self, participant: ParticipantId) {
+        let Some(member) = self.members.remove(&participant) else {
+            return;
+        };
+        for key in [member.publisher, member.subscriber].into_iter().flatten() {
+            if let Some(peer) = self.peer_mut(key) {
+                peer.rtc.disconnect();
+            }
+            self.remove_peer(key);
+        }
+        if let Some(room) = self.rooms.get_mut(&member.room) {
+            room.members.retain(|p| *p != participant);
+            if room.members.is_empty() && room.tracks.is_empty() {
+                self.rooms.remove(&member.room);
+            }
+        }
+    }
+
+    fn close_all(&mut self) {
+        for key in 0..self.peers.len() {
+            let key = PeerKey(key as u32);
+            if let Some(peer) = self.peer_mut(key) {
+                peer.rtc.disconnect();
+            }
+            self.drain(key);
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! One peer connection: a str0m `Rtc` and what the shard needs to know about it.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use str0m::change::SdpPendingOffer;
+use str0m::media::Mid;
+use str0m::rtp::Ssrc;
+use str0m::{Candidate, Rtc, RtcConfig};
+
+use crate::ids::{ParticipantId, TrackId};
+
+/// Index of a peer in the shard's table. Reused after the peer is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct PeerKey(pub u32);
+
+/// Which of a participant's two connections this is.
+#[derive(Debug)]
+pub(crate) enum PeerRole {
+    /// The client offers; carries the participant's own tracks to us.
+    Publish {
+        /// mid → track published on it.
+        tracks: HashMap<Mid, TrackId>,
+        /// SSRC → track, learned from the first packet of each SSRC.
+        by_ssrc: HashMap<Ssrc, TrackId>,
+    },
+    /// We offer; carries every track the participant receives.
+    Subscribe {
+        /// mid → track sent on it, for active sections.
+        tracks: HashMap<Mid, TrackId>,
+        /// Our offer awaiting the client's answer.
+        pending: Option<SdpPendingOffer>,
+        /// Something changed while an offer was pending; offer again after the answer.
+        renegotiate: bool,
+    },
+}
+
+/// A peer connection owned by the shard.
+pub(crate) struct Peer {
+    pub rtc: Rtc,
+    pub ufrag: String,
+    pub participant: ParticipantId,
+    pub role: PeerRole,
+    /// ICE and DTLS are up: media may be written.
+    pub connected: bool,
+    /// The deadline currently registered in the shard's timer set.
+    pub timer: Option<Instant>,
+    /// Queued to be polled before the shard waits again.
+    pub dirty: bool,
+}
+
+impl Peer {
+    /// An ICE-lite `Rtc` in RTP mode that answers on `candidates`.
+    pub fn new(
+        now: Instant,
+        participant: ParticipantId,
+        role: PeerRole,
+        candidates: &[Candidate],
+    ) -> Peer {
+        let mut config = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_vp8(true)
+            .enable_h264(true)
+            .enable_vp9(true)
+            .enable_bwe(Some(str0m::bwe::Bitrate::kbps(1_500)))
+            .set_stats_interval(Some(std::time::Duration::from_secs(1)));
+        add_opus_with_fec_and_dtx(&mut config);
+        let mut rtc = config.build(now);
+        for c in candidates {
+            rtc.add_local_candidate(c.clone());
+        }
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        Peer {
+            rtc,
+            ufrag,
+            participant,
+            role,
+            connected: false,
+            timer: None,
+            dirty: false,
+        }
+    }
+
+    pub fn is_publisher(&self) -> bool {
+        matches!(self.role, PeerRole::Publish { .. })
+    }
+}
+
+/// Opus at 48 kHz stereo with in-band FEC (loss on home links) and DTX (silent pupils cost
+/// nothing).
+fn add_opus_with_fec_and_dtx(config: &mut RtcConfig) {
+    use str0m::format::{Codec, FormatParams};
+    use str0m::media::{Frequency, Pt};
+    config.codec_config().add_config(
+        Pt::new_with_value(111),
+        None,
+        Codec::Opus,
+        Frequency::FORTY_EIGHT_KHZ,
+        Some(2),
+        FormatParams {
+            min_p_time: Some(10),
+            use_inband_fec: Some(true),
+            use_dtx: Some(true),
+            ..Default::default()
+        },
+    );
+}

@@ -1,0 +1,236 @@
+//! The control plane's front door: the `/ws` signaling protocol, join tokens and sessions.
+//!
+//! A [`Signaling`] owns the registry of rooms and participants and talks to the media plane only
+//! through `classroom_sfu::ShardCommand`/`ShardEvent` values.
+
+pub mod protocol;
+pub mod sdp_check;
+pub mod session;
+pub mod token;
+
+mod registry;
+mod ws;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{debug, warn};
+
+use classroom_sfu::{ShardCommand, ShardEvent};
+
+use protocol::{ErrorCode, ServerMessage};
+use registry::{Outbound, Registry};
+use token::TokenIssuer;
+
+/// Limits of the signaling plane.
+#[derive(Debug, Clone)]
+pub struct SignalingConfig {
+    /// Text frames above this get `message_too_large`.
+    pub max_message_bytes: usize,
+    /// A socket silent this long is closed (clients ping every 10 s).
+    pub idle_timeout: Duration,
+}
+
+impl Default for SignalingConfig {
+    fn default() -> Self {
+        SignalingConfig {
+            max_message_bytes: protocol::MAX_MESSAGE_BYTES,
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Shared state of all sessions.
+pub(crate) struct Inner {
+    config: SignalingConfig,
+    tokens: TokenIssuer,
+    sfu: mpsc::Sender<ShardCommand>,
+    registry: Registry,
+    next_participant: AtomicU64,
+    shutdown: watch::Sender<bool>,
+    sessions: AtomicUsize,
+    session_ended: Notify,
+    joins: AtomicU64,
+    errors: [AtomicU64; ERROR_CODES.len()],
+}
+
+const ERROR_CODES: [ErrorCode; 14] = [
+    ErrorCode::BadJson,
+    ErrorCode::UnknownType,
+    ErrorCode::BadRequest,
+    ErrorCode::MessageTooLarge,
+    ErrorCode::UnsupportedVersion,
+    ErrorCode::NotJoined,
+    ErrorCode::AlreadyJoined,
+    ErrorCode::InvalidToken,
+    ErrorCode::TokenExpired,
+    ErrorCode::PermissionDenied,
+    ErrorCode::BadSdp,
+    ErrorCode::Replaced,
+    ErrorCode::Timeout,
+    ErrorCode::Internal,
+];
+
+impl Inner {
+    fn count_error(&self, code: ErrorCode) {
+        if let Some(i) = ERROR_CODES.iter().position(|c| *c == code) {
+            self.errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The signaling service. Cheap to clone.
+#[derive(Clone)]
+pub struct Signaling {
+    inner: Arc<Inner>,
+}
+
+impl Signaling {
+    /// Must be called inside a tokio runtime: it spawns the task that relays media events.
+    pub fn new(
+        config: SignalingConfig,
+        tokens: TokenIssuer,
+        sfu: mpsc::Sender<ShardCommand>,
+        events: mpsc::UnboundedReceiver<ShardEvent>,
+    ) -> Signaling {
+        let inner = Arc::new(Inner {
+            config,
+            tokens,
+            sfu,
+            registry: Registry::default(),
+            next_participant: AtomicU64::new(1),
+            shutdown: watch::Sender::new(false),
+            sessions: AtomicUsize::new(0),
+            session_ended: Notify::new(),
+            joins: AtomicU64::new(0),
+            errors: Default::default(),
+        });
+        tokio::spawn(relay_media_events(inner.clone(), events));
+        Signaling { inner }
+    }
+
+    /// `GET /ws`.
+    pub fn router(&self) -> axum::Router {
+        ws::router(self.inner.clone())
+    }
+
+    /// Runs one session over any stream and sink of frames (tests drive it with channels).
+    pub async fn run_session<S, K>(&self, stream: S, sink: K)
+    where
+        S: futures_util::Stream<Item = session::Frame> + Unpin,
+        K: futures_util::Sink<session::Frame> + Unpin,
+    {
+        session::run(self.inner.clone(), stream, sink).await;
+    }
+
+    /// Tells every participant the server is going away and waits (bounded) for their sessions
+    /// to end.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        let deadline = tokio::time::Instant::now() + session::SHUTDOWN_GRACE;
+        while self.inner.sessions.load(Ordering::Relaxed) > 0 {
+            let ended = self.inner.session_ended.notified();
+            if self.inner.sessions.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                warn!(
+                    "sessions still open at shutdown: {}",
+                    self.inner.sessions.load(Ordering::Relaxed)
+                );
+                break;
+            }
+        }
+    }
+
+    /// Rooms, participants and tracks now.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        self.inner.registry.counts()
+    }
+
+    /// Prometheus text for the signaling plane.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let (rooms, participants, tracks) = self.counts();
+        let gauges = [
+            (
+                "classroom_rooms",
+                "Rooms with participants or tracks",
+                rooms as u64,
+            ),
+            (
+                "classroom_participants",
+                "Joined participants",
+                participants as u64,
+            ),
+            ("classroom_tracks", "Published tracks", tracks as u64),
+            (
+                "classroom_websockets",
+                "Open signaling sockets",
+                self.inner.sessions.load(Ordering::Relaxed) as u64,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        let joins = self.inner.joins.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP classroom_joins_total Successful joins\n# TYPE classroom_joins_total counter\nclassroom_joins_total {joins}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP classroom_signaling_errors_total Errors sent to clients, by code\n# TYPE classroom_signaling_errors_total counter"
+        );
+        for (code, n) in ERROR_CODES.iter().zip(&self.inner.errors) {
+            let label = serde_json::to_value(code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "classroom_signaling_errors_total{{code=\"{label}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+/// Turns the media plane's events into messages for the participants concerned.
+async fn relay_media_events(inner: Arc<Inner>, mut events: mpsc::UnboundedReceiver<ShardEvent>) {
+    while let Some(event) = events.recv().await {
+        match event {
+            ShardEvent::SubscriberOffer {
+                participant,
+                sdp,
+                tracks,
+            } => {
+                let tracks = tracks.iter().map(session::subscribed_info).collect();
+                inner.registry.send(
+                    participant,
+                    Outbound::Send(ServerMessage::SubscriberOffer { sdp, tracks }),
+                );
+            }
+            ShardEvent::TracksUnpublished {
+                participant,
+                tracks,
+            } => {
+                for t in tracks {
+                    let track_id = t.to_string();
+                    if let Some(room) = inner.registry.remove_track(&track_id) {
+                        inner.registry.broadcast(
+                            &room,
+                            participant,
+                            &ServerMessage::TrackUnpublished { track_id },
+                        );
+                    }
+                }
+            }
+            ShardEvent::ConnectionLost { participant } => {
+                debug!(%participant, room = ?inner.registry.room_of(participant), "a peer connection was lost");
+            }
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! The wire format of `/ws`, as specified in `docs/PROTOCOL.md`.
+//!
+//! Every message is a JSON object tagged by `type`. The server's messages carry `"v": 1`; clients
+//! must send it in `join`.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this server speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Frames larger than this are refused with `message_too_large` (an SDP with three simulcast
+/// video sections is about 10 KiB).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// What a client may send.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    Join {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        v: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        token: String,
+    },
+    Publish {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        v: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        sdp: String,
+        tracks: Vec<WireTrackSpec>,
+    },
+    SubscriberAnswer {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        v: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        sdp: String,
+    },
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        v: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
+    Leave {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        v: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
+}
+
+impl ClientMessage {
+    pub fn version(&self) -> Option<u32> {
+        match self {
+            ClientMessage::Join { v, .. }
+            | ClientMessage::Publish { v, .. }
+            | ClientMessage::SubscriberAnswer { v, .. }
+            | ClientMessage::Ping { v, .. }
+            | ClientMessage::Leave { v, .. } => *v,
+        }
+    }
+
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            ClientMessage::Join { id, .. }
+            | ClientMessage::Publish { id, .. }
+            | ClientMessage::SubscriberAnswer { id, .. }
+            | ClientMessage::Ping { id, .. }
+            | ClientMessage::Leave { id, .. } => id.as_deref(),
+        }
+    }
+}
+
+/// What one `m=` section of a publish offer carries.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WireTrackSpec {
+    pub mid: String,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Microphone,
+    Camera,
+    Screen,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Audio,
+    Video,
+}
+
+/// A participant as others see it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ParticipantInfo {
+    pub participant_id: String,
+    pub identity: String,
+    pub name: String,
+    pub role: crate::token::Role,
+}
+
+/// A track as the room sees it; `mid` only where it means something to the receiver.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct TrackInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mid: Option<String>,
+    pub track_id: String,
+    pub participant_id: String,
+    pub kind: Kind,
+    pub source: Source,
+}
+
+/// Stable error codes; see the table in `docs/PROTOCOL.md`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadJson,
+    UnknownType,
+    BadRequest,
+    MessageTooLarge,
+    UnsupportedVersion,
+    NotJoined,
+    AlreadyJoined,
+    InvalidToken,
+    TokenExpired,
+    PermissionDenied,
+    BadSdp,
+    Replaced,
+    Timeout,
+    Internal,
+}
+
+impl ErrorCode {
+    /// Whether the server closes the socket after this error.
+    pub fn closes(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::MessageTooLarge
+                | ErrorCode::InvalidToken
+                | ErrorCode::TokenExpired
+                | ErrorCode::Replaced
+                | ErrorCode::Timeout
+        )
+    }
+}
+
+/// What the server sends.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Joined {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        participant: ParticipantInfo,
+        room: String,
+        permissions: Vec<crate::token::Permission>,
+        participants: Vec<ParticipantInfo>,
+        tracks: Vec<TrackInfo>,
+    },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        participant_id: String,
+    },
+    TrackPublished {
+        track: TrackInfo,
+    },
+    TrackUnpublished {
+        track_id: String,
+    },
+    PublishAnswer {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        sdp: String,
+        tracks: Vec<TrackInfo>,
+    },
+    SubscriberOffer {
+        sdp: String,
+        tracks: Vec<TrackInfo>,
+    },
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        code: ErrorCode,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        permission: Option<crate::token::Permission>,
+        message: String,
+    },
+    Goodbye {
+        reason: GoodbyeReason,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GoodbyeReason {
+    ServerShutdown,
+    Replaced,
+    Timeout,
+}
+
+/// A server message with its version, as serialised on the wire.
+#[derive(Serialize)]
+struct Versioned<'a> {
+    v: u32,
+    #[serde(flatten)]
+    msg: &'a ServerMessage,
+}
+
+impl ServerMessage {
+    pub fn error(id: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error {
+            id,
+            code,
+            permission: None,
+            message: message.into(),
+        }
+    }
+
+    /// The JSON text sent on the socket.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&Versioned {
+            v: PROTOCOL_VERSION,
+            msg: self,
+        })
+        // Serialising these plain structs cannot fail; keep a valid frame if it ever did.
+        .unwrap_or_else(|_| {
+            r#"{"v":1,"type":"error","code":"internal","message":"encoding"}"#.into()
+        })
+    }
+}
+
+/// Why a text frame could not be read as a [`ClientMessage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The request id, when it could be read.
+    pub id: Option<String>,
+}
+
+const CLIENT_TYPES: [&str; 5] = ["join", "publish", "subscriber_answer", "ping", "leave"];
+
+/// Reads a text frame, telling apart bad JSON, unknown types and bad fields.
+pub fn decode(text: &str) -> Result<ClientMessage, DecodeError> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| DecodeError {
+        code: ErrorCode::BadJson,
+        message: format!("not valid JSON: {e}"),
+        id: None,
+    })?;
+    let Some(obj) = value.as_object() else {
+        return Err(DecodeError {
+            code: ErrorCode::BadJson,
+            message: "a message must be a JSON object".into(),
+            id: None,
+        });
+    };
+    let id = obj.get("id").and_then(|v| v.as_str()).map(str::to_owned);
+    let typ = match obj.get("type").and_then(|t| t.as_str()) {
+        Some(t) => t.to_owned(),
+        None => {
+            return Err(DecodeError {
+                code: ErrorCode::BadJson,
+                message: "missing string field `type`".into(),
+                id,
+            });
+        }
+    };
+    if !CLIENT_TYPES.contains(&typ.as_str()) {
+        return Err(DecodeError {
+            code: ErrorCode::UnknownType,
+            message: format!("unknown message type `{typ}`"),
+            id,
+        });
+    }
+    serde_json::from_value(value).map_err(|e| DecodeError {
+        code: ErrorCode::BadRequest,
+        message: format!("bad `{typ}` message: {e}"),
+        id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_and_classifies_errors() {
+        let ok = decode(r#"{"v":1,"type":"join","id":"1","token":"abc"}"#);
+        assert_eq!(
+            ok,
+            Ok(ClientMessage::Join {
+                v: Some(1),
+                id: Some("1".into()),
+                token: "abc".into()
+            })
+        );
+        let rows = [
+            ("{not json", ErrorCode::BadJson),
+            ("[1,2]", ErrorCode::BadJson),
+            (r#"{"id":"x"}"#, ErrorCode::BadJson),
+            (r#"{"type":"dance"}"#, ErrorCode::UnknownType),
+            (r#"{"type":"join"}"#, ErrorCode::BadRequest),
+            (
+                r#"{"type":"publish","sdp":"x","tracks":[{"mid":"0","source":"tuba"}]}"#,
+                ErrorCode::BadRequest,
+            ),
+            (r#"{"type":"ping","extra":true}"#, ErrorCode::BadRequest),
+        ];
+        for (text, code) in rows {
+            assert_eq!(decode(text).map_err(|e| e.code), Err(code), "{text}");
+        }
+        assert_eq!(
+            decode(r#"{"type":"dance","id":"9"}"#)
+                .unwrap_err()
+                .id
+                .as_deref(),
+            Some("9")
+        );
+    }
+
+    #[test]
+    fn server_messages_carry_the_version() {
+        let json = ServerMessage::Pong {
+            id: Some("7".into()),
+        }
+        .to_json();
+        assert_eq!(json, r#"{"v":1,"type":"pong","id":"7"}"#);
+        let err = ServerMessage::error(None, ErrorCode::BadSdp, "nope").to_json();
+        assert_eq!(
+            err,
+            r#"{"v":1,"type":"error","code":"bad_sdp","message":"nope"}"#
+        );
+    }
+}

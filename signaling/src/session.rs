@@ -1,0 +1,629 @@
+//! One WebSocket connection, from `join` to goodbye.
+//!
+//! The session is generic over a stream and a sink of [`Frame`]s, so tests can drive it with
+//! channels; `ws.rs` adapts axum's WebSocket to it.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use classroom_sfu::{
+    ParticipantId, PublishedTrack, RoomId, SfuError, ShardCommand, SubscribedTrack, TrackKind,
+    TrackSource, TrackSpec,
+};
+
+use crate::Inner;
+use crate::protocol::{
+    self, ClientMessage, ErrorCode, GoodbyeReason, Kind, ParticipantInfo, ServerMessage, Source,
+    TrackInfo, WireTrackSpec,
+};
+use crate::registry::Outbound;
+use crate::sdp_check;
+use crate::token::{Claims, Permission, TokenError};
+
+/// A WebSocket frame as the session sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Text(String),
+    /// A binary frame: not part of the protocol.
+    Binary(usize),
+    /// Close with a WebSocket close code and reason.
+    Close(u16, String),
+}
+
+/// WebSocket close codes (RFC 6455 §7.4.1).
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_GOING_AWAY: u16 = 1001;
+const CLOSE_POLICY: u16 = 1008;
+const CLOSE_TOO_BIG: u16 = 1009;
+
+struct Joined {
+    id: ParticipantId,
+    room: RoomId,
+    claims: Claims,
+}
+
+enum Flow {
+    Continue,
+    Close(u16, &'static str),
+}
+
+struct Session<K> {
+    inner: Arc<Inner>,
+    sink: K,
+    outbox: mpsc::UnboundedSender<Outbound>,
+    joined: Option<Joined>,
+}
+
+/// Runs a session until the client leaves, the socket closes, or the server shuts down.
+pub(crate) async fn run<S, K>(inner: Arc<Inner>, mut stream: S, sink: K)
+where
+    S: Stream<Item = Frame> + Unpin,
+    K: Sink<Frame> + Unpin,
+{
+    let (outbox, mut inbox) = mpsc::unbounded_channel();
+    let mut shutdown = inner.shutdown.subscribe();
+    let idle = inner.config.idle_timeout;
+    inner.sessions.fetch_add(1, Ordering::Relaxed);
+    let mut s = Session {
+        inner: inner.clone(),
+        sink,
+        outbox,
+        joined: None,
+    };
+    let mut deadline = Instant::now() + idle;
+    loop {
+        let flow = tokio::select! {
+            frame = stream.next() => match frame {
+                None | Some(Frame::Close(..)) => break,
+                Some(frame) => {
+                    deadline = Instant::now() + idle;
+                    s.on_frame(frame).await
+                }
+            },
+            out = inbox.recv() => match out {
+                Some(Outbound::Send(msg)) => { s.send(&msg).await; Flow::Continue }
+                Some(Outbound::Close(reason)) => {
+                    if reason == GoodbyeReason::Replaced {
+                        s.send(&ServerMessage::error(None, ErrorCode::Replaced, "the same identity joined from another connection")).await;
+                    }
+                    s.send(&ServerMessage::Goodbye { reason }).await;
+                    Flow::Close(CLOSE_POLICY, "replaced")
+                }
+                None => Flow::Continue,
+            },
+            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+                s.send(&ServerMessage::Goodbye { reason: GoodbyeReason::ServerShutdown }).await;
+                Flow::Close(CLOSE_GOING_AWAY, "server shutdown")
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                s.send(&ServerMessage::error(None, ErrorCode::Timeout, format!("no message for {} s", idle.as_secs()))).await;
+                s.send(&ServerMessage::Goodbye { reason: GoodbyeReason::Timeout }).await;
+                Flow::Close(CLOSE_POLICY, "idle")
+            },
+        };
+        if let Flow::Close(code, reason) = flow {
+            let _ = s.sink.send(Frame::Close(code, reason.to_owned())).await;
+            break;
+        }
+    }
+    s.leave().await;
+    inner.sessions.fetch_sub(1, Ordering::Relaxed);
+    inner.session_ended.notify_waiters();
+}
+
+impl<K: Sink<Frame> + Unpin> Session<K> {
+    async fn send(&mut self, msg: &ServerMessage) {
+        let _ = self.sink.send(Frame::Text(msg.to_json())).await;
+    }
+
+    async fn fail(
+        &mut self,
+        id: Option<String>,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Flow {
+        self.fail_with(id, code, None, message.into()).await
+    }
+
+    async fn fail_with(
+        &mut self,
+        id: Option<String>,
+        code: ErrorCode,
+        permission: Option<Permission>,
+        message: String,
+    ) -> Flow {
+        debug!(?code, %message, "request refused");
+        self.inner.count_error(code);
+        self.send(&ServerMessage::Error {
+            id,
+            code,
+            permission,
+            message,
+        })
+        .await;
+        if code.closes() {
+            let close = if code == ErrorCode::MessageTooLarge {
+                CLOSE_TOO_BIG
+            } else {
+                CLOSE_POLICY
+            };
+            Flow::Close(close, "refused")
+        } else {
+            Flow::Continue
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> Flow {
+        let text = match frame {
+            Frame::Text(t) => t,
+            Frame::Binary(_) => {
+                return self
+                    .fail(
+                        None,
+                        ErrorCode::BadJson,
+                        "binary frames are not part of the protocol",
+                    )
+                    .await;
+            }
+            Frame::Close(..) => return Flow::Close(CLOSE_NORMAL, "bye"),
+        };
+        if text.len() > self.inner.config.max_message_bytes {
+            let max = self.inner.config.max_message_bytes;
+            return self
+                .fail(
+                    None,
+                    ErrorCode::MessageTooLarge,
+                    format!(
+                        "a message may be at most {max} bytes, this one has {}",
+                        text.len()
+                    ),
+                )
+                .await;
+        }
+        let msg = match protocol::decode(&text) {
+            Ok(m) => m,
+            Err(e) => return self.fail(e.id, e.code, e.message).await,
+        };
+        let id = msg.id().map(str::to_owned);
+        if let Some(v) = msg.version()
+            && v != protocol::PROTOCOL_VERSION
+        {
+            return self
+                .fail(
+                    id,
+                    ErrorCode::UnsupportedVersion,
+                    format!("protocol version {v} is not supported; this server speaks 1"),
+                )
+                .await;
+        }
+        match msg {
+            ClientMessage::Join { v, token, .. } => {
+                if v.is_none() {
+                    return self
+                        .fail(
+                            id,
+                            ErrorCode::UnsupportedVersion,
+                            "join must carry \"v\": 1",
+                        )
+                        .await;
+                }
+                self.join(id, &token).await
+            }
+            ClientMessage::Ping { .. } => {
+                self.send(&ServerMessage::Pong { id }).await;
+                Flow::Continue
+            }
+            ClientMessage::Leave { .. } => Flow::Close(CLOSE_NORMAL, "left"),
+            ClientMessage::Publish { sdp, tracks, .. } => self.publish(id, sdp, tracks).await,
+            ClientMessage::SubscriberAnswer { sdp, .. } => self.subscriber_answer(id, sdp).await,
+        }
+    }
+
+    async fn join(&mut self, id: Option<String>, token: &str) -> Flow {
+        if self.joined.is_some() {
+            return self
+                .fail(
+                    id,
+                    ErrorCode::AlreadyJoined,
+                    "this connection has already joined",
+                )
+                .await;
+        }
+        let claims = match self.inner.tokens.verify(token) {
+            Ok(c) => c,
+            Err(TokenError::Expired) => {
+                return self
+                    .fail(
+                        id,
+                        ErrorCode::TokenExpired,
+                        "the token has expired; ask for a new link",
+                    )
+                    .await;
+            }
+            Err(e) => return self.fail(id, ErrorCode::InvalidToken, e.to_string()).await,
+        };
+        let pid = ParticipantId(self.inner.next_participant.fetch_add(1, Ordering::Relaxed));
+        let room = RoomId::from(claims.room.as_str());
+        let me = ParticipantInfo {
+            participant_id: pid.to_string(),
+            identity: claims.sub.clone(),
+            name: claims.name.clone(),
+            role: claims.role,
+        };
+        let admission = self
+            .inner
+            .registry
+            .admit(pid, &room, me.clone(), self.outbox.clone());
+        if let Some(old) = admission.replaced {
+            self.inner
+                .registry
+                .send(old, Outbound::Close(GoodbyeReason::Replaced));
+        }
+        // `joined` goes out before the media plane hears of us, so it precedes any offer.
+        self.send(&ServerMessage::Joined {
+            id,
+            participant: me.clone(),
+            room: claims.room.clone(),
+            permissions: claims.perms.clone(),
+            participants: admission.others,
+            tracks: admission.tracks,
+        })
+        .await;
+        let subscribe = claims.allows(Permission::Subscribe);
+        info!(participant = %pid, room = %room, identity = %claims.sub, role = %claims.role, "joined");
+        self.joined = Some(Joined {
+            id: pid,
+            room: room.clone(),
+            claims,
+        });
+        self.inner.joins.fetch_add(1, Ordering::Relaxed);
+        if self
+            .inner
+            .sfu
+            .send(ShardCommand::Join {
+                participant: pid,
+                room: room.clone(),
+                subscribe,
+            })
+            .await
+            .is_err()
+        {
+            return self
+                .fail(None, ErrorCode::Internal, "the media plane is not running")
+                .await;
+        }
+        self.inner.registry.broadcast(
+            &room,
+            pid,
+            &ServerMessage::ParticipantJoined { participant: me },
+        );
+        Flow::Continue
+    }
+
+    async fn publish(
+        &mut self,
+        id: Option<String>,
+        sdp: String,
+        tracks: Vec<WireTrackSpec>,
+    ) -> Flow {
+        let Some(joined) = &self.joined else {
+            return self.fail(id, ErrorCode::NotJoined, "join first").await;
+        };
+        let (pid, room) = (joined.id, joined.room.clone());
+        if let Err(refusal) = check_publish(&joined.claims, &sdp, &tracks) {
+            return self
+                .fail_with(id, refusal.code, refusal.permission, refusal.message)
+                .await;
+        }
+        let specs = tracks
+            .iter()
+            .map(|t| TrackSpec {
+                mid: t.mid.clone(),
+                source: source_to_sfu(t.source),
+            })
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        let cmd = ShardCommand::Publish {
+            participant: pid,
+            offer: sdp,
+            tracks: specs,
+            reply,
+        };
+        let result = match self.inner.sfu.send(cmd).await {
+            Ok(()) => answer.await.unwrap_or(Err(SfuError::Stopped)),
+            Err(_) => Err(SfuError::Stopped),
+        };
+        let answer = match result {
+            Ok(a) => a,
+            Err(e) => return self.fail_sfu(id, e).await,
+        };
+        for removed in &answer.removed {
+            let track_id = removed.to_string();
+            self.inner.registry.remove_track(&track_id);
+            self.inner.registry.broadcast(
+                &room,
+                pid,
+                &ServerMessage::TrackUnpublished { track_id },
+            );
+        }
+        let added: Vec<TrackInfo> = answer
+            .added
+            .iter()
+            .map(|t| published_info(t, false))
+            .collect();
+        self.inner.registry.add_tracks(&room, &added);
+        self.send(&ServerMessage::PublishAnswer {
+            id,
+            sdp: answer.sdp,
+            tracks: answer
+                .tracks
+                .iter()
+                .map(|t| published_info(t, true))
+                .collect(),
+        })
+        .await;
+        for track in added {
+            self.inner
+                .registry
+                .broadcast(&room, pid, &ServerMessage::TrackPublished { track });
+        }
+        Flow::Continue
+    }
+
+    async fn subscriber_answer(&mut self, id: Option<String>, sdp: String) -> Flow {
+        let Some(joined) = &self.joined else {
+            return self.fail(id, ErrorCode::NotJoined, "join first").await;
+        };
+        let (reply, done) = oneshot::channel();
+        let cmd = ShardCommand::SubscriberAnswer {
+            participant: joined.id,
+            answer: sdp,
+            reply,
+        };
+        let result = match self.inner.sfu.send(cmd).await {
+            Ok(()) => done.await.unwrap_or(Err(SfuError::Stopped)),
+            Err(_) => Err(SfuError::Stopped),
+        };
+        match result {
+            Ok(()) => Flow::Continue,
+            Err(e) => self.fail_sfu(id, e).await,
+        }
+    }
+
+    async fn fail_sfu(&mut self, id: Option<String>, e: SfuError) -> Flow {
+        let code = match &e {
+            SfuError::BadSdp(_) | SfuError::Negotiation(_) => ErrorCode::BadSdp,
+            SfuError::BadRequest(_) => ErrorCode::BadRequest,
+            _ => {
+                warn!("media plane failed a request: {e}");
+                return self
+                    .fail(
+                        id,
+                        ErrorCode::Internal,
+                        "the media server failed; try again",
+                    )
+                    .await;
+            }
+        };
+        self.fail(id, code, e.to_string()).await
+    }
+
+    async fn leave(&mut self) {
+        let Some(joined) = self.joined.take() else {
+            return;
+        };
+        let pid = joined.id;
+        let _ = self
+            .inner
+            .sfu
+            .send(ShardCommand::Leave { participant: pid })
+            .await;
+        if let Some(room) = self.inner.registry.remove(pid) {
+            self.inner.registry.broadcast(
+                &room,
+                pid,
+                &ServerMessage::ParticipantLeft {
+                    participant_id: pid.to_string(),
+                },
+            );
+        }
+        info!(participant = %pid, room = %joined.room, "left");
+    }
+}
+
+/// Why a publish offer is refused before it reaches the media plane.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub code: ErrorCode,
+    pub permission: Option<Permission>,
+    pub message: String,
+}
+
+fn refusal(code: ErrorCode, message: String) -> Refusal {
+    Refusal {
+        code,
+        permission: None,
+        message,
+    }
+}
+
+/// Holds a publish offer and its track list against each other and against the token.
+pub(crate) fn check_publish(
+    claims: &Claims,
+    sdp: &str,
+    tracks: &[WireTrackSpec],
+) -> Result<(), Refusal> {
+    let sections = sdp_check::sections(sdp).map_err(|e| refusal(ErrorCode::BadSdp, e))?;
+    for t in tracks {
+        let needed = match t.source {
+            Source::Microphone => Permission::PublishAudio,
+            Source::Camera => Permission::PublishVideo,
+            Source::Screen => Permission::PublishScreen,
+        };
+        if !claims.allows(needed) {
+            return Err(Refusal {
+                code: ErrorCode::PermissionDenied,
+                permission: Some(needed),
+                message: format!("this token does not allow {needed}"),
+            });
+        }
+        let Some(section) = sections
+            .iter()
+            .find(|s| s.mid.as_deref() == Some(t.mid.as_str()))
+        else {
+            return Err(refusal(
+                ErrorCode::BadRequest,
+                format!("track mid {} is not in the offer", t.mid),
+            ));
+        };
+        if section.kind != Some(source_kind(t.source)) || !section.sending {
+            return Err(refusal(
+                ErrorCode::BadRequest,
+                format!(
+                    "mid {} does not send {:?} media",
+                    t.mid,
+                    source_kind(t.source)
+                ),
+            ));
+        }
+    }
+    for s in sections.iter().filter(|s| s.sending && s.kind.is_some()) {
+        let listed = s
+            .mid
+            .as_ref()
+            .is_some_and(|mid| tracks.iter().any(|t| &t.mid == mid));
+        if !listed {
+            let what = match s.kind {
+                Some(Kind::Audio) => Permission::PublishAudio,
+                _ => Permission::PublishVideo,
+            };
+            // Unlisted media could only be sent if allowed; name the permission when it is not.
+            if !claims.allows(what) {
+                return Err(Refusal {
+                    code: ErrorCode::PermissionDenied,
+                    permission: Some(what),
+                    message: format!("this token does not allow {what}"),
+                });
+            }
+            return Err(refusal(
+                ErrorCode::BadRequest,
+                format!(
+                    "mid {} sends media but is not listed in `tracks`",
+                    s.mid.as_deref().unwrap_or("?")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn source_kind(s: Source) -> Kind {
+    match s {
+        Source::Microphone => Kind::Audio,
+        Source::Camera | Source::Screen => Kind::Video,
+    }
+}
+
+fn source_to_sfu(s: Source) -> TrackSource {
+    match s {
+        Source::Microphone => TrackSource::Microphone,
+        Source::Camera => TrackSource::Camera,
+        Source::Screen => TrackSource::Screen,
+    }
+}
+
+fn source_from_sfu(s: TrackSource) -> Source {
+    match s {
+        TrackSource::Microphone => Source::Microphone,
+        TrackSource::Camera => Source::Camera,
+        TrackSource::Screen => Source::Screen,
+    }
+}
+
+fn kind_from_sfu(k: TrackKind) -> Kind {
+    match k {
+        TrackKind::Audio => Kind::Audio,
+        TrackKind::Video => Kind::Video,
+    }
+}
+
+fn published_info(t: &PublishedTrack, with_mid: bool) -> TrackInfo {
+    TrackInfo {
+        mid: with_mid.then(|| t.mid.clone()),
+        track_id: t.track_id.to_string(),
+        participant_id: t.participant.to_string(),
+        kind: kind_from_sfu(t.source.kind()),
+        source: source_from_sfu(t.source),
+    }
+}
+
+pub(crate) fn subscribed_info(t: &SubscribedTrack) -> TrackInfo {
+    TrackInfo {
+        mid: Some(t.mid.clone()),
+        track_id: t.track_id.to_string(),
+        participant_id: t.participant.to_string(),
+        kind: kind_from_sfu(t.source.kind()),
+        source: source_from_sfu(t.source),
+    }
+}
+
+/// Bounded wait used by shutdown.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::Role;
+
+    const OFFER: &str = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=sendonly\r\n";
+
+    fn spec(mid: &str, source: Source) -> WireTrackSpec {
+        WireTrackSpec {
+            mid: mid.into(),
+            source,
+        }
+    }
+
+    #[test]
+    fn publish_checks_name_the_missing_permission() {
+        let student = Claims::new("r", "s", "S", Role::Student, Duration::from_secs(60));
+        let observer = Claims::new("r", "o", "O", Role::Observer, Duration::from_secs(60));
+        let ok = [spec("0", Source::Microphone), spec("1", Source::Camera)];
+        assert_eq!(check_publish(&student, OFFER, &ok), Ok(()));
+
+        let screen = [spec("0", Source::Microphone), spec("1", Source::Screen)];
+        let r = check_publish(&student, OFFER, &screen).unwrap_err();
+        assert_eq!(
+            (r.code, r.permission),
+            (ErrorCode::PermissionDenied, Some(Permission::PublishScreen))
+        );
+
+        let r = check_publish(&observer, OFFER, &ok).unwrap_err();
+        assert_eq!(
+            (r.code, r.permission),
+            (ErrorCode::PermissionDenied, Some(Permission::PublishAudio))
+        );
+        // Sending without listing it is refused too, naming the permission the observer lacks.
+        let r = check_publish(&observer, OFFER, &[]).unwrap_err();
+        assert_eq!(r.permission, Some(Permission::PublishAudio));
+
+        let r = check_publish(&student, OFFER, &[spec("0", Source::Microphone)]).unwrap_err();
+        assert_eq!(r.code, ErrorCode::BadRequest);
+        let r = check_publish(
+            &student,
+            OFFER,
+            &[spec("1", Source::Microphone), spec("0", Source::Camera)],
+        )
+        .unwrap_err();
+        assert_eq!(r.code, ErrorCode::BadRequest);
+        let r = check_publish(&student, "garbage", &ok).unwrap_err();
+        assert_eq!(r.code, ErrorCode::BadSdp);
+    }
+}

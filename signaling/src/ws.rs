@@ -1,0 +1,56 @@
+//! axum's WebSocket, adapted to the session's [`Frame`] stream and sink.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt, future};
+
+use crate::Inner;
+use crate::session::{self, Frame};
+
+/// Frames beyond this are cut by the WebSocket layer itself (close 1009) before being buffered;
+/// between the protocol limit and this one the session answers `message_too_large`.
+const WEBSOCKET_HARD_LIMIT: usize = 1024 * 1024;
+
+pub(crate) fn router(inner: Arc<Inner>) -> axum::Router {
+    axum::Router::new()
+        .route("/ws", get(upgrade))
+        .with_state(inner)
+}
+
+async fn upgrade(State(inner): State<Arc<Inner>>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(WEBSOCKET_HARD_LIMIT)
+        .max_frame_size(WEBSOCKET_HARD_LIMIT)
+        .on_upgrade(move |socket| serve(inner, socket))
+}
+
+async fn serve(inner: Arc<Inner>, socket: WebSocket) {
+    let (sink, stream) = socket.split();
+    let stream = stream
+        .take_while(|m| future::ready(m.is_ok()))
+        .filter_map(|m| {
+            future::ready(match m {
+                Ok(Message::Text(t)) => Some(Frame::Text(t.as_str().to_owned())),
+                Ok(Message::Binary(b)) => Some(Frame::Binary(b.len())),
+                Ok(Message::Close(c)) => Some(Frame::Close(
+                    c.as_ref().map(|c| c.code).unwrap_or(1005),
+                    c.map(|c| c.reason.as_str().to_owned()).unwrap_or_default(),
+                )),
+                Ok(Message::Ping(_) | Message::Pong(_)) | Err(_) => None,
+            })
+        });
+    let sink = sink.with(|f: Frame| {
+        future::ready(Ok::<_, axum::Error>(match f {
+            Frame::Text(t) => Message::Text(t.into()),
+            Frame::Binary(n) => Message::Binary(vec![0; n].into()),
+            Frame::Close(code, reason) => Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })),
+        }))
+    });
+    session::run(inner, Box::pin(stream), Box::pin(sink)).await;
+}
