@@ -237,6 +237,12 @@ impl Shard {
                     self.metrics.publish(&self.counters);
                 }
             }
+            // Under a steady stream of datagrams the socket branch is always ready; deadlines
+            // (pacing, RTCP, ICE consent) must still be met, so check them after every wakeup.
+            let now = Instant::now();
+            if self.timers.first().is_some_and(|(t, _)| *t <= now) {
+                self.handle_timeouts(now);
+            }
             self.drain_dirty();
         }
         self.close_all();

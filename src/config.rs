@@ -1,0 +1,798 @@
+//! Server settings: one typed [`Config`], assembled from three sources. Each later source
+//! overrides single keys of the earlier ones:
+//!
+//! 1. the TOML file (`config/classroom.toml`, or `--config PATH`); every key is optional;
+//! 2. `CLASSROOM_*` environment variables ([`Overrides::from_env`]);
+//! 3. command-line flags (the binary builds an [`Overrides`] from them).
+//!
+//! [`Config::validate`] then rejects combinations that would start a server nobody can use.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Read when no `--config` is given; its absence is not an error.
+pub const DEFAULT_CONFIG_PATH: &str = "config/classroom.toml";
+
+/// Shorter HMAC keys make forged invite links a matter of brute force.
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// TCP address of the web server: pages, `/ws`, `/healthz`, `/metrics`. Port 0 picks a free
+    /// port.
+    pub http: SocketAddr,
+    /// The UDP media plane.
+    pub media: MediaSettings,
+    /// Where the server keeps state that must survive restarts (the generated token secret).
+    /// Relative paths are relative to the working directory.
+    pub data_dir: PathBuf,
+    /// Key that signs invite tokens. When unset, it is read from `<data_dir>/token_secret`,
+    /// which is generated on first start.
+    pub token_secret: Option<Secret>,
+    /// Base URL of invite links, e.g. `https://lessons.example.org` (a path prefix is allowed,
+    /// for a reverse proxy). Default: derived from `http` and `tls`.
+    pub public_url: Option<String>,
+    /// Serve HTTPS (and WSS) directly. Browsers only grant camera and microphone to secure
+    /// pages, so anything but `localhost` needs TLS here or in a reverse proxy.
+    pub tls: Option<TlsConfig>,
+    /// Diagnostics.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            media: MediaSettings::default(),
+            data_dir: PathBuf::from("./data"),
+            token_secret: None,
+            public_url: None,
+            tls: None,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// The UDP socket all WebRTC traffic goes through.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaSettings {
+    /// Address the media socket binds. Port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Addresses given to browsers as ICE candidates, each with the bound port. Needed when
+    /// `bind` is a wildcard address or behind a 1:1 NAT (cloud VMs: the public address).
+    /// Empty: the bound address itself.
+    pub announce: Vec<IpAddr>,
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        MediaSettings {
+            bind: SocketAddr::from(([127, 0, 0, 1], 50000)),
+            announce: Vec::new(),
+        }
+    }
+}
+
+impl MediaSettings {
+    pub fn to_media_config(&self) -> classroom_sfu::MediaConfig {
+        classroom_sfu::MediaConfig {
+            bind: self.bind,
+            announce: self.announce.clone(),
+        }
+    }
+}
+
+/// A PEM certificate chain and its private key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file: the server certificate, then any intermediates.
+    pub cert: PathBuf,
+    /// PEM file: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `human` (readable lines) or `json` (one object per line, for log collectors).
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `info,classroom_sfu=debug`. `RUST_LOG`, when set,
+    /// replaces it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "human" => Ok(LogFormat::Human),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!(
+                "unknown log format {other:?} (expected human or json)"
+            )),
+        }
+    }
+}
+
+/// A secret string that stays out of `Debug` output, so logging a [`Config`] leaks nothing.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Secret(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret(value.to_owned())
+    }
+}
+
+/// Why the configuration could not be assembled.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: &'static str, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Single keys set by the environment or the command line, on top of the file.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub http: Option<SocketAddr>,
+    pub media_bind: Option<SocketAddr>,
+    pub media_announce: Option<Vec<IpAddr>>,
+    pub data_dir: Option<PathBuf>,
+    pub token_secret: Option<Secret>,
+    pub public_url: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+}
+
+impl Overrides {
+    /// Reads the `CLASSROOM_*` variables of this process.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(|name| std::env::var_os(name))
+    }
+
+    /// Reads the `CLASSROOM_*` variables through `lookup`. An empty value counts as unset, as
+    /// deployment tools often define every variable and leave the unused ones empty.
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Self, ConfigError> {
+        let raw = |var: &'static str| lookup(var).filter(|v| !v.is_empty());
+        let text = |var: &'static str| -> Result<Option<String>, ConfigError> {
+            raw(var)
+                .map(|v| {
+                    v.into_string().map_err(|_| ConfigError::Env {
+                        var,
+                        message: "not valid UTF-8".to_owned(),
+                    })
+                })
+                .transpose()
+        };
+        fn parsed<T: FromStr>(
+            var: &'static str,
+            value: Option<String>,
+        ) -> Result<Option<T>, ConfigError>
+        where
+            T::Err: fmt::Display,
+        {
+            value
+                .map(|v| {
+                    v.trim().parse().map_err(|e| ConfigError::Env {
+                        var,
+                        message: format!("{v:?}: {e}"),
+                    })
+                })
+                .transpose()
+        }
+
+        let media_announce = text("CLASSROOM_MEDIA_ANNOUNCE")?
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|ip| {
+                        ip.parse().map_err(|e| ConfigError::Env {
+                            var: "CLASSROOM_MEDIA_ANNOUNCE",
+                            message: format!("{ip:?}: {e}"),
+                        })
+                    })
+                    .collect::<Result<Vec<IpAddr>, _>>()
+            })
+            .transpose()?;
+
+        Ok(Overrides {
+            http: parsed("CLASSROOM_HTTP", text("CLASSROOM_HTTP")?)?,
+            media_bind: parsed("CLASSROOM_MEDIA_BIND", text("CLASSROOM_MEDIA_BIND")?)?,
+            media_announce,
+            data_dir: raw("CLASSROOM_DATA_DIR").map(PathBuf::from),
+            token_secret: text("CLASSROOM_TOKEN_SECRET")?.map(Secret),
+            public_url: text("CLASSROOM_PUBLIC_URL")?,
+            tls_cert: raw("CLASSROOM_TLS_CERT").map(PathBuf::from),
+            tls_key: raw("CLASSROOM_TLS_KEY").map(PathBuf::from),
+            log_format: parsed("CLASSROOM_LOG_FORMAT", text("CLASSROOM_LOG_FORMAT")?)?,
+            log_level: text("CLASSROOM_LOG_LEVEL")?,
+        })
+    }
+
+    /// `self` with every key it leaves unset taken from `lower`.
+    pub fn over(self, lower: Overrides) -> Overrides {
+        Overrides {
+            http: self.http.or(lower.http),
+            media_bind: self.media_bind.or(lower.media_bind),
+            media_announce: self.media_announce.or(lower.media_announce),
+            data_dir: self.data_dir.or(lower.data_dir),
+            token_secret: self.token_secret.or(lower.token_secret),
+            public_url: self.public_url.or(lower.public_url),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            log_format: self.log_format.or(lower.log_format),
+            log_level: self.log_level.or(lower.log_level),
+        }
+    }
+}
+
+impl Config {
+    /// Loopback on free ports with a fixed secret: an in-process server for tests, touching
+    /// nothing on disk.
+    pub fn for_tests() -> Config {
+        Config {
+            http: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            media: MediaSettings {
+                bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                announce: Vec::new(),
+            },
+            data_dir: std::env::temp_dir().join("classroom-tests"),
+            token_secret: Some(Secret::new("classroom-tests-only-secret-0123456789abcdef")),
+            public_url: None,
+            tls: None,
+            log: LogConfig::default(),
+        }
+    }
+
+    /// The whole precedence chain: file < environment < `cli`, then [`Config::validate`].
+    ///
+    /// `path` is an explicit config file, which must exist; `None` reads
+    /// [`DEFAULT_CONFIG_PATH`] if it exists.
+    pub fn load(
+        path: Option<&Path>,
+        env: Overrides,
+        cli: Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => Config::from_file(path)?,
+            None => match Config::from_file(Path::new(DEFAULT_CONFIG_PATH)) {
+                Err(ConfigError::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Config::default()
+                }
+                other => other?,
+            },
+        };
+        config.apply(cli.over(env))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses the file format; missing keys keep their defaults.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// Replaces the keys `overrides` sets.
+    pub fn apply(&mut self, overrides: Overrides) -> Result<(), ConfigError> {
+        let Overrides {
+            http,
+            media_bind,
+            media_announce,
+            data_dir,
+            token_secret,
+            public_url,
+            tls_cert,
+            tls_key,
+            log_format,
+            log_level,
+        } = overrides;
+        if let Some(v) = http {
+            self.http = v;
+        }
+        if let Some(v) = media_bind {
+            self.media.bind = v;
+        }
+        if let Some(v) = media_announce {
+            self.media.announce = v;
+        }
+        if let Some(v) = data_dir {
+            self.data_dir = v;
+        }
+        if let Some(v) = token_secret {
+            self.token_secret = Some(v);
+        }
+        if let Some(v) = public_url {
+            self.public_url = Some(v);
+        }
+        if let Some(v) = log_format {
+            self.log.format = v;
+        }
+        if let Some(v) = log_level {
+            self.log.level = v;
+        }
+        // Certificate and key may come from different sources (a key file fixed in the config
+        // file, the certificate renewed through the environment), so each replaces only its half.
+        if tls_cert.is_some() || tls_key.is_some() {
+            let (old_cert, old_key) = match self.tls.take() {
+                Some(t) => (Some(t.cert), Some(t.key)),
+                None => (None, None),
+            };
+            match (tls_cert.or(old_cert), tls_key.or(old_key)) {
+                (Some(cert), Some(key)) => self.tls = Some(TlsConfig { cert, key }),
+                (Some(_), None) => {
+                    return Err(ConfigError::Invalid(
+                        "a TLS certificate is set but no key (tls.key, CLASSROOM_TLS_KEY, --tls-key)"
+                            .to_owned(),
+                    ));
+                }
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "a TLS key is set but no certificate (tls.cert, CLASSROOM_TLS_CERT, --tls-cert)"
+                            .to_owned(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rejects settings that cannot work, with a message that names the key to change. Files
+    /// (TLS) are only checked when the server loads them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let bind = self.media.bind;
+        if bind.ip().is_unspecified() && self.media.announce.is_empty() {
+            return invalid(format!(
+                "media.bind is {bind}, which browsers cannot send to; set media.announce \
+                 (CLASSROOM_MEDIA_ANNOUNCE, --announce) to the address(es) clients reach this \
+                 server at"
+            ));
+        }
+        for ip in &self.media.announce {
+            if ip.is_unspecified() || ip.is_multicast() {
+                return invalid(format!(
+                    "media.announce contains {ip}, which is not an address of this host"
+                ));
+            }
+            if bind.is_ipv4() && ip.is_ipv6() {
+                return invalid(format!(
+                    "media.announce contains the IPv6 address {ip}, but media.bind {bind} is \
+                     IPv4 and cannot receive on it"
+                ));
+            }
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir is empty".to_owned());
+        }
+        if let Some(secret) = &self.token_secret {
+            check_secret(secret.expose()).map_err(|m| {
+                ConfigError::Invalid(format!("token_secret (CLASSROOM_TOKEN_SECRET) {m}"))
+            })?;
+        }
+        if let Some(url) = &self.public_url {
+            check_base_url(url).map_err(|m| {
+                ConfigError::Invalid(format!(
+                    "public_url (CLASSROOM_PUBLIC_URL, --public-url) {url:?}: {m}"
+                ))
+            })?;
+        }
+        if let Some(tls) = &self.tls
+            && (tls.cert.as_os_str().is_empty() || tls.key.as_os_str().is_empty())
+        {
+            return invalid("tls.cert and tls.key must both be file paths".to_owned());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return invalid(format!(
+                "log.level {:?} is not a tracing filter (try \"info\" or \"info,classroom_sfu=debug\"): {e}",
+                self.log.level
+            ));
+        }
+        Ok(())
+    }
+
+    /// Base of invite links, without a trailing slash. `http_addr` is where the web server
+    /// actually listens (its port may have been 0 in the configuration).
+    pub fn public_base_url(&self, http_addr: SocketAddr) -> String {
+        if let Some(url) = &self.public_url {
+            return url.trim().trim_end_matches('/').to_owned();
+        }
+        let tls = self.tls.is_some();
+        // A wildcard address is nobody's destination; the media address clients are told about
+        // is the best guess at the one they reach this machine by.
+        let ip = if http_addr.ip().is_unspecified() {
+            self.media.announce.first().copied()
+        } else {
+            Some(http_addr.ip())
+        };
+        url_for(tls, ip, http_addr.port())
+    }
+}
+
+/// `http(s)://host[:port]`, leaving out the scheme's default port; `None` means `localhost`.
+pub(crate) fn url_for(tls: bool, ip: Option<IpAddr>, port: u16) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let host = match ip {
+        Some(IpAddr::V6(v6)) => format!("[{v6}]"),
+        Some(v4) => v4.to_string(),
+        None => "localhost".to_owned(),
+    };
+    let default_port = if tls { 443 } else { 80 };
+    if port == default_port {
+        format!("{scheme}://{host}")
+    } else {
+        format!("{scheme}://{host}:{port}")
+    }
+}
+
+pub(crate) fn check_secret(secret: &str) -> Result<(), String> {
+    let len = secret.trim().len();
+    if len < MIN_SECRET_LEN {
+        return Err(format!(
+            "is too short ({len} bytes); use at least {MIN_SECRET_LEN} random characters, or \
+             leave it unset to have one generated into <data_dir>/token_secret"
+        ));
+    }
+    Ok(())
+}
+
+/// Invite links are `{base}/teacher.html?token=...`, so the base must be an absolute http(s)
+/// URL that a query can follow.
+pub(crate) fn check_base_url(url: &str) -> Result<(), String> {
+    let url = url.trim();
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("must start with http:// or https://")?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        return Err("has no host".to_owned());
+    }
+    if url.contains(['?', '#']) || url.chars().any(char::is_whitespace) {
+        return Err("must not contain a query, fragment or spaces".to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(vars: &[(&str, &str)]) -> Result<Overrides, ConfigError> {
+        let map: HashMap<String, OsString> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), OsString::from(v)))
+            .collect();
+        Overrides::from_vars(|k| map.get(k).cloned())
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let c = Config::default();
+        assert_eq!(c.http, addr("127.0.0.1:8080"));
+        assert_eq!(c.media.bind, addr("127.0.0.1:50000"));
+        assert!(c.media.announce.is_empty());
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.log.format, LogFormat::Human);
+        assert_eq!(c.log.level, "info");
+        c.validate().unwrap();
+        Config::for_tests().validate().unwrap();
+    }
+
+    #[test]
+    fn shipped_config_file_parses_to_the_defaults() {
+        let text = include_str!("../config/classroom.toml");
+        assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn shipped_config_file_documents_every_key() {
+        // Uncommenting the examples must give a valid file using every key.
+        let text = include_str!("../config/classroom.toml");
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| looks_like_toml(r))
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::from_toml(&uncommented).unwrap();
+        assert!(c.token_secret.is_some());
+        assert!(c.public_url.is_some());
+        assert!(c.tls.is_some());
+    }
+
+    fn looks_like_toml(line: &str) -> bool {
+        line.starts_with('[')
+            || line
+                .split_once(" = ")
+                .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+    }
+
+    #[test]
+    fn file_keys_are_optional_and_nested() {
+        let c = Config::from_toml(
+            r#"
+            http = "0.0.0.0:443"
+            [media]
+            announce = ["203.0.113.7"]
+            [tls]
+            cert = "/etc/cert.pem"
+            key = "/etc/key.pem"
+            [log]
+            format = "json"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.http, addr("0.0.0.0:443"));
+        assert_eq!(c.media.bind, addr("127.0.0.1:50000"));
+        assert_eq!(
+            c.media.announce,
+            vec!["203.0.113.7".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.log.level, "info");
+        assert_eq!(c.tls.unwrap().key, PathBuf::from("/etc/key.pem"));
+    }
+
+    #[test]
+    fn file_errors_name_the_problem() {
+        let e = Config::from_toml("htp = \"1.2.3.4:5\"").unwrap_err();
+        assert!(e.contains("htp"), "{e}");
+        let e = Config::from_toml("http = \"nowhere\"").unwrap_err();
+        assert!(e.contains("http"), "{e}");
+        let e = Config::from_toml("[tls]\ncert = \"c.pem\"").unwrap_err();
+        assert!(e.contains("key"), "{e}");
+        let e = Config::from_toml("[log]\nformat = \"xml\"").unwrap_err();
+        assert!(e.contains("xml"), "{e}");
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error() {
+        let missing = std::env::temp_dir().join("classroom-no-such-config.toml");
+        let e = Config::load(Some(&missing), Overrides::default(), Overrides::default());
+        assert!(matches!(e, Err(ConfigError::Read { .. })), "{e:?}");
+    }
+
+    #[test]
+    fn env_overrides_file_and_cli_overrides_env() {
+        let mut c = Config::from_toml(
+            r#"
+            http = "127.0.0.1:1000"
+            data_dir = "/from/file"
+            [media]
+            bind = "127.0.0.1:2000"
+            [log]
+            level = "warn"
+            "#,
+        )
+        .unwrap();
+        let env = env(&[
+            ("CLASSROOM_HTTP", "127.0.0.1:1001"),
+            ("CLASSROOM_MEDIA_BIND", "127.0.0.1:2001"),
+            ("CLASSROOM_MEDIA_ANNOUNCE", "10.0.0.1, 10.0.0.2"),
+            ("CLASSROOM_LOG_FORMAT", "JSON"),
+            ("CLASSROOM_TOKEN_SECRET", "0123456789abcdef0123"),
+            ("CLASSROOM_PUBLIC_URL", "https://env.example"),
+        ])
+        .unwrap();
+        let cli = Overrides {
+            http: Some(addr("127.0.0.1:1002")),
+            media_announce: Some(vec!["10.0.0.3".parse().unwrap()]),
+            data_dir: Some("/from/cli".into()),
+            ..Overrides::default()
+        };
+        c.apply(cli.over(env)).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.http, addr("127.0.0.1:1002"), "cli beats env");
+        assert_eq!(c.media.bind, addr("127.0.0.1:2001"), "env beats file");
+        assert_eq!(
+            c.media.announce,
+            vec!["10.0.0.3".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(c.data_dir, PathBuf::from("/from/cli"));
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(
+            c.log.level, "warn",
+            "file value kept when nothing overrides it"
+        );
+        assert_eq!(
+            c.token_secret.as_ref().unwrap().expose(),
+            "0123456789abcdef0123"
+        );
+        assert_eq!(c.public_url.as_deref(), Some("https://env.example"));
+    }
+
+    #[test]
+    fn empty_env_values_count_as_unset() {
+        let o = env(&[("CLASSROOM_HTTP", ""), ("CLASSROOM_TOKEN_SECRET", "")]).unwrap();
+        assert_eq!(o, Overrides::default());
+    }
+
+    #[test]
+    fn bad_env_values_name_the_variable() {
+        for (var, value) in [
+            ("CLASSROOM_HTTP", "localhost"),
+            ("CLASSROOM_MEDIA_BIND", "1.2.3.4"),
+            ("CLASSROOM_MEDIA_ANNOUNCE", "1.2.3.4,example.org"),
+            ("CLASSROOM_LOG_FORMAT", "xml"),
+        ] {
+            let e = env(&[(var, value)]).unwrap_err().to_string();
+            assert!(e.contains(var), "{e}");
+        }
+    }
+
+    #[test]
+    fn tls_halves_combine_across_sources() {
+        let mut c = Config::from_toml("[tls]\ncert = \"/file/cert\"\nkey = \"/file/key\"").unwrap();
+        c.apply(Overrides {
+            tls_cert: Some("/env/cert".into()),
+            ..Overrides::default()
+        })
+        .unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/env/cert"));
+        assert_eq!(tls.key, PathBuf::from("/file/key"));
+
+        let mut c = Config::default();
+        let e = c
+            .apply(Overrides {
+                tls_cert: Some("/env/cert".into()),
+                ..Overrides::default()
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("no key"), "{e}");
+    }
+
+    #[test]
+    fn validation_rejects_unusable_settings() {
+        let check = |edit: &dyn Fn(&mut Config), needle: &str| {
+            let mut c = Config::default();
+            edit(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle:?} not in {e:?}");
+        };
+        check(&|c| c.media.bind = addr("0.0.0.0:50000"), "media.announce");
+        check(
+            &|c| c.media.announce = vec!["0.0.0.0".parse().unwrap()],
+            "not an address",
+        );
+        check(
+            &|c| c.media.announce = vec!["2001:db8::1".parse().unwrap()],
+            "IPv6",
+        );
+        check(&|c| c.token_secret = Some("short".into()), "too short");
+        check(&|c| c.public_url = Some("example.org".into()), "http://");
+        check(&|c| c.public_url = Some("https://".into()), "no host");
+        check(
+            &|c| c.public_url = Some("https://x.org/?a=1".into()),
+            "query",
+        );
+        check(&|c| c.log.level = "info,=[".into(), "log.level");
+        check(&|c| c.data_dir = PathBuf::new(), "data_dir");
+
+        let mut ok = Config::default();
+        ok.media.bind = addr("0.0.0.0:50000");
+        ok.media.announce = vec!["203.0.113.7".parse().unwrap()];
+        ok.validate().unwrap();
+    }
+
+    #[test]
+    fn public_url_defaults_from_the_listening_address() {
+        let mut c = Config::default();
+        assert_eq!(
+            c.public_base_url(addr("127.0.0.1:8080")),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(c.public_base_url(addr("[::1]:80")), "http://[::1]");
+        assert_eq!(
+            c.public_base_url(addr("0.0.0.0:8080")),
+            "http://localhost:8080"
+        );
+        c.media.announce = vec!["203.0.113.7".parse().unwrap()];
+        c.tls = Some(TlsConfig {
+            cert: "c".into(),
+            key: "k".into(),
+        });
+        assert_eq!(
+            c.public_base_url(addr("0.0.0.0:443")),
+            "https://203.0.113.7"
+        );
+        c.public_url = Some("https://school.example/classroom/".into());
+        assert_eq!(
+            c.public_base_url(addr("0.0.0.0:443")),
+            "https://school.example/classroom"
+        );
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_output() {
+        let c = Config {
+            token_secret: Some("super-secret-value-123".into()),
+            ..Config::default()
+        };
+        assert!(!format!("{c:?}").contains("super-secret"));
+    }
+}

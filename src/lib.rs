@@ -1,0 +1,15 @@
+//! classroom: a WebRTC media server for remote school lessons.
+//!
+//! This crate ties the media plane ([`classroom_sfu`]) and the signaling plane
+//! ([`classroom_signaling`]) into one server process, serves the browser client, and holds the
+//! configuration. The binary (`classroom serve`, `classroom invite`) is a thin shell around it.
+
+pub mod config;
+pub mod invite;
+pub mod logging;
+pub mod secret;
+pub mod server;
+pub mod web;
+
+pub use config::Config;
+pub use server::{ServerHandle, start};

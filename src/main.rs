@@ -1,0 +1,260 @@
+//! `classroom serve` runs the server; `classroom invite` prints a link into a lesson.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use classroom::config::{Config, LogFormat, Overrides};
+use classroom::invite;
+use classroom_signaling::token::{Claims, Role, TokenIssuer};
+
+/// The demo lesson whose links `serve` prints, so a first run has something to open.
+const DEMO_ROOM: &str = "demo";
+const DEMO_TTL: Duration = Duration::from_secs(12 * 3600);
+
+#[derive(Parser)]
+#[command(
+    name = "classroom",
+    version,
+    about = "Media server for remote school lessons"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Without a subcommand, classroom serves.
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Print an invite link (one line on standard output) for a person in a lesson.
+    Invite(InviteArgs),
+}
+
+/// Where the configuration comes from; shared by both commands so that they agree on the secret.
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// Config file [default: config/classroom.toml, if it exists].
+    #[arg(long, value_name = "PATH", env = "CLASSROOM_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for state that survives restarts (the generated token secret).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Web server address (pages, /ws, /healthz, /metrics).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// UDP address of the media socket.
+    #[arg(long, value_name = "ADDR")]
+    media_bind: Option<SocketAddr>,
+    /// Addresses browsers send media to (comma-separated).
+    #[arg(long, value_name = "IP[,IP]", value_delimiter = ',')]
+    announce: Option<Vec<IpAddr>>,
+    /// Base URL of invite links, e.g. https://lessons.example.org.
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
+    /// PEM certificate chain: serve HTTPS.
+    #[arg(long, value_name = "PATH")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PATH")]
+    tls_key: Option<PathBuf>,
+    /// Log format on standard error.
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<LogFormatArg>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Human,
+    Json,
+}
+
+#[derive(Args)]
+struct InviteArgs {
+    /// The lesson (room) the link admits to.
+    #[arg(long)]
+    room: String,
+    /// Display name shown to the others.
+    #[arg(long)]
+    name: String,
+    /// teacher, student or observer.
+    #[arg(long, value_parser = parse_role)]
+    role: Role,
+    /// Stable identity across reconnects [default: from the name, plus a random suffix].
+    #[arg(long)]
+    identity: Option<String>,
+    /// How long the link stays valid, e.g. 90m, 2h, 7days.
+    #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+    ttl: Duration,
+    /// Base of the link [default: public_url, or derived from the http address].
+    #[arg(long, value_name = "URL")]
+    base_url: Option<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.trim()
+        .to_ascii_lowercase()
+        .parse()
+        .map_err(|e| format!("{e}"))
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if ttl < Duration::from_secs(1) {
+        return Err("must be at least one second".to_owned());
+    }
+    Ok(ttl)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Invite(args)) => invite(args),
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("classroom: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(args: &ConfigArgs, cli: Overrides) -> anyhow::Result<Config> {
+    let cli = Overrides {
+        data_dir: args.data_dir.clone(),
+        ..cli
+    };
+    Ok(Config::load(
+        args.config.as_deref(),
+        Overrides::from_env()?,
+        cli,
+    )?)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = load_config(
+        &args.config,
+        Overrides {
+            http: args.http,
+            media_bind: args.media_bind,
+            media_announce: args.announce,
+            public_url: args.public_url,
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
+            log_format: args.log_format.map(|f| match f {
+                LogFormatArg::Human => LogFormat::Human,
+                LogFormatArg::Json => LogFormat::Json,
+            }),
+            ..Overrides::default()
+        },
+    )?;
+    classroom::logging::init(&config.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        // Installed before anything slow, so an early Ctrl-C still shuts down in order.
+        let stop =
+            classroom::server::shutdown_signal().context("cannot install signal handlers")?;
+        let server = classroom::server::start(config).await?;
+        print_banner(&server);
+        let stop = async move {
+            stop.await;
+            // Shutdown is bounded anyway, but an operator pressing Ctrl-C again means now.
+            if let Ok(again) = classroom::server::shutdown_signal() {
+                tokio::spawn(async move {
+                    again.await;
+                    eprintln!("classroom: second signal, exiting without waiting");
+                    std::process::exit(130);
+                });
+            }
+        };
+        // Every step of the shutdown is bounded, so this returns even with stuck clients.
+        server.run_until(stop).await
+    })?;
+    // A media thread that would not stop is still parked in a blocking task; it must not keep
+    // the process alive.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+fn print_banner(server: &classroom::ServerHandle) {
+    let link = |name: &str, role: Role| {
+        let claims = Claims::new(
+            DEMO_ROOM,
+            &invite::default_identity(name, role),
+            name,
+            role,
+            DEMO_TTL,
+        );
+        server.invite_link(&claims)
+    };
+    let (teacher, pupil) = match (link("Teacher", Role::Teacher), link("Pupil", Role::Student)) {
+        (Ok(t), Ok(p)) => (t, p),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("cannot make the demo links: {e}");
+            return;
+        }
+    };
+    println!("classroom is running at {}", server.public_url());
+    println!(
+        "Demo lesson (room \"{DEMO_ROOM}\"), links valid for {}:",
+        humantime::format_duration(DEMO_TTL)
+    );
+    println!("  teacher: {teacher}");
+    println!("  pupil:   {pupil}");
+    println!(
+        "Each link admits one person at a time. More: classroom invite --room {DEMO_ROOM} --name NAME --role student"
+    );
+}
+
+fn invite(args: InviteArgs) -> anyhow::Result<()> {
+    let config = load_config(
+        &args.config,
+        Overrides {
+            public_url: args.base_url.clone(),
+            ..Overrides::default()
+        },
+    )?;
+    let room = args.room.trim();
+    let name = args.name.trim();
+    if room.is_empty() {
+        bail!("--room must not be empty");
+    }
+    if name.is_empty() {
+        bail!("--name must not be empty");
+    }
+    let identity = match args.identity.as_deref().map(str::trim) {
+        Some("") => bail!("--identity must not be empty"),
+        Some(id) => id.to_owned(),
+        None => invite::default_identity(name, args.role),
+    };
+    let (secret, _) = classroom::secret::resolve(&config)?;
+    let claims = Claims::new(room, &identity, name, args.role, args.ttl);
+    let token = TokenIssuer::new(secret.expose().as_bytes()).issue(&claims)?;
+    println!(
+        "{}",
+        invite::link(&config.public_base_url(config.http), args.role, &token)
+    );
+    Ok(())
+}

@@ -1,0 +1,429 @@
+//! The whole server in one process: the media plane (UDP), the signaling plane and the web
+//! server (pages, `/ws`, `/healthz`, `/metrics`), started together and stopped in order.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow};
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum_server::tls_rustls::RustlsConfig;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use classroom_sfu::{MediaMetrics, Sfu};
+use classroom_signaling::token::{Claims, Role, TokenError, TokenIssuer};
+use classroom_signaling::{Signaling, SignalingConfig};
+
+pub use crate::config::Config;
+use crate::config::{TlsConfig, url_for};
+use crate::secret::{self, SecretSource};
+
+/// How long open HTTP requests get to finish once shutdown starts.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+/// How long the media thread gets to close its connections.
+const MEDIA_STOP: Duration = Duration::from_secs(5);
+
+/// A running server. Dropping it without [`ServerHandle::shutdown`] stops the web server
+/// abruptly but leaves the media thread to the end of the process.
+pub struct ServerHandle {
+    /// Where the web server listens (the real port when the configuration said 0).
+    pub http_addr: SocketAddr,
+    /// The bound media socket.
+    pub media_addr: SocketAddr,
+    /// The media addresses given to browsers.
+    pub media_announced: Vec<SocketAddr>,
+    public_url: String,
+    tls: bool,
+    issuer: TokenIssuer,
+    signaling: Signaling,
+    http: axum_server::Handle,
+    http_task: Option<JoinHandle<io::Result<()>>>,
+    sfu: Option<Sfu>,
+}
+
+/// Starts everything; returns once every socket is bound and the server is accepting.
+pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
+    config.validate()?;
+    let (secret, secret_source) = secret::resolve(&config)?;
+    match &secret_source {
+        SecretSource::Config => info!("token secret from the configuration"),
+        SecretSource::File(path) | SecretSource::Generated(path) => {
+            info!(path = %path.display(), "token secret from the data directory")
+        }
+    }
+    let issuer = TokenIssuer::new(secret.expose().as_bytes());
+
+    // Everything that commonly fails (port taken, unreadable certificate) comes before the
+    // media thread starts, so an error leaves nothing running.
+    let listener = std::net::TcpListener::bind(config.http)
+        .with_context(|| format!("cannot listen on {} (http)", config.http))?;
+    listener.set_nonblocking(true)?;
+    let http_addr = listener.local_addr()?;
+    let tls = match &config.tls {
+        Some(tls) => Some(load_tls(tls).await?),
+        None => None,
+    };
+
+    let mut sfu = classroom_sfu::start(config.media.to_media_config())
+        .context("cannot start the media plane")?;
+    let events = sfu
+        .events
+        .take()
+        .ok_or_else(|| anyhow!("the media plane's events were already taken"))?;
+    let signaling = Signaling::new(
+        SignalingConfig::default(),
+        issuer.clone(),
+        sfu.commands.clone(),
+        events,
+    );
+
+    let app = router(&signaling, sfu.metrics.clone());
+    let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let http = axum_server::Handle::new();
+    let http_task = match tls {
+        Some(tls) => tokio::spawn(
+            axum_server::from_tcp_rustls(listener, tls)
+                .handle(http.clone())
+                .serve(make_service),
+        ),
+        None => tokio::spawn(
+            axum_server::from_tcp(listener)
+                .handle(http.clone())
+                .serve(make_service),
+        ),
+    };
+
+    let public_url = config.public_base_url(http_addr);
+    if !is_secure_context(&public_url) {
+        warn!(
+            %public_url,
+            "browsers allow camera and microphone only on https pages (or http://localhost): \
+             pupils on other machines will not be able to send audio or video; configure tls, \
+             or a TLS reverse proxy and public_url"
+        );
+    }
+    info!(
+        http = %http_addr,
+        tls = config.tls.is_some(),
+        media = %sfu.local_addr,
+        announced = ?sfu.announced,
+        %public_url,
+        "classroom is running"
+    );
+    Ok(ServerHandle {
+        http_addr,
+        media_addr: sfu.local_addr,
+        media_announced: sfu.announced.clone(),
+        public_url,
+        tls: config.tls.is_some(),
+        issuer,
+        signaling,
+        http,
+        http_task: Some(http_task),
+        sfu: Some(sfu),
+    })
+}
+
+impl ServerHandle {
+    /// The web server as reachable from this machine, e.g. `http://127.0.0.1:8080`.
+    pub fn http_url(&self) -> String {
+        let ip = match self.http_addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        url_for(self.tls, Some(ip), self.http_addr.port())
+    }
+
+    /// The signaling endpoint as reachable from this machine, e.g. `ws://127.0.0.1:8080/ws`.
+    pub fn ws_url(&self) -> String {
+        let http = self.http_url();
+        match http.strip_prefix("http") {
+            Some(rest) => format!("ws{rest}/ws"),
+            None => format!("{http}/ws"),
+        }
+    }
+
+    /// Base of invite links: `public_url`, or derived from the listening address.
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
+    /// A token for `room` with the role's default permissions, valid for a day.
+    pub fn issue_token(&self, room: &str, identity: &str, name: &str, role: Role) -> String {
+        let claims = Claims::new(room, identity, name, role, Duration::from_secs(24 * 3600));
+        self.issue_token_with(&claims)
+    }
+
+    /// A token for arbitrary claims, signed with the server's secret. Takes `Claims` or
+    /// `&Claims`.
+    pub fn issue_token_with(&self, claims: impl std::borrow::Borrow<Claims>) -> String {
+        // HS256 over claims we built ourselves has no failure mode but a bug.
+        self.try_issue_token(claims.borrow())
+            .expect("signing a token with the server's key")
+    }
+
+    pub fn try_issue_token(&self, claims: &Claims) -> Result<String, TokenError> {
+        self.issuer.issue(claims)
+    }
+
+    /// An invite link for `claims`, under [`ServerHandle::public_url`].
+    pub fn invite_link(&self, claims: &Claims) -> Result<String, TokenError> {
+        let token = self.issuer.issue(claims)?;
+        Ok(crate::invite::link(&self.public_url, claims.role, &token))
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let stop = shutdown_signal().context("cannot install signal handlers")?;
+        self.run_until(stop).await
+    }
+
+    /// Runs until `stop` completes, then shuts down gracefully. Returns early with an error if
+    /// the web server fails on its own (after still shutting the rest down).
+    pub async fn run_until(mut self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Some(mut http_task) = self.http_task.take() else {
+            return self.shutdown_inner().await;
+        };
+        tokio::select! {
+            () = stop => {
+                self.http_task = Some(http_task);
+                self.shutdown_inner().await
+            }
+            result = &mut http_task => {
+                let failure = match result {
+                    Ok(Ok(())) => anyhow!("the web server stopped unexpectedly"),
+                    Ok(Err(e)) => anyhow::Error::new(e).context("the web server failed"),
+                    Err(e) => anyhow::Error::new(e).context("the web server task failed"),
+                };
+                if let Err(e) = self.shutdown_inner().await {
+                    warn!("shutdown after the web server failed: {e:#}");
+                }
+                Err(failure)
+            }
+        }
+    }
+
+    /// Stops in dependency order: no new connections; every participant told `goodbye
+    /// server_shutdown`; open HTTP requests drained; then the media plane, whose peers are gone.
+    pub async fn shutdown(mut self) {
+        if let Err(e) = self.shutdown_inner().await {
+            warn!("unclean shutdown: {e:#}");
+        }
+    }
+
+    async fn shutdown_inner(&mut self) -> anyhow::Result<()> {
+        info!("shutting down");
+        let started = Instant::now();
+        // Stop accepting first, so nobody joins between the goodbyes and the end. Upgraded
+        // WebSockets are not HTTP connections any more and stay open for the goodbye.
+        self.http.graceful_shutdown(Some(HTTP_DRAIN));
+        self.signaling.shutdown().await;
+        let mut result = Ok(());
+        if let Some(task) = self.http_task.take() {
+            match tokio::time::timeout(HTTP_DRAIN + Duration::from_secs(1), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => result = Err(anyhow::Error::new(e).context("web server")),
+                Ok(Err(e)) => result = Err(anyhow::Error::new(e).context("web server task")),
+                Err(_) => {
+                    self.http.shutdown();
+                    result = Err(anyhow!("the web server did not stop within {HTTP_DRAIN:?}"));
+                }
+            }
+        }
+        if let Some(sfu) = self.sfu.take() {
+            let joined = tokio::task::spawn_blocking(move || sfu.shutdown());
+            match tokio::time::timeout(MEDIA_STOP, joined).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(anyhow::Error::new(e).context("media thread")),
+                Err(_) => {
+                    result = Err(anyhow!(
+                        "the media thread did not stop within {MEDIA_STOP:?}"
+                    ))
+                }
+            }
+        }
+        info!(elapsed = ?started.elapsed(), "stopped");
+        result
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if self.http_task.is_some() {
+            self.http.shutdown();
+        }
+    }
+}
+
+/// Completes on the first SIGINT or SIGTERM. The handlers are installed by this call, not on
+/// first poll, so a signal that arrives during startup is not lost (or fatal).
+pub fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => info!("SIGINT received"),
+                _ = terminate.recv() => info!("SIGTERM received"),
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
+}
+
+/// Whether browsers treat pages under `url` as a secure context, the condition for
+/// `getUserMedia`.
+fn is_secure_context(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return true;
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+async fn load_tls(tls: &TlsConfig) -> anyhow::Result<RustlsConfig> {
+    // Several rustls backends may be compiled in (through dependencies); rustls then refuses
+    // to pick one by itself. An already installed provider is fine too.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    RustlsConfig::from_pem_file(&tls.cert, &tls.key)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot load the TLS certificate {} and key {}",
+                tls.cert.display(),
+                tls.key.display()
+            )
+        })
+}
+
+#[derive(Clone)]
+struct MetricsState {
+    media: Arc<MediaMetrics>,
+    signaling: Signaling,
+    started: Instant,
+    started_at: SystemTime,
+}
+
+fn router(signaling: &Signaling, media: Arc<MediaMetrics>) -> Router {
+    let state = MetricsState {
+        media,
+        signaling: signaling.clone(),
+        started: Instant::now(),
+        started_at: SystemTime::now(),
+    };
+    let own = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    crate::web::router().merge(own).merge(signaling.router())
+}
+
+async fn metrics(State(state): State<MetricsState>) -> impl IntoResponse {
+    let mut out = String::with_capacity(8 * 1024);
+    state.media.render(&mut out);
+    state.signaling.render_metrics(&mut out);
+    render_process(&mut out, state.started, state.started_at);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+}
+
+fn render_process(out: &mut String, started: Instant, started_at: SystemTime) {
+    let version = env!("CARGO_PKG_VERSION");
+    let _ = writeln!(
+        out,
+        "# HELP classroom_build_info Version of the running server\n\
+         # TYPE classroom_build_info gauge\n\
+         classroom_build_info{{version=\"{version}\"}} 1"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP classroom_uptime_seconds Seconds since the server started\n\
+         # TYPE classroom_uptime_seconds gauge\n\
+         classroom_uptime_seconds {:.3}",
+        started.elapsed().as_secs_f64()
+    );
+    let start_time = started_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let _ = writeln!(
+        out,
+        "# HELP process_start_time_seconds Start time of the process since the epoch\n\
+         # TYPE process_start_time_seconds gauge\n\
+         process_start_time_seconds {start_time:.3}"
+    );
+    if let Some(rss) = resident_memory_bytes() {
+        let _ = writeln!(
+            out,
+            "# HELP process_resident_memory_bytes Resident memory size\n\
+             # TYPE process_resident_memory_bytes gauge\n\
+             process_resident_memory_bytes {rss}"
+        );
+    }
+}
+
+/// Linux only; elsewhere the metric is left out rather than reported as 0.
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_secure_context;
+
+    #[test]
+    fn secure_contexts() {
+        for url in [
+            "https://school.example",
+            "http://localhost:8080",
+            "http://127.0.0.1:8080",
+            "http://[::1]:8080",
+            "http://app.localhost",
+        ] {
+            assert!(is_secure_context(url), "{url}");
+        }
+        for url in [
+            "http://10.0.0.5:8080",
+            "http://school.example",
+            "http://[2001:db8::1]",
+        ] {
+            assert!(!is_secure_context(url), "{url}");
+        }
+    }
+}
