@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Browser end-to-end test: starts a real classroom server and headless Chromium (e2e.mjs) and
+# checks that a lesson's audio and video flow between the pages.
+#
+# Both run inside a network namespace made for this run. Outside one, Chromium offers the
+# machine's outward address as its ICE candidate and the test would depend on that network;
+# inside, the only addresses are a veth pair that exists nowhere else, so the test is the same on
+# every machine and cannot disturb (or be disturbed by) anything. Needs root for that.
+#
+# Environment:
+#   CLASSROOM_BIN  server binary to test (default: build target/release/classroom)
+#   E2E_TIMEOUT    seconds for the browser part (default 240)
+#   ARTIFACT_DIR   where to keep the server log and failure screenshots (default: discarded)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+limit=${E2E_TIMEOUT:-240}
+
+ns=clsbr$$
+addr=10.213.0.1
+peer_addr=10.213.0.2
+http_port=8080
+media_port=50000
+base_url=http://$addr:$http_port
+work=$(mktemp -d /tmp/classroom-e2e.XXXXXX)
+server_pid=
+test_pid=
+
+log() { echo "e2e: $*"; }
+
+stop_server() {
+  [ -n "$server_pid" ] || return 0
+  if kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    # A graceful shutdown is part of what is tested; a hung one must not hang the run.
+    timeout 10 tail --pid="$server_pid" -f /dev/null || kill -KILL "$server_pid" 2>/dev/null || true
+  fi
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=
+}
+
+cleanup() {
+  local status=$?
+  trap - EXIT
+  if [ -n "$test_pid" ]; then
+    kill -TERM "$test_pid" 2>/dev/null || true # `timeout` passes it on to node
+    wait "$test_pid" 2>/dev/null || true
+  fi
+  stop_server
+  # Whatever still runs in the namespace was started by this run (e.g. a Chromium left behind
+  # by a killed test); the namespace is ours alone, so these are our processes.
+  local pid
+  for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+  ip netns del "$ns" 2>/dev/null || true
+  if [ "$status" -ne 0 ] && [ -f "$work/server.log" ]; then
+    echo "---- last 150 lines of the server log ($work/server.log) ----"
+    tail -n 150 "$work/server.log"
+    echo "---- end of server log ----"
+  fi
+  if [ -n "${ARTIFACT_DIR:-}" ] && [ -f "$work/server.log" ]; then
+    mkdir -p "$ARTIFACT_DIR" && cp "$work/server.log" "$ARTIFACT_DIR/"
+  fi
+  rm -rf "$work"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---- prerequisites ----
+if [ "$(id -u)" -ne 0 ]; then
+  log "must run as root (it creates a network namespace)"
+  exit 2
+fi
+for tool in ip node timeout /usr/bin/chromium; do
+  command -v "$tool" >/dev/null || { log "missing $tool (scripts/test installs what is needed)"; exit 2; }
+done
+if [ ! -d "$here/node_modules/playwright-core" ]; then
+  log "installing playwright-core (npm ci)"
+  (cd "$here" && npm ci --no-audit --no-fund)
+fi
+
+if [ -n "${CLASSROOM_BIN:-}" ]; then
+  bin=$CLASSROOM_BIN
+else
+  log "building the server (cargo build --release --bin classroom)"
+  (cd "$root" && cargo build --release --bin classroom)
+  bin=$root/target/release/classroom
+fi
+[ -x "$bin" ] || { log "no server binary at $bin"; exit 2; }
+
+# ---- network namespace: two ends of a veth pair, both inside it ----
+ip netns add "$ns"
+nsrun() { ip netns exec "$ns" "$@"; }
+nsrun ip link set lo up
+nsrun ip link add veth0 type veth peer name veth1
+nsrun ip addr add "$addr/24" dev veth0
+nsrun ip addr add "$peer_addr/24" dev veth1
+nsrun ip link set veth0 up
+nsrun ip link set veth1 up
+# Chromium picks its "default" local address by routing towards the internet; this route makes
+# that 10.213.0.1. Nothing answers beyond it, so no packet leaves the namespace.
+nsrun ip route add default dev veth0 src "$addr"
+
+# ---- server ----
+CLASSROOM_TOKEN_SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+export CLASSROOM_TOKEN_SECRET
+room=e2e-$$
+invite() {
+  local url
+  url=$("$bin" invite --room "$room" --base-url "$base_url" "$@")
+  case "$url" in
+    "$base_url"/*) printf '%s' "$url" ;;
+    *) log "classroom invite $* printed '$url', not a link under $base_url"; return 1 ;;
+  esac
+}
+teacher_url=$(invite --name "Tanaka Sensei" --role teacher --identity t-e2e --ttl 1h)
+student_url=$(invite --name "Sato Hana" --role student --identity s-e2e-1 --ttl 1h)
+observer_url=$(invite --name "Ito (observer)" --role observer --identity o-e2e-1 --ttl 1h)
+
+log "starting the server in namespace $ns at $base_url"
+mkdir -p "$work/data"
+# Started with `ip netns exec` directly (not through a function) so that $! is the server itself.
+ip netns exec "$ns" env RUST_LOG="${RUST_LOG:-info}" "$bin" serve \
+  --http "$addr:$http_port" \
+  --media-bind "$addr:$media_port" \
+  --announce "$addr" \
+  --data-dir "$work/data" \
+  >"$work/server.log" 2>&1 &
+server_pid=$!
+
+# ---- browser part (it waits for /healthz itself, with a deadline) ----
+# In the background plus `wait`: bash runs a signal trap only after a foreground command ends,
+# but interrupts `wait` at once, so an interrupted run still cleans up promptly.
+mkdir -p "$work/tmp" # Chromium's profile and Playwright's files: removed with $work, even if node is killed
+ip netns exec "$ns" timeout --kill-after=10 "$limit" env \
+  TMPDIR="$work/tmp" \
+  BASE_URL="$base_url" \
+  TEACHER_URL="$teacher_url" \
+  STUDENT_URL="$student_url" \
+  STUDENT_IDENTITY=s-e2e-1 \
+  OBSERVER_URL="$observer_url" \
+  node "$here/e2e.mjs" &
+test_pid=$!
+status=0
+wait "$test_pid" || status=$?
+test_pid=
+if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+  log "the browser test did not finish within $limit s"
+fi
+if ! kill -0 "$server_pid" 2>/dev/null; then
+  log "the server exited during the test"
+  status=1
+fi
+if grep -q 'panicked' "$work/server.log"; then
+  log "the server log shows a panic"
+  grep -m5 -A3 'panicked' "$work/server.log"
+  status=1
+fi
+exit "$status"

@@ -1,0 +1,72 @@
+// What both pages do around a session: read the invite token, join, report the connection's
+// state to the user, offer a reconnect when it ends, and leave when the tab goes away.
+
+import { Session } from './session.js';
+import { AudioPlayer } from './media.js';
+import { exposeForTests } from './hooks.js';
+import { byId, errorText, setStatus, showBanner, hideBanner, tokenFromUrl } from './ui.js';
+
+/**
+ * Joins the room named by the page's invite token. Returns {session, audio}, or null when the
+ * page cannot join at all (no token). `onJoined(joined)` runs once the room is entered,
+ * `onEnded(reason)` once the session is over.
+ */
+export function startSession({ onJoined = () => {}, onEnded = () => {} } = {}) {
+  const token = tokenFromUrl();
+  if (!token) {
+    setStatus('Not connected', 'error');
+    showBanner('This page needs an invite link. Open the link your school sent you.');
+    return null;
+  }
+
+  const session = new Session({ token });
+  exposeForTests(session);
+
+  const soundButton = byId('btn-sound');
+  const audio = new AudioPlayer(byId('audio-sink'), {
+    onBlocked: () => { soundButton.hidden = false; },
+    onUnblocked: () => { soundButton.hidden = true; },
+  });
+  soundButton.addEventListener('click', () => audio.resume());
+
+  session.addEventListener('error', (ev) => {
+    console.warn('classroom:', ev.detail.error);
+    showBanner(errorText(ev.detail.error));
+  });
+
+  session.addEventListener('connectionstate', (ev) => {
+    const { which, state } = ev.detail;
+    if (state === 'failed') {
+      showBanner(`The ${which === 'publish' ? 'sending' : 'receiving'} media connection failed. The network may block it.`, {
+        actionLabel: 'Reconnect',
+        onAction: () => window.location.reload(),
+      });
+    }
+  });
+
+  session.addEventListener('ended', (ev) => {
+    const { reason, error } = ev.detail;
+    setStatus('Disconnected', reason === 'left' ? 'info' : 'error');
+    const canRetry = !['invalid_token', 'token_expired', 'left'].includes(reason);
+    showBanner(errorText(error || reason), canRetry
+      ? { actionLabel: 'Reconnect', onAction: () => window.location.reload() }
+      : { kind: reason === 'left' ? 'info' : 'error' });
+    onEnded(reason);
+  });
+
+  // Leaving explicitly tells the others at once instead of after the server's socket timeout.
+  window.addEventListener('pagehide', () => session.leave());
+
+  setStatus('Connecting…');
+  session.join().then(
+    (joined) => {
+      hideBanner();
+      setStatus(`Connected as ${joined.participant.name}`, 'ok');
+      byId('room').textContent = joined.room;
+      onJoined(joined);
+    },
+    (err) => console.warn('classroom: join failed', err), // `ended` shows it to the user
+  );
+
+  return { session, audio };
+}
