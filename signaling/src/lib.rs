@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 
 use classroom_sfu::{ShardCommand, ShardEvent};
 
-use protocol::{ErrorCode, ServerMessage};
+use protocol::{ErrorCode, GoodbyeReason, ServerMessage};
 use registry::{Outbound, Registry};
 use token::TokenIssuer;
 
@@ -229,7 +229,10 @@ async fn relay_media_events(inner: Arc<Inner>, mut events: mpsc::UnboundedReceiv
                 }
             }
             ShardEvent::ConnectionLost { participant } => {
-                debug!(%participant, room = ?inner.registry.room_of(participant), "a peer connection was lost");
+                debug!(%participant, "a peer connection was lost; closing the session");
+                inner
+                    .registry
+                    .send(participant, Outbound::Close(GoodbyeReason::ConnectionLost));
             }
         }
     }

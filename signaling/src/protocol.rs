@@ -209,6 +209,8 @@ pub enum GoodbyeReason {
     ServerShutdown,
     Replaced,
     Timeout,
+    /// One of the participant's peer connections failed; rejoin to get fresh ones.
+    ConnectionLost,
 }
 
 /// A server message with its version, as serialised on the wire.

@@ -144,10 +144,6 @@ impl Registry {
         Some(room)
     }
 
-    pub fn room_of(&self, id: ParticipantId) -> Option<RoomId> {
-        self.participants.get(&id).map(|e| e.room.clone())
-    }
-
     pub fn counts(&self) -> (usize, usize, usize) {
         (
             self.rooms.len(),

@@ -13,7 +13,11 @@ pub struct Section {
     pub sending: bool,
 }
 
-/// The media sections of an SDP, or why it is not one.
+/// A camera, a microphone and a screen need three; leave room for renegotiation history, but keep
+/// a hostile offer from making the media thread negotiate thousands of sections.
+pub const MAX_SECTIONS: usize = 16;
+
+/// The media sections of an SDP, or why it is not one (or not one we take).
 pub fn sections(sdp: &str) -> Result<Vec<Section>, String> {
     if !sdp.starts_with("v=0") {
         return Err("an SDP starts with `v=0`".into());
@@ -21,7 +25,15 @@ pub fn sections(sdp: &str) -> Result<Vec<Section>, String> {
     let mut out: Vec<Section> = Vec::new();
     for line in sdp.lines() {
         let line = line.trim_end_matches('\r');
+        if line.starts_with("a=simulcast:") {
+            return Err("simulcast publishing is not supported yet; send one encoding".into());
+        }
         if let Some(rest) = line.strip_prefix("m=") {
+            if out.len() == MAX_SECTIONS {
+                return Err(format!(
+                    "an offer may have at most {MAX_SECTIONS} media sections"
+                ));
+            }
             let kind = match rest.split(' ').next() {
                 Some("audio") => Some(Kind::Audio),
                 Some("video") => Some(Kind::Video),
@@ -76,6 +88,14 @@ mod tests {
         assert!(!s[2].sending);
         assert_eq!(s[3].kind, None);
         assert!(sections("hello").is_err());
+        let many = format!(
+            "v=0\r\n{}",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n".repeat(MAX_SECTIONS + 1)
+        );
+        assert!(sections(&many).unwrap_err().contains("at most"));
+        let simulcast =
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=simulcast:send q;h;f\r\n";
+        assert!(sections(simulcast).unwrap_err().contains("simulcast"));
         assert!(sections("v=0\r\n").is_err());
     }
 }

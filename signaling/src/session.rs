@@ -93,7 +93,7 @@ where
                         s.send(&ServerMessage::error(None, ErrorCode::Replaced, "the same identity joined from another connection")).await;
                     }
                     s.send(&ServerMessage::Goodbye { reason }).await;
-                    Flow::Close(CLOSE_POLICY, "replaced")
+                    Flow::Close(CLOSE_POLICY, "goodbye")
                 }
                 None => Flow::Continue,
             },
@@ -294,9 +294,10 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             .await
             .is_err()
         {
-            return self
-                .fail(None, ErrorCode::Internal, "the media plane is not running")
+            self.fail(None, ErrorCode::Internal, "the media plane is not running")
                 .await;
+            // A session the media plane never heard of would be half joined: end it.
+            return Flow::Close(CLOSE_GOING_AWAY, "media plane stopped");
         }
         self.inner.registry.broadcast(
             &room,

@@ -1,13 +1,14 @@
 //! Which peer connection a datagram on the shared UDP port belongs to.
 //!
 //! A STUN binding request names its target in the USERNAME attribute (`<our ufrag>:<their
-//! ufrag>`, RFC 8445 §7.2.2), so it is routed by our ICE ufrag, and its source address is learned
-//! for that peer. Everything else (DTLS, SRTP, SRTCP) is routed by source address. Both are map
-//! lookups; no datagram is ever offered to every peer in turn.
+//! ufrag>`, RFC 8445 §7.2.2), so it is routed by our ICE ufrag. Everything else (DTLS, SRTP,
+//! SRTCP) is routed by source address. Both are map lookups; no datagram is ever offered to every
+//! peer in turn.
 //!
-//! An address is learned before the peer's `Rtc` checks the request's integrity. That is safe:
-//! a forged request only lets its sender reach a peer that will reject its unauthenticated
-//! packets, and each peer keeps at most [`MAX_ADDRESSES_PER_PEER`] addresses.
+//! An address is bound to a peer only when that peer's `Rtc` answers a STUN request sent from it
+//! ([`Demuxer::confirm`]): str0m answers only requests whose MESSAGE-INTEGRITY proves knowledge of
+//! the ICE password, so a spoofed request cannot steal or evict another client's address. Each
+//! peer keeps at most [`MAX_ADDRESSES_PER_PEER`] addresses.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -66,14 +67,12 @@ impl<K: Copy + Eq + Hash> Demuxer<K> {
     }
 
     /// The peer for a datagram from `source`.
-    pub fn route(&mut self, source: SocketAddr, datagram: &[u8]) -> Result<K, Unroutable> {
+    pub fn route(&self, source: SocketAddr, datagram: &[u8]) -> Result<K, Unroutable> {
         if is_stun(datagram) {
-            let key = stun_local_ufrag(datagram)
+            return stun_local_ufrag(datagram)
                 .and_then(|ufrag| self.by_ufrag.get(ufrag))
                 .copied()
-                .ok_or(Unroutable::UnknownUfrag)?;
-            self.learn(source, key);
-            return Ok(key);
+                .ok_or(Unroutable::UnknownUfrag);
         }
         self.by_addr
             .get(&source)
@@ -88,6 +87,14 @@ impl<K: Copy + Eq + Hash> Demuxer<K> {
 
     pub fn is_empty(&self) -> bool {
         self.by_ufrag.is_empty()
+    }
+
+    /// Called for every datagram a peer sends: a STUN message (an authenticated binding
+    /// response) to `destination` binds that address to the peer.
+    pub fn confirm(&mut self, key: K, destination: SocketAddr, datagram: &[u8]) {
+        if is_stun(datagram) {
+            self.learn(destination, key);
+        }
     }
 
     fn learn(&mut self, source: SocketAddr, key: K) {
@@ -172,8 +179,18 @@ mod tests {
         let dtls = [22u8, 0xfe, 0xfd, 0, 0];
         assert_eq!(dm.route(addr(5000), &dtls), Err(Unroutable::UnknownAddress));
         assert_eq!(dm.route(addr(5000), &binding_request("srvB:cli1")), Ok(2));
+        assert_eq!(
+            dm.route(addr(5000), &dtls),
+            Err(Unroutable::UnknownAddress),
+            "not yet answered"
+        );
+        dm.confirm(2, addr(5000), &binding_request("cli1:srvB"));
         assert_eq!(dm.route(addr(5000), &dtls), Ok(2));
         assert_eq!(dm.route(addr(5001), &binding_request("srvA:x")), Ok(1));
+        // Only STUN the peer sends binds an address; media towards it does not.
+        dm.confirm(1, addr(5001), &dtls);
+        assert_eq!(dm.route(addr(5001), &dtls), Err(Unroutable::UnknownAddress));
+        dm.confirm(1, addr(5001), &binding_request("x:srvA"));
         assert_eq!(dm.route(addr(5001), &dtls), Ok(1));
         assert_eq!(
             dm.route(addr(5002), &binding_request("nobody:x")),
@@ -186,6 +203,11 @@ mod tests {
         let mut dm = Demuxer::default();
         dm.insert("srvA", 1u32);
         let mut d = binding_request("srvA:x");
+        dm.confirm(1, addr(9), &[0u8; 3]);
+        assert_eq!(
+            dm.route(addr(9), &[0x80, 0, 0, 0]),
+            Err(Unroutable::UnknownAddress)
+        );
         // Claim a USERNAME longer than the datagram.
         d[20 + 8 + 2] = 0xff;
         assert_eq!(dm.route(addr(1), &d), Err(Unroutable::UnknownUfrag));
@@ -206,8 +228,8 @@ mod tests {
     fn removal_forgets_ufrag_and_addresses() {
         let mut dm = Demuxer::default();
         dm.insert("srvA", 1u32);
-        dm.route(addr(10), &binding_request("srvA:x")).ok();
-        dm.route(addr(11), &binding_request("srvA:x")).ok();
+        dm.confirm(1, addr(10), &binding_request("x:srvA"));
+        dm.confirm(1, addr(11), &binding_request("x:srvA"));
         dm.remove("srvA", 1);
         assert!(dm.is_empty());
         assert_eq!(
@@ -226,13 +248,14 @@ mod tests {
         dm.insert("srvA", 1u32);
         dm.insert("srvB", 2u32);
         for port in 0..10 {
-            dm.route(addr(100 + port), &binding_request("srvA:x")).ok();
+            dm.confirm(1, addr(100 + port), &binding_request("x:srvA"));
         }
         let rtp = [0x80u8, 96, 0, 1];
         assert_eq!(dm.route(addr(100), &rtp), Err(Unroutable::UnknownAddress));
         assert_eq!(dm.route(addr(109), &rtp), Ok(1));
-        // Port 109 is reused by another peer's client.
+        // Port 109 is reused by another peer's client, which authenticates.
         assert_eq!(dm.route(addr(109), &binding_request("srvB:y")), Ok(2));
+        dm.confirm(2, addr(109), &binding_request("y:srvB"));
         assert_eq!(dm.route(addr(109), &rtp), Ok(2));
         dm.remove("srvA", 1);
         assert_eq!(

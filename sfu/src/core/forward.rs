@@ -1,25 +1,30 @@
 //! The forwarding decision for one track towards one subscriber.
 //!
 //! The shard calls [`Forwarder::forward`] for every packet of the track and applies what comes
-//! back; the forwarder itself touches no `Rtc`.
+//! back; the forwarder itself touches no `Rtc` and reads no clock (arrival times come in).
+
+use std::time::Instant;
 
 use super::rewrite::Rewriter;
 
 /// What the shard knows about an incoming packet, computed once for all subscribers.
 #[derive(Debug, Clone, Copy)]
 pub struct IncomingPacket {
+    /// The SSRC it came on: a change means a new source (a reconnect, another layer).
+    pub ssrc: u32,
     /// str0m's extended sequence number.
     pub seq: u64,
     pub timestamp: u32,
     pub marker: bool,
     /// The packet starts a keyframe (always false for audio).
     pub keyframe_start: bool,
+    pub arrival: Instant,
 }
 
 /// Why a packet was not forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
-    /// Video that started before the subscriber got its first keyframe.
+    /// Video of a source this subscriber has not started on yet: it needs a keyframe first.
     WaitingForKeyframe,
     /// A late packet from before the point the subscriber started at.
     BeforeStart,
@@ -40,36 +45,58 @@ pub enum Forward {
 #[derive(Debug, Clone)]
 pub struct Forwarder {
     video: bool,
+    clock_rate: u32,
     rewriter: Rewriter,
+    /// The SSRC currently forwarded.
+    source: Option<u32>,
+    /// A packet of another source was seen; video waits for its keyframe.
+    waiting_for_keyframe: bool,
+    last_sent_arrival: Option<Instant>,
 }
 
 impl Forwarder {
     /// `first_seq`/`first_ts` are this subscriber's own starting values (random in production).
-    pub fn new(video: bool, first_seq: u16, first_ts: u32) -> Self {
+    pub fn new(video: bool, clock_rate: u32, first_seq: u16, first_ts: u32) -> Self {
         Forwarder {
             video,
+            clock_rate,
             rewriter: Rewriter::new(first_seq, first_ts),
+            source: None,
+            waiting_for_keyframe: video,
+            last_sent_arrival: None,
         }
     }
 
-    /// Video that has not started yet needs a keyframe from the publisher.
+    /// The subscriber waits for a keyframe the publisher should be asked for.
     pub fn wants_keyframe(&self) -> bool {
-        self.video && !self.rewriter.has_source()
+        self.waiting_for_keyframe
     }
 
     pub fn forward(&mut self, p: &IncomingPacket) -> Forward {
-        if !self.rewriter.has_source() {
+        if self.source != Some(p.ssrc) {
             if self.video && !p.keyframe_start {
+                self.waiting_for_keyframe = true;
                 return Forward::Drop(DropReason::WaitingForKeyframe);
             }
-            self.rewriter.switch_source(p.seq, p.timestamp, 0);
+            // Continue the timeline by the real time that passed since the last packet sent.
+            let elapsed = self
+                .last_sent_arrival
+                .map(|t| p.arrival.saturating_duration_since(t).as_secs_f64())
+                .unwrap_or(0.0);
+            let ticks = (elapsed * f64::from(self.clock_rate)).min(f64::from(u32::MAX / 2)) as u32;
+            self.rewriter.switch_source(p.seq, p.timestamp, ticks);
+            self.source = Some(p.ssrc);
+            self.waiting_for_keyframe = false;
         }
         match self.rewriter.rewrite(p.seq, p.timestamp) {
-            Some((seq, timestamp)) => Forward::Send {
-                seq,
-                timestamp,
-                marker: p.marker,
-            },
+            Some((seq, timestamp)) => {
+                self.last_sent_arrival = Some(p.arrival);
+                Forward::Send {
+                    seq,
+                    timestamp,
+                    marker: p.marker,
+                }
+            }
             None => Forward::Drop(DropReason::BeforeStart),
         }
     }
@@ -78,46 +105,57 @@ impl Forwarder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
-    fn pkt(seq: u64, timestamp: u32, keyframe_start: bool) -> IncomingPacket {
+    fn at(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    fn pkt(
+        ssrc: u32,
+        seq: u64,
+        timestamp: u32,
+        keyframe_start: bool,
+        arrival: Instant,
+    ) -> IncomingPacket {
         IncomingPacket {
+            ssrc,
             seq,
             timestamp,
             marker: false,
             keyframe_start,
+            arrival,
+        }
+    }
+
+    fn send(seq: u64, timestamp: u32) -> Forward {
+        Forward::Send {
+            seq,
+            timestamp,
+            marker: false,
         }
     }
 
     #[test]
     fn video_starts_at_a_keyframe() {
-        let mut f = Forwarder::new(true, 10, 1000);
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(true, 90_000, 10, 1000);
         assert!(f.wants_keyframe());
         let rows = [
             (
-                pkt(5, 0, false),
+                pkt(1, 5, 0, false, t0),
                 Forward::Drop(DropReason::WaitingForKeyframe),
             ),
             (
-                pkt(6, 0, false),
+                pkt(1, 6, 0, false, t0),
                 Forward::Drop(DropReason::WaitingForKeyframe),
             ),
+            (pkt(1, 7, 3000, true, t0), send(10, 1000)),
+            (pkt(1, 8, 3000, false, t0), send(11, 1000)),
             (
-                pkt(7, 3000, true),
-                Forward::Send {
-                    seq: 10,
-                    timestamp: 1000,
-                    marker: false,
-                },
+                pkt(1, 6, 0, false, t0),
+                Forward::Drop(DropReason::BeforeStart),
             ),
-            (
-                pkt(8, 3000, false),
-                Forward::Send {
-                    seq: 11,
-                    timestamp: 1000,
-                    marker: false,
-                },
-            ),
-            (pkt(6, 0, false), Forward::Drop(DropReason::BeforeStart)),
         ];
         for (i, (p, want)) in rows.iter().enumerate() {
             assert_eq!(f.forward(p), *want, "row {i}");
@@ -127,15 +165,51 @@ mod tests {
 
     #[test]
     fn audio_starts_at_once() {
-        let mut f = Forwarder::new(false, 0, 0);
+        let mut f = Forwarder::new(false, 48_000, 0, 0);
         assert!(!f.wants_keyframe());
         assert_eq!(
-            f.forward(&pkt(100, 960, false)),
-            Forward::Send {
-                seq: 0,
-                timestamp: 0,
-                marker: false
-            }
+            f.forward(&pkt(9, 100, 960, false, Instant::now())),
+            send(0, 0)
         );
+    }
+
+    #[test]
+    fn a_new_ssrc_waits_for_its_keyframe_and_continues_the_stream() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(true, 90_000, 100, 0);
+        assert_eq!(f.forward(&pkt(1, 50, 9000, true, at(t0, 0))), send(100, 0));
+        assert_eq!(
+            f.forward(&pkt(1, 51, 12_000, false, at(t0, 33))),
+            send(101, 3000)
+        );
+        // The publisher reconnects: new SSRC, new sequence and timestamp bases.
+        assert_eq!(
+            f.forward(&pkt(2, 7000, 555, false, at(t0, 500))),
+            Forward::Drop(DropReason::WaitingForKeyframe)
+        );
+        assert!(f.wants_keyframe());
+        // Its keyframe arrives 1 s after the last packet sent: 90 000 ticks later.
+        assert_eq!(
+            f.forward(&pkt(2, 7001, 600, true, at(t0, 1033))),
+            send(102, 93_000)
+        );
+        assert_eq!(
+            f.forward(&pkt(2, 7002, 3600, false, at(t0, 1066))),
+            send(103, 96_000)
+        );
+        assert!(!f.wants_keyframe());
+        // A straggler of the old source is a source change without a keyframe: dropped.
+        assert_eq!(
+            f.forward(&pkt(1, 52, 15_000, false, at(t0, 1070))),
+            Forward::Drop(DropReason::WaitingForKeyframe)
+        );
+    }
+
+    #[test]
+    fn audio_switches_source_at_once() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(false, 48_000, 0, 0);
+        assert_eq!(f.forward(&pkt(1, 10, 0, false, at(t0, 0))), send(0, 0));
+        assert_eq!(f.forward(&pkt(2, 900, 77, false, at(t0, 20))), send(1, 960));
     }
 }

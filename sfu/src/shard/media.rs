@@ -8,7 +8,7 @@ use std::time::Instant;
 use str0m::Rtc;
 use str0m::format::Codec;
 use str0m::media::{KeyframeRequest, KeyframeRequestKind, MediaKind, Mid, Pt};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
 use str0m::stats::MediaEgressStats;
 
 use super::Shard;
@@ -27,6 +27,8 @@ pub(crate) struct Subscription {
     pub forwarder: Forwarder,
     /// The payload type the subscriber negotiated for the codec currently forwarded.
     pt: Option<(Codec, Pt)>,
+    /// The SSRC of the outgoing stream, found once: a hash lookup instead of a scan by mid.
+    tx: Option<Ssrc>,
     /// NACKs counted so far from this subscriber's stats (they arrive as running totals).
     nacks_seen: u64,
 }
@@ -36,8 +38,14 @@ impl Subscription {
         Subscription {
             peer,
             mid,
-            forwarder: Forwarder::new(kind == TrackKind::Video, rand::random(), rand::random()),
+            forwarder: Forwarder::new(
+                kind == TrackKind::Video,
+                clock_rate(kind),
+                rand::random(),
+                rand::random(),
+            ),
             pt: None,
+            tx: None,
             nacks_seen: 0,
         }
     }
@@ -123,6 +131,8 @@ impl Shard {
         let keyframe_start =
             video && video_codec(codec).is_some_and(|c| is_keyframe_start(c, &packet.payload));
         let incoming = IncomingPacket {
+            ssrc: *packet.header.ssrc,
+            arrival: packet.timestamp,
             seq: *packet.seq_no,
             timestamp: packet.header.timestamp,
             marker: packet.header.marker,
@@ -160,9 +170,14 @@ impl Shard {
                     marker,
                 } => {
                     let mut api = peer.rtc.direct_api();
-                    let Some(tx) = api.stream_tx_by_mid(sub.mid, None) else {
+                    let tx = match sub.tx {
+                        Some(ssrc) => api.stream_tx(&ssrc),
+                        None => api.stream_tx_by_mid(sub.mid, None),
+                    };
+                    let Some(tx) = tx else {
                         continue;
                     };
+                    sub.tx = Some(tx.ssrc());
                     let write = RtpWrite::new(
                         pt,
                         seq.into(),
@@ -240,6 +255,14 @@ impl Shard {
             self.counters.nacks_received += stats.nacks.saturating_sub(sub.nacks_seen);
             sub.nacks_seen = stats.nacks;
         }
+    }
+}
+
+/// RTP clock rate: 90 kHz for every video codec, 48 kHz for Opus.
+fn clock_rate(kind: TrackKind) -> u32 {
+    match kind {
+        TrackKind::Audio => 48_000,
+        TrackKind::Video => 90_000,
     }
 }
 

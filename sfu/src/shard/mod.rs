@@ -51,7 +51,8 @@ pub struct Sfu {
 impl Sfu {
     /// Asks the media thread to close every connection, and waits until it has.
     pub fn shutdown(mut self) {
-        let _ = self.commands.try_send(ShardCommand::Shutdown);
+        // Called off the async runtime (spawn_blocking): waiting for queue space is fine here.
+        let _ = self.commands.blocking_send(ShardCommand::Shutdown);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -60,16 +61,10 @@ impl Sfu {
 
 /// Binds the media socket and starts the media thread.
 pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
-    let std_socket = std::net::UdpSocket::bind(config.bind).map_err(|source| SfuError::Bind {
+    let std_socket = bind_media_socket(config.bind).map_err(|source| SfuError::Bind {
         addr: config.bind,
         source,
     })?;
-    std_socket
-        .set_nonblocking(true)
-        .map_err(|source| SfuError::Bind {
-            addr: config.bind,
-            source,
-        })?;
     let local_addr = std_socket.local_addr().map_err(|source| SfuError::Bind {
         addr: config.bind,
         source,
@@ -121,6 +116,25 @@ pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
         metrics,
         thread: Some(thread),
     })
+}
+
+/// Socket buffers sized for bursts: a keyframe for forty subscribers is thousands of datagrams
+/// written at once, and the kernel default (about 200 KiB) drops them silently.
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+fn bind_media_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: the kernel caps these at net.core.[rw]mem_max.
+    if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES) {
+        warn!("cannot enlarge the media receive buffer: {e}");
+    }
+    if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES) {
+        warn!("cannot enlarge the media send buffer: {e}");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 fn announced_addrs(config: &MediaConfig, local: SocketAddr) -> Result<Vec<SocketAddr>, SfuError> {
@@ -214,7 +228,7 @@ impl Shard {
 
     async fn run(mut self, mut commands: mpsc::Receiver<ShardCommand>) {
         let mut buf = vec![0u8; RECV_BUFFER];
-        let mut metrics_tick = tokio::time::interval(METRICS_INTERVAL);
+        let mut next_metrics = Instant::now() + METRICS_INTERVAL;
         loop {
             let deadline = self
                 .timers
@@ -231,11 +245,7 @@ impl Shard {
                     Ok((n, source)) => self.handle_datagram(Instant::now(), source, &buf[..n]),
                     Err(e) => debug!("media socket receive error: {e}"),
                 },
-                _ = tokio::time::sleep_until(deadline.into()) => self.handle_timeouts(Instant::now()),
-                _ = metrics_tick.tick() => {
-                    self.counters.peers = self.demux.len() as u64;
-                    self.metrics.publish(&self.counters);
-                }
+                _ = tokio::time::sleep_until(deadline.min(next_metrics).into()) => {}
             }
             // Under a steady stream of datagrams the socket branch is always ready; deadlines
             // (pacing, RTCP, ICE consent) must still be met, so check them after every wakeup.
@@ -244,6 +254,11 @@ impl Shard {
                 self.handle_timeouts(now);
             }
             self.drain_dirty();
+            if now >= next_metrics {
+                next_metrics = now + METRICS_INTERVAL;
+                self.counters.peers = self.demux.len() as u64;
+                self.metrics.publish(&self.counters);
+            }
         }
         self.close_all();
         self.metrics.publish(&self.counters);
@@ -310,7 +325,8 @@ impl Shard {
             debug!(participant = %peer.participant, "datagram refused: {e}");
             self.counters.datagrams_rejected += 1;
         }
-        self.mark_dirty(key);
+        // str0m holds one received packet at a time in RTP mode: drain before the next input.
+        self.drain(key);
     }
 
     /// The announced address a client reached us on (same address family as the client).
@@ -334,7 +350,7 @@ impl Shard {
                 if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
                     debug!("timeout handling failed: {e}");
                 }
-                self.mark_dirty(key);
+                self.drain(key);
             }
         }
     }
@@ -386,13 +402,16 @@ impl Shard {
                     }
                     return;
                 }
-                Output::Transmit(t) => match self.socket.try_send_to(&t.contents, t.destination) {
-                    Ok(n) => {
-                        self.counters.packets_out += 1;
-                        self.counters.bytes_out += n as u64;
+                Output::Transmit(t) => {
+                    self.demux.confirm(key, t.destination, &t.contents);
+                    match self.socket.try_send_to(&t.contents, t.destination) {
+                        Ok(n) => {
+                            self.counters.packets_out += 1;
+                            self.counters.bytes_out += n as u64;
+                        }
+                        Err(_) => self.counters.send_errors += 1,
                     }
-                    Err(_) => self.counters.send_errors += 1,
-                },
+                }
                 Output::Event(e) => self.handle_event(key, e),
             }
         }
@@ -456,11 +475,13 @@ impl Shard {
         match peer.role {
             PeerRole::Publish { tracks, .. } => {
                 let gone: Vec<TrackId> = tracks.values().copied().collect();
-                if let Some(m) = self.members.get_mut(&participant)
-                    && m.publisher == Some(key)
-                {
-                    m.publisher = None;
-                }
+                let lost = match self.members.get_mut(&participant) {
+                    Some(m) if m.publisher == Some(key) => {
+                        m.publisher = None;
+                        true
+                    }
+                    _ => false,
+                };
                 if !gone.is_empty() {
                     for t in &gone {
                         self.remove_track(*t);
@@ -470,7 +491,7 @@ impl Shard {
                         tracks: gone,
                     });
                 }
-                if self.members.contains_key(&participant) {
+                if lost {
                     let _ = self.events.send(ShardEvent::ConnectionLost { participant });
                 }
             }
@@ -516,10 +537,7 @@ impl Shard {
             return;
         };
         for key in [member.publisher, member.subscriber].into_iter().flatten() {
-            if let Some(peer) = self.peer_mut(key) {
-                peer.rtc.disconnect();
-            }
-            self.remove_peer(key);
+            self.close_peer(key);
         }
         if let Some(room) = self.rooms.get_mut(&member.room) {
             room.members.retain(|p| *p != participant);
@@ -529,13 +547,21 @@ impl Shard {
         }
     }
 
+    /// Closes a connection politely (RTCP BYE, DTLS close_notify) so the browser notices at
+    /// once instead of after its consent timeout, then forgets it.
+    fn close_peer(&mut self, key: PeerKey) {
+        if let Some(peer) = self.peer_mut(key)
+            && peer.rtc.close().is_err()
+        {
+            peer.rtc.disconnect();
+        }
+        self.drain(key);
+        self.remove_peer(key);
+    }
+
     fn close_all(&mut self) {
         for key in 0..self.peers.len() {
-            let key = PeerKey(key as u32);
-            if let Some(peer) = self.peer_mut(key) {
-                peer.rtc.disconnect();
-            }
-            self.drain(key);
+            self.close_peer(PeerKey(key as u32));
         }
     }
 }

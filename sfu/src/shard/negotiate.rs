@@ -379,15 +379,17 @@ impl Shard {
             .take()
             .ok_or_else(|| SfuError::BadRequest("no subscriber offer is pending".into()))?;
         let again = std::mem::take(renegotiate);
-        let result = peer
-            .rtc
-            .sdp_api()
-            .accept_answer(pending_offer, answer)
-            .map_err(|e| SfuError::Negotiation(e.to_string()));
-        self.mark_dirty(key);
-        if again || result.is_err() {
+        if let Err(e) = peer.rtc.sdp_api().accept_answer(pending_offer, answer) {
+            // The client applied an answer we cannot: the two sides no longer agree on the
+            // connection. Drop it; the participant is told (connection lost) and rejoins.
+            self.close_peer(key);
+            return Err(SfuError::Negotiation(e.to_string()));
+        }
+        // Drain the answer's effects before the next change to the same `Rtc`.
+        self.drain(key);
+        if again {
             self.negotiate_subscriber(participant);
         }
-        result
+        Ok(())
     }
 }
