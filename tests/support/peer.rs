@@ -1,0 +1,327 @@
+//! Building webrtc-rs peer connections the way the test client needs them.
+//!
+//! * Codecs: Opus 48 kHz/2 (PT 111) and VP8 90 kHz (PT 96) only, with `nack`, `nack pli` and
+//!   `ccm fir` feedback on video — what a browser offers for the server's purposes.
+//! * Interceptors: webrtc-rs's defaults (NACK, RTCP reports, TWCC receiver, mid/rid extensions),
+//!   plus [`KeyframeRequestTap`] at the application end of the chain, which reports inbound
+//!   PLI/FIR on a channel (webrtc-rs hands inbound RTCP to the application only when an
+//!   interceptor marks it, and a channel keyed by media SSRC is simpler than that routing).
+//! * One UDP socket on 127.0.0.1: the server under test listens on loopback.
+
+use anyhow::{Context, Result, bail};
+use rtc::interceptor::{Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::peer_connection::configuration::interceptor_registry::{
+    Registry, Slot, register_default_interceptors,
+};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceGatheringState, RTCPeerConnectionState,
+};
+use webrtc::runtime::TokioRuntime;
+
+pub const OPUS_PAYLOAD_TYPE: u8 = 111;
+pub const VP8_PAYLOAD_TYPE: u8 = 96;
+
+pub fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+pub fn vp8_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_VP8.to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn media_engine() -> Result<MediaEngine> {
+    let mut engine = MediaEngine::default();
+    engine
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: opus_codec(),
+                payload_type: OPUS_PAYLOAD_TYPE,
+            },
+            RtpCodecKind::Audio,
+        )
+        .context("register Opus")?;
+    engine
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: vp8_codec(),
+                payload_type: VP8_PAYLOAD_TYPE,
+            },
+            RtpCodecKind::Video,
+        )
+        .context("register VP8")?;
+    engine.register_feedback(
+        RTCPFeedback {
+            typ: "ccm".to_owned(),
+            parameter: "fir".to_owned(),
+        },
+        RtpCodecKind::Video,
+    );
+    // The defaults register the mid extension for video only; browsers use it on audio too.
+    engine
+        .register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: rtc::sdp::extmap::SDES_MID_URI.to_owned(),
+            },
+            RtpCodecKind::Audio,
+            None,
+        )
+        .context("register the mid extension for audio")?;
+    Ok(engine)
+}
+
+/// State changes and remote tracks of one peer connection.
+pub struct PeerEvents {
+    pub connection: watch::Receiver<RTCPeerConnectionState>,
+    pub gathering: watch::Receiver<RTCIceGatheringState>,
+    /// Inbound PLI, FIR and NACK, with the media SSRC they name.
+    pub feedback: mpsc::UnboundedReceiver<Feedback>,
+}
+
+struct Handler {
+    connection: watch::Sender<RTCPeerConnectionState>,
+    gathering: watch::Sender<RTCIceGatheringState>,
+    tracks: Option<mpsc::UnboundedSender<Arc<dyn TrackRemote>>>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        self.gathering.send_replace(state);
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        tracing::debug!(target: "test_client", "peer connection state: {state}");
+        self.connection.send_replace(state);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        if let Some(tracks) = &self.tracks {
+            let _ = tracks.send(track);
+        }
+    }
+}
+
+/// Builds a peer connection on 127.0.0.1. Remote tracks go to `tracks` if given.
+pub async fn build(
+    tracks: Option<mpsc::UnboundedSender<Arc<dyn TrackRemote>>>,
+) -> Result<(Arc<dyn PeerConnection>, PeerEvents)> {
+    let mut engine = media_engine()?;
+    let registry = register_default_interceptors(Registry::new(), &mut engine)
+        .context("register the default interceptors")?;
+    let (request_tx, request_rx) = mpsc::unbounded_channel();
+    let registry = registry.with(Slot::from(14_000), KeyframeRequestTap::new(request_tx));
+
+    let (connection_tx, connection_rx) = watch::channel(RTCPeerConnectionState::New);
+    let (gathering_tx, gathering_rx) = watch::channel(RTCIceGatheringState::New);
+    let handler = Arc::new(Handler {
+        connection: connection_tx,
+        gathering: gathering_tx,
+        tracks,
+    });
+
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(engine)
+        .with_interceptor_registry(registry)
+        .with_handler(handler as Arc<dyn PeerConnectionEventHandler>)
+        .with_runtime(Arc::new(TokioRuntime))
+        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+        .build()
+        .await
+        .context("build the peer connection")?;
+    Ok((
+        Arc::new(pc) as Arc<dyn PeerConnection>,
+        PeerEvents {
+            connection: connection_rx,
+            gathering: gathering_rx,
+            feedback: request_rx,
+        },
+    ))
+}
+
+/// Waits until ICE gathering is complete, so the local description carries its candidates
+/// (the protocol has no trickle ICE).
+pub async fn wait_gathered(
+    gathering: &mut watch::Receiver<RTCIceGatheringState>,
+    timeout: Duration,
+) -> Result<()> {
+    tokio::time::timeout(
+        timeout,
+        gathering.wait_for(|state| *state == RTCIceGatheringState::Complete),
+    )
+    .await
+    .context("ICE gathering did not complete in time")?
+    .context("peer connection gone while gathering")?;
+    Ok(())
+}
+
+/// Waits until the peer connection is `connected` (ICE + DTLS done). Fails early on `failed`
+/// or `closed`.
+pub async fn wait_connected(
+    connection: &mut watch::Receiver<RTCPeerConnectionState>,
+    timeout: Duration,
+) -> Result<()> {
+    let waited = tokio::time::timeout(
+        timeout,
+        connection.wait_for(|state| {
+            matches!(
+                state,
+                RTCPeerConnectionState::Connected
+                    | RTCPeerConnectionState::Failed
+                    | RTCPeerConnectionState::Closed
+            )
+        }),
+    )
+    .await
+    .map(|result| result.map(|state| *state));
+    let state = match waited {
+        Ok(result) => result.context("peer connection gone")?,
+        Err(_) => bail!(
+            "peer connection not connected after {timeout:?} (state {})",
+            *connection.borrow()
+        ),
+    };
+    if state != RTCPeerConnectionState::Connected {
+        bail!("peer connection ended up {state} instead of connected");
+    }
+    Ok(())
+}
+
+/// Inbound feedback about a stream this peer sends.
+#[derive(Debug, Clone)]
+pub struct Feedback {
+    /// The SSRC the feedback is about.
+    pub media_ssrc: u32,
+    pub kind: FeedbackKind,
+    pub at: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedbackKind {
+    /// Picture loss indication: a keyframe request.
+    Pli,
+    /// Full intra request: a keyframe request.
+    Fir,
+    /// Generic NACK naming this many lost packets.
+    Nack(usize),
+}
+
+impl FeedbackKind {
+    pub fn is_keyframe_request(self) -> bool {
+        matches!(self, FeedbackKind::Pli | FeedbackKind::Fir)
+    }
+}
+
+/// The last interceptor in the chain: reports every inbound PLI, FIR and NACK on a channel, with
+/// the media SSRC it names. Inbound RTCP ends here, as it would at the end of the chain anyway
+/// (webrtc-rs delivers RTCP to the application only when an interceptor marks it).
+pub struct KeyframeRequestTap {
+    read_queue: VecDeque<TaggedPacket>,
+    write_queue: VecDeque<TaggedPacket>,
+    requests: mpsc::UnboundedSender<Feedback>,
+}
+
+impl KeyframeRequestTap {
+    pub fn new(requests: mpsc::UnboundedSender<Feedback>) -> Self {
+        Self {
+            read_queue: VecDeque::new(),
+            write_queue: VecDeque::new(),
+            requests,
+        }
+    }
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestTap {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            for packet in packets {
+                let any = packet.as_any();
+                if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                    let _ = self.requests.send(Feedback {
+                        media_ssrc: pli.media_ssrc,
+                        kind: FeedbackKind::Pli,
+                        at: Instant::now(),
+                    });
+                } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                    for entry in &fir.fir {
+                        let _ = self.requests.send(Feedback {
+                            media_ssrc: entry.ssrc,
+                            kind: FeedbackKind::Fir,
+                            at: Instant::now(),
+                        });
+                    }
+                } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                    let lost = nack
+                        .nacks
+                        .iter()
+                        .map(|pair| 1 + pair.lost_packets.count_ones() as usize)
+                        .sum();
+                    let _ = self.requests.send(Feedback {
+                        media_ssrc: nack.media_ssrc,
+                        kind: FeedbackKind::Nack(lost),
+                        at: Instant::now(),
+                    });
+                }
+            }
+            // Every interceptor before this one has acted on the RTCP; the application reads
+            // keyframe requests from the channel, so nothing needs to travel further.
+            return Ok(());
+        }
+        self.read_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read_queue.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write_queue.pop_front()
+    }
+}
+
+impl Interceptor for KeyframeRequestTap {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}

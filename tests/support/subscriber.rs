@@ -1,0 +1,470 @@
+//! The subscribe connection: the server offers, the client answers (docs/PROTOCOL.md).
+//!
+//! A task takes the `subscriber_offer`s one at a time (the server never sends a second before
+//! the first is answered), records the offer's `tracks` (mid -> track), applies the offer and
+//! sends `subscriber_answer`. Each remote track is read by its own task, which resolves its mid
+//! (through the transceiver that owns its receiver) to the `track_id` of the latest offer and
+//! records every RTP packet under that id, in arrival order.
+
+use super::signal::Signal;
+use super::wait::wait_for;
+use anyhow::{Context, Result, anyhow};
+use bytes::Bytes;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::RTCRtpReceiverId;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{PeerConnection, RTCIceGatheringState, RTCPeerConnectionState};
+
+/// One RTP packet as the subscriber received it.
+#[derive(Debug, Clone)]
+pub struct RecvPacket {
+    pub ssrc: u32,
+    pub sequence_number: u16,
+    pub timestamp: u32,
+    pub marker: bool,
+    pub payload_type: u8,
+    pub payload: Bytes,
+    pub at: Instant,
+}
+
+/// A track of the latest `subscriber_offer`.
+#[derive(Debug, Clone)]
+pub struct OfferedTrack {
+    pub mid: String,
+    pub track_id: String,
+    pub participant_id: String,
+    pub kind: String,
+    pub source: String,
+}
+
+/// A remote track the subscribe connection has opened.
+struct RemoteTrack {
+    track: Arc<dyn TrackRemote>,
+    ssrc: u32,
+    mid: Option<String>,
+}
+
+#[derive(Default)]
+pub struct SubscriberShared {
+    /// mid -> track, from the latest offer.
+    offered: Mutex<HashMap<String, OfferedTrack>>,
+    /// track_id -> packets, in arrival order. Packets on a mid no offer names are kept under
+    /// `"mid:<mid>"` (or `"ssrc:<ssrc>"` if even the mid is unknown), so nothing goes unseen.
+    received: Mutex<HashMap<String, Vec<RecvPacket>>>,
+    /// track_id -> the remote track currently carrying it.
+    remote: Mutex<HashMap<String, RemoteTrack>>,
+    offers_answered: Mutex<u64>,
+    /// Whether `offered` is the mapping of an offer that has been answered.
+    answered_mapping_current: Mutex<bool>,
+    /// Failures of the answering task or the track readers.
+    errors: Mutex<Vec<String>>,
+    connection: Mutex<Option<watch::Receiver<RTCPeerConnectionState>>>,
+    pc: OnceLock<Weak<dyn PeerConnection>>,
+    notify: Notify,
+}
+
+/// The subscribe side of one participant.
+pub struct Subscriber {
+    shared: Arc<SubscriberShared>,
+    task: JoinHandle<()>,
+    pc: Arc<tokio::sync::Mutex<Option<SubscribePc>>>,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Subscriber {
+    /// Starts answering the offers that arrive on `offers`, replying through `signal`.
+    pub fn start(signal: Arc<Signal>, mut offers: mpsc::UnboundedReceiver<Value>) -> Self {
+        let shared = Arc::new(SubscriberShared::default());
+        let pc_slot: Arc<tokio::sync::Mutex<Option<SubscribePc>>> = Default::default();
+        let task_shared = Arc::clone(&shared);
+        let task_pc = Arc::clone(&pc_slot);
+        let task = tokio::spawn(async move {
+            while let Some(offer) = offers.recv().await {
+                if let Err(err) = answer_offer(&task_shared, &task_pc, &signal, &offer).await {
+                    tracing::error!(target: "test_client", "subscriber_offer failed: {err:#}");
+                    task_shared.errors.lock().unwrap().push(format!("{err:#}"));
+                    task_shared.notify.notify_waiters();
+                }
+            }
+        });
+        Self {
+            shared,
+            task,
+            pc: pc_slot,
+        }
+    }
+
+    /// Packets received for `track_id` so far.
+    pub fn received(&self, track_id: &str) -> Vec<RecvPacket> {
+        self.shared
+            .received
+            .lock()
+            .unwrap()
+            .get(track_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// How many packets have been received for `track_id`.
+    pub fn received_count(&self, track_id: &str) -> usize {
+        self.shared
+            .received
+            .lock()
+            .unwrap()
+            .get(track_id)
+            .map_or(0, Vec::len)
+    }
+
+    /// Every key packets were recorded under, with counts (for failure messages).
+    pub fn received_summary(&self) -> HashMap<String, usize> {
+        self.shared
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(key, packets)| (key.clone(), packets.len()))
+            .collect()
+    }
+
+    /// The tracks of the latest offer, by mid.
+    pub fn offered(&self) -> HashMap<String, OfferedTrack> {
+        self.shared.offered.lock().unwrap().clone()
+    }
+
+    /// How many offers have been answered.
+    pub fn offers_answered(&self) -> u64 {
+        *self.shared.offers_answered.lock().unwrap()
+    }
+
+    /// Failures so far (answering offers, reading tracks).
+    pub fn errors(&self) -> Vec<String> {
+        self.shared.errors.lock().unwrap().clone()
+    }
+
+    /// The state of the subscribe connection, if it exists.
+    pub fn state(&self) -> Option<RTCPeerConnectionState> {
+        self.shared
+            .connection
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|rx| *rx.borrow())
+    }
+
+    /// Waits until `check` holds for the packets of `track_id` and returns its value.
+    pub async fn wait_packets<T>(
+        &self,
+        track_id: &str,
+        timeout: Duration,
+        what: &str,
+        mut check: impl FnMut(&[RecvPacket]) -> Option<T>,
+    ) -> Result<T> {
+        let shared = &self.shared;
+        wait_for(
+            &shared.notify,
+            timeout,
+            || {
+                format!(
+                    "{what} on track {track_id}; received so far: {:?}; offered: {:?}; errors: {:?}",
+                    self.received_summary(),
+                    self.offered()
+                        .values()
+                        .map(|t| format!("{}={}", t.mid, t.track_id))
+                        .collect::<Vec<_>>(),
+                    self.errors()
+                )
+            },
+            || {
+                let received = shared.received.lock().unwrap();
+                let packets = received.get(track_id).map(Vec::as_slice).unwrap_or(&[]);
+                check(packets)
+            },
+        )
+        .await
+    }
+
+    /// Waits until an answered offer's tracks (mid -> track) satisfy `check`.
+    pub async fn wait_offered(
+        &self,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(&HashMap<String, OfferedTrack>) -> bool,
+    ) -> Result<()> {
+        let shared = &self.shared;
+        wait_for(
+            &shared.notify,
+            timeout,
+            || {
+                format!(
+                    "{what}; latest offer: {:?}; offers answered: {}; errors: {:?}",
+                    self.offered()
+                        .values()
+                        .map(|t| format!("{}={}", t.mid, t.track_id))
+                        .collect::<Vec<_>>(),
+                    self.offers_answered(),
+                    self.errors()
+                )
+            },
+            || {
+                // Only offers that were answered count: the mapping is set before answering.
+                let answered = *shared.offers_answered.lock().unwrap();
+                let offered = shared.offered.lock().unwrap();
+                (answered > 0
+                    && *shared.answered_mapping_current.lock().unwrap()
+                    && check(&offered))
+                .then_some(())
+            },
+        )
+        .await
+    }
+
+    /// Waits until at least `count` packets of `track_id` have arrived.
+    pub async fn wait_count(
+        &self,
+        track_id: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<usize> {
+        self.wait_packets(track_id, timeout, &format!("{count} packets"), |packets| {
+            (packets.len() >= count).then_some(packets.len())
+        })
+        .await
+    }
+
+    /// Waits until a packet with exactly `payload` has arrived on `track_id`.
+    pub async fn wait_payload(
+        &self,
+        track_id: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<()> {
+        self.wait_packets(track_id, timeout, "a given payload", |packets| {
+            packets
+                .iter()
+                .any(|p| p.payload.as_ref() == payload)
+                .then_some(())
+        })
+        .await
+    }
+
+    /// Sends a PLI for `track_id` (media SSRC = the SSRC the server sends it with).
+    pub async fn request_keyframe(&self, track_id: &str) -> Result<()> {
+        let (track, ssrc) = {
+            let remote = self.shared.remote.lock().unwrap();
+            let entry = remote
+                .get(track_id)
+                .ok_or_else(|| anyhow!("no remote track carries {track_id} yet"))?;
+            (Arc::clone(&entry.track), entry.ssrc)
+        };
+        track
+            .write_rtcp(vec![Box::new(PictureLossIndication {
+                sender_ssrc: 1,
+                media_ssrc: ssrc,
+            })])
+            .await
+            .context("send PLI")?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.task.abort();
+        if let Some(subscribe) = self.pc.lock().await.take() {
+            let _ = subscribe.pc.close().await;
+        }
+    }
+}
+
+/// The subscribe peer connection, created with the first offer.
+struct SubscribePc {
+    pc: Arc<dyn PeerConnection>,
+    gathering: watch::Receiver<RTCIceGatheringState>,
+}
+
+async fn answer_offer(
+    shared: &Arc<SubscriberShared>,
+    pc_slot: &tokio::sync::Mutex<Option<SubscribePc>>,
+    signal: &Signal,
+    offer: &Value,
+) -> Result<()> {
+    let sdp = offer
+        .get("sdp")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("subscriber_offer without sdp: {offer}"))?;
+    let tracks = offer
+        .get("tracks")
+        .and_then(Value::as_array)
+        .ok_or_else(|| anyhow!("subscriber_offer without tracks: {offer}"))?;
+    let mut offered = HashMap::new();
+    for track in tracks {
+        let field = |name: &str| -> Result<String> {
+            Ok(track
+                .get(name)
+                .and_then(Value::as_str)
+                .ok_or_else(|| anyhow!("subscriber_offer track without {name}: {track}"))?
+                .to_owned())
+        };
+        let entry = OfferedTrack {
+            mid: field("mid")?,
+            track_id: field("track_id")?,
+            participant_id: field("participant_id")?,
+            kind: field("kind")?,
+            source: field("source")?,
+        };
+        offered.insert(entry.mid.clone(), entry);
+    }
+
+    let mut slot = pc_slot.lock().await;
+    if slot.is_none() {
+        let (track_tx, mut track_rx) = mpsc::unbounded_channel::<Arc<dyn TrackRemote>>();
+        let (pc, events) = super::peer::build(Some(track_tx)).await?;
+        let _ = shared.pc.set(Arc::downgrade(&pc));
+        *shared.connection.lock().unwrap() = Some(events.connection.clone());
+        let reader_shared = Arc::clone(shared);
+        tokio::spawn(async move {
+            while let Some(track) = track_rx.recv().await {
+                tokio::spawn(read_track(Arc::clone(&reader_shared), track));
+            }
+        });
+        *slot = Some(SubscribePc {
+            pc,
+            gathering: events.gathering,
+        });
+    }
+    let Some(subscribe) = slot.as_mut() else {
+        unreachable!("the subscribe connection was just created");
+    };
+
+    // The mapping must be in place before the offer is applied: media may follow at once.
+    *shared.offered.lock().unwrap() = offered;
+    *shared.answered_mapping_current.lock().unwrap() = false;
+
+    let description = RTCSessionDescription::offer(sdp.to_owned())
+        .context("the subscriber_offer SDP does not parse as an offer")?;
+    subscribe
+        .pc
+        .set_remote_description(description)
+        .await
+        .with_context(|| format!("apply the subscriber_offer SDP:\n{sdp}"))?;
+    let answer = subscribe
+        .pc
+        .create_answer(None)
+        .await
+        .context("create the subscriber answer")?;
+    subscribe
+        .pc
+        .set_local_description(answer)
+        .await
+        .context("set the subscriber answer as local description")?;
+    super::peer::wait_gathered(&mut subscribe.gathering, super::REPLY_TIMEOUT).await?;
+    let answer_sdp = subscribe
+        .pc
+        .local_description()
+        .await
+        .context("no local description after set_local_description")?
+        .sdp;
+    signal.send_json(&json!({"type": "subscriber_answer", "sdp": answer_sdp}))?;
+
+    *shared.offers_answered.lock().unwrap() += 1;
+    *shared.answered_mapping_current.lock().unwrap() = true;
+    shared.notify.notify_waiters();
+    Ok(())
+}
+
+/// The mid of the transceiver whose receiver is `receiver_id`.
+async fn mid_of(shared: &SubscriberShared, receiver_id: RTCRtpReceiverId) -> Option<String> {
+    let pc = shared.pc.get()?.upgrade()?;
+    for transceiver in pc.get_transceivers().await {
+        if RTCRtpReceiverId::from(transceiver.id()) == receiver_id {
+            return transceiver.mid().await.ok().flatten();
+        }
+    }
+    None
+}
+
+/// Records every packet of one remote track until it ends.
+async fn read_track(shared: Arc<SubscriberShared>, track: Arc<dyn TrackRemote>) {
+    let mut mid: Option<String> = None;
+    let mut key_for_ssrc: HashMap<u32, String> = HashMap::new();
+    while let Some(event) = track.poll().await {
+        match event {
+            TrackRemoteEvent::OnOpen(init) => {
+                mid = mid_of(&shared, init.receiver_id).await;
+                if mid.is_none() {
+                    shared.errors.lock().unwrap().push(format!(
+                        "remote track {} (ssrc {}) has no mid",
+                        init.track_id, init.ssrc
+                    ));
+                }
+                let track_id = mid.as_ref().and_then(|mid| {
+                    shared
+                        .offered
+                        .lock()
+                        .unwrap()
+                        .get(mid)
+                        .map(|t| t.track_id.clone())
+                });
+                if let Some(track_id) = track_id {
+                    shared.remote.lock().unwrap().insert(
+                        track_id,
+                        RemoteTrack {
+                            track: Arc::clone(&track),
+                            ssrc: init.ssrc,
+                            mid: mid.clone(),
+                        },
+                    );
+                }
+                key_for_ssrc.clear();
+                shared.notify.notify_waiters();
+            }
+            TrackRemoteEvent::OnRtpPacket(packet) => {
+                let ssrc = packet.header.ssrc;
+                // Resolved once per SSRC: the mid -> track mapping of the offer that was current
+                // when the stream started.
+                let key = key_for_ssrc
+                    .entry(ssrc)
+                    .or_insert_with(|| match &mid {
+                        Some(mid) => shared
+                            .offered
+                            .lock()
+                            .unwrap()
+                            .get(mid)
+                            .map(|t| t.track_id.clone())
+                            .unwrap_or_else(|| format!("mid:{mid}")),
+                        None => format!("ssrc:{ssrc}"),
+                    })
+                    .clone();
+                let received = RecvPacket {
+                    ssrc,
+                    sequence_number: packet.header.sequence_number,
+                    timestamp: packet.header.timestamp,
+                    marker: packet.header.marker,
+                    payload_type: packet.header.payload_type,
+                    payload: packet.payload,
+                    at: Instant::now(),
+                };
+                shared
+                    .received
+                    .lock()
+                    .unwrap()
+                    .entry(key)
+                    .or_default()
+                    .push(received);
+                shared.notify.notify_waiters();
+            }
+            TrackRemoteEvent::OnEnded => break,
+            _ => {}
+        }
+    }
+}
