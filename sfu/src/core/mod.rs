@@ -1,7 +1,10 @@
 //! Sans-IO decisions of the media plane: no sockets, no clock, no tokio. Time comes in as values.
 
+pub mod allocator;
 pub mod demux;
 pub mod forward;
 pub mod keyframe;
+pub mod layer;
 pub mod rewrite;
 pub mod throttle;
+pub mod vp8;

@@ -1,0 +1,464 @@
+//! Which simulcast layer one subscriber receives of one video track.
+//!
+//! The publisher sends up to three spatial layers (rids q/h/f), each with up to three temporal
+//! layers (L1T3). A [`LayerSelector`] turns the bitrate budget for the track (from
+//! `core::allocator`) into a decision, and takes care of the two things a budget alone does not:
+//!
+//! - **Hysteresis.** Bandwidth estimates wobble. Going up is only worth it when the budget exceeds
+//!   the higher layer's bitrate by a margin for a hold time (1.2× for 3 s by default); going down
+//!   happens at once, since an overshoot means loss and freezes for the subscriber.
+//! - **Keyframes.** Spatial layers are separate encodings: a switch has to start on a keyframe of
+//!   the target layer. Until it comes, the current layer keeps flowing, and the shard asks the
+//!   publisher for a keyframe (through `core::throttle`). Temporal layers of one encoding can be
+//!   dropped at any frame, so a temporal step down applies at once, even while a spatial switch
+//!   waits, which sheds bitrate quickly. (A temporal step up should take effect at a switch point,
+//!   see `Vp8Header::is_temporal_switch_point`; that is the packet filter's job.)
+//!
+//! When not even the lowest layer fits, video pauses (audio is allocated first and continues) and
+//! resumes by itself once the lowest layer fits with the margin for the hold time.
+//!
+//! The selector reads no clock: `now` comes in with every call.
+
+use std::time::{Duration, Instant};
+
+pub const MAX_SPATIAL: usize = 3;
+pub const MAX_TEMPORAL: usize = 3;
+
+/// A (spatial, temporal) layer; orders by spatial first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Layer {
+    pub spatial: u8,
+    pub temporal: u8,
+}
+
+impl Layer {
+    pub const fn new(spatial: u8, temporal: u8) -> Self {
+        Layer { spatial, temporal }
+    }
+
+    /// The highest layer there can be: no cap.
+    pub const MAX: Layer = Layer::new(MAX_SPATIAL as u8 - 1, MAX_TEMPORAL as u8 - 1);
+
+    /// Within `cap` in both dimensions.
+    pub fn within(self, cap: Layer) -> bool {
+        self.spatial <= cap.spatial && self.temporal <= cap.temporal
+    }
+}
+
+/// The measured bitrate of each layer, in bits per second, cumulative over the temporal layers
+/// of one spatial layer: `(s, t)` is what forwarding temporal layers `0..=t` of `s` costs. Zero
+/// means the layer is not being received (not sent, or not yet measured).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LayerBitrates(pub [[u64; MAX_TEMPORAL]; MAX_SPATIAL]);
+
+impl LayerBitrates {
+    /// The cost of `layer`, or `None` when it is not available.
+    pub fn get(&self, layer: Layer) -> Option<u64> {
+        let rate = *self
+            .0
+            .get(usize::from(layer.spatial))?
+            .get(usize::from(layer.temporal))?;
+        (rate > 0).then_some(rate)
+    }
+
+    /// Available layers within `cap`, lowest first.
+    pub fn layers(&self, cap: Layer) -> impl Iterator<Item = (Layer, u64)> + '_ {
+        (0..MAX_SPATIAL as u8)
+            .flat_map(|s| (0..MAX_TEMPORAL as u8).map(move |t| Layer::new(s, t)))
+            .filter(move |l| l.within(cap))
+            .filter_map(|l| Some((l, self.get(l)?)))
+    }
+
+    /// The cheapest available layer within `cap`.
+    pub fn lowest(&self, cap: Layer) -> Option<(Layer, u64)> {
+        self.layers(cap).min_by_key(|&(l, rate)| (rate, l))
+    }
+
+    /// The highest available layer within `cap` whose cost, scaled by `percent`, fits `budget`.
+    pub fn best_fit(&self, cap: Layer, budget: u64, percent: u64) -> Option<(Layer, u64)> {
+        self.layers(cap)
+            .filter(|&(_, rate)| rate.saturating_mul(percent) / 100 <= budget)
+            .max_by_key(|&(l, _)| l)
+    }
+}
+
+/// Tuning of the hysteresis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelectorConfig {
+    /// Going up needs budget ≥ bitrate × this / 100.
+    pub upgrade_margin_percent: u64,
+    /// … continuously for this long.
+    pub upgrade_hold: Duration,
+}
+
+impl Default for SelectorConfig {
+    fn default() -> Self {
+        SelectorConfig {
+            upgrade_margin_percent: 120,
+            upgrade_hold: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What the selector wants now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The layer forwarded now (packets of `current.spatial` with TID ≤ `current.temporal`);
+    /// `None` forwards nothing.
+    pub current: Option<Layer>,
+    /// The layer wanted; differs from `current` in its spatial layer while a keyframe is awaited.
+    pub target: Option<Layer>,
+    /// A keyframe of `target.spatial` is needed: ask the publisher (throttled).
+    pub keyframe_needed: bool,
+    /// Layers are available but not even the lowest fits the budget: video is paused.
+    pub paused: bool,
+}
+
+/// The inputs of one [`LayerSelector::update`].
+#[derive(Debug, Clone, Copy)]
+pub struct SelectorInput {
+    pub now: Instant,
+    /// Bits per second this track may use (from the allocator).
+    pub budget: u64,
+    pub available: LayerBitrates,
+    /// The highest layer the subscriber wants (its rendered size, its own setting).
+    pub cap: Layer,
+}
+
+/// Layer selection for one video track towards one subscriber.
+#[derive(Debug, Clone)]
+pub struct LayerSelector {
+    config: SelectorConfig,
+    current: Option<Layer>,
+    target: Option<Layer>,
+    paused: bool,
+    /// Since when the budget has allowed an upgrade (with the margin).
+    upgrade_since: Option<Instant>,
+    /// Whether anything was ever targeted: the first start needs no hold.
+    started: bool,
+}
+
+impl LayerSelector {
+    pub fn new(config: SelectorConfig) -> Self {
+        LayerSelector {
+            config,
+            current: None,
+            target: None,
+            paused: false,
+            upgrade_since: None,
+            started: false,
+        }
+    }
+
+    pub fn decision(&self) -> Decision {
+        Decision {
+            current: self.current,
+            target: self.target,
+            keyframe_needed: self
+                .target
+                .is_some_and(|t| self.current.is_none_or(|c| c.spatial != t.spatial)),
+            paused: self.paused,
+        }
+    }
+
+    /// Re-decides from a new budget, new layer bitrates or a new cap.
+    pub fn update(&mut self, input: &SelectorInput) -> Decision {
+        let SelectorInput {
+            now,
+            budget,
+            available,
+            cap,
+        } = *input;
+        let fit = available.best_fit(cap, budget, 100).map(|(l, _)| l);
+        let with_margin = available
+            .best_fit(cap, budget, self.config.upgrade_margin_percent)
+            .map(|(l, _)| l);
+        let any_available = available.lowest(cap).is_some();
+
+        let still_fits =
+            |l: Layer| l.within(cap) && available.get(l).is_some_and(|rate| rate <= budget);
+        match self.target {
+            // Start at once at what fits: a new subscriber should see video without delay.
+            None if !self.started => self.set_target(fit),
+            // Resume from a pause (or from no layers at all) only after the hold.
+            None => self.consider_upgrade(now, with_margin),
+            // Down at once.
+            Some(t) if !still_fits(t) => {
+                self.upgrade_since = None;
+                self.set_target(fit);
+            }
+            Some(t) if with_margin.is_some_and(|m| m > t) => {
+                self.consider_upgrade(now, with_margin)
+            }
+            Some(_) => self.upgrade_since = None,
+        }
+        self.paused = self.target.is_none() && any_available;
+
+        // Temporal steps apply at once; a spatial switch waits for its keyframe, meanwhile the
+        // current spatial layer drops temporal layers that do not fit any more.
+        self.current = match (self.current, self.target) {
+            (_, None) | (None, _) => None,
+            (Some(c), Some(t)) if c.spatial == t.spatial => Some(t),
+            (Some(c), Some(_)) => {
+                // Never stop the picture while waiting: the base layer at least stays.
+                let temporal = available
+                    .layers(cap)
+                    .filter(|&(l, rate)| l.spatial == c.spatial && rate <= budget)
+                    .map(|(l, _)| l.temporal)
+                    .max()
+                    .unwrap_or(0);
+                Some(Layer::new(c.spatial, temporal))
+            }
+        };
+        self.decision()
+    }
+
+    /// The first packet of a keyframe of `spatial` arrived. If the target waits for it, the switch
+    /// happens now: the shard switches the forwarder's and the munger's source to this packet.
+    pub fn keyframe(&mut self, spatial: u8) -> Decision {
+        if let Some(t) = self.target
+            && t.spatial == spatial
+            && self.current.is_none_or(|c| c.spatial != spatial)
+        {
+            self.current = Some(t);
+        }
+        self.decision()
+    }
+
+    fn consider_upgrade(&mut self, now: Instant, with_margin: Option<Layer>) {
+        let Some(candidate) = with_margin else {
+            self.upgrade_since = None;
+            return;
+        };
+        let since = *self.upgrade_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= self.config.upgrade_hold {
+            self.upgrade_since = None;
+            self.set_target(Some(candidate));
+        }
+    }
+
+    fn set_target(&mut self, target: Option<Layer>) {
+        self.started |= target.is_some();
+        self.target = target;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// q/h/f at 150k/500k/1.5M for all three temporal layers, the lower ones costing less.
+    fn simulcast() -> LayerBitrates {
+        LayerBitrates([
+            [80_000, 120_000, 150_000],
+            [250_000, 400_000, 500_000],
+            [800_000, 1_200_000, 1_500_000],
+        ])
+    }
+
+    #[test]
+    fn best_fit_and_lowest() {
+        let b = simulcast();
+        let rows = [
+            (Layer::MAX, 0, 100, None),
+            (Layer::MAX, 79_999, 100, None),
+            (Layer::MAX, 80_000, 100, Some(Layer::new(0, 0))),
+            (Layer::MAX, 300_000, 100, Some(Layer::new(1, 0))),
+            (Layer::MAX, 500_000, 100, Some(Layer::new(1, 2))),
+            (Layer::MAX, 599_999, 120, Some(Layer::new(1, 1))),
+            (Layer::MAX, 600_000, 120, Some(Layer::new(1, 2))),
+            (Layer::MAX, 3_000_000, 100, Some(Layer::new(2, 2))),
+            (Layer::new(1, 2), 3_000_000, 100, Some(Layer::new(1, 2))),
+            (Layer::new(2, 0), 3_000_000, 100, Some(Layer::new(2, 0))),
+        ];
+        for (cap, budget, percent, want) in rows {
+            assert_eq!(
+                b.best_fit(cap, budget, percent).map(|(l, _)| l),
+                want,
+                "cap {cap:?} budget {budget} at {percent}%"
+            );
+        }
+        assert_eq!(b.lowest(Layer::MAX), Some((Layer::new(0, 0), 80_000)));
+        // Only f is sent (the publisher's own uplink decided so).
+        let only_f = LayerBitrates([[0; 3], [0; 3], [700_000, 0, 0]]);
+        assert_eq!(only_f.lowest(Layer::MAX), Some((Layer::new(2, 0), 700_000)));
+        assert_eq!(only_f.get(Layer::new(2, 1)), None);
+        assert_eq!(only_f.get(Layer::new(7, 7)), None);
+    }
+
+    /// One step: at `ms`, either an update with `budget` or a keyframe of spatial `layer`; then
+    /// the expected (current, target, keyframe_needed, paused).
+    enum Ev {
+        Budget(u64),
+        Keyframe(u8),
+    }
+    use Ev::*;
+
+    type Want = (Option<(u8, u8)>, Option<(u8, u8)>, bool, bool);
+
+    fn run(rows: &[(u64, Ev, Want)]) {
+        run_with(simulcast(), Layer::MAX, rows)
+    }
+
+    fn run_with(available: LayerBitrates, cap: Layer, rows: &[(u64, Ev, Want)]) {
+        let t0 = Instant::now();
+        let mut sel = LayerSelector::new(SelectorConfig::default());
+        let l = |o: Option<(u8, u8)>| o.map(|(s, t)| Layer::new(s, t));
+        for (i, (ms, ev, want)) in rows.iter().enumerate() {
+            let got = match *ev {
+                Budget(budget) => sel.update(&SelectorInput {
+                    now: t0 + Duration::from_millis(*ms),
+                    budget,
+                    available,
+                    cap,
+                }),
+                Keyframe(s) => sel.keyframe(s),
+            };
+            let want = Decision {
+                current: l(want.0),
+                target: l(want.1),
+                keyframe_needed: want.2,
+                paused: want.3,
+            };
+            assert_eq!(got, want, "row {i} at {ms} ms");
+        }
+    }
+
+    #[test]
+    fn starts_at_what_fits_after_a_keyframe() {
+        run(&[
+            (0, Budget(700_000), (None, Some((1, 2)), true, false)),
+            (100, Keyframe(0), (None, Some((1, 2)), true, false)),
+            (200, Keyframe(1), (Some((1, 2)), Some((1, 2)), false, false)),
+        ]);
+    }
+
+    #[test]
+    fn upgrades_only_after_the_hold_with_margin() {
+        run(&[
+            (0, Budget(600_000), (None, Some((1, 2)), true, false)),
+            (10, Keyframe(1), (Some((1, 2)), Some((1, 2)), false, false)),
+            // f0 (800k) fits, but 1.2 × 800k = 960k does not: stay.
+            (
+                1_000,
+                Budget(900_000),
+                (Some((1, 2)), Some((1, 2)), false, false),
+            ),
+            (
+                5_000,
+                Budget(900_000),
+                (Some((1, 2)), Some((1, 2)), false, false),
+            ),
+            // With the margin: the hold starts …
+            (
+                6_000,
+                Budget(1_700_000),
+                (Some((1, 2)), Some((1, 2)), false, false),
+            ),
+            (
+                8_999,
+                Budget(1_700_000),
+                (Some((1, 2)), Some((1, 2)), false, false),
+            ),
+            // … a dip restarts it …
+            (
+                9_000,
+                Budget(900_000),
+                (Some((1, 2)), Some((1, 2)), false, false),
+            ),
+            (
+                10_000,
+                Budget(1_700_000),
+                (Some((1, 2)), Some((1, 2)), false, false),
+            ),
+            // … 3 s later the target moves up to what fits with the margin (f1: 1.44M ≤ 1.7M),
+            // while h keeps flowing until f's keyframe.
+            (
+                13_000,
+                Budget(1_700_000),
+                (Some((1, 2)), Some((2, 1)), true, false),
+            ),
+            (
+                13_100,
+                Keyframe(1),
+                (Some((1, 2)), Some((2, 1)), true, false),
+            ),
+            (
+                13_200,
+                Keyframe(2),
+                (Some((2, 1)), Some((2, 1)), false, false),
+            ),
+        ]);
+    }
+
+    #[test]
+    fn downgrades_promptly_temporal_first() {
+        run(&[
+            (0, Budget(3_000_000), (None, Some((2, 2)), true, false)),
+            (10, Keyframe(2), (Some((2, 2)), Some((2, 2)), false, false)),
+            // 1.3M: f1 still fits, a temporal step: at once, no keyframe.
+            (
+                1_000,
+                Budget(1_300_000),
+                (Some((2, 1)), Some((2, 1)), false, false),
+            ),
+            // 700k: spatial down to h; until h's keyframe, f drops to its base layer… which
+            // (800k) does not fit either, but a picture is better than none while waiting.
+            (
+                2_000,
+                Budget(700_000),
+                (Some((2, 0)), Some((1, 2)), true, false),
+            ),
+            (
+                2_100,
+                Keyframe(1),
+                (Some((1, 2)), Some((1, 2)), false, false),
+            ),
+        ]);
+    }
+
+    #[test]
+    fn pauses_and_resumes_by_itself() {
+        run(&[
+            (0, Budget(200_000), (None, Some((0, 2)), true, false)),
+            (10, Keyframe(0), (Some((0, 2)), Some((0, 2)), false, false)),
+            // Below q0 (80k): paused at once, nothing forwarded.
+            (1_000, Budget(50_000), (None, None, false, true)),
+            // q0 fits but not with the margin (96k): still paused.
+            (2_000, Budget(90_000), (None, None, false, true)),
+            (2_500, Budget(100_000), (None, None, false, true)),
+            (5_499, Budget(100_000), (None, None, false, true)),
+            // 3 s with the margin: resume at q0, which needs a keyframe.
+            (5_500, Budget(100_000), (None, Some((0, 0)), true, false)),
+            (
+                5_600,
+                Keyframe(0),
+                (Some((0, 0)), Some((0, 0)), false, false),
+            ),
+        ]);
+    }
+
+    #[test]
+    fn the_cap_and_vanishing_layers_are_respected() {
+        // The subscriber renders small: never above h, even with plenty of budget.
+        run_with(
+            simulcast(),
+            Layer::new(1, 2),
+            &[
+                (0, Budget(10_000_000), (None, Some((1, 2)), true, false)),
+                (10, Keyframe(1), (Some((1, 2)), Some((1, 2)), false, false)),
+                (
+                    5_000,
+                    Budget(10_000_000),
+                    (Some((1, 2)), Some((1, 2)), false, false),
+                ),
+            ],
+        );
+        // No layers at all (the publisher paused its camera): idle, not paused.
+        run_with(
+            LayerBitrates::default(),
+            Layer::MAX,
+            &[(0, Budget(10_000_000), (None, None, false, false))],
+        );
+    }
+}
