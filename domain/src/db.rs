@@ -1,0 +1,252 @@
+//! Storage: one SQLite file by default, PostgreSQL when the URL asks for it.
+//!
+//! Why an explicit two-variant enum and not `sqlx::Any`: the two backends need different
+//! connection setup that `Any` cannot express (SQLite: create the file, WAL journal, foreign keys
+//! on, a busy timeout; PostgreSQL: an ordinary pool), `Any` checks types only at run time and
+//! supports a narrower set of them, and an enum keeps the backend visible in logs and errors.
+//! Queries stay shared: every statement is one SQL string using `$N` placeholders, which both
+//! SQLite and PostgreSQL accept, and the [`dispatch!`] macro runs the same Rust expression
+//! against whichever connection the enum holds (each arm is compiled for its own driver).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Postgres, Sqlite, Transaction};
+
+/// Errors from opening, migrating or querying the database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid database URL {url:?}: {source}")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot connect to the {backend} database: {source}")]
+    Connect {
+        backend: Backend,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+/// Which database a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+        })
+    }
+}
+
+/// A connection pool to either backend. Cheap to clone (pools are reference-counted).
+#[derive(Debug, Clone)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// An open transaction on either backend. Dropping it without [`Tx::commit`] rolls back.
+pub enum Tx {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+/// Runs `$body` with `$conn` bound to the transaction's connection, whichever backend it is.
+/// The body is expanded once per backend, so it must produce the same type in both.
+macro_rules! dispatch {
+    ($tx:expr, $conn:ident => $body:expr) => {
+        match $tx {
+            $crate::db::Tx::Sqlite(t) => {
+                let $conn = &mut **t;
+                $body
+            }
+            $crate::db::Tx::Postgres(t) => {
+                let $conn = &mut **t;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use dispatch;
+
+/// The migrations in `domain/migrations/`, written to run unchanged on both backends.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The tables, for [`Db::count`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Orgs,
+    AcademicSessions,
+    People,
+    GuardianLinks,
+    Classes,
+    ClassTerms,
+    Enrollments,
+    Lessons,
+    Attendance,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Orgs => "orgs",
+            Table::AcademicSessions => "academic_sessions",
+            Table::People => "people",
+            Table::GuardianLinks => "guardian_links",
+            Table::Classes => "classes",
+            Table::ClassTerms => "class_terms",
+            Table::Enrollments => "enrollments",
+            Table::Lessons => "lessons",
+            Table::Attendance => "attendance",
+        }
+    }
+}
+
+impl Db {
+    /// Opens the database named by `url` and brings its schema up to date.
+    ///
+    /// `postgres://` or `postgresql://` selects PostgreSQL. Anything else is SQLite: either a
+    /// `sqlite:` URL or a plain file path. The SQLite file is created if missing.
+    pub async fn connect(url: &str) -> Result<Db, DbError> {
+        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await
+                .map_err(|source| DbError::Connect {
+                    backend: Backend::Postgres,
+                    source,
+                })?;
+            Db::Postgres(pool)
+        } else if url.starts_with("sqlite:") {
+            let options =
+                SqliteConnectOptions::from_str(url).map_err(|source| DbError::BadUrl {
+                    url: url.to_owned(),
+                    source,
+                })?;
+            Self::open_sqlite_with(options).await?
+        } else {
+            Self::open_sqlite_with(SqliteConnectOptions::new().filename(url)).await?
+        };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Opens (creating if missing) the SQLite file at `path` and brings its schema up to date.
+    pub async fn open_sqlite(path: &Path) -> Result<Db, DbError> {
+        let db = Self::open_sqlite_with(SqliteConnectOptions::new().filename(path)).await?;
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn open_sqlite_with(options: SqliteConnectOptions) -> Result<Db, DbError> {
+        let options = options
+            .create_if_missing(true)
+            // WAL lets the media server read rosters while an import writes.
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL is durable enough under WAL (a power cut may lose the last commit, never
+            // corrupt the file) and much faster than FULL.
+            .synchronous(SqliteSynchronous::Normal)
+            // SQLite leaves foreign keys off unless asked, per connection.
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|source| DbError::Connect {
+                backend: Backend::Sqlite,
+                source,
+            })?;
+        Ok(Db::Sqlite(pool))
+    }
+
+    /// Applies any migrations not yet applied.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        match self {
+            Db::Sqlite(pool) => MIGRATOR.run(pool).await?,
+            Db::Postgres(pool) => MIGRATOR.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Starts a transaction.
+    pub async fn begin(&self) -> Result<Tx, DbError> {
+        Ok(match self {
+            Db::Sqlite(pool) => Tx::Sqlite(pool.begin().await?),
+            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        })
+    }
+
+    /// Starts a transaction that will write after reading. On SQLite it takes the write lock
+    /// at once (`BEGIN IMMEDIATE`): a deferred transaction that reads, then writes, fails with
+    /// SQLITE_BUSY if another writer committed in between, whereas this one waits (up to the
+    /// busy timeout) before it reads anything.
+    pub async fn begin_write(&self) -> Result<Tx, DbError> {
+        Ok(match self {
+            Db::Sqlite(pool) => Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        })
+    }
+
+    /// Number of rows in `table`.
+    pub async fn count(&self, table: Table) -> Result<i64, DbError> {
+        let sql = format!("SELECT COUNT(*) FROM {}", table.name());
+        let n: i64 = match self {
+            Db::Sqlite(pool) => sqlx::query_scalar(&sql).fetch_one(pool).await?,
+            Db::Postgres(pool) => sqlx::query_scalar(&sql).fetch_one(pool).await?,
+        };
+        Ok(n)
+    }
+
+    /// Closes every connection; pending work on other clones fails afterwards.
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(pool) => pool.close().await,
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), DbError> {
+        match self {
+            Tx::Sqlite(t) => t.commit().await?,
+            Tx::Postgres(t) => t.commit().await?,
+        }
+        Ok(())
+    }
+
+    pub async fn rollback(self) -> Result<(), DbError> {
+        match self {
+            Tx::Sqlite(t) => t.rollback().await?,
+            Tx::Postgres(t) => t.rollback().await?,
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,494 @@
+//! OneRoster import against SQLite (always) and PostgreSQL (when CLASSROOM_TEST_POSTGRES_URL is
+//! set). Each test runs every check on every available backend.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use classroom_domain::{Counts, Db, ImportError, Problem, Reason, Table, import_dir, import_zip};
+use sqlx::Connection;
+
+const POSTGRES_ENV: &str = "CLASSROOM_TEST_POSTGRES_URL";
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oneroster-sample")
+}
+
+/// A fresh, empty database on one backend; dropping it removes the SQLite file or the
+/// PostgreSQL database.
+struct TestDb {
+    name: &'static str,
+    db: Db,
+    _dir: Option<tempfile::TempDir>,
+    pg_cleanup: Option<(String, String)>,
+}
+
+impl TestDb {
+    async fn finish(self) {
+        self.db.close().await;
+        if let Some((admin_url, name)) = self.pg_cleanup {
+            let mut conn = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Replaces the database name in a PostgreSQL URL, keeping any query string.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{host_part}/{database}?{q}"),
+        None => format!("{host_part}/{database}"),
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+async fn backends(test: &str) -> Vec<TestDb> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("classroom.db");
+    let sqlite = Db::open_sqlite(&path).await.unwrap();
+    let mut all = vec![TestDb {
+        name: "sqlite",
+        db: sqlite,
+        _dir: Some(dir),
+        pg_cleanup: None,
+    }];
+    match std::env::var(POSTGRES_ENV) {
+        Ok(url) if !url.is_empty() => {
+            let name = format!(
+                "classroom_test_{}_{}_{}",
+                test,
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            admin.close().await.unwrap();
+            let db = Db::connect(&with_database(&url, &name)).await.unwrap();
+            all.push(TestDb {
+                name: "postgres",
+                db,
+                _dir: None,
+                pg_cleanup: Some((url, name)),
+            });
+        }
+        _ => eprintln!("note: {POSTGRES_ENV} not set, PostgreSQL variant of {test} skipped"),
+    }
+    all
+}
+
+/// A writable copy of the sample roster.
+fn sample_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture_dir()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+fn edit(dir: &Path, file: &str, f: impl FnOnce(Vec<u8>) -> Vec<u8>) {
+    let path = dir.join(file);
+    let data = std::fs::read(&path).unwrap();
+    std::fs::write(&path, f(data)).unwrap();
+}
+
+fn replace(data: Vec<u8>, from: &str, to: &str) -> Vec<u8> {
+    let text = String::from_utf8(data).unwrap();
+    assert!(text.contains(from), "fixture lacks {from:?}");
+    text.replacen(from, to, 1).into_bytes()
+}
+
+const TABLES: [Table; 7] = [
+    Table::Orgs,
+    Table::AcademicSessions,
+    Table::People,
+    Table::GuardianLinks,
+    Table::Classes,
+    Table::ClassTerms,
+    Table::Enrollments,
+];
+
+async fn row_counts(db: &Db) -> Vec<i64> {
+    let mut counts = Vec::new();
+    for t in TABLES {
+        counts.push(db.count(t).await.unwrap());
+    }
+    counts
+}
+
+/// Rows in the sample: 2 orgs, 1 session, 16 people (2 teachers, 8 pupils, 6 guardians),
+/// 7 guardian links, 2 classes, 2 class-term links, 19 enrollments.
+const SAMPLE_ROWS: [i64; 7] = [2, 1, 16, 7, 2, 2, 19];
+
+fn created(n: u64) -> Counts {
+    Counts {
+        created: n,
+        ..Counts::default()
+    }
+}
+
+fn unchanged(n: u64) -> Counts {
+    Counts {
+        unchanged: n,
+        ..Counts::default()
+    }
+}
+
+#[tokio::test]
+async fn sample_imports_with_right_counts() {
+    for t in backends("sample").await {
+        let report = import_dir(&t.db, &fixture_dir()).await.unwrap();
+        assert_eq!(report.orgs, created(2), "{}", t.name);
+        assert_eq!(report.academic_sessions, created(1), "{}", t.name);
+        assert_eq!(report.people, created(16), "{}", t.name);
+        assert_eq!(report.guardian_links, created(7), "{}", t.name);
+        assert_eq!(report.classes, created(2), "{}", t.name);
+        assert_eq!(report.class_terms, created(2), "{}", t.name);
+        assert_eq!(report.enrollments, created(19), "{}", t.name);
+        assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+        assert_eq!(row_counts(&t.db).await, SAMPLE_ROWS, "{}", t.name);
+
+        // Japanese text, the Japan Profile kana columns and the guardian links survive intact.
+        let mut tx = t.db.begin().await.unwrap();
+        let (family, kana, role): (String, Option<String>, String) = match &mut tx {
+            classroom_domain::Tx::Sqlite(c) => sqlx::query_as(
+                "SELECT family_name, family_name_kana, role FROM people WHERE id = $1",
+            )
+            .bind("s-006")
+            .fetch_one(&mut **c)
+            .await
+            .unwrap(),
+            classroom_domain::Tx::Postgres(c) => sqlx::query_as(
+                "SELECT family_name, family_name_kana, role FROM people WHERE id = $1",
+            )
+            .bind("s-006")
+            .fetch_one(&mut **c)
+            .await
+            .unwrap(),
+        };
+        assert_eq!(
+            (family.as_str(), kana.as_deref(), role.as_str()),
+            ("北村", Some("きたむら"), "student")
+        );
+        let sql = "SELECT pupil_id FROM guardian_links WHERE guardian_id = $1 ORDER BY pupil_id";
+        let pupils: Vec<String> = match &mut tx {
+            classroom_domain::Tx::Sqlite(c) => sqlx::query_scalar(sql)
+                .bind("g-001")
+                .fetch_all(&mut **c)
+                .await
+                .unwrap(),
+            classroom_domain::Tx::Postgres(c) => sqlx::query_scalar(sql)
+                .bind("g-001")
+                .fetch_all(&mut **c)
+                .await
+                .unwrap(),
+        };
+        assert_eq!(pupils, ["s-001", "s-002"]);
+        tx.rollback().await.unwrap();
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn second_import_changes_nothing() {
+    for t in backends("reimport").await {
+        import_dir(&t.db, &fixture_dir()).await.unwrap();
+        let report = import_dir(&t.db, &fixture_dir()).await.unwrap();
+        assert!(report.is_unchanged(), "{}: {report:?}", t.name);
+        assert_eq!(report.people, unchanged(16));
+        assert_eq!(report.guardian_links, unchanged(7));
+        assert_eq!(report.enrollments, unchanged(19));
+        assert_eq!(row_counts(&t.db).await, SAMPLE_ROWS, "{}", t.name);
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn reimport_updates_changed_rows_and_links() {
+    for t in backends("update").await {
+        import_dir(&t.db, &fixture_dir()).await.unwrap();
+        let dir = sample_copy();
+        // A pupil's family name changes, and guardian g-002 now also looks after s-008.
+        edit(dir.path(), "users.csv", |d| {
+            let d = replace(d, ",蒼,林,", ",蒼,小林,");
+            replace(d, ",,s-003,", ",,\"s-003,s-008\",")
+        });
+        let report = import_dir(&t.db, dir.path()).await.unwrap();
+        assert_eq!(
+            report.people,
+            Counts {
+                updated: 1,
+                unchanged: 15,
+                ..Counts::default()
+            },
+            "{}",
+            t.name
+        );
+        assert_eq!(
+            report.guardian_links,
+            Counts {
+                created: 1,
+                unchanged: 7,
+                ..Counts::default()
+            }
+        );
+        let mut expected = SAMPLE_ROWS;
+        expected[3] += 1;
+        assert_eq!(row_counts(&t.db).await, expected, "{}", t.name);
+
+        // Back to the original: the extra link is removed again, the name restored.
+        let report = import_dir(&t.db, &fixture_dir()).await.unwrap();
+        assert_eq!(report.people.updated, 1);
+        assert_eq!(report.guardian_links.removed, 1);
+        assert_eq!(row_counts(&t.db).await, SAMPLE_ROWS, "{}", t.name);
+        t.finish().await;
+    }
+}
+
+/// Imports `dir` and returns its problems; checks that nothing was written, neither on an
+/// empty database nor on top of the sample.
+async fn expect_rejected(test: &str, dir: &Path) -> Vec<Problem> {
+    let mut found = None;
+    for t in backends(test).await {
+        let err = import_dir(&t.db, dir).await.unwrap_err();
+        let problems = err.problems().expect("a roster problem").to_vec();
+        assert_eq!(
+            row_counts(&t.db).await,
+            [0; 7],
+            "{}: wrote to empty db",
+            t.name
+        );
+
+        import_dir(&t.db, &fixture_dir()).await.unwrap();
+        let again = import_dir(&t.db, dir).await.unwrap_err();
+        assert_eq!(again.problems(), Some(&problems[..]), "{}", t.name);
+        // The broken roster also renames the school: that valid change must not be applied.
+        let report = import_dir(&t.db, &fixture_dir()).await.unwrap();
+        assert!(
+            report.is_unchanged(),
+            "{}: partial apply {report:?}",
+            t.name
+        );
+        assert_eq!(row_counts(&t.db).await, SAMPLE_ROWS, "{}", t.name);
+
+        if let Some(previous) = &found {
+            assert_eq!(previous, &problems, "backends disagree");
+        }
+        found = Some(problems);
+        t.finish().await;
+    }
+    found.unwrap_or_default()
+}
+
+/// The sample with a valid change (the school renamed) that a failed import must not apply.
+fn broken_sample() -> tempfile::TempDir {
+    let dir = sample_copy();
+    edit(dir.path(), "orgs.csv", |d| {
+        replace(d, "高岡市立瑞穂小学校", "高岡市立新瑞穂小学校")
+    });
+    dir
+}
+
+#[tokio::test]
+async fn missing_column_is_reported_and_nothing_applied() {
+    let dir = broken_sample();
+    edit(dir.path(), "enrollments.csv", |d| {
+        replace(d, ",userSourcedId,", ",learnerId,")
+    });
+    let problems = expect_rejected("missing_column", dir.path()).await;
+    assert_eq!(
+        problems,
+        [Problem {
+            file: "enrollments.csv".into(),
+            line: 1,
+            reason: Reason::MissingColumn("userSourcedId".into()),
+        }]
+    );
+    assert_eq!(
+        problems[0].to_string(),
+        "enrollments.csv:1: missing column \"userSourcedId\""
+    );
+}
+
+#[tokio::test]
+async fn unknown_reference_is_reported_and_nothing_applied() {
+    let dir = broken_sample();
+    // Line 5 of enrollments.csv: header, t-001, s-001, s-002, then s-003.
+    edit(dir.path(), "enrollments.csv", |d| {
+        replace(
+            d,
+            "enr-p5-1-s-003,,,class-p5-1,",
+            "enr-p5-1-s-003,,,class-p6-9,",
+        )
+    });
+    let problems = expect_rejected("unknown_reference", dir.path()).await;
+    assert_eq!(
+        problems,
+        [Problem {
+            file: "enrollments.csv".into(),
+            line: 5,
+            reason: Reason::UnknownReference {
+                column: "classSourcedId".into(),
+                id: "class-p6-9".into(),
+                target: "class",
+            },
+        }]
+    );
+}
+
+#[tokio::test]
+async fn unknown_agent_is_reported() {
+    let dir = broken_sample();
+    // g-002 is on line 13 of users.csv (header, 2 teachers, 8 pupils, g-001, g-002).
+    edit(dir.path(), "users.csv", |d| {
+        replace(d, ",,s-003,", ",,\"s-003,s-099\",")
+    });
+    let problems = expect_rejected("unknown_agent", dir.path()).await;
+    assert_eq!(
+        problems,
+        [Problem {
+            file: "users.csv".into(),
+            line: 13,
+            reason: Reason::UnknownReference {
+                column: "agentSourcedIds".into(),
+                id: "s-099".into(),
+                target: "user",
+            },
+        }]
+    );
+}
+
+#[tokio::test]
+async fn invalid_utf8_is_reported_and_nothing_applied() {
+    let dir = broken_sample();
+    // s-004's given name saved as Shift_JIS (さくら), as a spreadsheet on Windows might do.
+    edit(dir.path(), "users.csv", |d| {
+        let at = d
+            .windows("さくら".len())
+            .position(|w| w == "さくら".as_bytes())
+            .unwrap();
+        let mut out = d[..at].to_vec();
+        out.extend_from_slice(&[0x82, 0xb3, 0x82, 0xad, 0x82, 0xe7]);
+        out.extend_from_slice(&d[at + "さくら".len()..]);
+        out
+    });
+    let problems = expect_rejected("invalid_utf8", dir.path()).await;
+    // Header, t-001, t-002, s-001, s-002, s-003, then s-004 on line 7.
+    assert_eq!(
+        problems,
+        [Problem {
+            file: "users.csv".into(),
+            line: 7,
+            reason: Reason::InvalidUtf8 {
+                column: Some("givenName".into()),
+            },
+        }]
+    );
+}
+
+#[tokio::test]
+async fn several_problems_are_all_reported() {
+    let dir = broken_sample();
+    edit(dir.path(), "academicSessions.csv", |d| {
+        replace(d, "2027-03-31", "2027-02-30x")
+    });
+    edit(dir.path(), "roles.csv", |d| {
+        replace(d, "primary,guardian", "primary,grandparent")
+    });
+    let problems = expect_rejected("several", dir.path()).await;
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert!(
+        text.iter()
+            .any(|p| p.starts_with("academicSessions.csv:2: column \"endDate\"")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter()
+            .any(|p| p.starts_with("roles.csv:12: column \"role\": \"grandparent\"")),
+        "{text:?}"
+    );
+}
+
+#[tokio::test]
+async fn missing_file_and_delta_are_reported() {
+    let dir = broken_sample();
+    std::fs::remove_file(dir.path().join("classes.csv")).unwrap();
+    edit(dir.path(), "manifest.csv", |d| {
+        replace(d, "file.enrollments,bulk", "file.enrollments,delta")
+    });
+    let problems = expect_rejected("missing_file", dir.path()).await;
+    assert_eq!(
+        problems,
+        [
+            Problem {
+                file: "manifest.csv".into(),
+                line: 11,
+                reason: Reason::Unsupported("file.enrollments is \"delta\" (bulk only)".into()),
+            },
+            Problem {
+                file: "classes.csv".into(),
+                line: 0,
+                reason: Reason::MissingFile,
+            },
+        ]
+    );
+}
+
+#[tokio::test]
+async fn zip_import_matches_directory_import() {
+    let zip_dir = tempfile::tempdir().unwrap();
+    let zip_path = zip_dir.path().join("roster.zip");
+    {
+        let file = std::fs::File::create(&zip_path).unwrap();
+        let mut zip = zip::ZipWriter::new(file);
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        for entry in std::fs::read_dir(fixture_dir()).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            zip.start_file(name, options).unwrap();
+            std::io::Write::write_all(&mut zip, &std::fs::read(entry.path()).unwrap()).unwrap();
+        }
+        zip.finish().unwrap();
+    }
+    for t in backends("zip").await {
+        let report = import_zip(&t.db, &zip_path).await.unwrap();
+        assert_eq!(report.people, created(16), "{}", t.name);
+        let report = import_dir(&t.db, &fixture_dir()).await.unwrap();
+        assert!(report.is_unchanged(), "{}", t.name);
+        t.finish().await;
+    }
+}
+
+#[tokio::test]
+async fn not_a_roster_directory_is_an_error() {
+    for t in backends("empty_dir").await {
+        let dir = tempfile::tempdir().unwrap();
+        let err = import_dir(&t.db, dir.path()).await.unwrap_err();
+        assert!(matches!(err, ImportError::Invalid(_)), "{err}");
+        assert_eq!(
+            err.problems().map(|p| p[0].clone()),
+            Some(Problem {
+                file: "manifest.csv".into(),
+                line: 0,
+                reason: Reason::MissingFile,
+            })
+        );
+        t.finish().await;
+    }
+}
