@@ -38,6 +38,36 @@ impl TrackSource {
     }
 }
 
+/// A layer as clients name it, whatever the number of simulcast encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LayerName {
+    Low,
+    Medium,
+    High,
+}
+
+impl LayerName {
+    /// The name of spatial layer `spatial` of a track with `count` layers: the top one is always
+    /// `High` (a single-encoding track is sent as it comes).
+    pub fn of(spatial: u8, count: usize) -> LayerName {
+        let from_top = count.saturating_sub(1).saturating_sub(usize::from(spatial));
+        match from_top {
+            0 => LayerName::High,
+            1 => LayerName::Medium,
+            _ => LayerName::Low,
+        }
+    }
+
+    /// The spatial layer a cap of this name allows, for a track with three encodings.
+    pub fn max_spatial(self) -> u8 {
+        match self {
+            LayerName::Low => 0,
+            LayerName::Medium => 1,
+            LayerName::High => 2,
+        }
+    }
+}
+
 /// A client's statement of what one `m=` section of its publish offer carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackSpec {
@@ -86,6 +116,14 @@ pub enum ShardCommand {
         participant: ParticipantId,
         room: RoomId,
         subscribe: bool,
+        /// A teacher's camera and screen come before pupils' videos when bandwidth is short.
+        teacher: bool,
+    },
+    /// The highest layer a subscriber wants of one video track (`None`: no cap).
+    SetTrackCap {
+        participant: ParticipantId,
+        track: TrackId,
+        max_spatial: Option<u8>,
     },
     /// A publish offer, already checked against the participant's permissions.
     Publish {
@@ -122,4 +160,31 @@ pub enum ShardEvent {
     },
     /// One of the participant's connections failed or timed out.
     ConnectionLost { participant: ParticipantId },
+    /// The layer a subscriber receives of a video track changed, or the track paused because
+    /// not even the lowest layer fits its link.
+    TrackQuality {
+        participant: ParticipantId,
+        track: TrackId,
+        /// The layer now forwarded; `None` while paused.
+        layer: Option<LayerName>,
+        paused: bool,
+    },
+    /// Dynacast: the publisher should encode exactly these rids of the track.
+    SetEncodings {
+        participant: ParticipantId,
+        track: TrackId,
+        mid: String,
+        active: Vec<String>,
+    },
+    /// Periodic link report of one participant's subscribe connection.
+    ConnectionQuality {
+        participant: ParticipantId,
+        rtt_ms: Option<u32>,
+        loss: Option<f32>,
+        estimate_bps: Option<u64>,
+        /// Video tracks received and the layer each gets (`None`: paused or not started).
+        layers: Vec<(TrackId, Option<LayerName>)>,
+        /// Some video is paused for lack of bandwidth.
+        any_paused: bool,
+    },
 }

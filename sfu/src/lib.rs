@@ -19,7 +19,8 @@ pub mod metrics;
 pub mod shard;
 
 pub use command::{
-    PublishedTrack, ShardCommand, ShardEvent, SubscribedTrack, TrackKind, TrackSource, TrackSpec,
+    LayerName, PublishedTrack, ShardCommand, ShardEvent, SubscribedTrack, TrackKind, TrackSource,
+    TrackSpec,
 };
 pub use config::MediaConfig;
 pub use error::SfuError;

@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 
 use classroom_sfu::{ShardCommand, ShardEvent};
 
-use protocol::{ErrorCode, GoodbyeReason, ServerMessage};
+use protocol::{ErrorCode, GoodbyeReason, QualityEntry, QualityLabel, ServerMessage};
 use registry::{Outbound, Registry};
 use token::TokenIssuer;
 
@@ -198,6 +198,28 @@ impl Signaling {
     }
 }
 
+fn layer_wire(l: classroom_sfu::LayerName) -> protocol::LayerWire {
+    match l {
+        classroom_sfu::LayerName::Low => protocol::LayerWire::Low,
+        classroom_sfu::LayerName::Medium => protocol::LayerWire::Medium,
+        classroom_sfu::LayerName::High => protocol::LayerWire::High,
+    }
+}
+
+/// One word for a badge. Thresholds follow what a lesson tolerates: under 2 % loss and 150 ms
+/// the picture and voice are fine; past 5 % or 400 ms, or with video paused, they are not.
+pub fn quality_label(rtt_ms: Option<u32>, loss: Option<f32>, any_paused: bool) -> QualityLabel {
+    let rtt = rtt_ms.unwrap_or(0);
+    let loss = loss.unwrap_or(0.0);
+    if any_paused || loss > 0.05 || rtt > 400 {
+        QualityLabel::Poor
+    } else if loss > 0.02 || rtt > 150 {
+        QualityLabel::Fair
+    } else {
+        QualityLabel::Good
+    }
+}
+
 /// Turns the media plane's events into messages for the participants concerned.
 async fn relay_media_events(inner: Arc<Inner>, mut events: mpsc::UnboundedReceiver<ShardEvent>) {
     while let Some(event) = events.recv().await {
@@ -233,6 +255,60 @@ async fn relay_media_events(inner: Arc<Inner>, mut events: mpsc::UnboundedReceiv
                 inner
                     .registry
                     .send(participant, Outbound::Close(GoodbyeReason::ConnectionLost));
+            }
+            ShardEvent::TrackQuality {
+                participant,
+                track,
+                layer,
+                paused,
+            } => {
+                let msg = ServerMessage::TrackQuality {
+                    track_id: track.to_string(),
+                    layer: layer.map(layer_wire),
+                    paused,
+                    reason: paused.then(|| "weak_network".to_owned()),
+                };
+                inner.registry.send(participant, Outbound::Send(msg));
+            }
+            ShardEvent::SetEncodings {
+                participant,
+                track,
+                mid,
+                active,
+            } => {
+                let msg = ServerMessage::SetEncodings {
+                    track_id: track.to_string(),
+                    mid,
+                    active,
+                };
+                inner.registry.send(participant, Outbound::Send(msg));
+            }
+            ShardEvent::ConnectionQuality {
+                participant,
+                rtt_ms,
+                loss,
+                estimate_bps,
+                layers,
+                any_paused,
+            } => {
+                let entry = QualityEntry {
+                    participant_id: participant.to_string(),
+                    rtt_ms,
+                    loss,
+                    estimate_kbps: estimate_bps.map(|b| b / 1000),
+                    quality: quality_label(rtt_ms, loss, any_paused),
+                    layers: layers
+                        .into_iter()
+                        .map(|(t, l)| (t.to_string(), l.map(layer_wire)))
+                        .collect(),
+                };
+                let msg = ServerMessage::ConnectionQuality {
+                    participants: vec![entry],
+                };
+                // Each participant sees its own link; teachers see everyone's.
+                for to in inner.registry.quality_audience(participant) {
+                    inner.registry.send(to, Outbound::Send(msg.clone()));
+                }
             }
         }
     }

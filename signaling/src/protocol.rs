@@ -38,6 +38,14 @@ pub enum ClientMessage {
         id: Option<String>,
         sdp: String,
     },
+    SetTrackQuality {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        v: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        track_id: String,
+        max_layer: LayerWire,
+    },
     Ping {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         v: Option<u32>,
@@ -58,6 +66,7 @@ impl ClientMessage {
             ClientMessage::Join { v, .. }
             | ClientMessage::Publish { v, .. }
             | ClientMessage::SubscriberAnswer { v, .. }
+            | ClientMessage::SetTrackQuality { v, .. }
             | ClientMessage::Ping { v, .. }
             | ClientMessage::Leave { v, .. } => *v,
         }
@@ -68,6 +77,7 @@ impl ClientMessage {
             ClientMessage::Join { id, .. }
             | ClientMessage::Publish { id, .. }
             | ClientMessage::SubscriberAnswer { id, .. }
+            | ClientMessage::SetTrackQuality { id, .. }
             | ClientMessage::Ping { id, .. }
             | ClientMessage::Leave { id, .. } => id.as_deref(),
         }
@@ -88,6 +98,36 @@ pub enum Source {
     Microphone,
     Camera,
     Screen,
+}
+
+/// A video layer as clients name it.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerWire {
+    Low,
+    Medium,
+    High,
+}
+
+/// How a participant's link is doing, in one word for a badge.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum QualityLabel {
+    Good,
+    Fair,
+    Poor,
+}
+
+/// One participant's entry in `connection_quality`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub struct QualityEntry {
+    pub participant_id: String,
+    pub rtt_ms: Option<u32>,
+    pub loss: Option<f32>,
+    pub estimate_kbps: Option<u64>,
+    pub quality: QualityLabel,
+    /// Video track id → layer received (`null` while paused).
+    pub layers: std::collections::BTreeMap<String, Option<LayerWire>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -186,6 +226,21 @@ pub enum ServerMessage {
         sdp: String,
         tracks: Vec<TrackInfo>,
     },
+    SetEncodings {
+        track_id: String,
+        mid: String,
+        active: Vec<String>,
+    },
+    TrackQuality {
+        track_id: String,
+        layer: Option<LayerWire>,
+        paused: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    ConnectionQuality {
+        participants: Vec<QualityEntry>,
+    },
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
@@ -253,7 +308,14 @@ pub struct DecodeError {
     pub id: Option<String>,
 }
 
-const CLIENT_TYPES: [&str; 5] = ["join", "publish", "subscriber_answer", "ping", "leave"];
+const CLIENT_TYPES: [&str; 6] = [
+    "join",
+    "publish",
+    "subscriber_answer",
+    "set_track_quality",
+    "ping",
+    "leave",
+];
 
 /// Reads a text frame, telling apart bad JSON, unknown types and bad fields.
 pub fn decode(text: &str) -> Result<ClientMessage, DecodeError> {

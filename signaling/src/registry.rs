@@ -121,6 +121,27 @@ impl Registry {
         }
     }
 
+    /// Who receives a participant's link report: the participant and the room's teachers.
+    pub fn quality_audience(&self, id: ParticipantId) -> Vec<ParticipantId> {
+        let Some(room) = self.participants.get(&id).map(|e| e.room.clone()) else {
+            return Vec::new();
+        };
+        let members = match self.rooms.get(&room) {
+            Some(s) => s.members.clone(),
+            None => return vec![id],
+        };
+        members
+            .into_iter()
+            .filter(|m| {
+                *m == id
+                    || self
+                        .participants
+                        .get(m)
+                        .is_some_and(|e| e.info.role == crate::token::Role::Teacher)
+            })
+            .collect()
+    }
+
     pub fn add_tracks(&self, room: &RoomId, tracks: &[TrackInfo]) {
         let mut state = self.rooms.entry(room.clone()).or_default();
         for t in tracks {

@@ -25,9 +25,6 @@ pub fn sections(sdp: &str) -> Result<Vec<Section>, String> {
     let mut out: Vec<Section> = Vec::new();
     for line in sdp.lines() {
         let line = line.trim_end_matches('\r');
-        if line.starts_with("a=simulcast:") {
-            return Err("simulcast publishing is not supported yet; send one encoding".into());
-        }
         if let Some(rest) = line.strip_prefix("m=") {
             if out.len() == MAX_SECTIONS {
                 return Err(format!(
@@ -93,9 +90,6 @@ mod tests {
             "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n".repeat(MAX_SECTIONS + 1)
         );
         assert!(sections(&many).unwrap_err().contains("at most"));
-        let simulcast =
-            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=simulcast:send q;h;f\r\n";
-        assert!(sections(simulcast).unwrap_err().contains("simulcast"));
         assert!(sections("v=0\r\n").is_err());
     }
 }

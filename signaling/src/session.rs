@@ -13,14 +13,14 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use classroom_sfu::{
-    ParticipantId, PublishedTrack, RoomId, SfuError, ShardCommand, SubscribedTrack, TrackKind,
-    TrackSource, TrackSpec,
+    LayerName, ParticipantId, PublishedTrack, RoomId, SfuError, ShardCommand, SubscribedTrack,
+    TrackId, TrackKind, TrackSource, TrackSpec,
 };
 
 use crate::Inner;
 use crate::protocol::{
-    self, ClientMessage, ErrorCode, GoodbyeReason, Kind, ParticipantInfo, ServerMessage, Source,
-    TrackInfo, WireTrackSpec,
+    self, ClientMessage, ErrorCode, GoodbyeReason, Kind, LayerWire, ParticipantInfo, ServerMessage,
+    Source, TrackInfo, WireTrackSpec,
 };
 use crate::registry::Outbound;
 use crate::sdp_check;
@@ -220,6 +220,11 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
                 Flow::Continue
             }
             ClientMessage::Leave { .. } => Flow::Close(CLOSE_NORMAL, "left"),
+            ClientMessage::SetTrackQuality {
+                track_id,
+                max_layer,
+                ..
+            } => self.set_track_quality(id, &track_id, max_layer).await,
             ClientMessage::Publish { sdp, tracks, .. } => self.publish(id, sdp, tracks).await,
             ClientMessage::SubscriberAnswer { sdp, .. } => self.subscriber_answer(id, sdp).await,
         }
@@ -276,6 +281,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
         })
         .await;
         let subscribe = claims.allows(Permission::Subscribe);
+        let teacher = claims.allows(Permission::Teacher);
         info!(participant = %pid, room = %room, identity = %claims.sub, role = %claims.role, "joined");
         self.joined = Some(Joined {
             id: pid,
@@ -290,6 +296,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
                 participant: pid,
                 room: room.clone(),
                 subscribe,
+                teacher,
             })
             .await
             .is_err()
@@ -395,6 +402,42 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             Ok(()) => Flow::Continue,
             Err(e) => self.fail_sfu(id, e).await,
         }
+    }
+
+    async fn set_track_quality(
+        &mut self,
+        id: Option<String>,
+        track_id: &str,
+        max: LayerWire,
+    ) -> Flow {
+        let Some(joined) = &self.joined else {
+            return self.fail(id, ErrorCode::NotJoined, "join first").await;
+        };
+        let Some(track) = TrackId::parse(track_id) else {
+            return self
+                .fail(
+                    id,
+                    ErrorCode::BadRequest,
+                    format!("`{track_id}` is not a track id"),
+                )
+                .await;
+        };
+        let layer = match max {
+            LayerWire::Low => LayerName::Low,
+            LayerWire::Medium => LayerName::Medium,
+            LayerWire::High => LayerName::High,
+        };
+        let cmd = ShardCommand::SetTrackCap {
+            participant: joined.id,
+            track,
+            max_spatial: Some(layer.max_spatial()),
+        };
+        if self.inner.sfu.send(cmd).await.is_err() {
+            return self
+                .fail(id, ErrorCode::Internal, "the media plane is not running")
+                .await;
+        }
+        Flow::Continue
     }
 
     async fn fail_sfu(&mut self, id: Option<String>, e: SfuError) -> Flow {

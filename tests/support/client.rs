@@ -31,10 +31,21 @@ impl TestClient {
     /// Connects, joins with `token` and waits for `joined`. Fails with the server's error if the
     /// join is refused.
     pub async fn connect(ws_url: &str, token: &str) -> Result<Self> {
+        Self::connect_with(ws_url, token, None).await
+    }
+
+    /// Like [`TestClient::connect`], but every `subscriber_offer` SDP goes through `rewrite`
+    /// before it is applied — [`super::relay::Relay::sdp_rewriter`] puts the subscribe
+    /// connection behind a shaping relay.
+    pub async fn connect_with(
+        ws_url: &str,
+        token: &str,
+        rewrite: Option<super::relay::SdpRewrite>,
+    ) -> Result<Self> {
         let (signal, offers) = Signal::connect(ws_url, super::REPLY_TIMEOUT).await?;
         let signal = Arc::new(signal);
         // The subscribe side is ready before the join, so no offer can be missed.
-        let subscriber = Subscriber::start(Arc::clone(&signal), offers);
+        let subscriber = Subscriber::start_with(Arc::clone(&signal), offers, rewrite);
         let joined = signal
             .request(
                 json!({"v": 1, "type": "join", "token": token}),

@@ -14,6 +14,11 @@
 //! * [`client`]: [`TestClient`], which ties the three together for one participant.
 //! * [`server`]: [`TestServer`], the server under test started in-process — the only place the
 //!   tests touch the server's Rust API.
+//! * [`simulcast`]: a simulcast publisher (VP8 rids q/h/f with L1T3 temporal layers, plus Opus)
+//!   whose payloads say which layer, frame and packet they are, and the checks on what a
+//!   subscriber makes of them.
+//! * [`relay`]: a shaping UDP relay (rate limit with a bounded queue, delay, jitter, loss) to put
+//!   one subscriber behind a slow home connection; [`profiles`] are the connections it imitates.
 //!
 //! Everything that waits does so against a deadline; nothing sleeps to synchronise.
 
@@ -23,9 +28,12 @@ pub mod checks;
 pub mod client;
 pub mod media;
 pub mod peer;
+pub mod profiles;
 pub mod publisher;
+pub mod relay;
 pub mod server;
 pub mod signal;
+pub mod simulcast;
 pub mod subscriber;
 pub mod wait;
 

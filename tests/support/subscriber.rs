@@ -85,14 +85,27 @@ impl Drop for Subscriber {
 
 impl Subscriber {
     /// Starts answering the offers that arrive on `offers`, replying through `signal`.
-    pub fn start(signal: Arc<Signal>, mut offers: mpsc::UnboundedReceiver<Value>) -> Self {
+    pub fn start(signal: Arc<Signal>, offers: mpsc::UnboundedReceiver<Value>) -> Self {
+        Self::start_with(signal, offers, None)
+    }
+
+    /// Like [`Subscriber::start`], but each offer's SDP goes through `rewrite` before it is
+    /// applied (e.g. to send this subscriber's media through a shaping relay, see
+    /// [`super::relay`]).
+    pub fn start_with(
+        signal: Arc<Signal>,
+        mut offers: mpsc::UnboundedReceiver<Value>,
+        rewrite: Option<super::relay::SdpRewrite>,
+    ) -> Self {
         let shared = Arc::new(SubscriberShared::default());
         let pc_slot: Arc<tokio::sync::Mutex<Option<SubscribePc>>> = Default::default();
         let task_shared = Arc::clone(&shared);
         let task_pc = Arc::clone(&pc_slot);
         let task = tokio::spawn(async move {
             while let Some(offer) = offers.recv().await {
-                if let Err(err) = answer_offer(&task_shared, &task_pc, &signal, &offer).await {
+                if let Err(err) =
+                    answer_offer(&task_shared, &task_pc, &signal, &offer, rewrite.as_ref()).await
+                {
                     tracing::error!(target: "test_client", "subscriber_offer failed: {err:#}");
                     task_shared.errors.lock().unwrap().push(format!("{err:#}"));
                     task_shared.notify.notify_waiters();
@@ -297,11 +310,14 @@ async fn answer_offer(
     pc_slot: &tokio::sync::Mutex<Option<SubscribePc>>,
     signal: &Signal,
     offer: &Value,
+    rewrite: Option<&super::relay::SdpRewrite>,
 ) -> Result<()> {
     let sdp = offer
         .get("sdp")
         .and_then(Value::as_str)
         .ok_or_else(|| anyhow!("subscriber_offer without sdp: {offer}"))?;
+    let rewritten = rewrite.map(|rewrite| rewrite(sdp));
+    let sdp = rewritten.as_deref().unwrap_or(sdp);
     let tracks = offer
         .get("tracks")
         .and_then(Value::as_array)

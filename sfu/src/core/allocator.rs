@@ -60,6 +60,11 @@ pub enum Allocation {
     Idle,
 }
 
+/// The lowest layer of a track is kept while what is left covers this share of it. Estimates
+/// hover just above what is being sent (GoogCC learns more only by probing), so a strict fit
+/// would pause a picture that nearly fits; a little queueing is the better trade.
+pub const BASE_LAYER_TOLERANCE_PERCENT: u64 = 70;
+
 /// Allocates the estimate to the tracks; the result is in priority order (stable within a class).
 pub fn allocate<Id: Copy>(snapshot: &Snapshot<Id>) -> Vec<(Id, Allocation)> {
     let mut order: Vec<&TrackDemand<Id>> = snapshot.tracks.iter().collect();
@@ -76,6 +81,14 @@ pub fn allocate<Id: Copy>(snapshot: &Snapshot<Id>) -> Vec<(Id, Allocation)> {
             } else if let Some((layer, cost)) = t.layers.best_fit(t.cap, left, 100) {
                 let budget = left;
                 left -= cost;
+                Allocation::Video { layer, budget }
+            } else if let Some((layer, cost)) = t
+                .layers
+                .lowest(t.cap)
+                .filter(|&(_, cost)| cost * BASE_LAYER_TOLERANCE_PERCENT / 100 <= left)
+            {
+                let budget = cost;
+                left = left.saturating_sub(cost);
                 Allocation::Video { layer, budget }
             } else {
                 Allocation::Paused
@@ -126,6 +139,35 @@ mod tests {
             });
             assert_eq!(&got, want, "estimate {estimate}");
         }
+    }
+
+    #[test]
+    fn a_base_layer_that_nearly_fits_is_kept() {
+        let snapshot = Snapshot {
+            estimate: AUDIO_BPS + 180_000,
+            tracks: vec![
+                track("a", TrackClass::Audio, LayerBitrates::default()),
+                track("p", TrackClass::PupilVideo, PUPIL),
+            ],
+        };
+        assert_eq!(
+            allocate(&snapshot),
+            vec![
+                ("a", Allocation::Audio),
+                (
+                    "p",
+                    Allocation::Video {
+                        layer: Layer::new(0, 0),
+                        budget: 200_000
+                    }
+                ),
+            ]
+        );
+        let snapshot = Snapshot {
+            estimate: AUDIO_BPS + 130_000,
+            ..snapshot
+        };
+        assert_eq!(allocate(&snapshot)[1], ("p", Allocation::Paused));
     }
 
     #[test]

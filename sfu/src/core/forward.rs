@@ -72,6 +72,19 @@ impl Forwarder {
         self.waiting_for_keyframe
     }
 
+    /// A packet of the current source deliberately not sent (a temporal layer above this
+    /// subscriber's): close the sequence gap.
+    pub fn skip(&mut self, p: &IncomingPacket) {
+        if self.source == Some(p.ssrc) {
+            self.rewriter.skip(p.seq);
+        }
+    }
+
+    /// The SSRC forwarded now.
+    pub fn source(&self) -> Option<u32> {
+        self.source
+    }
+
     pub fn forward(&mut self, p: &IncomingPacket) -> Forward {
         if self.source != Some(p.ssrc) {
             if self.video && !p.keyframe_start {

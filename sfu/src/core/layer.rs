@@ -89,6 +89,10 @@ pub struct SelectorConfig {
     pub upgrade_margin_percent: u64,
     /// … continuously for this long.
     pub upgrade_hold: Duration,
+    /// Video pauses only when not even the lowest layer has fitted for this long: an estimate
+    /// dips for a moment (a CPU stall, a burst of cross traffic) far more often than a link
+    /// really collapses, and a paused picture takes seconds to come back.
+    pub pause_hold: Duration,
 }
 
 impl Default for SelectorConfig {
@@ -96,6 +100,7 @@ impl Default for SelectorConfig {
         SelectorConfig {
             upgrade_margin_percent: 120,
             upgrade_hold: Duration::from_secs(3),
+            pause_hold: Duration::from_secs(4),
         }
     }
 }
@@ -134,6 +139,8 @@ pub struct LayerSelector {
     paused: bool,
     /// Since when the budget has allowed an upgrade (with the margin).
     upgrade_since: Option<Instant>,
+    /// Since when not even the lowest layer has fitted.
+    starved_since: Option<Instant>,
     /// Whether anything was ever targeted: the first start needs no hold.
     started: bool,
 }
@@ -146,6 +153,7 @@ impl LayerSelector {
             target: None,
             paused: false,
             upgrade_since: None,
+            starved_since: None,
             started: false,
         }
     }
@@ -185,12 +193,27 @@ impl LayerSelector {
             // Down at once.
             Some(t) if !still_fits(t) => {
                 self.upgrade_since = None;
-                self.set_target(fit);
+                if fit.is_some() {
+                    self.starved_since = None;
+                    self.set_target(fit);
+                } else {
+                    // Hold on to the lowest layer for a while before pausing.
+                    let since = *self.starved_since.get_or_insert(now);
+                    if now.saturating_duration_since(since) >= self.config.pause_hold {
+                        self.starved_since = None;
+                        self.set_target(None);
+                    } else {
+                        self.set_target(available.lowest(cap).map(|(l, _)| l));
+                    }
+                }
             }
             Some(t) if with_margin.is_some_and(|m| m > t) => {
                 self.consider_upgrade(now, with_margin)
             }
-            Some(_) => self.upgrade_since = None,
+            Some(_) => {
+                self.upgrade_since = None;
+                self.starved_since = None;
+            }
         }
         self.paused = self.target.is_none() && any_available;
 
@@ -422,16 +445,27 @@ mod tests {
         run(&[
             (0, Budget(200_000), (None, Some((0, 2)), true, false)),
             (10, Keyframe(0), (Some((0, 2)), Some((0, 2)), false, false)),
-            // Below q0 (80k): paused at once, nothing forwarded.
-            (1_000, Budget(50_000), (None, None, false, true)),
-            // q0 fits but not with the margin (96k): still paused.
-            (2_000, Budget(90_000), (None, None, false, true)),
-            (2_500, Budget(100_000), (None, None, false, true)),
-            (5_499, Budget(100_000), (None, None, false, true)),
-            // 3 s with the margin: resume at q0, which needs a keyframe.
-            (5_500, Budget(100_000), (None, Some((0, 0)), true, false)),
+            // Below q0 (80k): down to q0 at once, held there for the pause hold (a dip).
             (
-                5_600,
+                1_000,
+                Budget(50_000),
+                (Some((0, 0)), Some((0, 0)), false, false),
+            ),
+            (
+                4_999,
+                Budget(50_000),
+                (Some((0, 0)), Some((0, 0)), false, false),
+            ),
+            // Starved for 4 s: paused, nothing forwarded.
+            (5_000, Budget(50_000), (None, None, false, true)),
+            // q0 fits but not with the margin (96k): still paused.
+            (6_000, Budget(90_000), (None, None, false, true)),
+            (6_500, Budget(100_000), (None, None, false, true)),
+            (9_499, Budget(100_000), (None, None, false, true)),
+            // 3 s with the margin: resume at q0, which needs a keyframe.
+            (9_500, Budget(100_000), (None, Some((0, 0)), true, false)),
+            (
+                9_600,
                 Keyframe(0),
                 (Some((0, 0)), Some((0, 0)), false, false),
             ),

@@ -1,6 +1,7 @@
 //! Sans-IO decisions of the media plane: no sockets, no clock, no tokio. Time comes in as values.
 
 pub mod allocator;
+pub mod bitrate;
 pub mod demux;
 pub mod forward;
 pub mod keyframe;

@@ -27,7 +27,11 @@ pub struct Rewriter {
 
 #[derive(Debug, Clone, Copy)]
 struct Source {
+    /// Packets below this are not forwarded: from before the switch, or from before a skip
+    /// (their numbers were given to later packets).
     first_in_seq: u64,
+    /// The highest input sequence number forwarded from this source.
+    highest_in_seq: Option<u64>,
     /// `out = in + seq_offset` in wrapping 64-bit arithmetic.
     seq_offset: u64,
     /// `out = in + ts_offset` in wrapping 32-bit arithmetic.
@@ -59,9 +63,26 @@ impl Rewriter {
         };
         self.source = Some(Source {
             first_in_seq: in_seq,
+            highest_in_seq: None,
             seq_offset: out_seq.wrapping_sub(in_seq),
             ts_offset: out_ts.wrapping_sub(in_ts),
         });
+    }
+
+    /// A packet of the current source dropped on purpose (a temporal layer this subscriber does
+    /// not get): later packets move down by one so the subscriber sees no gap, which it would
+    /// take for loss and NACK. Only a packet newer than all forwarded ones can be closed up;
+    /// late packets from before it are then dropped, their numbers being taken.
+    pub fn skip(&mut self, in_seq: u64) {
+        let Some(source) = self.source.as_mut() else {
+            return;
+        };
+        if in_seq < source.first_in_seq || source.highest_in_seq.is_some_and(|h| in_seq <= h) {
+            return;
+        }
+        source.seq_offset = source.seq_offset.wrapping_sub(1);
+        source.first_in_seq = in_seq + 1;
+        source.highest_in_seq = Some(in_seq);
     }
 
     /// Whether a source has been set.
@@ -72,10 +93,14 @@ impl Rewriter {
     /// Rewrites one packet of the current source. `None` when there is no source yet or the
     /// packet is from before the switch point: forwarding it would mix two sources in one frame.
     pub fn rewrite(&mut self, in_seq: u64, in_ts: u32) -> Option<(u64, u32)> {
-        let source = self.source?;
+        let source = self.source.as_mut()?;
         if in_seq < source.first_in_seq {
             return None;
         }
+        if source.highest_in_seq.is_none_or(|h| in_seq > h) {
+            source.highest_in_seq = Some(in_seq);
+        }
+        let source = *source;
         let out_seq = in_seq.wrapping_add(source.seq_offset);
         let out_ts = in_ts.wrapping_add(source.ts_offset);
         if self.highest_out_seq.is_none_or(|h| out_seq > h) {
@@ -201,6 +226,27 @@ mod tests {
                 ((59_999, 3_999_997_000), None),
             ],
         );
+    }
+
+    #[test]
+    fn skipped_packets_leave_no_gap() {
+        let mut rw = Rewriter::new(65_534, 0);
+        rw.switch_source(100, 0, 0);
+        assert_eq!(rw.rewrite(100, 0), Some((65_534, 0)));
+        rw.skip(101);
+        rw.skip(102);
+        assert_eq!(rw.rewrite(103, 3000), Some((65_535, 3000)));
+        rw.skip(104);
+        assert_eq!(
+            rw.rewrite(105, 6000),
+            Some((65_536, 6000)),
+            "continues across the wrap"
+        );
+        // A late packet from before a skip point would reuse a number: dropped.
+        assert_eq!(rw.rewrite(104, 3000), None);
+        // Skipping an old packet changes nothing.
+        rw.skip(90);
+        assert_eq!(rw.rewrite(106, 6000), Some((65_537, 6000)));
     }
 
     #[test]

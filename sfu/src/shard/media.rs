@@ -16,6 +16,8 @@ use super::peer::{PeerKey, PeerRole};
 use crate::command::TrackKind;
 use crate::core::forward::{Forward, Forwarder, IncomingPacket};
 use crate::core::keyframe::{VideoCodec, is_keyframe_start};
+use crate::core::layer::{Layer, LayerSelector, SelectorConfig};
+use crate::core::vp8::{Vp8Header, Vp8Munger};
 use crate::ids::TrackId;
 
 /// One track flowing to one subscriber connection.
@@ -31,6 +33,14 @@ pub(crate) struct Subscription {
     tx: Option<Ssrc>,
     /// NACKs counted so far from this subscriber's stats (they arrive as running totals).
     nacks_seen: u64,
+    /// Video only: which layer this subscriber gets, decided from its bandwidth estimate.
+    pub selector: Option<LayerSelector>,
+    /// VP8 PictureID/TL0PICIDX continuity across layer switches and dropped temporal layers.
+    munger: Vp8Munger,
+    /// The highest layer the client asked for (`set_track_quality`).
+    pub cap: Layer,
+    /// What the client was last told about this track: (layer, paused).
+    pub reported: Option<(Option<Layer>, bool)>,
 }
 
 impl Subscription {
@@ -47,6 +57,11 @@ impl Subscription {
             pt: None,
             tx: None,
             nacks_seen: 0,
+            selector: (kind == TrackKind::Video)
+                .then(|| LayerSelector::new(SelectorConfig::default())),
+            munger: Vp8Munger::new(),
+            cap: Layer::MAX,
+            reported: None,
         }
     }
 }
@@ -84,20 +99,28 @@ fn forwarded_extensions(e: &ExtensionValues) -> ExtensionValues {
 }
 
 impl Shard {
-    /// Which track an incoming packet belongs to, and its codec, learning both on first sight.
-    fn classify(&mut self, key: PeerKey, packet: &RtpPacket) -> Option<(TrackId, Codec)> {
+    /// Which track and spatial layer an incoming packet belongs to, and its codec, learning them
+    /// on first sight of each SSRC.
+    fn classify(&mut self, key: PeerKey, packet: &RtpPacket) -> Option<(TrackId, u8, Codec)> {
         let peer = self.peers.get_mut(key.0 as usize)?.as_mut()?;
         let PeerRole::Publish { tracks, by_ssrc } = &mut peer.role else {
             return None;
         };
         let ssrc = packet.header.ssrc;
-        let track_id = match by_ssrc.get(&ssrc) {
+        let (track_id, spatial) = match by_ssrc.get(&ssrc) {
             Some(t) => *t,
             None => {
-                let mid = peer.rtc.direct_api().stream_rx(&ssrc)?.mid();
-                let t = *tracks.get(&mid)?;
-                by_ssrc.insert(ssrc, t);
-                t
+                let mut api = peer.rtc.direct_api();
+                let rx = api.stream_rx(&ssrc)?;
+                let (mid, rid) = (rx.mid(), rx.rid());
+                let track_id = *tracks.get(&mid)?;
+                let track = self.tracks.get(&track_id)?;
+                let spatial = match rid {
+                    Some(rid) => track.rids.iter().position(|r| *r == rid)? as u8,
+                    None => 0,
+                };
+                by_ssrc.insert(ssrc, (track_id, spatial));
+                (track_id, spatial)
             }
         };
         let track = self.tracks.get_mut(&track_id)?;
@@ -117,19 +140,39 @@ impl Shard {
                 codec
             }
         };
-        Some((track_id, codec))
+        Some((track_id, spatial, codec))
     }
 
     pub(super) fn on_rtp(&mut self, key: PeerKey, packet: RtpPacket) {
-        let Some((track_id, codec)) = self.classify(key, &packet) else {
+        let Some((track_id, spatial, codec)) = self.classify(key, &packet) else {
             return;
         };
         let Some(track) = self.tracks.get_mut(&track_id) else {
             return;
         };
         let video = track.info.source.kind() == TrackKind::Video;
-        let keyframe_start =
-            video && video_codec(codec).is_some_and(|c| is_keyframe_start(c, &packet.payload));
+        // Parse the VP8 descriptor once for everyone: temporal layer, keyframe, and str0m's
+        // descriptor to patch PictureID/TL0PICIDX per subscriber without copying the payload.
+        let (vp8, vp8_descriptor) = if codec == Codec::Vp8 {
+            (
+                Vp8Header::parse(&packet.payload).ok(),
+                str0m::rtp::Vp8Descriptor::parse(&packet.payload).ok(),
+            )
+        } else {
+            (None, None)
+        };
+        let temporal = vp8.and_then(|h| h.tid).unwrap_or(0);
+        let keyframe_start = match vp8 {
+            Some(h) => h.keyframe,
+            None => {
+                video && video_codec(codec).is_some_and(|c| is_keyframe_start(c, &packet.payload))
+            }
+        };
+        if video {
+            track
+                .meter
+                .record(spatial, temporal, packet.payload.len(), packet.timestamp);
+        }
         let incoming = IncomingPacket {
             ssrc: *packet.header.ssrc,
             arrival: packet.timestamp,
@@ -139,7 +182,8 @@ impl Shard {
             keyframe_start,
         };
         let extensions = forwarded_extensions(&packet.header.ext_vals);
-        let mut wants_keyframe = false;
+        // Spatial layers some subscriber waits for a keyframe of.
+        let mut wants_keyframe = [false; 3];
 
         for sub in &mut track.subscriptions {
             let Some(peer) = self
@@ -151,6 +195,33 @@ impl Shard {
             };
             if !peer.connected {
                 continue;
+            }
+            if let Some(selector) = &mut sub.selector {
+                let mut decision = selector.decision();
+                let on_current = decision.current.is_some_and(|c| c.spatial == spatial);
+                if !on_current {
+                    let target = decision.target.map(|t| t.spatial);
+                    if target == Some(spatial) && keyframe_start {
+                        // The keyframe the switch waited for: the subscriber moves here now.
+                        decision = selector.keyframe(spatial);
+                        sub.munger.switch_source();
+                    } else {
+                        if let Some(t) = target.filter(|_| decision.keyframe_needed) {
+                            wants_keyframe[usize::from(t).min(2)] = true;
+                        }
+                        continue;
+                    }
+                }
+                let Some(current) = decision.current else {
+                    continue;
+                };
+                if temporal > current.temporal {
+                    sub.forwarder.skip(&incoming);
+                    if let Some(h) = &vp8 {
+                        sub.munger.drop(h);
+                    }
+                    continue;
+                }
             }
             let pt = match sub.pt {
                 Some((c, pt)) if c == codec => pt,
@@ -169,6 +240,15 @@ impl Shard {
                     timestamp,
                     marker,
                 } => {
+                    let patch = match (&vp8, &vp8_descriptor) {
+                        (Some(h), Some(d)) => match sub.munger.forward(h) {
+                            Some(rewrite) => rewrite.patch(d).ok(),
+                            // A packet of a picture dropped earlier: sending it would break
+                            // the picture sequence the decoder saw.
+                            None => continue,
+                        },
+                        _ => None,
+                    };
                     let mut api = peer.rtc.direct_api();
                     let tx = match sub.tx {
                         Some(ssrc) => api.stream_tx(&ssrc),
@@ -178,7 +258,7 @@ impl Shard {
                         continue;
                     };
                     sub.tx = Some(tx.ssrc());
-                    let write = RtpWrite::new(
+                    let mut write = RtpWrite::new(
                         pt,
                         seq.into(),
                         timestamp,
@@ -188,6 +268,9 @@ impl Shard {
                     .marker(marker)
                     .ext_vals(extensions.clone())
                     .nackable(video);
+                    if let Some(patch) = patch {
+                        write = write.vp8_patch(patch);
+                    }
                     tx.write_rtp(write);
                     self.counters.rtp_forwarded += 1;
                     if !peer.dirty {
@@ -195,33 +278,50 @@ impl Shard {
                         self.dirty.push(sub.peer);
                     }
                 }
-                Forward::Drop(_) => wants_keyframe |= sub.forwarder.wants_keyframe(),
+                Forward::Drop(_) => {
+                    if sub.forwarder.wants_keyframe() {
+                        wants_keyframe[usize::from(spatial).min(2)] = true;
+                    }
+                }
             }
         }
 
-        if wants_keyframe {
-            self.request_keyframe(track_id, KeyframeRequestKind::Pli, packet.timestamp);
+        for (layer, wanted) in wants_keyframe.into_iter().enumerate() {
+            if wanted {
+                self.request_keyframe(
+                    track_id,
+                    layer as u8,
+                    KeyframeRequestKind::Pli,
+                    packet.timestamp,
+                );
+            }
         }
     }
 
-    /// Asks the publisher of `track_id` for a keyframe, at most once per throttle interval.
+    /// Asks the publisher of `track_id` for a keyframe of one spatial layer, at most once per
+    /// throttle interval and layer.
     pub(super) fn request_keyframe(
         &mut self,
         track_id: TrackId,
+        spatial: u8,
         kind: KeyframeRequestKind,
         now: Instant,
     ) {
         let Some(track) = self.tracks.get_mut(&track_id) else {
             return;
         };
-        if !track.keyframe_throttle.allow(now) {
+        let Some(throttle) = track.keyframe_throttle.get_mut(usize::from(spatial)) else {
+            return;
+        };
+        if !throttle.allow(now) {
             return;
         }
         let (publisher, mid) = (track.publisher, track.mid);
+        let rid = track.rids.get(usize::from(spatial)).copied();
         let Some(peer) = self.peer_mut(publisher) else {
             return;
         };
-        if let Some(rx) = peer.rtc.direct_api().stream_rx_by_mid(mid, None) {
+        if let Some(rx) = peer.rtc.direct_api().stream_rx_by_mid(mid, rid) {
             rx.request_keyframe(kind);
             self.counters.keyframe_requests_sent += 1;
             self.mark_dirty(publisher);
@@ -237,7 +337,16 @@ impl Shard {
             return;
         };
         self.counters.keyframe_requests_received += 1;
-        self.request_keyframe(track_id, req.kind, Instant::now());
+        // The subscriber lost its picture: it needs a keyframe of the layer it receives now.
+        let spatial = self
+            .tracks
+            .get(&track_id)
+            .and_then(|t| t.subscriptions.iter().find(|s| s.peer == key))
+            .and_then(|s| s.selector.as_ref())
+            .and_then(|sel| sel.decision().current)
+            .map(|l| l.spatial)
+            .unwrap_or(0);
+        self.request_keyframe(track_id, spatial, req.kind, Instant::now());
     }
 
     pub(super) fn on_egress_stats(&mut self, key: PeerKey, stats: &MediaEgressStats) {
@@ -254,6 +363,14 @@ impl Shard {
         if let Some(sub) = track.subscriptions.iter_mut().find(|s| s.peer == key) {
             self.counters.nacks_received += stats.nacks.saturating_sub(sub.nacks_seen);
             sub.nacks_seen = stats.nacks;
+        }
+        if let Some(peer) = self.peer_mut(key) {
+            if let Some(rtt) = stats.rtt {
+                peer.rtt_ms = Some(rtt.as_millis().min(u128::from(u32::MAX)) as u32);
+            }
+            if stats.loss.is_some() {
+                peer.loss = stats.loss;
+            }
         }
     }
 }

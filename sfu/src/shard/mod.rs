@@ -5,6 +5,7 @@
 //! until it reports its next timeout, as str0m's run loop requires. `Rtc`s with nothing to do are
 //! never polled.
 
+mod allocation;
 mod media;
 mod negotiate;
 mod peer;
@@ -156,6 +157,7 @@ fn announced_addrs(config: &MediaConfig, local: SocketAddr) -> Result<Vec<Socket
 struct Member {
     room: RoomId,
     subscribe: bool,
+    teacher: bool,
     publisher: Option<PeerKey>,
     subscriber: Option<PeerKey>,
 }
@@ -168,8 +170,16 @@ struct Track {
     mid: str0m::media::Mid,
     /// The payload type last seen and its codec, learned from the packets.
     codec: Option<(str0m::media::Pt, str0m::format::Codec)>,
+    /// Simulcast rids, lowest resolution first (spatial layer = index); empty for one encoding.
+    rids: Vec<str0m::media::Rid>,
+    /// Its place in each subscriber's bandwidth priority.
+    class: crate::core::allocator::TrackClass,
+    meter: crate::core::bitrate::LayerMeter,
     subscriptions: Vec<media::Subscription>,
-    keyframe_throttle: crate::core::throttle::Throttle,
+    /// One throttle per spatial layer: each layer's encoder makes its own keyframes.
+    keyframe_throttle: [crate::core::throttle::Throttle; 3],
+    /// The rids last asked of the publisher (dynacast), and since when each is unneeded.
+    dynacast: allocation::Dynacast,
 }
 
 #[derive(Debug, Default)]
@@ -197,6 +207,8 @@ struct Shard {
     rooms: HashMap<RoomId, Room>,
     tracks: HashMap<TrackId, Track>,
     next_track: u64,
+    /// When link reports are next due.
+    next_report: Instant,
 }
 
 impl Shard {
@@ -223,12 +235,14 @@ impl Shard {
             rooms: HashMap::new(),
             tracks: HashMap::new(),
             next_track: 1,
+            next_report: Instant::now(),
         }
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<ShardCommand>) {
         let mut buf = vec![0u8; RECV_BUFFER];
         let mut next_metrics = Instant::now() + METRICS_INTERVAL;
+        let mut next_allocation = Instant::now() + allocation::INTERVAL;
         loop {
             let deadline = self
                 .timers
@@ -245,7 +259,7 @@ impl Shard {
                     Ok((n, source)) => self.handle_datagram(Instant::now(), source, &buf[..n]),
                     Err(e) => debug!("media socket receive error: {e}"),
                 },
-                _ = tokio::time::sleep_until(deadline.min(next_metrics).into()) => {}
+                _ = tokio::time::sleep_until(deadline.min(next_metrics).min(next_allocation).into()) => {}
             }
             // Under a steady stream of datagrams the socket branch is always ready; deadlines
             // (pacing, RTCP, ICE consent) must still be met, so check them after every wakeup.
@@ -254,6 +268,11 @@ impl Shard {
                 self.handle_timeouts(now);
             }
             self.drain_dirty();
+            if now >= next_allocation {
+                next_allocation = now + allocation::INTERVAL;
+                self.allocate_all(now);
+                self.drain_dirty();
+            }
             if now >= next_metrics {
                 next_metrics = now + METRICS_INTERVAL;
                 self.counters.peers = self.demux.len() as u64;
@@ -271,7 +290,13 @@ impl Shard {
                 participant,
                 room,
                 subscribe,
-            } => self.join(participant, room, subscribe),
+                teacher,
+            } => self.join(participant, room, subscribe, teacher),
+            ShardCommand::SetTrackCap {
+                participant,
+                track,
+                max_spatial,
+            } => self.set_track_cap(participant, track, max_spatial),
             ShardCommand::Publish {
                 participant,
                 offer,
@@ -434,6 +459,7 @@ impl Shard {
             Event::RtpPacket(packet) => self.on_rtp(key, packet),
             Event::KeyframeRequest(req) => self.on_keyframe_request(key, req),
             Event::MediaEgressStats(stats) => self.on_egress_stats(key, &stats),
+            Event::EgressBitrateEstimate(estimate) => self.on_estimate(key, estimate),
             _ => {}
         }
     }
@@ -511,7 +537,7 @@ impl Shard {
         }
     }
 
-    fn join(&mut self, participant: ParticipantId, room: RoomId, subscribe: bool) {
+    fn join(&mut self, participant: ParticipantId, room: RoomId, subscribe: bool, teacher: bool) {
         if self.members.contains_key(&participant) {
             return;
         }
@@ -525,6 +551,7 @@ impl Shard {
             Member {
                 room,
                 subscribe,
+                teacher,
                 publisher: None,
                 subscriber: None,
             },

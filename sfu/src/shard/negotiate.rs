@@ -10,12 +10,43 @@ use tracing::debug;
 use super::media::{Subscription, media_kind};
 use super::peer::{Peer, PeerKey, PeerRole};
 use super::{Shard, Track};
+use crate::command::TrackSource;
 use crate::command::{
     PublishAnswer, PublishedTrack, ShardEvent, SubscribedTrack, TrackKind, TrackSpec,
 };
+use crate::core::allocator::TrackClass;
 use crate::core::throttle::{KEYFRAME_REQUEST_INTERVAL, Throttle};
 use crate::error::SfuError;
 use crate::ids::{ParticipantId, TrackId};
+
+/// The rids a publisher sends on `mid`, lowest resolution first. Clients list them lowest first
+/// (`q`, `h`, `f`); the well-known names are ordered by meaning in case one does not.
+fn simulcast_rids(rtc: &str0m::Rtc, mid: Mid) -> Vec<str0m::media::Rid> {
+    let Some(str0m::media::Rids::Specific(rids)) = rtc.media(mid).map(|m| m.rids_rx()) else {
+        return Vec::new();
+    };
+    let mut rids = rids.clone();
+    let rank = |r: &str0m::media::Rid| match &**r {
+        "q" => 0,
+        "h" => 1,
+        "f" => 2,
+        _ => 1,
+    };
+    if rids.iter().all(|r| matches!(&**r, "q" | "h" | "f")) {
+        rids.sort_by_key(rank);
+    }
+    rids.truncate(crate::core::layer::MAX_SPATIAL);
+    rids
+}
+
+fn track_class(source: TrackSource, teacher: bool) -> TrackClass {
+    match (source, teacher) {
+        (TrackSource::Microphone, _) => TrackClass::Audio,
+        (TrackSource::Screen, true) => TrackClass::TeacherScreen,
+        (TrackSource::Camera, true) => TrackClass::TeacherCamera,
+        _ => TrackClass::PupilVideo,
+    }
+}
 
 impl Shard {
     /// Applies a publish offer: answers it, then publishes the tracks it lists and unpublishes
@@ -152,6 +183,12 @@ impl Shard {
             }
             let track_id = TrackId(self.next_track);
             self.next_track += 1;
+            let rids = self
+                .peer(key)
+                .map(|p| simulcast_rids(&p.rtc, mid))
+                .unwrap_or_default();
+            let teacher = self.members.get(&participant).is_some_and(|m| m.teacher);
+            let class = track_class(spec.source, teacher);
             let info = PublishedTrack {
                 track_id,
                 participant,
@@ -166,8 +203,14 @@ impl Shard {
                     publisher: key,
                     mid,
                     codec: None,
+                    rids,
+                    class,
+                    meter: Default::default(),
                     subscriptions: Vec::new(),
-                    keyframe_throttle: Throttle::new(KEYFRAME_REQUEST_INTERVAL),
+                    keyframe_throttle: std::array::from_fn(|_| {
+                        Throttle::new(KEYFRAME_REQUEST_INTERVAL)
+                    }),
+                    dynacast: Default::default(),
                 },
             );
             if let Some(PeerRole::Publish { tracks, .. }) = self.peer_mut(key).map(|p| &mut p.role)
@@ -222,7 +265,7 @@ impl Shard {
             self.peer_mut(track.publisher).map(|p| &mut p.role)
         {
             tracks.retain(|_, t| *t != track_id);
-            by_ssrc.retain(|_, t| *t != track_id);
+            by_ssrc.retain(|_, (t, _)| *t != track_id);
         }
         if let Some(room) = self.rooms.get_mut(&track.room) {
             room.tracks.retain(|t| *t != track_id);

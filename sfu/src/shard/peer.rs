@@ -21,8 +21,8 @@ pub(crate) enum PeerRole {
     Publish {
         /// mid → track published on it.
         tracks: HashMap<Mid, TrackId>,
-        /// SSRC → track, learned from the first packet of each SSRC.
-        by_ssrc: HashMap<Ssrc, TrackId>,
+        /// SSRC → (track, spatial layer), learned from the first packet of each SSRC.
+        by_ssrc: HashMap<Ssrc, (TrackId, u8)>,
     },
     /// We offer; carries every track the participant receives.
     Subscribe {
@@ -47,6 +47,11 @@ pub(crate) struct Peer {
     pub timer: Option<Instant>,
     /// Queued to be polled before the shard waits again.
     pub dirty: bool,
+    /// The latest bandwidth estimate towards this peer (subscribe connections).
+    pub estimate: Option<u64>,
+    /// The latest round-trip time and loss fraction reported for this peer's streams.
+    pub rtt_ms: Option<u32>,
+    pub loss: Option<f32>,
 }
 
 impl Peer {
@@ -64,7 +69,9 @@ impl Peer {
             .enable_vp8(true)
             .enable_h264(true)
             .enable_vp9(true)
-            .enable_bwe(Some(str0m::bwe::Bitrate::kbps(1_500)))
+            .enable_bwe(Some(str0m::bwe::Bitrate::bps(
+                crate::shard::allocation::INITIAL_ESTIMATE,
+            )))
             .set_stats_interval(Some(std::time::Duration::from_secs(1)));
         add_opus_with_fec_and_dtx(&mut config);
         let mut rtc = config.build(now);
@@ -80,6 +87,9 @@ impl Peer {
             connected: false,
             timer: None,
             dirty: false,
+            estimate: None,
+            rtt_ms: None,
+            loss: None,
         }
     }
 

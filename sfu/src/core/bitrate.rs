@@ -1,0 +1,131 @@
+//! Measured bitrate of each (spatial, temporal) layer a publisher sends.
+//!
+//! The allocator needs what a layer really costs, not what the encoder was told: a static
+//! slide costs a fraction of its cap, a busy classroom all of it. Bytes are summed per window and
+//! smoothed; a layer that sent nothing for [`SILENT_AFTER`] counts as unavailable (paused by the
+//! publisher, or dynacast switched it off).
+
+use std::time::{Duration, Instant};
+
+use super::layer::{LayerBitrates, MAX_SPATIAL, MAX_TEMPORAL};
+
+/// Length of one measuring window.
+pub const WINDOW: Duration = Duration::from_millis(500);
+/// A layer silent this long is no longer available.
+pub const SILENT_AFTER: Duration = Duration::from_millis(1500);
+
+/// Byte counts per layer, turned into [`LayerBitrates`] once per window.
+#[derive(Debug, Clone)]
+pub struct LayerMeter {
+    window_start: Option<Instant>,
+    bytes: [[u64; MAX_TEMPORAL]; MAX_SPATIAL],
+    last_seen: [Option<Instant>; MAX_SPATIAL],
+    /// Smoothed bits per second per (spatial, temporal) — not cumulative.
+    smoothed: [[f64; MAX_TEMPORAL]; MAX_SPATIAL],
+}
+
+impl Default for LayerMeter {
+    fn default() -> Self {
+        LayerMeter {
+            window_start: None,
+            bytes: [[0; MAX_TEMPORAL]; MAX_SPATIAL],
+            last_seen: [None; MAX_SPATIAL],
+            smoothed: [[0.0; MAX_TEMPORAL]; MAX_SPATIAL],
+        }
+    }
+}
+
+impl LayerMeter {
+    /// Counts one packet of `bytes` payload in layer (`spatial`, `temporal`).
+    pub fn record(&mut self, spatial: u8, temporal: u8, bytes: usize, now: Instant) {
+        let (s, t) = (usize::from(spatial), usize::from(temporal));
+        if s >= MAX_SPATIAL || t >= MAX_TEMPORAL {
+            return;
+        }
+        self.window_start.get_or_insert(now);
+        self.bytes[s][t] += bytes as u64;
+        self.last_seen[s] = Some(now);
+    }
+
+    /// Closes the window if it is over; returns whether the rates changed.
+    pub fn tick(&mut self, now: Instant) -> bool {
+        let Some(start) = self.window_start else {
+            return false;
+        };
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed < WINDOW {
+            return false;
+        }
+        let secs = elapsed.as_secs_f64();
+        for s in 0..MAX_SPATIAL {
+            for t in 0..MAX_TEMPORAL {
+                let rate = self.bytes[s][t] as f64 * 8.0 / secs;
+                let old = self.smoothed[s][t];
+                // First measurement taken as is; then an EWMA that follows a change within ~2 s.
+                self.smoothed[s][t] = if old == 0.0 {
+                    rate
+                } else {
+                    old * 0.7 + rate * 0.3
+                };
+                self.bytes[s][t] = 0;
+            }
+        }
+        self.window_start = Some(now);
+        true
+    }
+
+    /// Cumulative bitrates per layer (what forwarding temporal layers `0..=t` costs); zero for
+    /// layers silent for [`SILENT_AFTER`].
+    pub fn rates(&self, now: Instant) -> LayerBitrates {
+        let mut out = [[0u64; MAX_TEMPORAL]; MAX_SPATIAL];
+        for (s, row) in out.iter_mut().enumerate() {
+            let alive = self.last_seen[s]
+                .is_some_and(|seen| now.saturating_duration_since(seen) < SILENT_AFTER);
+            if !alive {
+                continue;
+            }
+            let mut sum = 0.0;
+            let base_seen = self.smoothed[s][0] > 0.0;
+            for (t, cell) in row.iter_mut().enumerate() {
+                sum += self.smoothed[s][t];
+                // A temporal layer that carries nothing is not a separate step; a layer with
+                // only TID 0 (no temporal scalability) is then available at every temporal cap.
+                *cell = if base_seen { sum.max(1.0) as u64 } else { 0 };
+            }
+        }
+        LayerBitrates(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measures_cumulative_layer_rates_and_forgets_silent_layers() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut m = LayerMeter::default();
+        // One window of 500 ms: spatial 0 TID0 10 kB, TID1 5 kB; spatial 1 TID0 20 kB.
+        m.record(0, 0, 10_000, ms(0));
+        m.record(0, 1, 5_000, ms(10));
+        m.record(1, 0, 20_000, ms(20));
+        assert!(!m.tick(ms(400)));
+        assert!(m.tick(ms(500)));
+        let r = m.rates(ms(500));
+        assert_eq!(r.0[0], [160_000, 240_000, 240_000]);
+        assert_eq!(r.0[1], [320_000, 320_000, 320_000]);
+        assert_eq!(r.0[2], [0, 0, 0]);
+        // Spatial 1 goes silent; spatial 0 continues at half the rate.
+        for i in 0..10 {
+            m.record(0, 0, 500, ms(500 + i * 100));
+        }
+        assert!(m.tick(ms(1000)));
+        assert!(m.tick(ms(2100)));
+        let r = m.rates(ms(2100));
+        assert_eq!(r.0[1], [0, 0, 0], "silent for more than 1.5 s");
+        assert!(r.0[0][0] > 0 && r.0[0][0] < 160_000);
+        // Junk layer indices are ignored, not a panic.
+        m.record(7, 9, 100, ms(2200));
+    }
+}

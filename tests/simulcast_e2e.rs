@@ -1,0 +1,660 @@
+//! Bandwidth-adaptive simulcast, end to end, with an independent WebRTC stack (webrtc-rs).
+//!
+//! A teacher publishes VP8 simulcast (rids q/h/f at about 150 kbit/s, 500 kbit/s and 1.5 Mbit/s,
+//! L1T3) and Opus ([`support::simulcast`]). Pupils subscribe over shaped paths
+//! ([`support::relay`], profiles from the project's home-link planning table,
+//! [`support::profiles`]); the server estimates each pupil's bandwidth (transport-cc feedback,
+//! which the webrtc-rs subscriber sends) and must forward the one layer that fits, switching only
+//! at keyframes and keeping each pupil's stream continuous for its decoder. Every payload names
+//! its layer, so what a pupil receives says which layer the server chose.
+//!
+//! The first two tests need no server: the relay's shaping, and the simulcast publisher against a
+//! plain webrtc-rs receiver.
+
+mod support;
+
+use anyhow::{Context, Result, bail, ensure};
+use classroom_signaling::token::Role;
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::profiles::{HomeLink, home_link};
+use support::relay::{Relay, Shaping};
+use support::simulcast::{
+    Rid, SimTag, SimulcastConfig, SimulcastOffer, SimulcastPublisher, analyse_video, frames_by_tid,
+    layer_bytes, longest_gap, only_layer,
+};
+use support::{
+    CONNECT_TIMEOUT, MediaPump, PumpConfig, RecvPacket, Source, TEST_TIMEOUT, TestClient,
+    TestServer,
+};
+use tokio::net::UdpSocket;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::RTCPeerConnectionState;
+
+async fn bounded(test: impl Future<Output = Result<()>>) -> Result<()> {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .with_context(|| format!("the test did not finish within {TEST_TIMEOUT:?}"))?
+}
+
+// ---- The relay ----
+
+/// Sends `rate_bps` of 1000-byte datagrams from `server` to the relay for `duration`, and returns
+/// what `client` received: (bytes, latencies).
+async fn blast(
+    server: &UdpSocket,
+    client: &UdpSocket,
+    relay: SocketAddr,
+    rate_bps: u64,
+    duration: Duration,
+) -> Result<(usize, Vec<Duration>)> {
+    let start = Instant::now();
+    let sender = async {
+        let interval = Duration::from_secs_f64(1000.0 * 8.0 / rate_bps as f64);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut datagram = vec![0u8; 1000];
+        while start.elapsed() < duration {
+            tick.tick().await;
+            let sent_ns = start.elapsed().as_nanos() as u64;
+            datagram[..8].copy_from_slice(&sent_ns.to_be_bytes());
+            server.send_to(&datagram, relay).await?;
+        }
+        anyhow::Ok(())
+    };
+    let receiver = async {
+        let mut bytes = 0;
+        let mut latencies = Vec::new();
+        let mut buf = vec![0u8; 2000];
+        // Keep reading a little after the sender stops, for what is still queued or delayed.
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(400), client.recv(&mut buf)).await
+        {
+            let sent = Duration::from_nanos(u64::from_be_bytes(buf[..8].try_into()?));
+            latencies.push(start.elapsed().saturating_sub(sent));
+            bytes += n;
+        }
+        anyhow::Ok((bytes, latencies))
+    };
+    let (sent, received) = tokio::join!(sender, receiver);
+    sent?;
+    received
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_limits_rate_delays_and_can_be_lifted() -> Result<()> {
+    bounded(async {
+        let server = UdpSocket::bind("127.0.0.1:0").await?;
+        let client = UdpSocket::bind("127.0.0.1:0").await?;
+        let relay = Relay::start(
+            server.local_addr()?,
+            Shaping::NONE
+                .rate(400_000)
+                .queue_ms(100)
+                .delay(Duration::from_millis(40), Duration::ZERO),
+            Shaping::NONE,
+        )
+        .await?;
+        // The client speaks first, so the relay knows where "down" goes; the server sees the
+        // relay as the client.
+        client.send_to(b"hello", relay.addr).await?;
+        let mut buf = [0u8; 16];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(1), server.recv_from(&mut buf))
+            .await
+            .context("nothing reached the server through the relay")??;
+        ensure!(&buf[..n] == b"hello" && from == relay.addr);
+
+        // 2 Mbit/s into a 400 kbit/s bottleneck for 1.5 s.
+        let duration = Duration::from_millis(1500);
+        let (bytes, latencies) = blast(&server, &client, relay.addr, 2_000_000, duration).await?;
+        let rate = bytes as f64 * 8.0 / duration.as_secs_f64();
+        let stats = relay.stats();
+        eprintln!("limited: {rate:.0} bit/s delivered, relay {stats:?}");
+        ensure!(
+            (300_000.0..=520_000.0).contains(&rate),
+            "a 400 kbit/s bottleneck delivered {rate:.0} bit/s"
+        );
+        ensure!(
+            stats.down.dropped_queue > 100,
+            "a 5x overload must overflow the bounded queue: {stats:?}"
+        );
+        let min = latencies.iter().min().copied().unwrap_or_default();
+        let max = latencies.iter().max().copied().unwrap_or_default();
+        ensure!(
+            min >= Duration::from_millis(38),
+            "40 ms of delay, but a datagram took {min:?}"
+        );
+        // Delay + at most the 100 ms queue (+ scheduling slack).
+        ensure!(
+            max <= Duration::from_millis(220),
+            "the queue is bounded to 100 ms, but a datagram took {max:?}"
+        );
+
+        // Lifted: everything gets through.
+        relay.set_down(Shaping::NONE);
+        let before = relay.stats().down;
+        let (bytes, _) = blast(&server, &client, relay.addr, 2_000_000, duration).await?;
+        let rate = bytes as f64 * 8.0 / duration.as_secs_f64();
+        let after = relay.stats().down;
+        eprintln!("lifted: {rate:.0} bit/s delivered");
+        ensure!(rate >= 1_700_000.0, "without a limit only {rate:.0} bit/s");
+        ensure!(after.dropped() == before.dropped(), "drops without a limit");
+
+        // Random loss.
+        relay.set_down(Shaping::NONE.loss(0.2));
+        let before = relay.stats().down;
+        blast(
+            &server,
+            &client,
+            relay.addr,
+            1_000_000,
+            Duration::from_millis(800),
+        )
+        .await?;
+        let after = relay.stats().down;
+        let received = after.received - before.received;
+        let lost = after.dropped_loss - before.dropped_loss;
+        let share = lost as f64 / received as f64;
+        ensure!(
+            (0.1..=0.3).contains(&share),
+            "20% loss configured, {share:.2} dropped"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[test]
+fn candidates_are_rewritten_to_the_relay() {
+    let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+               a=candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host\r\n\
+               a=candidate:2 1 udp 2130706431 10.0.0.1 50000 typ host\r\na=mid:0\r\n";
+    let out = support::relay::rewrite_candidates(
+        sdp,
+        "127.0.0.1:50000".parse().unwrap(),
+        "127.0.0.1:41000".parse().unwrap(),
+    );
+    assert!(out.contains("a=candidate:1 1 udp 2130706431 127.0.0.1 41000 typ host\r\n"));
+    assert!(out.contains("a=candidate:2 1 udp 2130706431 10.0.0.1 50000 typ host\r\n"));
+    assert!(out.ends_with("a=mid:0\r\n"));
+}
+
+// ---- The simulcast publisher against a plain webrtc-rs receiver ----
+
+#[derive(Default)]
+struct LocalReceived {
+    /// ssrc -> rid, from each remote track's OnOpen.
+    rids: HashMap<u32, Option<String>>,
+    packets: HashMap<u32, Vec<RecvPacket>>,
+    tracks: HashMap<u32, Arc<dyn TrackRemote>>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn simulcast_publisher_sends_three_tagged_layers_and_answers_pli() -> Result<()> {
+    bounded(async {
+        support::init_logging();
+        let offer = SimulcastOffer::create().await?;
+        let sdp = offer.sdp.clone();
+        ensure!(
+            sdp.contains("a=simulcast:send q;h;f"),
+            "the offer should announce simulcast q;h;f:\n{sdp}"
+        );
+        for rid in Rid::ALL {
+            ensure!(
+                sdp.contains(&format!("a=rid:{rid} send")),
+                "no a=rid:{rid}:\n{sdp}"
+            );
+        }
+
+        let (track_tx, mut track_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (receiver, mut events) = support::peer::build(Some(track_tx)).await?;
+        receiver
+            .set_remote_description(rtc::peer_connection::sdp::RTCSessionDescription::offer(
+                sdp.clone(),
+            )?)
+            .await
+            .context("the receiver does not take the simulcast offer")?;
+        let answer = receiver.create_answer(None).await?;
+        receiver.set_local_description(answer).await?;
+        support::peer::wait_gathered(&mut events.gathering, support::REPLY_TIMEOUT).await?;
+        let answer = receiver.local_description().await.context("no answer")?.sdp;
+        let reply = json!({
+            "v": 1, "type": "publish_answer", "sdp": answer,
+            "tracks": [
+                {"mid": offer.audio_mid(), "track_id": "local-audio"},
+                {"mid": offer.video_mid(), "track_id": "local-video"},
+            ],
+        });
+
+        let received = Arc::new(Mutex::new(LocalReceived::default()));
+        let reader_received = Arc::clone(&received);
+        tokio::spawn(async move {
+            while let Some(track) = track_rx.recv().await {
+                let received = Arc::clone(&reader_received);
+                tokio::spawn(async move {
+                    while let Some(event) = track.poll().await {
+                        match event {
+                            TrackRemoteEvent::OnOpen(init) => {
+                                let mut r = received.lock().unwrap();
+                                r.rids.insert(init.ssrc, init.rid.clone());
+                                r.tracks.insert(init.ssrc, Arc::clone(&track));
+                            }
+                            TrackRemoteEvent::OnRtpPacket(packet) => {
+                                let mut r = received.lock().unwrap();
+                                r.packets
+                                    .entry(packet.header.ssrc)
+                                    .or_default()
+                                    .push(RecvPacket {
+                                        ssrc: packet.header.ssrc,
+                                        sequence_number: packet.header.sequence_number,
+                                        timestamp: packet.header.timestamp,
+                                        marker: packet.header.marker,
+                                        payload_type: packet.header.payload_type,
+                                        payload: packet.payload,
+                                        at: Instant::now(),
+                                    });
+                            }
+                            TrackRemoteEvent::OnEnded => break,
+                            _ => {}
+                        }
+                    }
+                });
+            }
+        });
+
+        let publisher = offer.complete(&reply).await?;
+        support::peer::wait_connected(&mut events.connection, support::CONNECT_TIMEOUT).await?;
+        publisher.start(SimulcastConfig::default());
+
+        // Every layer arrives on its own SSRC, named by its rid, and carries only its own tags.
+        let measure_from = Instant::now() + Duration::from_secs(1);
+        let measure = Duration::from_secs(3);
+        tokio::time::sleep_until((measure_from + measure).into()).await;
+        let (by_rid, tracks) = {
+            let r = received.lock().unwrap();
+            let mut by_rid = HashMap::new();
+            for rid in Rid::ALL {
+                let ssrc = publisher.ssrc(rid);
+                let packets = r.packets.get(&ssrc).cloned().unwrap_or_default();
+                ensure!(
+                    r.rids.get(&ssrc).cloned().flatten().as_deref() == Some(rid.as_str()),
+                    "ssrc {ssrc} should open as rid {rid}: {:?}",
+                    r.rids
+                );
+                by_rid.insert(rid, packets);
+            }
+            (by_rid, r.tracks.clone())
+        };
+        for rid in Rid::ALL {
+            let packets = &by_rid[&rid];
+            ensure!(!packets.is_empty(), "nothing received on rid {rid}");
+            ensure!(
+                packets
+                    .iter()
+                    .all(|p| SimTag::parse(&p.payload).map(|t| t.rid) == Some(rid)),
+                "rid {rid} carries payloads of another layer"
+            );
+            let analysis = analyse_video(packets);
+            ensure!(
+                analysis.ok() && analysis.missing == 0,
+                "rid {rid} is not a clean stream: {analysis:?}"
+            );
+            let bytes: usize = layer_bytes(packets, measure_from)
+                .values()
+                .sum::<usize>()
+                .saturating_sub(
+                    layer_bytes(packets, measure_from + measure)
+                        .values()
+                        .sum::<usize>(),
+                );
+            let rate = bytes as f64 * 8.0 / measure.as_secs_f64();
+            let want = SimulcastConfig::default().bitrates[rid.index()] as f64;
+            eprintln!("rid {rid}: {rate:.0} bit/s of payload (configured {want:.0})");
+            ensure!(
+                (0.8 * want..=1.25 * want).contains(&rate),
+                "rid {rid} sends {rate:.0} bit/s, configured {want:.0}"
+            );
+        }
+        ensure!(
+            received.lock().unwrap().packets.values().any(|p| p
+                .first()
+                .is_some_and(|p| p.payload_type == support::peer::OPUS_PAYLOAD_TYPE)),
+            "no audio arrived"
+        );
+
+        // A PLI for h's SSRC gets a keyframe on h only.
+        let h_ssrc = publisher.ssrc(Rid::H);
+        let before: Vec<_> = publisher.keyframes();
+        let track = tracks.get(&h_ssrc).context("no remote track for h")?;
+        track
+            .write_rtcp(vec![Box::new(
+                rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+                    sender_ssrc: 1,
+                    media_ssrc: h_ssrc,
+                },
+            )])
+            .await?;
+        let new = support::wait::poll_for(
+            Duration::from_secs(2),
+            || "a keyframe on h after the PLI".to_owned(),
+            async || {
+                let now = publisher.keyframes();
+                (now.len() > before.len()).then(|| now[before.len()..].to_vec())
+            },
+        )
+        .await?;
+        ensure!(
+            new.iter().all(|k| k.rid == Rid::H && k.requested),
+            "a PLI for h should bring a keyframe on h only: {new:?}"
+        );
+        ensure!(publisher.keyframe_requests(Rid::H).len() == 1);
+        publisher.close().await;
+        let _ = receiver.close().await;
+        Ok(())
+    })
+    .await
+}
+
+// ---- Through the server ----
+
+/// The relay in a real subscriber's path, with today's single-encoding publishing: the pupil's
+/// subscribe connection goes through the relay (the server answers the relay's address), media
+/// arrives, and a rate limit shows on the relay's counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pupil_behind_the_relay_receives_media_through_it() -> Result<()> {
+    bounded(async {
+        let server = TestServer::start().await?;
+        let url = server.ws_url();
+        let teacher = TestClient::connect(&url, &server.token("t-001", "Tanaka", Role::Teacher))
+            .await
+            .context("teacher joins")?;
+        let publisher = teacher
+            .publish(&[Source::Microphone, Source::Camera])
+            .await
+            .context("teacher publishes")?;
+        let link = home_link("lte");
+        let relay = Relay::start(server.media_addr(), link.down(), link.up()).await?;
+        let pupil = TestClient::connect_with(
+            &url,
+            &server.token("s-001", "Sato", Role::Student),
+            Some(relay.sdp_rewriter()),
+        )
+        .await
+        .context("pupil joins")?;
+        let pump = MediaPump::start(Arc::clone(&publisher), PumpConfig::default());
+        let audio_id = publisher.track_id(Source::Microphone)?;
+        let video_id = publisher.track_id(Source::Camera)?;
+        pupil
+            .subscriber
+            .wait_count(&audio_id, 25, CONNECT_TIMEOUT)
+            .await
+            .context("audio through the relay")?;
+        pupil
+            .subscriber
+            .wait_count(&video_id, 20, CONNECT_TIMEOUT)
+            .await
+            .context("video through the relay")?;
+        let stats = relay.stats();
+        ensure!(
+            relay.client().is_some() && stats.down.forwarded > 45 && stats.up.forwarded > 0,
+            "the media should have gone through the relay: {stats:?}"
+        );
+        // Every audio packet seen at the pupil was delayed by the link's one-way delay.
+        let sent = publisher.sent(Source::Microphone);
+        let received = pupil.subscriber.received(&audio_id);
+        let mut fastest = Duration::MAX;
+        for packet in &received {
+            if let Some(origin) = sent.iter().find(|s| s.payload == packet.payload) {
+                fastest = fastest.min(packet.at.saturating_duration_since(origin.at));
+            }
+        }
+        let one_way = Duration::from_millis(link.rtt_ms / 2);
+        ensure!(
+            fastest >= one_way.mul_f64(0.85),
+            "audio arrived after {fastest:?}, faster than the link's {one_way:?} one-way delay"
+        );
+        pump.stop().await?;
+        pupil.close().await;
+        teacher.close().await;
+        server.shutdown().await;
+        Ok(())
+    })
+    .await
+}
+
+/// One pupil of the simulcast test.
+struct Pupil {
+    name: &'static str,
+    client: TestClient,
+    relay: Option<Relay>,
+    link: Option<HomeLink>,
+    expect: Rid,
+}
+
+impl Pupil {
+    fn video(&self, publisher: &SimulcastPublisher) -> Vec<RecvPacket> {
+        self.client.subscriber.received(&publisher.video_track_id)
+    }
+
+    fn audio(&self, publisher: &SimulcastPublisher) -> Vec<RecvPacket> {
+        self.client.subscriber.received(&publisher.audio_track_id)
+    }
+
+    fn describe(&self, publisher: &SimulcastPublisher, window: Duration) -> String {
+        let video = self.video(publisher);
+        let since = Instant::now() - window;
+        format!(
+            "{}: last {window:?} {:?} bytes by rid ({:.0} kbit/s), frames by TID {:?}, \
+             {} video / {} audio packets in all, subscribe connection {:?}, errors {:?}, relay {:?}",
+            self.name,
+            layer_bytes(&video, since),
+            layer_bytes(&video, since).values().sum::<usize>() as f64 * 8.0
+                / window.as_secs_f64()
+                / 1000.0,
+            frames_by_tid(&video, since),
+            video.len(),
+            self.audio(publisher).len(),
+            self.client.subscriber.state(),
+            self.client.subscriber.errors(),
+            self.relay.as_ref().map(Relay::stats)
+        )
+    }
+}
+
+/// How long a subscriber must have received only one layer to count as settled on it.
+const SETTLED: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribers_get_the_layer_their_bandwidth_allows_and_climb_back() -> Result<()> {
+    bounded(simulcast_adapts_inner()).await
+}
+
+async fn simulcast_adapts_inner() -> Result<()> {
+    let server = TestServer::start().await?;
+    let url = server.ws_url();
+    let media = server.media_addr();
+
+    let teacher = TestClient::connect(&url, &server.token("t-001", "Tanaka", Role::Teacher))
+        .await
+        .context("teacher joins")?;
+    let offer = SimulcastOffer::create().await?;
+    let reply = teacher
+        .request(offer.message())
+        .await
+        .context("publish simulcast")?;
+    if !support::is_type(&reply, "publish_answer") {
+        offer.abandon().await;
+        bail!("the server refused the simulcast offer: {reply}");
+    }
+    let publisher = offer.complete(&reply).await?;
+    publisher.start(SimulcastConfig::default());
+
+    // The pupils' connections. Rates from the brief (300k: only q fits; 800k: h fits, f does
+    // not), delay and loss from the planning profiles.
+    let congested = home_link("congested").with_down_mbps(0.3);
+    let lte_weak = home_link("lte-weak").with_down_mbps(0.8);
+    let fiber = home_link("fiber");
+    let mut pupils = Vec::new();
+    for (name, identity, link, expect) in [
+        ("slow (congested, 300k)", "s-001", Some(congested), Rid::Q),
+        ("medium (lte-weak, 800k)", "s-002", Some(lte_weak), Rid::H),
+        ("unlimited", "s-003", None, Rid::F),
+    ] {
+        // The handshake (ICE, DTLS) goes through the shaped path without random loss; the
+        // profile's loss applies once the pupil is connected (see below).
+        let relay = match link {
+            Some(link) => {
+                let lossless = link.with_loss_pct(0.0);
+                Some(Relay::start(media, lossless.down(), lossless.up()).await?)
+            }
+            None => None,
+        };
+        let client = TestClient::connect_with(
+            &url,
+            &server.token(identity, name, Role::Student),
+            relay.as_ref().map(Relay::sdp_rewriter),
+        )
+        .await
+        .with_context(|| format!("{name} joins"))?;
+        pupils.push(Pupil {
+            name,
+            client,
+            relay,
+            link,
+            expect,
+        });
+    }
+    for pupil in &pupils {
+        support::wait::poll_for(
+            CONNECT_TIMEOUT,
+            || format!("{}'s subscribe connection to connect", pupil.name),
+            async || {
+                (pupil.client.subscriber.state() == Some(RTCPeerConnectionState::Connected))
+                    .then_some(())
+            },
+        )
+        .await?;
+        if let (Some(relay), Some(link)) = (&pupil.relay, pupil.link) {
+            relay.set_down(link.down());
+            relay.set_up(link.up());
+        }
+    }
+    let started = Instant::now();
+
+    // Settle: each pupil receives only its layer for SETTLED.
+    let settle = support::wait::poll_for(
+        Duration::from_secs(35),
+        || {
+            pupils
+                .iter()
+                .map(|p| p.describe(&publisher, SETTLED))
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+        async || {
+            let since = Instant::now() - SETTLED;
+            (started.elapsed() > SETTLED
+                && pupils
+                    .iter()
+                    .all(|p| only_layer(&p.video(&publisher), since) == Some(p.expect)))
+            .then_some(())
+        },
+    )
+    .await;
+    for pupil in &pupils {
+        eprintln!("{}", pupil.describe(&publisher, SETTLED));
+    }
+    settle.context("the pupils did not settle on q, h and f")?;
+    eprintln!("settled after {:?}", started.elapsed());
+
+    // Lift the slow pupil's limit: it must climb back to f.
+    let slow = &pupils[0];
+    let relay = slow.relay.as_ref().context("the slow pupil has a relay")?;
+    relay.set_down(fiber.down());
+    relay.set_up(fiber.up());
+    let lifted = Instant::now();
+    support::wait::poll_for(
+        Duration::from_secs(15),
+        || slow.describe(&publisher, Duration::from_secs(2)),
+        async || {
+            let video = slow.video(&publisher);
+            let since = Instant::now() - Duration::from_secs(1);
+            (only_layer(&video, since) == Some(Rid::F)).then_some(())
+        },
+    )
+    .await
+    .context("the slow pupil did not climb back to f within 15 s of the limit being lifted")?;
+    eprintln!("slow pupil back on f {:?} after the lift", lifted.elapsed());
+
+    // Its audio kept flowing, and its video is one continuous stream for a decoder.
+    let end = Instant::now();
+    for pupil in &pupils {
+        let audio = pupil.audio(&publisher);
+        let first = audio.first().context("no audio")?.at;
+        let gap = longest_gap(&audio, first, end);
+        let video = pupil.video(&publisher);
+        let analysis = analyse_video(&video);
+        let dropped = pupil.relay.as_ref().map_or(0, |r| r.stats().down.dropped());
+        eprintln!(
+            "{}: longest audio gap {gap:?}; video {} packets, {} missing, {} duplicates, \
+             switches {:?}, {} unverifiable, relay dropped {dropped}",
+            pupil.name,
+            analysis.packets,
+            analysis.missing,
+            analysis.duplicates,
+            analysis
+                .switches
+                .iter()
+                .map(|(at, from, to)| format!(
+                    "{:.1}s {}->{to}",
+                    (*at - started).as_secs_f64(),
+                    from.map_or("-".to_owned(), |r| r.to_string())
+                ))
+                .collect::<Vec<_>>(),
+            analysis.unverifiable_switches
+        );
+        ensure!(
+            gap <= Duration::from_secs(1),
+            "{}: audio stopped for {gap:?}",
+            pupil.name
+        );
+        ensure!(
+            analysis.ok(),
+            "{}: the video is not continuous for a decoder: {:#?}",
+            pupil.name,
+            analysis.problems
+        );
+        ensure!(
+            analysis.missing <= dropped,
+            "{}: {} video packets never arrived, but its path dropped only {dropped} datagrams",
+            pupil.name,
+            analysis.missing
+        );
+    }
+    eprintln!(
+        "publisher: longest gap between two audio packets sent {:?}",
+        publisher.longest_audio_send_gap()
+    );
+    for rid in Rid::ALL {
+        eprintln!(
+            "publisher: {} keyframe requests for {rid}, {} keyframes",
+            publisher.keyframe_requests(rid).len(),
+            publisher
+                .keyframes()
+                .iter()
+                .filter(|k| k.rid == rid)
+                .count()
+        );
+    }
+
+    publisher.close().await;
+    for pupil in &pupils {
+        pupil.client.close().await;
+    }
+    teacher.close().await;
+    server.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! A userspace UDP relay that shapes one client's media path, like a home connection would.
+//!
+//! The relay listens on 127.0.0.1 and stands between one client and the server's media port:
+//! datagrams from the server go to the client ("down"), everything else goes to the server
+//! ("up") and the first such source is taken as the client. Only one socket is used, so the server
+//! sees the relay's address as the client's; being ICE-lite it answers wherever the
+//! authenticated STUN came from. To put a subscriber behind the relay, rewrite the server's
+//! `a=candidate` lines in the offers it applies ([`rewrite_candidates`]).
+//!
+//! Each direction is shaped on its own ([`Shaping`]), changeable at any time:
+//!
+//! * **rate**: a bottleneck link. Packets are serialised at `rate_bps`; a packet that finds more
+//!   than `queue_ms` worth of bytes waiting is dropped (tail drop, a bounded buffer — what a
+//!   real bottleneck does, and what a bandwidth estimator has to notice).
+//! * **delay** and **jitter**: added after the bottleneck, uniformly in `delay ± jitter`, but never
+//!   reordering packets of one direction.
+//! * **loss**: random, independent, before the bottleneck.
+//!
+//! Counters per direction ([`RelayStats`]) tell what the relay did.
+
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// How one direction of the relay is shaped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shaping {
+    /// Bottleneck rate in bits per second (`None`: unlimited).
+    pub rate_bps: Option<u64>,
+    /// The bottleneck's buffer, as time at `rate_bps` (at least 4 full-size packets).
+    pub queue_ms: u64,
+    /// One-way delay added after the bottleneck.
+    pub delay: Duration,
+    /// Each packet's delay is uniform in `delay ± jitter` (without reordering).
+    pub jitter: Duration,
+    /// Random loss, 0.0..=1.0.
+    pub loss: f64,
+}
+
+impl Shaping {
+    /// No shaping at all.
+    pub const NONE: Shaping = Shaping {
+        rate_bps: None,
+        queue_ms: 200,
+        delay: Duration::ZERO,
+        jitter: Duration::ZERO,
+        loss: 0.0,
+    };
+
+    pub fn rate(mut self, bps: u64) -> Self {
+        self.rate_bps = Some(bps);
+        self
+    }
+
+    pub fn unlimited(mut self) -> Self {
+        self.rate_bps = None;
+        self
+    }
+
+    pub fn delay(mut self, delay: Duration, jitter: Duration) -> Self {
+        self.delay = delay;
+        self.jitter = jitter;
+        self
+    }
+
+    pub fn loss(mut self, loss: f64) -> Self {
+        self.loss = loss;
+        self
+    }
+
+    pub fn queue_ms(mut self, ms: u64) -> Self {
+        self.queue_ms = ms;
+        self
+    }
+
+    /// The bottleneck buffer in bytes.
+    fn queue_bytes(&self) -> Option<f64> {
+        self.rate_bps
+            .map(|rate| (rate as f64 / 8.0 * self.queue_ms as f64 / 1000.0).max(4.0 * 1500.0))
+    }
+}
+
+/// What the relay did in one direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirectionStats {
+    /// Datagrams that arrived at the relay.
+    pub received: u64,
+    /// Datagrams delivered to the other side.
+    pub forwarded: u64,
+    pub forwarded_bytes: u64,
+    /// Dropped because the bottleneck buffer was full.
+    pub dropped_queue: u64,
+    /// Dropped at random.
+    pub dropped_loss: u64,
+}
+
+impl DirectionStats {
+    pub fn dropped(&self) -> u64 {
+        self.dropped_queue + self.dropped_loss
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Server -> client.
+    pub down: DirectionStats,
+    /// Client -> server.
+    pub up: DirectionStats,
+}
+
+/// The shaping state of one direction: the configuration and the bottleneck's clock.
+struct Direction {
+    shaping: Shaping,
+    /// When the bottleneck finishes sending what it has queued.
+    link_free_at: Instant,
+    /// The delivery time of the latest packet (deliveries never go backwards).
+    last_delivery: Instant,
+    stats: DirectionStats,
+}
+
+impl Direction {
+    fn new(shaping: Shaping) -> Self {
+        let now = Instant::now();
+        Self {
+            shaping,
+            link_free_at: now,
+            last_delivery: now,
+            stats: DirectionStats::default(),
+        }
+    }
+
+    /// Decides the fate of a datagram of `len` bytes arriving `now`: `Some(delivery time)` or
+    /// dropped.
+    fn admit(&mut self, now: Instant, len: usize) -> Option<Instant> {
+        self.stats.received += 1;
+        let shaping = self.shaping;
+        if shaping.loss > 0.0 && rand::random::<f64>() < shaping.loss {
+            self.stats.dropped_loss += 1;
+            return None;
+        }
+        let departure = match (shaping.rate_bps, shaping.queue_bytes()) {
+            (Some(rate), Some(limit)) => {
+                let start = self.link_free_at.max(now);
+                // Bytes still waiting in the buffer when this packet arrives.
+                let backlog = (start - now).as_secs_f64() * rate as f64 / 8.0;
+                if backlog + len as f64 > limit {
+                    self.stats.dropped_queue += 1;
+                    return None;
+                }
+                let done = start + Duration::from_secs_f64(len as f64 * 8.0 / rate as f64);
+                self.link_free_at = done;
+                done
+            }
+            _ => {
+                // Unlimited: the link is free as soon as it has sent what was queued before.
+                self.link_free_at = self.link_free_at.max(now);
+                self.link_free_at
+            }
+        };
+        let jitter = if shaping.jitter.is_zero() {
+            0.0
+        } else {
+            (rand::random::<f64>() * 2.0 - 1.0) * shaping.jitter.as_secs_f64()
+        };
+        let delay = (shaping.delay.as_secs_f64() + jitter).max(0.0);
+        let delivery = (departure + Duration::from_secs_f64(delay)).max(self.last_delivery);
+        self.last_delivery = delivery;
+        self.stats.forwarded += 1;
+        self.stats.forwarded_bytes += len as u64;
+        Some(delivery)
+    }
+}
+
+struct State {
+    down: Direction,
+    up: Direction,
+    client: Option<SocketAddr>,
+}
+
+/// A running relay. Dropping it stops it.
+pub struct Relay {
+    /// Where the client must send (the address to put into the server's candidates).
+    pub addr: SocketAddr,
+    /// The server's media address.
+    pub upstream: SocketAddr,
+    state: Arc<Mutex<State>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+type Outgoing = (Instant, Vec<u8>, SocketAddr);
+
+impl Relay {
+    /// Starts a relay to `upstream`, shaping server -> client with `down` and client -> server
+    /// with `up`.
+    pub async fn start(upstream: SocketAddr, down: Shaping, up: Shaping) -> Result<Relay> {
+        let socket = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .context("bind the relay socket")?;
+        let addr = socket.local_addr()?;
+        let socket = Arc::new(socket);
+        let state = Arc::new(Mutex::new(State {
+            down: Direction::new(down),
+            up: Direction::new(up),
+            client: None,
+        }));
+
+        // One sender per direction: deliveries of a direction are in time order, so a FIFO
+        // channel and a sleep until each one's time suffice.
+        let (down_tx, down_rx) = mpsc::unbounded_channel::<Outgoing>();
+        let (up_tx, up_rx) = mpsc::unbounded_channel::<Outgoing>();
+        let mut tasks = vec![
+            tokio::spawn(deliver(Arc::clone(&socket), down_rx)),
+            tokio::spawn(deliver(Arc::clone(&socket), up_rx)),
+        ];
+
+        let reader_state = Arc::clone(&state);
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                let Ok((len, from)) = socket.recv_from(&mut buf).await else {
+                    // ICMP errors (a peer gone) surface here on some systems; keep going.
+                    tokio::task::yield_now().await;
+                    continue;
+                };
+                let now = Instant::now();
+                let mut state = reader_state.lock().unwrap();
+                if from == upstream {
+                    let Some(client) = state.client else {
+                        continue;
+                    };
+                    if let Some(at) = state.down.admit(now, len) {
+                        let _ = down_tx.send((at, buf[..len].to_vec(), client));
+                    }
+                } else {
+                    // The client is whoever sends first; another source later replaces it
+                    // (a new local candidate), as a NAT binding would.
+                    state.client = Some(from);
+                    if let Some(at) = state.up.admit(now, len) {
+                        let _ = up_tx.send((at, buf[..len].to_vec(), upstream));
+                    }
+                }
+            }
+        }));
+
+        Ok(Relay {
+            addr,
+            upstream,
+            state,
+            tasks,
+        })
+    }
+
+    /// Changes the shaping of server -> client from now on (packets already queued keep their
+    /// times).
+    pub fn set_down(&self, shaping: Shaping) {
+        self.state.lock().unwrap().down.shaping = shaping;
+    }
+
+    /// Changes the shaping of client -> server from now on.
+    pub fn set_up(&self, shaping: Shaping) {
+        self.state.lock().unwrap().up.shaping = shaping;
+    }
+
+    pub fn down(&self) -> Shaping {
+        self.state.lock().unwrap().down.shaping
+    }
+
+    pub fn stats(&self) -> RelayStats {
+        let state = self.state.lock().unwrap();
+        RelayStats {
+            down: state.down.stats,
+            up: state.up.stats,
+        }
+    }
+
+    /// The client's address, once it has sent something.
+    pub fn client(&self) -> Option<SocketAddr> {
+        self.state.lock().unwrap().client
+    }
+
+    /// A rewriter for [`rewrite_candidates`] that points the server's candidates at this relay.
+    pub fn sdp_rewriter(&self) -> SdpRewrite {
+        let (from, to) = (self.upstream, self.addr);
+        Arc::new(move |sdp: &str| rewrite_candidates(sdp, from, to))
+    }
+}
+
+/// A rewrite applied to each offer's SDP before the client applies it.
+pub type SdpRewrite = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+async fn deliver(socket: Arc<UdpSocket>, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
+    while let Some((at, datagram, to)) = queue.recv().await {
+        tokio::time::sleep_until(at).await;
+        let _ = socket.send_to(&datagram, to).await;
+    }
+}
+
+/// Replaces the address and port of every `a=candidate` line that names `from` (the server's
+/// media address; an unspecified IP in `from` matches any address with its port) by `to`.
+pub fn rewrite_candidates(sdp: &str, from: SocketAddr, to: SocketAddr) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        let ending = &line[body.len()..];
+        if let Some(rest) = body.strip_prefix("a=candidate:") {
+            // foundation component transport priority address port typ ...
+            let mut fields: Vec<&str> = rest.split(' ').collect();
+            if fields.len() >= 6 {
+                let ip_matches = from.ip().is_unspecified() || fields[4] == from.ip().to_string();
+                if ip_matches && fields[5] == from.port().to_string() {
+                    let ip = to.ip().to_string();
+                    let port = to.port().to_string();
+                    fields[4] = &ip;
+                    fields[5] = &port;
+                    out.push_str("a=candidate:");
+                    out.push_str(&fields.join(" "));
+                    out.push_str(ending);
+                    continue;
+                }
+            }
+        }
+        out.push_str(line);
+    }
+    out
+}
