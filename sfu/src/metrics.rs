@@ -18,6 +18,35 @@ pub struct MediaCounters {
     pub datagrams_rejected: u64,
     pub send_errors: u64,
     pub peers: u64,
+    pub layer_switches: u64,
+    /// Video subscriptions paused for lack of bandwidth, now.
+    pub paused_tracks: u64,
+    /// Subscribers' bandwidth estimates, sampled at every allocation: counts per bucket of
+    /// [`ESTIMATE_BUCKETS`] (made cumulative when rendered), plus their count and sum.
+    pub estimate_buckets: [u64; ESTIMATE_BUCKETS.len()],
+    pub estimate_count: u64,
+    pub estimate_sum: u64,
+}
+
+/// Upper bounds (bits per second) of the estimate histogram: from a weak home uplink to wired.
+pub const ESTIMATE_BUCKETS: [u64; 7] = [
+    250_000,
+    500_000,
+    1_000_000,
+    2_000_000,
+    4_000_000,
+    10_000_000,
+    u64::MAX,
+];
+
+impl MediaCounters {
+    pub(crate) fn observe_estimate(&mut self, bps: u64) {
+        if let Some(i) = ESTIMATE_BUCKETS.iter().position(|b| bps <= *b) {
+            self.estimate_buckets[i] += 1;
+        }
+        self.estimate_count += 1;
+        self.estimate_sum += bps;
+    }
 }
 
 /// The last published snapshot, readable from any thread (for `/metrics`).
@@ -35,6 +64,11 @@ pub struct MediaMetrics {
     pub datagrams_rejected: AtomicU64,
     pub send_errors: AtomicU64,
     pub peers: AtomicU64,
+    pub layer_switches: AtomicU64,
+    pub paused_tracks: AtomicU64,
+    pub estimate_buckets: [AtomicU64; ESTIMATE_BUCKETS.len()],
+    pub estimate_count: AtomicU64,
+    pub estimate_sum: AtomicU64,
 }
 
 impl MediaMetrics {
@@ -59,6 +93,15 @@ impl MediaMetrics {
         for (a, v) in pairs {
             a.store(v, Ordering::Relaxed);
         }
+        self.layer_switches
+            .store(c.layer_switches, Ordering::Relaxed);
+        self.paused_tracks.store(c.paused_tracks, Ordering::Relaxed);
+        for (a, v) in self.estimate_buckets.iter().zip(c.estimate_buckets) {
+            a.store(v, Ordering::Relaxed);
+        }
+        self.estimate_count
+            .store(c.estimate_count, Ordering::Relaxed);
+        self.estimate_sum.store(c.estimate_sum, Ordering::Relaxed);
     }
 
     /// Renders the counters in the Prometheus text format.
@@ -145,5 +188,38 @@ impl MediaMetrics {
                 v.load(Ordering::Relaxed)
             );
         }
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP classroom_media_layer_switches_total Changes of the layer a subscriber receives\n\
+             # TYPE classroom_media_layer_switches_total counter\n\
+             classroom_media_layer_switches_total {}\n\
+             # HELP classroom_media_paused_video_tracks Video subscriptions paused for lack of bandwidth\n\
+             # TYPE classroom_media_paused_video_tracks gauge\n\
+             classroom_media_paused_video_tracks {}\n\
+             # HELP classroom_media_subscriber_estimate_bps Subscribers' bandwidth estimates, sampled every allocation\n\
+             # TYPE classroom_media_subscriber_estimate_bps histogram",
+            load(&self.layer_switches),
+            load(&self.paused_tracks)
+        );
+        let mut cumulative = 0;
+        for (bound, n) in ESTIMATE_BUCKETS.iter().zip(&self.estimate_buckets) {
+            cumulative += load(n);
+            let le = if *bound == u64::MAX {
+                "+Inf".to_owned()
+            } else {
+                bound.to_string()
+            };
+            let _ = writeln!(
+                out,
+                "classroom_media_subscriber_estimate_bps_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "classroom_media_subscriber_estimate_bps_sum {}\nclassroom_media_subscriber_estimate_bps_count {}",
+            load(&self.estimate_sum),
+            load(&self.estimate_count)
+        );
     }
 }

@@ -86,6 +86,7 @@ impl Shard {
                 }
             }
         }
+        self.counters.paused_tracks = 0;
         let report = now >= self.next_report;
         if report {
             self.next_report = now + REPORT_INTERVAL;
@@ -112,6 +113,9 @@ impl Shard {
         let participant = peer.participant;
         let estimate = peer.estimate.unwrap_or(INITIAL_ESTIMATE);
         let (rtt_ms, loss, estimate_bps) = (peer.rtt_ms, peer.loss, peer.estimate);
+        if let Some(e) = estimate_bps {
+            self.counters.observe_estimate(e);
+        }
 
         let mut demands = Vec::with_capacity(subscribed.len());
         for track_id in subscribed {
@@ -149,6 +153,7 @@ impl Shard {
         let mut events = Vec::new();
         let mut layers_report = Vec::new();
         let mut any_paused = false;
+        let mut paused_now = 0u64;
         let mut next_step: Option<u64> = None;
         let mut allocated = 0u64;
         for (track_id, allocation) in allocations {
@@ -198,6 +203,12 @@ impl Shard {
                     %participant, track = %track_id, estimate, budget, ?available,
                     current = ?decision.current, paused = decision.paused, "layer change"
                 );
+                if sub
+                    .reported
+                    .is_some_and(|(layer, _)| layer != decision.current)
+                {
+                    self.counters.layer_switches += 1;
+                }
                 sub.reported = Some(shown);
                 events.push(ShardEvent::TrackQuality {
                     participant,
@@ -209,6 +220,7 @@ impl Shard {
                 });
             }
             any_paused |= decision.paused;
+            paused_now += u64::from(decision.paused);
             layers_report.push((
                 track_id,
                 decision
@@ -236,6 +248,7 @@ impl Shard {
                 .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(desired));
         }
         self.mark_dirty(key);
+        self.counters.paused_tracks += paused_now;
         for e in events {
             let _ = self.events.send(e);
         }
