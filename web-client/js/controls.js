@@ -14,10 +14,10 @@ export class SourceToggle {
    * @param {{onLabel: string, offLabel: string, what: string}} o.labels  `what` names the device in errors
    * @param {(track: MediaStreamTrack|null) => void} [o.onTrack]  e.g. to show a preview
    * @param {(message: string, err: Error) => void} o.onError
-   * @param {number} [o.maxBitrate]  encoder cap in bits/s
+   * @param {object} [o.plan]  how to encode it: a SEND_PLANS entry of encodings.js
    */
-  constructor({ session, source, button, open, labels, onTrack = () => {}, onError, maxBitrate }) {
-    Object.assign(this, { session, source, button, open, labels, onTrack, onError, maxBitrate });
+  constructor({ session, source, button, open, labels, onTrack = () => {}, onError, plan = {} }) {
+    Object.assign(this, { session, source, button, open, labels, onTrack, onError, plan });
     this.track = null;
     this.busy = false;
     button.addEventListener('click', () => this.toggle());
@@ -60,7 +60,7 @@ export class SourceToggle {
     this.track = track;
     this.onTrack(track);
     try {
-      await this.session.setSource(this.source, track, { maxBitrate: this.maxBitrate });
+      await this.session.setSource(this.source, track, this.plan);
     } catch (err) {
       this.#release(track);
       this.onError(null, err);

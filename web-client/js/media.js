@@ -8,14 +8,6 @@ const CAMERA_CONSTRAINTS = {
   pupil: { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 15, max: 20 } },
 };
 
-// Upper bounds for the encoders (bits/s). Without simulcast, every pupil receives what the sender
-// sends, so it must fit a modest home connection; the teacher's face and slides get the most.
-export const MAX_BITRATE = {
-  teacherCamera: 1_200_000,
-  screen: 1_500_000,
-  pupilCamera: 500_000,
-};
-
 /** Browsers offer cameras only to secure pages (https, or localhost); say so instead of crashing. */
 function mediaDevices() {
   if (!navigator.mediaDevices) {

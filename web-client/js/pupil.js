@@ -4,25 +4,33 @@
 
 import { startSession } from './page.js';
 import { SourceToggle } from './controls.js';
-import { MAX_BITRATE, openCamera, openMicrophone, showVideo } from './media.js';
+import { openCamera, openMicrophone, showVideo } from './media.js';
+import { SEND_PLANS } from './encodings.js';
 import { byId, errorText, showBanner } from './ui.js';
+import { showQuality } from './quality.js';
 
 const stage = byId('stage');
 // What the stage shows: the newest camera and screen track of a teacher, {trackId, track}.
 const teacher = { camera: null, screen: null };
 let toggles = [];
+// The layer to ask for, by where a video is shown: the stage is the whole screen; the camera in
+// the corner beside a shared screen is about a quarter of its width (about 600 device pixels on a
+// retina iPad), which the middle layer fills.
+const STAGE_LAYER = 'high';
+const CORNER_LAYER = 'medium';
 
 const started = startSession({ onJoined, onEnded });
+const session = started?.session ?? null;
 
 if (started) {
-  const { session, audio } = started;
+  const { audio } = started;
   const onError = (message, err) => showBanner(message ?? errorText(err));
 
   toggles = [
     new SourceToggle({
       session, source: 'camera', button: byId('btn-camera'), onError,
       open: () => openCamera('pupil'),
-      maxBitrate: MAX_BITRATE.pupilCamera,
+      plan: SEND_PLANS.pupilCamera,
       labels: { onLabel: 'Turn off camera', offLabel: 'Turn on camera', what: 'camera' },
       onTrack: (track) => {
         showVideo(byId('self-video'), track);
@@ -56,6 +64,17 @@ if (started) {
     }
   });
 
+  // The server pauses a video that even its lowest layer cannot reach us with; audio goes on.
+  session.addEventListener('trackquality', (ev) => {
+    if ([teacher.camera, teacher.screen].some((t) => t?.trackId === ev.detail.trackId)) renderStage();
+  });
+
+  // Pupils receive only their own entry: how their connection is doing.
+  session.addEventListener('connectionquality', (ev) => {
+    const own = ev.detail.participants.find((p) => p.participant_id === session.self?.participant_id);
+    if (own) showQuality(byId('net-quality'), own);
+  });
+
   byId('btn-leave').addEventListener('click', () => session.leave());
 }
 
@@ -79,4 +98,10 @@ function renderStage() {
   showVideo(byId('teacher-screen'), teacher.screen?.track ?? null);
   stage.classList.toggle('has-camera', Boolean(teacher.camera));
   stage.classList.toggle('has-screen', Boolean(teacher.screen));
+  if (teacher.camera) session.setTrackQuality(teacher.camera.trackId, teacher.screen ? CORNER_LAYER : STAGE_LAYER);
+  if (teacher.screen) session.setTrackQuality(teacher.screen.trackId, STAGE_LAYER);
+  const paused = (t) => Boolean(t && session.trackQuality.get(t.trackId)?.paused);
+  byId('teacher-camera').classList.toggle('paused', paused(teacher.camera));
+  byId('teacher-screen').classList.toggle('paused', paused(teacher.screen));
+  byId('video-paused').hidden = !(paused(teacher.camera) || paused(teacher.screen));
 }

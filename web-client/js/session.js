@@ -4,6 +4,9 @@
 // Pages listen to its events and never touch the protocol themselves.
 
 import { SignalChannel, ProtocolError, defaultSignalUrl, PROTOCOL_VERSION } from './signal.js';
+import {
+  addSendTransceiver, hasSimulcast, sectionsByMid, setActiveRids, stripSimulcast, useSingleEncoding,
+} from './encodings.js';
 
 /** What each publishable source carries, as the server checks it. */
 export const SOURCE_KIND = { microphone: 'audio', camera: 'video', screen: 'video' };
@@ -23,6 +26,8 @@ const PC_CONFIG = { bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
  *   remotetrack {trackId, participantId, participant, kind, source, track}   media has arrived
  *   remotetrackended {trackId, participantId, kind, source}
  *   connectionstate {which: 'publish'|'subscribe', state}
+ *   trackquality {trackId, layer, paused, reason}   the layer we receive of a video changed
+ *   connectionquality {participants}  link quality entries (ours only, unless we teach)
  *   error {error}                     something failed but the session goes on
  *   ended {reason, error?}            the session is over (goodbye, fatal error, lost socket)
  */
@@ -43,11 +48,21 @@ export class Session extends EventTarget {
     // sendonly and inactive, so toggling a camera reuses its m= section instead of adding one.
     this.transceivers = new Map(); // source -> RTCRtpTransceiver
     this.localTracks = new Map(); // source -> track record from publish_answer
+    // source -> {plan, simulcast: set up with layers, mode: 'simulcast'|'single'|null until answered}
+    this.sendInfo = new Map();
+    // Whether the server takes offers with simulcast: null until it answered one, then true, or
+    // false after it refused one (then every offer goes without; see #negotiatePublish).
+    this.simulcastAccepted = null;
+    this.lastSetEncodings = null; // the server's latest dynacast request, for tests and debugging
     this.publishQueue = Promise.resolve();
     // Subscribing: which remote track each m= section of the subscribe connection carries.
     this.midToTrackId = new Map();
     this.remoteTracks = new Map(); // track_id -> {trackId, participantId, kind, source, mid, track}
     this.subscribeQueue = Promise.resolve();
+    this.qualityCaps = new Map(); // track_id -> the max_layer the page wants (set_track_quality)
+    this.trackQualitySupported = true; // false once the server called set_track_quality unknown
+    this.trackQuality = new Map(); // track_id -> latest track_quality message
+    this.connectionQuality = new Map(); // participant_id -> latest connection_quality entry
     this.goodbyeReason = null;
     this.fatalError = null;
     this.ended = false;
@@ -97,12 +112,37 @@ export class Session extends EventTarget {
    * Changes are applied one at a time, each with its own offer, because the protocol allows a new
    * publish offer only after the previous answer; the returned promise settles when the server
    * has accepted (or refused) this change. On refusal nothing of the change stays applied.
-   * `maxBitrate` (bits/s) caps the encoder; it is fixed when the source is first published.
+   * `plan` (a SEND_PLANS entry of encodings.js: simulcast layers, maxBitrate, codec) is fixed
+   * when the source is first published.
    */
-  setSource(source, track, { maxBitrate } = {}) {
-    const task = this.publishQueue.then(() => this.#applySource(source, track, maxBitrate));
+  setSource(source, track, plan = {}) {
+    const task = this.publishQueue.then(() => this.#applySource(source, track, plan));
     this.publishQueue = task.catch(() => {});
     return task;
+  }
+
+  /**
+   * Caps the layer the server sends us of a received video (`low`, `medium`, `high`): small
+   * tiles need only `low`. Sent only when the cap changes. A server that does not know the
+   * message yet says so once; then caps are still recorded (tests and debugging read them) but
+   * no longer sent.
+   */
+  setTrackQuality(trackId, maxLayer) {
+    if (!this.joined || this.qualityCaps.get(trackId) === maxLayer) return;
+    this.qualityCaps.set(trackId, maxLayer);
+    if (!this.trackQualitySupported) return;
+    this.signal.notify({ type: 'set_track_quality', track_id: trackId, max_layer: maxLayer }, {
+      onError: (err) => {
+        if (err.code === 'unknown_type') {
+          this.trackQualitySupported = false;
+          console.info('classroom: this server does not take set_track_quality yet; receiving full quality');
+        } else {
+          console.warn('classroom: set_track_quality refused', err);
+          // Forgotten, so that the next layout change asks again.
+          if (this.qualityCaps.get(trackId) === maxLayer) this.qualityCaps.delete(trackId);
+        }
+      },
+    });
   }
 
   /** A snapshot for tests and debugging. */
@@ -115,6 +155,15 @@ export class Session extends EventTarget {
       permissions: [...this.permissions],
       participants: [...this.participants.values()],
       localTracks: [...this.localTracks.values()],
+      publish: {
+        simulcastAccepted: this.simulcastAccepted,
+        modes: Object.fromEntries([...this.sendInfo].map(([source, info]) => [source, info.mode])),
+        lastSetEncodings: this.lastSetEncodings,
+      },
+      qualityCaps: Object.fromEntries(this.qualityCaps),
+      trackQualitySupported: this.trackQualitySupported,
+      trackQuality: Object.fromEntries(this.trackQuality),
+      connectionQuality: [...this.connectionQuality.values()],
       remoteTracks: [...this.remoteTracks.values()].map(({ track, ...info }) => ({
         ...info,
         readyState: track.readyState,
@@ -138,7 +187,7 @@ export class Session extends EventTarget {
 
   // ---- publishing ----------------------------------------------------------------------------
 
-  async #applySource(source, track, maxBitrate) {
+  async #applySource(source, track, plan) {
     if (!(source in SOURCE_KIND)) throw new Error(`unknown source ${source}`);
     if (track && track.kind !== SOURCE_KIND[source]) throw new Error(`${source} needs an ${SOURCE_KIND[source]} track`);
     if (this.ended) throw new ProtocolError('not_connected', 'The lesson connection is closed.');
@@ -151,12 +200,17 @@ export class Session extends EventTarget {
         // Same source, new device (or restarted): swapping the track needs no negotiation.
         await transceiver.sender.replaceTrack(track);
       } else {
-        const init = { direction: 'sendonly', streams: [new MediaStream([track])] };
-        if (maxBitrate) init.sendEncodings = [{ maxBitrate }];
-        transceiver = pc.addTransceiver(track, init);
+        const added = addSendTransceiver(pc, track, plan);
+        transceiver = added.transceiver;
         this.transceivers.set(source, transceiver);
+        this.sendInfo.set(source, { plan, simulcast: added.simulcast, mode: null });
       }
       if (wasSending) return;
+      // A fresh publish starts with every layer on; the server pauses what nobody needs.
+      if (this.sendInfo.get(source)?.mode === 'simulcast') {
+        await setActiveRids(transceiver.sender, this.sendInfo.get(source).plan.simulcast.map((l) => l.rid))
+          .catch((err) => console.warn('classroom: could not turn the layers back on', err));
+      }
       transceiver.direction = 'sendonly';
     } else {
       if (!wasSending) return;
@@ -195,9 +249,24 @@ export class Session extends EventTarget {
     for (const [source, t] of this.transceivers) {
       if (t.direction === 'sendonly' && t.mid !== null) tracks.push({ mid: t.mid, source });
     }
+    const offer = pc.localDescription.sdp;
+    const simulcastOffered = hasSimulcast(offer);
     let answer;
     try {
-      answer = await this.signal.request({ type: 'publish', sdp: pc.localDescription.sdp, tracks });
+      try {
+        answer = await this.signal.request({
+          type: 'publish',
+          sdp: this.simulcastAccepted === false ? stripSimulcast(offer) : offer,
+          tracks,
+        });
+      } catch (err) {
+        // Servers without simulcast refuse the whole offer (nothing of it is applied). Retry once
+        // with the same offer minus simulcast, so that the lesson works with old and new servers.
+        if (err.code !== 'bad_sdp' || !simulcastOffered || this.simulcastAccepted !== null) throw err;
+        console.info('classroom: the server refused simulcast; publishing one encoding instead');
+        answer = await this.signal.request({ type: 'publish', sdp: stripSimulcast(offer), tracks });
+        this.simulcastAccepted = false;
+      }
     } catch (err) {
       if (pc.signalingState === 'have-local-offer') {
         await pc.setLocalDescription({ type: 'rollback' }).catch((e) => console.warn('classroom: rollback failed', e));
@@ -207,6 +276,46 @@ export class Session extends EventTarget {
     await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
     this.localTracks.clear();
     for (const t of answer.tracks || []) this.localTracks.set(t.source, t);
+    await this.#settleEncodings(answer.sdp);
+  }
+
+  /**
+   * Records, per simulcast source, whether the answer took its layers. Where it did not, the
+   * browser now sends only the first (smallest) layer; it is made full size with the single cap.
+   * Decided once per source: later answers repeat the same choice.
+   */
+  async #settleEncodings(answerSdp) {
+    const sections = sectionsByMid(answerSdp);
+    for (const [source, info] of this.sendInfo) {
+      const transceiver = this.transceivers.get(source);
+      const section = transceiver?.mid != null ? sections.get(transceiver.mid) : undefined;
+      if (info.mode || !transceiver || transceiver.direction !== 'sendonly' || section === undefined) continue;
+      if (!info.simulcast) {
+        info.mode = 'single';
+      } else if (hasSimulcast(section)) {
+        info.mode = 'simulcast';
+        this.simulcastAccepted = true;
+      } else {
+        info.mode = 'single';
+        await useSingleEncoding(transceiver.sender, info.plan.maxBitrate)
+          .catch((err) => console.warn('classroom: could not switch to one full-size encoding', err));
+      }
+    }
+  }
+
+  /** `set_encodings`: encode exactly the listed layers of one of our simulcast tracks. */
+  #setEncodings(msg) {
+    const task = this.publishQueue.then(async () => {
+      const source = [...this.transceivers].find(([, t]) => t.mid === String(msg.mid))?.[0]
+        ?? [...this.localTracks.values()].find((t) => t.track_id === msg.track_id)?.source;
+      const transceiver = this.transceivers.get(source);
+      if (!transceiver || this.sendInfo.get(source)?.mode !== 'simulcast') {
+        console.warn('classroom: set_encodings for a track without simulcast layers', msg);
+        return;
+      }
+      await setActiveRids(transceiver.sender, Array.isArray(msg.active) ? msg.active : []);
+    });
+    this.publishQueue = task.catch((err) => console.warn('classroom: could not apply set_encodings', err));
   }
 
   // ---- subscribing ---------------------------------------------------------------------------
@@ -268,6 +377,8 @@ export class Session extends EventTarget {
     const record = this.remoteTracks.get(trackId);
     if (!record) return;
     this.remoteTracks.delete(trackId);
+    this.qualityCaps.delete(trackId);
+    this.trackQuality.delete(trackId);
     const { track, ...info } = record;
     this.#emit('remotetrackended', info);
   }
@@ -283,6 +394,7 @@ export class Session extends EventTarget {
       case 'participant_left': {
         const participant = this.participants.get(msg.participant_id) || { participant_id: msg.participant_id };
         this.participants.delete(msg.participant_id);
+        this.connectionQuality.delete(msg.participant_id);
         this.#emit('participantleft', { participant });
         break;
       }
@@ -296,6 +408,20 @@ export class Session extends EventTarget {
         this.subscribeQueue = this.subscribeQueue
           .then(() => this.#answerSubscriber(msg))
           .catch((err) => this.#emit('error', { error: err }));
+        break;
+      case 'set_encodings':
+        this.lastSetEncodings = { track_id: msg.track_id, mid: msg.mid, active: msg.active };
+        this.#setEncodings(msg);
+        break;
+      case 'track_quality': {
+        const info = { trackId: msg.track_id, layer: msg.layer ?? null, paused: Boolean(msg.paused), reason: msg.reason ?? null };
+        this.trackQuality.set(msg.track_id, info);
+        this.#emit('trackquality', info);
+        break;
+      }
+      case 'connection_quality':
+        for (const entry of msg.participants || []) this.connectionQuality.set(entry.participant_id, entry);
+        this.#emit('connectionquality', { participants: msg.participants || [] });
         break;
       case 'goodbye':
         this.goodbyeReason = msg.reason || 'goodbye';

@@ -98,6 +98,17 @@ export class SignalChannel {
     });
   }
 
+  /**
+   * Sends a message that has no success reply (e.g. `set_track_quality`) with a fresh `id`, so
+   * that an `error` about it reaches `onError` instead of the general listener. Silence for
+   * `windowMs` counts as accepted.
+   */
+  notify(msg, { onError = () => {}, windowMs = REQUEST_TIMEOUT_MS } = {}) {
+    this.request(msg, windowMs).catch((err) => {
+      if (err.code !== 'timeout' && err.code !== 'connection_lost') onError(err);
+    });
+  }
+
   /** Starts the keep-alive. Only after `joined`: anything but `join` before it is refused. */
   startKeepalive() {
     this.lastPong = Date.now();

@@ -2,25 +2,30 @@
 
 import { startSession } from './page.js';
 import { SourceToggle } from './controls.js';
-import { MAX_BITRATE, openCamera, openMicrophone, openScreen, showVideo } from './media.js';
+import { openCamera, openMicrophone, openScreen, showVideo } from './media.js';
+import { SEND_PLANS } from './encodings.js';
 import { byId, createTile, errorText, showBanner } from './ui.js';
+import { createQualityBadge, showQuality } from './quality.js';
 
 const grid = byId('pupil-grid');
-// participant_id -> {root, video, caption, camera, screen}; camera/screen: {trackId, track} or null
+// participant_id -> {root, video, caption, badge, camera, screen}; camera/screen: {trackId, track} or null
 const tiles = new Map();
 let toggles = [];
+// The grid shows every pupil small, so the server need send only the smallest layer of each.
+const TILE_LAYER = 'low';
 
 const started = startSession({ onJoined, onEnded });
+const session = started?.session ?? null;
 
 if (started) {
-  const { session, audio } = started;
+  const { audio } = started;
   const onError = (message, err) => showBanner(message ?? errorText(err));
 
   toggles = [
     new SourceToggle({
       session, source: 'camera', button: byId('btn-camera'), onError,
       open: () => openCamera('teacher'),
-      maxBitrate: MAX_BITRATE.teacherCamera,
+      plan: SEND_PLANS.teacherCamera,
       labels: { onLabel: 'Stop camera', offLabel: 'Start camera', what: 'camera' },
       onTrack: (track) => showVideo(byId('preview'), track),
     }),
@@ -32,7 +37,7 @@ if (started) {
     new SourceToggle({
       session, source: 'screen', button: byId('btn-screen'), onError,
       open: openScreen,
-      maxBitrate: MAX_BITRATE.screen,
+      plan: SEND_PLANS.screen,
       labels: { onLabel: 'Stop sharing', offLabel: 'Share screen', what: 'screen sharing' },
       onTrack: (track) => {
         showVideo(byId('screen-preview'), track);
@@ -69,6 +74,14 @@ if (started) {
     renderTile(tile);
   });
 
+  // A teacher receives every participant's entry: each pupil's on their tile, our own in the bar.
+  session.addEventListener('connectionquality', (ev) => {
+    for (const entry of ev.detail.participants) {
+      if (entry.participant_id === session.self?.participant_id) showQuality(byId('net-quality'), entry);
+      else if (tiles.has(entry.participant_id)) showQuality(tiles.get(entry.participant_id).badge, entry);
+    }
+  });
+
   byId('btn-leave').addEventListener('click', () => session.leave());
 }
 
@@ -88,7 +101,9 @@ function ensureTile(participant) {
   if (participant.role === 'observer') return null;
   let tile = tiles.get(participant.participant_id);
   if (!tile) {
-    tile = { ...createTile({ participant }), camera: null, screen: null };
+    tile = { ...createTile({ participant }), badge: createQualityBadge(), camera: null, screen: null };
+    tile.root.append(tile.badge);
+    showQuality(tile.badge, session?.connectionQuality.get(participant.participant_id));
     tiles.set(participant.participant_id, tile);
     grid.append(tile.root);
     renderTile(tile);
@@ -110,6 +125,8 @@ function removeTile(participantId) {
 function renderTile(tile) {
   const track = (tile.screen || tile.camera)?.track ?? null;
   showVideo(tile.video, track);
+  // Capped whether shown or not: a camera hidden behind a screen share needs no more than that.
+  for (const t of [tile.camera, tile.screen]) if (t) session?.setTrackQuality(t.trackId, TILE_LAYER);
   tile.root.classList.toggle('no-video', !track);
 }
 
