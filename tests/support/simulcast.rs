@@ -961,7 +961,8 @@ pub struct VideoAnalysis {
     pub ssrcs: Vec<u32>,
     /// (arrival, from, to) of every change of rid, in sequence order.
     pub switches: Vec<(Instant, Option<Rid>, Rid)>,
-    /// Layer changes whose first packet could not be checked (lost before it).
+    /// Layer changes (the start included) whose first packet could not be checked (lost before
+    /// it).
     pub unverifiable_switches: usize,
     /// Everything that a decoder would not accept.
     pub problems: Vec<String>,
@@ -1031,9 +1032,17 @@ pub fn analyse_video(packets: &[RecvPacket]) -> VideoAnalysis {
         };
         let Some((prev_seq, before)) = &prev else {
             if !desc.keyframe_start {
-                a.problems.push(format!(
-                    "seq {seq}: the first packet does not start a keyframe"
-                ));
+                if tag.index > 0 {
+                    // The start of this frame never arrived: lost before the receiver knew
+                    // the stream, so not even a NACK could bring it back. Like a switch after
+                    // loss, it cannot be checked (callers check that the path dropped
+                    // anything at all).
+                    a.unverifiable_switches += 1;
+                } else {
+                    a.problems.push(format!(
+                        "seq {seq}: the first packet does not start a keyframe"
+                    ));
+                }
             }
             a.switches.push((packet.at, None, tag.rid));
             prev = Some((seq, current));
