@@ -191,7 +191,7 @@ impl MediaMetrics {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
-            "# HELP classroom_media_layer_switches_total Changes of the layer a subscriber receives\n\
+            "# HELP classroom_media_layer_switches_total Changes of the spatial layer (or pause) a subscriber receives\n\
              # TYPE classroom_media_layer_switches_total counter\n\
              classroom_media_layer_switches_total {}\n\
              # HELP classroom_media_paused_video_tracks Video subscriptions paused for lack of bandwidth\n\

@@ -197,25 +197,24 @@ impl Shard {
                 };
                 next_step = higher.map(|(_, rate)| rate.saturating_sub(current_rate));
             }
-            let shown = (decision.current, decision.paused);
+            // Clients hear of spatial changes and pauses; temporal steps are too frequent to tell.
+            let name = decision
+                .current
+                .map(|l| LayerName::of(l.spatial, layer_count));
+            let shown = (name, decision.paused);
             if sub.reported != Some(shown) && (decision.current.is_some() || decision.paused) {
                 debug!(
                     %participant, track = %track_id, estimate, budget, ?available,
                     current = ?decision.current, paused = decision.paused, "layer change"
                 );
-                if sub
-                    .reported
-                    .is_some_and(|(layer, _)| layer != decision.current)
-                {
+                if sub.reported.is_some_and(|(layer, _)| layer != name) {
                     self.counters.layer_switches += 1;
                 }
                 sub.reported = Some(shown);
                 events.push(ShardEvent::TrackQuality {
                     participant,
                     track: track_id,
-                    layer: decision
-                        .current
-                        .map(|l| LayerName::of(l.spatial, layer_count)),
+                    layer: name,
                     paused: decision.paused,
                 });
             }

@@ -39,8 +39,10 @@ pub(crate) struct Subscription {
     munger: Vp8Munger,
     /// The highest layer the client asked for (`set_track_quality`).
     pub cap: Layer,
+    /// The temporal layer actually forwarded; it follows the selector's at switch points.
+    temporal: u8,
     /// What the client was last told about this track: (layer, paused).
-    pub reported: Option<(Option<Layer>, bool)>,
+    pub reported: Option<(Option<crate::command::LayerName>, bool)>,
 }
 
 impl Subscription {
@@ -62,6 +64,7 @@ impl Subscription {
             munger: Vp8Munger::new(),
             cap: Layer::MAX,
             reported: None,
+            temporal: 0,
         }
     }
 }
@@ -215,7 +218,16 @@ impl Shard {
                 let Some(current) = decision.current else {
                     continue;
                 };
-                if temporal > current.temporal {
+                // Down a temporal layer at once; up only at a frame that references nothing above
+                // the base layer, or the decoder would get frames whose references it never saw.
+                if current.temporal < sub.temporal || keyframe_start {
+                    sub.temporal = current.temporal;
+                } else if current.temporal > sub.temporal
+                    && vp8.is_none_or(|h| h.starts_frame() && h.is_temporal_switch_point())
+                {
+                    sub.temporal = current.temporal;
+                }
+                if temporal > sub.temporal {
                     sub.forwarder.skip(&incoming);
                     if let Some(h) = &vp8 {
                         sub.munger.drop(h);
