@@ -220,11 +220,9 @@ impl Shard {
                 };
                 // Down a temporal layer at once; up only at a frame that references nothing above
                 // the base layer, or the decoder would get frames whose references it never saw.
-                if current.temporal < sub.temporal || keyframe_start {
-                    sub.temporal = current.temporal;
-                } else if current.temporal > sub.temporal
-                    && vp8.is_none_or(|h| h.starts_frame() && h.is_temporal_switch_point())
-                {
+                let at_switch_point =
+                    vp8.is_none_or(|h| h.starts_frame() && h.is_temporal_switch_point());
+                if current.temporal < sub.temporal || keyframe_start || at_switch_point {
                     sub.temporal = current.temporal;
                 }
                 if temporal > sub.temporal {
