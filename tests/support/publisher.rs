@@ -162,19 +162,7 @@ impl PublishOffer {
 
     /// Applies the server's `publish_answer` and waits until the connection is up.
     pub async fn complete(mut self, reply: &Value) -> Result<Arc<Publisher>> {
-        if !super::is_type(reply, "publish_answer") {
-            bail!("publish was not answered with publish_answer: {reply}");
-        }
-        let sdp = reply
-            .get("sdp")
-            .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("publish_answer without sdp: {reply}"))?;
-        let answer = RTCSessionDescription::answer(sdp.to_owned())
-            .context("the publish_answer SDP does not parse as an answer")?;
-        self.pc
-            .set_remote_description(answer)
-            .await
-            .with_context(|| format!("apply the publish_answer SDP:\n{sdp}"))?;
+        apply_publish_answer(&self.pc, reply).await?;
 
         let answered: HashMap<String, String> = reply
             .get("tracks")
@@ -462,4 +450,22 @@ impl Publisher {
         }
         let _ = self.pc.close().await;
     }
+}
+
+/// Checks that `reply` is a `publish_answer` and applies its SDP to the publish connection
+/// (shared by the single-encoding and the simulcast publisher).
+pub async fn apply_publish_answer(pc: &Arc<dyn PeerConnection>, reply: &Value) -> Result<()> {
+    if !super::is_type(reply, "publish_answer") {
+        bail!("publish was not answered with publish_answer: {reply}");
+    }
+    let sdp = reply
+        .get("sdp")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("publish_answer without sdp: {reply}"))?;
+    let answer = RTCSessionDescription::answer(sdp.to_owned())
+        .context("the publish_answer SDP does not parse as an answer")?;
+    pc.set_remote_description(answer)
+        .await
+        .with_context(|| format!("apply the publish_answer SDP:\n{sdp}"))?;
+    Ok(())
 }

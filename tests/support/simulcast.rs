@@ -484,19 +484,7 @@ impl SimulcastOffer {
 
     /// Applies the `publish_answer` (or an answer in the same shape) and waits until connected.
     pub async fn complete(mut self, reply: &Value) -> Result<Arc<SimulcastPublisher>> {
-        if !super::is_type(reply, "publish_answer") {
-            bail!("publish was not answered with publish_answer: {reply}");
-        }
-        let sdp = reply
-            .get("sdp")
-            .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("publish_answer without sdp: {reply}"))?;
-        let answer = RTCSessionDescription::answer(sdp.to_owned())
-            .context("the publish_answer SDP does not parse as an answer")?;
-        self.pc
-            .set_remote_description(answer)
-            .await
-            .with_context(|| format!("apply the publish_answer SDP:\n{sdp}"))?;
+        super::publisher::apply_publish_answer(&self.pc, reply).await?;
         let track_id = |mid: &str| -> Result<String> {
             reply
                 .get("tracks")

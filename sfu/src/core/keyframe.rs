@@ -20,32 +20,9 @@ pub fn is_keyframe_start(codec: VideoCodec, payload: &[u8]) -> bool {
     }
 }
 
-/// RFC 7741: payload descriptor, then the VP8 payload header whose first bit (P) is 0 on key
-/// frames. Only the start of partition 0 carries that header.
+/// RFC 7741: the descriptor parser of `core::vp8` knows where the payload header starts.
 fn vp8_keyframe_start(p: &[u8]) -> bool {
-    let Some(&b0) = p.first() else { return false };
-    let start_of_partition = b0 & 0x10 != 0;
-    let partition_index = b0 & 0x07;
-    if !start_of_partition || partition_index != 0 {
-        return false;
-    }
-    let mut i = 1;
-    if b0 & 0x80 != 0 {
-        let Some(&x) = p.get(i) else { return false };
-        i += 1;
-        if x & 0x80 != 0 {
-            // PictureID: 7 or 15 bits.
-            let Some(&pid) = p.get(i) else { return false };
-            i += if pid & 0x80 != 0 { 2 } else { 1 };
-        }
-        if x & 0x40 != 0 {
-            i += 1; // TL0PICIDX
-        }
-        if x & 0x30 != 0 {
-            i += 1; // TID/Y/KEYIDX
-        }
-    }
-    matches!(p.get(i), Some(&h) if h & 0x01 == 0)
+    super::vp8::Vp8Header::parse(p).is_ok_and(|h| h.keyframe)
 }
 
 /// draft-ietf-payload-vp9: P (inter-picture predicted) clear and B (start of frame) set.
