@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Browser end-to-end test: starts a real classroom server and headless Chromium (e2e.mjs) and
-# checks that a lesson's audio and video flow between the pages.
+# Browser end-to-end tests: starts a real classroom server and headless Chromium, then runs
+#   e2e.mjs     a lesson's audio and video flow between the pages (teacher, pupils, screen share)
+#   shaped.mjs  a pupil on a shaped "home" link gets a smaller simulcast layer than an unshaped
+#               pupil, and both keep decoding
 #
 # Both run inside a network namespace made for this run. Outside one, Chromium offers the
 # machine's outward address as its ICE candidate and the test would depend on that network;
 # inside, the only addresses are a veth pair that exists nowhere else, so the test is the same on
 # every machine and cannot disturb (or be disturbed by) anything. Needs root for that.
+# The shaped pupil's Chromium runs in a second namespace, "home", joined to the first by a veth
+# pair whose server-side end is rate-limited with tc tbf and drops packets at random (nftables):
+# the kernel here has no netem, and these two shape the same way on every machine.
 #
 # Environment:
 #   CLASSROOM_BIN  server binary to test (default: build target/release/classroom)
-#   E2E_TIMEOUT    seconds for the browser part (default 240)
+#   E2E_TIMEOUT    seconds for each scenario (default 240)
 #   ARTIFACT_DIR   where to keep the server log and failure screenshots (default: discarded)
 set -euo pipefail
 
@@ -18,8 +23,15 @@ root=$(cd "$here/../.." && pwd)
 limit=${E2E_TIMEOUT:-240}
 
 ns=clsbr$$
+home_ns=clshm$$
 addr=10.213.0.1
 peer_addr=10.213.0.2
+home_gw=10.214.0.1
+home_addr=10.214.0.2
+# The "lte-weak" home profile of tests/support/profiles.rs (from ../shared/data/home-links.csv):
+# 1.5 Mbit/s down with 3 % loss. Rate and loss apply to what the server sends the pupil.
+home_rate=1500kbit
+home_loss_pct=3
 http_port=8080
 media_port=50000
 base_url=http://$addr:$http_port
@@ -50,9 +62,11 @@ cleanup() {
   stop_server
   # Whatever still runs in the namespace was started by this run (e.g. a Chromium left behind
   # by a killed test); the namespace is ours alone, so these are our processes.
-  local pid
-  for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-  ip netns del "$ns" 2>/dev/null || true
+  local pid n
+  for n in "$ns" "$home_ns"; do
+    for pid in $(ip netns pids "$n" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+    ip netns del "$n" 2>/dev/null || true
+  done
   if [ "$status" -ne 0 ] && [ -f "$work/server.log" ]; then
     echo "---- last 150 lines of the server log ($work/server.log) ----"
     tail -n 150 "$work/server.log"
@@ -73,7 +87,7 @@ if [ "$(id -u)" -ne 0 ]; then
   log "must run as root (it creates a network namespace)"
   exit 2
 fi
-for tool in ip node timeout /usr/bin/chromium; do
+for tool in ip tc nft node timeout /usr/bin/chromium; do
   command -v "$tool" >/dev/null || { log "missing $tool (scripts/test installs what is needed)"; exit 2; }
 done
 if [ ! -d "$here/node_modules/playwright-core" ]; then
@@ -103,6 +117,31 @@ nsrun ip link set veth1 up
 # that 10.213.0.1. Nothing answers beyond it, so no packet leaves the namespace.
 nsrun ip route add default dev veth0 src "$addr"
 
+# ---- the shaped pupil's home: another namespace behind a rate-limited, lossy veth ----
+ip netns add "$home_ns"
+homerun() { ip netns exec "$home_ns" "$@"; }
+homerun ip link set lo up
+nsrun ip link add vhome0 type veth peer name vhome1 netns "$home_ns"
+nsrun ip addr add "$home_gw/24" dev vhome0
+nsrun ip link set vhome0 up
+homerun ip addr add "$home_addr/24" dev vhome1
+homerun ip link set vhome1 up
+# Also makes 10.214.0.2 Chromium's host candidate (it routes towards the internet to pick one).
+homerun ip route add default via "$home_gw" dev vhome1 src "$home_addr"
+# Downlink shaping: a token bucket at the rate, with a queue of at most 300 ms at that rate, as a
+# loaded home router would hold.
+nsrun tc qdisc add dev vhome0 root tbf rate "$home_rate" burst 16kb latency 300ms
+nsrun nft -f - <<NFT
+table inet homelink {
+  chain out {
+    type filter hook postrouting priority 0; policy accept;
+    oifname "vhome0" numgen random mod 100 < $home_loss_pct drop
+  }
+}
+NFT
+printf '#!/bin/sh\nexec ip netns exec %s /usr/bin/chromium "$@"\n' "$home_ns" >"$work/chromium-home"
+chmod +x "$work/chromium-home"
+
 # ---- server ----
 CLASSROOM_TOKEN_SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 export CLASSROOM_TOKEN_SECRET
@@ -118,6 +157,11 @@ invite() {
 teacher_url=$(invite --name "Tanaka Sensei" --role teacher --identity t-e2e --ttl 1h)
 student_url=$(invite --name "Sato Hana" --role student --identity s-e2e-1 --ttl 1h)
 observer_url=$(invite --name "Ito (observer)" --role observer --identity o-e2e-1 --ttl 1h)
+# The adaptation lesson is a room of its own, so the two scenarios cannot disturb each other.
+room=shaped-$$
+shaped_teacher_url=$(invite --name "Kobayashi Sensei" --role teacher --identity t-shaped --ttl 1h)
+near_url=$(invite --name "Mori Yui" --role student --identity s-near --ttl 1h)
+home_url=$(invite --name "Abe Ren" --role student --identity s-home --ttl 1h)
 
 log "starting the server in namespace $ns at $base_url"
 mkdir -p "$work/data"
@@ -130,24 +174,40 @@ ip netns exec "$ns" env RUST_LOG="${RUST_LOG:-info}" "$bin" serve \
   >"$work/server.log" 2>&1 &
 server_pid=$!
 
-# ---- browser part (it waits for /healthz itself, with a deadline) ----
+# ---- browser part (each scenario waits for /healthz itself, with a deadline) ----
 # In the background plus `wait`: bash runs a signal trap only after a foreground command ends,
 # but interrupts `wait` at once, so an interrupted run still cleans up promptly.
 mkdir -p "$work/tmp" # Chromium's profile and Playwright's files: removed with $work, even if node is killed
-ip netns exec "$ns" timeout --kill-after=10 "$limit" env \
-  TMPDIR="$work/tmp" \
-  BASE_URL="$base_url" \
+scenario() {
+  local name=$1 status=0
+  shift
+  log "scenario $name"
+  ip netns exec "$ns" timeout --kill-after=10 "$limit" env \
+    TMPDIR="$work/tmp" \
+    BASE_URL="$base_url" \
+    "$@" \
+    node "$here/$name.mjs" &
+  test_pid=$!
+  wait "$test_pid" || status=$?
+  test_pid=
+  if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
+    log "scenario $name did not finish within $limit s"
+  fi
+  return "$status"
+}
+status=0
+scenario e2e \
   TEACHER_URL="$teacher_url" \
   STUDENT_URL="$student_url" \
   STUDENT_IDENTITY=s-e2e-1 \
-  OBSERVER_URL="$observer_url" \
-  node "$here/e2e.mjs" &
-test_pid=$!
-status=0
-wait "$test_pid" || status=$?
-test_pid=
-if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
-  log "the browser test did not finish within $limit s"
+  OBSERVER_URL="$observer_url" || status=$?
+if [ "$status" -eq 0 ]; then
+  scenario shaped \
+    TEACHER_URL="$shaped_teacher_url" \
+    NEAR_URL="$near_url" \
+    HOME_URL="$home_url" \
+    HOME_CHROMIUM="$work/chromium-home" \
+    HOME_LINK="$home_rate, $home_loss_pct % loss" || status=$?
 fi
 if ! kill -0 "$server_pid" 2>/dev/null; then
   log "the server exited during the test"

@@ -24,6 +24,13 @@ use std::time::{Duration, Instant};
 pub const MAX_SPATIAL: usize = 3;
 pub const MAX_TEMPORAL: usize = 3;
 
+/// A spatial layer above the lowest one is chosen only with at least this many temporal layers
+/// above its base (1: at least half the frame rate). Below that, the next smaller picture at the
+/// full frame rate is the better lesson: a teacher's gestures and lips at 5 fps are hard to
+/// follow, while a smaller picture on a tablet is still clear. The lowest spatial layer keeps all
+/// its temporal steps, so that a weak link degrades smoothly before video pauses.
+pub const MIN_TEMPORAL_ABOVE_BASE: u8 = 1;
+
 /// A (spatial, temporal) layer; orders by spatial first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Layer {
@@ -69,14 +76,31 @@ impl LayerBitrates {
             .filter_map(|l| Some((l, self.get(l)?)))
     }
 
+    /// The available layers within `cap` worth choosing as a target, lowest first: every
+    /// temporal layer of the lowest spatial layer, and above it only frame rates from
+    /// [`MIN_TEMPORAL_ABOVE_BASE`] up (or the only one a layer has).
+    pub fn targets(&self, cap: Layer) -> impl Iterator<Item = (Layer, u64)> + '_ {
+        let base = self.layers(cap).next().map(|(l, _)| l.spatial);
+        self.layers(cap).filter(move |&(l, _)| {
+            let top = self
+                .layers(cap)
+                .filter(|(other, _)| other.spatial == l.spatial)
+                .map(|(other, _)| other.temporal)
+                .max()
+                .unwrap_or(0);
+            Some(l.spatial) == base || l.temporal >= top.min(MIN_TEMPORAL_ABOVE_BASE)
+        })
+    }
+
     /// The cheapest available layer within `cap`.
     pub fn lowest(&self, cap: Layer) -> Option<(Layer, u64)> {
         self.layers(cap).min_by_key(|&(l, rate)| (rate, l))
     }
 
-    /// The highest available layer within `cap` whose cost, scaled by `percent`, fits `budget`.
+    /// The highest target layer (see [`Self::targets`]) within `cap` whose cost, scaled by
+    /// `percent`, fits `budget`.
     pub fn best_fit(&self, cap: Layer, budget: u64, percent: u64) -> Option<(Layer, u64)> {
-        self.layers(cap)
+        self.targets(cap)
             .filter(|&(_, rate)| rate.saturating_mul(percent) / 100 <= budget)
             .max_by_key(|&(l, _)| l)
     }
@@ -286,13 +310,18 @@ mod tests {
             (Layer::MAX, 0, 100, None),
             (Layer::MAX, 79_999, 100, None),
             (Layer::MAX, 80_000, 100, Some(Layer::new(0, 0))),
-            (Layer::MAX, 300_000, 100, Some(Layer::new(1, 0))),
+            // h at a quarter of the frame rate fits, but q at the full rate is the better picture.
+            (Layer::MAX, 300_000, 100, Some(Layer::new(0, 2))),
+            (Layer::MAX, 400_000, 100, Some(Layer::new(1, 1))),
             (Layer::MAX, 500_000, 100, Some(Layer::new(1, 2))),
             (Layer::MAX, 599_999, 120, Some(Layer::new(1, 1))),
             (Layer::MAX, 600_000, 120, Some(Layer::new(1, 2))),
             (Layer::MAX, 3_000_000, 100, Some(Layer::new(2, 2))),
             (Layer::new(1, 2), 3_000_000, 100, Some(Layer::new(1, 2))),
+            // The subscriber itself asked for the base frame rate only.
             (Layer::new(2, 0), 3_000_000, 100, Some(Layer::new(2, 0))),
+            // f at its base rate (800k) fits, f at half rate does not: h at the full rate.
+            (Layer::MAX, 1_000_000, 100, Some(Layer::new(1, 2))),
         ];
         for (cap, budget, percent, want) in rows {
             assert_eq!(
@@ -307,6 +336,12 @@ mod tests {
         assert_eq!(only_f.lowest(Layer::MAX), Some((Layer::new(2, 0), 700_000)));
         assert_eq!(only_f.get(Layer::new(2, 1)), None);
         assert_eq!(only_f.get(Layer::new(7, 7)), None);
+        // A layer sent without temporal layers is a target at its one frame rate.
+        let no_temporal = LayerBitrates([[150_000, 0, 0], [500_000, 0, 0], [1_500_000, 0, 0]]);
+        assert_eq!(
+            no_temporal.best_fit(Layer::MAX, 600_000, 100),
+            Some((Layer::new(1, 0), 500_000))
+        );
     }
 
     /// One step: at `ms`, either an update with `budget` or a keyframe of spatial `layer`; then

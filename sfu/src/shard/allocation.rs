@@ -190,7 +190,7 @@ impl Shard {
                 // should probe (with padding) before the allocator can try it.
                 let higher = match decision.current {
                     Some(cur) => available
-                        .layers(cap)
+                        .targets(cap)
                         .filter(|(l, _)| *l > cur)
                         .min_by_key(|(l, _)| *l),
                     None => available.lowest(cap),
