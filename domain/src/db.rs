@@ -37,6 +37,14 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
+    /// A stored value this code cannot read back (e.g. a malformed date): only possible if
+    /// something bypassed this crate when writing.
+    #[error("unreadable value {value:?} in {table}.{column}")]
+    BadStoredValue {
+        table: &'static str,
+        column: &'static str,
+        value: String,
+    },
 }
 
 /// Which database a [`Db`] talks to.
@@ -86,6 +94,18 @@ macro_rules! dispatch {
 }
 pub(crate) use dispatch;
 
+/// Runs `$body` with `$pool` bound to the pool, whichever backend it is: for single statements
+/// that need no transaction.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite($pool) => $body,
+            $crate::db::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
 /// The migrations in `domain/migrations/`, written to run unchanged on both backends.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -100,7 +120,14 @@ pub enum Table {
     ClassTerms,
     Enrollments,
     Lessons,
-    Attendance,
+    LessonTeachers,
+    ModeChanges,
+    LobbyEvents,
+    PresenceEvents,
+    AttendanceMarks,
+    AuditLog,
+    SigninLinks,
+    WebSessions,
 }
 
 impl Table {
@@ -114,7 +141,14 @@ impl Table {
             Table::ClassTerms => "class_terms",
             Table::Enrollments => "enrollments",
             Table::Lessons => "lessons",
-            Table::Attendance => "attendance",
+            Table::LessonTeachers => "lesson_teachers",
+            Table::ModeChanges => "mode_changes",
+            Table::LobbyEvents => "lobby_events",
+            Table::PresenceEvents => "presence_events",
+            Table::AttendanceMarks => "attendance_marks",
+            Table::AuditLog => "audit_log",
+            Table::SigninLinks => "signin_links",
+            Table::WebSessions => "web_sessions",
         }
     }
 }
@@ -163,7 +197,11 @@ impl Db {
             // WAL lets the media server read rosters while an import writes.
             .journal_mode(SqliteJournalMode::Wal)
             // NORMAL is durable enough under WAL (a power cut may lose the last commit, never
-            // corrupt the file) and much faster than FULL.
+            // corrupt the file) and much faster than FULL. A commit that has returned is in
+            // the WAL file, i.e. handed to the kernel, so it survives the process being killed
+            // (SIGKILL, OOM, a crash): an attendance-mode change acknowledged to a guardian is
+            // not lost that way. Every write in this crate is its own short transaction,
+            // committed before the function returns; none is held open across calls.
             .synchronous(SqliteSynchronous::Normal)
             // SQLite leaves foreign keys off unless asked, per connection.
             .foreign_keys(true)
@@ -234,6 +272,19 @@ impl Db {
 }
 
 impl Tx {
+    /// Takes the write lock that appending to `table` needs, so that its `MAX(seq) + 1` cannot
+    /// be computed twice. SQLite already holds the database's write lock (a [`Db::begin_write`]
+    /// transaction); PostgreSQL locks the table in a mode that conflicts with itself but not with
+    /// readers, until the transaction ends. Callers lock tables in the order of [`Table`]'s
+    /// declaration, so two transactions never wait for each other in a cycle.
+    pub(crate) async fn lock_for_append(&mut self, table: Table) -> Result<(), DbError> {
+        if let Tx::Postgres(t) = self {
+            let sql = format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", table.name());
+            sqlx::query(&sql).execute(&mut **t).await?;
+        }
+        Ok(())
+    }
+
     pub async fn commit(self) -> Result<(), DbError> {
         match self {
             Tx::Sqlite(t) => t.commit().await?,

@@ -1,5 +1,10 @@
-//! Lessons, rosters and attendance for classroom: storage (SQLite or PostgreSQL) and the
-//! OneRoster CSV import that fills it.
+//! Lessons, rosters and attendance for classroom: storage (SQLite or PostgreSQL), the
+//! OneRoster CSV import that fills it, and the domain rules on top: lessons, guardians' choice
+//! of attendance mode with its cut-off, who may do what, the join decision and lobby,
+//! attendance records and exports, the audit log, sign-in links and web sessions.
+//!
+//! Instants are `i64` Unix seconds (UTC) and are always passed in by the caller, never read
+//! from a clock here, so every rule can be tested and replayed exactly.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -10,12 +15,52 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
+pub mod admission;
+pub mod attendance;
+pub mod attendance_mode;
+pub mod audit;
+mod calendar;
+pub mod cutoff;
 pub mod db;
+pub mod export;
+pub mod lesson;
 pub mod model;
 pub mod oneroster;
+pub mod signin;
 
+pub use access::{
+    Capacity, Denied, enrolled_in_lesson, is_guardian_of, may_set_mode, person, pupils_of_guardian,
+    teaches_class, teaches_lesson,
+};
+pub use admission::{
+    Admission, LobbyEntry, RefusalReason, TeacherActionError, admission, admit, lobby, refuse,
+    request_entry,
+};
+pub use attendance::{
+    Mark, MarkStatus, OnlineSummary, Presence, ReportRow, attendance_report, mark, record_join,
+    record_leave, summarise,
+};
+pub use attendance_mode::{
+    DayMode, MAX_RANGE_DAYS, MAX_REASON_CHARS, Mode, ModeChange, ModeRequest, SetModeError,
+    history, may_change, mode_on, mode_on_as_of, modes_between, set_mode,
+};
+pub use audit::{Acting, Action, AuditEntry, AuditFilter, AuditRecord, audit, audit_log};
+pub use cutoff::{CutoffDecision, CutoffPolicy, PolicyError};
 pub use db::{Backend, Db, DbError, Table, Tx};
+pub use export::{
+    ExportError, LessonReport, report_for_lesson, reports_for_class, reports_for_teacher, to_csv,
+    to_json,
+};
+pub use lesson::{
+    Lesson, LessonError, NewLesson, create_lesson, lesson, lesson_by_media_room, lesson_teachers,
+    lessons_between, lessons_of_class, lessons_of_teacher,
+};
 pub use model::{AcademicSession, Class, Enrollment, Org, Person, PersonRole};
 pub use oneroster::{
     Counts, ImportError, ImportReport, Problem, Problems, Reason, import_dir, import_zip,
+};
+pub use signin::{
+    SignInLinkError, consume_signin_link, create_session, create_signin_link, delete_session,
+    people_by_email, purge_expired, session_person,
 };

@@ -1,95 +1,12 @@
 //! OneRoster import against SQLite (always) and PostgreSQL (when CLASSROOM_TEST_POSTGRES_URL is
 //! set). Each test runs every check on every available backend.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+mod common;
+
+use std::path::Path;
 
 use classroom_domain::{Counts, Db, ImportError, Problem, Reason, Table, import_dir, import_zip};
-use sqlx::Connection;
-
-const POSTGRES_ENV: &str = "CLASSROOM_TEST_POSTGRES_URL";
-
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oneroster-sample")
-}
-
-/// A fresh, empty database on one backend; dropping it removes the SQLite file or the
-/// PostgreSQL database.
-struct TestDb {
-    name: &'static str,
-    db: Db,
-    _dir: Option<tempfile::TempDir>,
-    pg_cleanup: Option<(String, String)>,
-}
-
-impl TestDb {
-    async fn finish(self) {
-        self.db.close().await;
-        if let Some((admin_url, name)) = self.pg_cleanup {
-            let mut conn = sqlx::PgConnection::connect(&admin_url).await.unwrap();
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
-    }
-}
-
-/// Replaces the database name in a PostgreSQL URL, keeping any query string.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host_part = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{host_part}/{database}?{q}"),
-        None => format!("{host_part}/{database}"),
-    }
-}
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-async fn backends(test: &str) -> Vec<TestDb> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("classroom.db");
-    let sqlite = Db::open_sqlite(&path).await.unwrap();
-    let mut all = vec![TestDb {
-        name: "sqlite",
-        db: sqlite,
-        _dir: Some(dir),
-        pg_cleanup: None,
-    }];
-    match std::env::var(POSTGRES_ENV) {
-        Ok(url) if !url.is_empty() => {
-            let name = format!(
-                "classroom_test_{}_{}_{}",
-                test,
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            );
-            let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut admin)
-                .await
-                .unwrap();
-            admin.close().await.unwrap();
-            let db = Db::connect(&with_database(&url, &name)).await.unwrap();
-            all.push(TestDb {
-                name: "postgres",
-                db,
-                _dir: None,
-                pg_cleanup: Some((url, name)),
-            });
-        }
-        _ => eprintln!("note: {POSTGRES_ENV} not set, PostgreSQL variant of {test} skipped"),
-    }
-    all
-}
+use common::{backends, fixture_dir};
 
 /// A writable copy of the sample roster.
 fn sample_copy() -> tempfile::TempDir {

@@ -3,6 +3,7 @@
 //! A [`Signaling`] owns the registry of rooms and participants and talks to the media plane only
 //! through `classroom_sfu::ShardCommand`/`ShardEvent` values.
 
+pub mod gate;
 pub mod protocol;
 pub mod sdp_check;
 pub mod session;
@@ -20,6 +21,7 @@ use tracing::{debug, warn};
 
 use classroom_sfu::{ShardCommand, ShardEvent};
 
+use gate::{OpenGate, RoomGate};
 use protocol::{ErrorCode, GoodbyeReason, QualityEntry, QualityLabel, ServerMessage};
 use registry::{Outbound, Registry};
 use token::TokenIssuer;
@@ -46,6 +48,7 @@ impl Default for SignalingConfig {
 pub(crate) struct Inner {
     config: SignalingConfig,
     tokens: TokenIssuer,
+    gate: Arc<dyn RoomGate>,
     sfu: mpsc::Sender<ShardCommand>,
     registry: Registry,
     next_participant: AtomicU64,
@@ -56,7 +59,7 @@ pub(crate) struct Inner {
     errors: [AtomicU64; ERROR_CODES.len()],
 }
 
-const ERROR_CODES: [ErrorCode; 14] = [
+const ERROR_CODES: [ErrorCode; 15] = [
     ErrorCode::BadJson,
     ErrorCode::UnknownType,
     ErrorCode::BadRequest,
@@ -67,6 +70,7 @@ const ERROR_CODES: [ErrorCode; 14] = [
     ErrorCode::InvalidToken,
     ErrorCode::TokenExpired,
     ErrorCode::PermissionDenied,
+    ErrorCode::NotAdmitted,
     ErrorCode::BadSdp,
     ErrorCode::Replaced,
     ErrorCode::Timeout,
@@ -89,15 +93,29 @@ pub struct Signaling {
 
 impl Signaling {
     /// Must be called inside a tokio runtime: it spawns the task that relays media events.
+    /// Every valid token enters its room ([`OpenGate`]); see [`Signaling::with_gate`].
     pub fn new(
         config: SignalingConfig,
         tokens: TokenIssuer,
         sfu: mpsc::Sender<ShardCommand>,
         events: mpsc::UnboundedReceiver<ShardEvent>,
     ) -> Signaling {
+        Signaling::with_gate(config, tokens, Arc::new(OpenGate), sfu, events)
+    }
+
+    /// Like [`Signaling::new`], with `gate` deciding who enters a room and hearing who came and
+    /// went.
+    pub fn with_gate(
+        config: SignalingConfig,
+        tokens: TokenIssuer,
+        gate: Arc<dyn RoomGate>,
+        sfu: mpsc::Sender<ShardCommand>,
+        events: mpsc::UnboundedReceiver<ShardEvent>,
+    ) -> Signaling {
         let inner = Arc::new(Inner {
             config,
             tokens,
+            gate,
             sfu,
             registry: Registry::default(),
             next_participant: AtomicU64::new(1),

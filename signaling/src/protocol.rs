@@ -171,6 +171,7 @@ pub enum ErrorCode {
     InvalidToken,
     TokenExpired,
     PermissionDenied,
+    NotAdmitted,
     BadSdp,
     Replaced,
     Timeout,
@@ -185,6 +186,7 @@ impl ErrorCode {
             ErrorCode::MessageTooLarge
                 | ErrorCode::InvalidToken
                 | ErrorCode::TokenExpired
+                | ErrorCode::NotAdmitted
                 | ErrorCode::Replaced
                 | ErrorCode::Timeout
         )

@@ -18,6 +18,7 @@ use classroom_sfu::{
 };
 
 use crate::Inner;
+use crate::gate::Entrant;
 use crate::protocol::{
     self, ClientMessage, ErrorCode, GoodbyeReason, Kind, LayerWire, ParticipantInfo, ServerMessage,
     Source, TrackInfo, WireTrackSpec,
@@ -46,6 +47,8 @@ struct Joined {
     id: ParticipantId,
     room: RoomId,
     claims: Claims,
+    /// As the gate saw them at the door, to tell it of the departure.
+    entrant: Entrant,
 }
 
 enum Flow {
@@ -253,6 +256,15 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             }
             Err(e) => return self.fail(id, ErrorCode::InvalidToken, e.to_string()).await,
         };
+        let entrant = Entrant {
+            room: claims.room.clone(),
+            identity: claims.sub.clone(),
+            role: claims.role,
+        };
+        if let Err(refusal) = self.inner.gate.admit(&entrant).await {
+            info!(room = %entrant.room, identity = %entrant.identity, role = %entrant.role, "not admitted");
+            return self.fail(id, ErrorCode::NotAdmitted, refusal.message).await;
+        }
         let pid = ParticipantId(self.inner.next_participant.fetch_add(1, Ordering::Relaxed));
         let room = RoomId::from(claims.room.as_str());
         let me = ParticipantInfo {
@@ -283,10 +295,12 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
         let subscribe = claims.allows(Permission::Subscribe);
         let teacher = claims.allows(Permission::Teacher);
         info!(participant = %pid, room = %room, identity = %claims.sub, role = %claims.role, "joined");
+        self.inner.gate.entered(&entrant);
         self.joined = Some(Joined {
             id: pid,
             room: room.clone(),
             claims,
+            entrant,
         });
         self.inner.joins.fetch_add(1, Ordering::Relaxed);
         if self
@@ -477,6 +491,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
                 },
             );
         }
+        self.inner.gate.left(&joined.entrant);
         info!(participant = %pid, room = %joined.room, "left");
     }
 }

@@ -31,6 +31,10 @@ pub const MAX_TEMPORAL: usize = 3;
 /// its temporal steps, so that a weak link degrades smoothly before video pauses.
 pub const MIN_TEMPORAL_ABOVE_BASE: u8 = 1;
 
+/// Going up needs a budget of the higher layer's rate × this / 100 (the default of
+/// [`SelectorConfig::upgrade_margin_percent`]).
+pub const UPGRADE_MARGIN_PERCENT: u64 = 120;
+
 /// A (spatial, temporal) layer; orders by spatial first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Layer {
@@ -122,7 +126,7 @@ pub struct SelectorConfig {
 impl Default for SelectorConfig {
     fn default() -> Self {
         SelectorConfig {
-            upgrade_margin_percent: 120,
+            upgrade_margin_percent: UPGRADE_MARGIN_PERCENT,
             upgrade_hold: Duration::from_secs(3),
             pause_hold: Duration::from_secs(4),
         }

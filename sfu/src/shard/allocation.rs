@@ -15,7 +15,10 @@ use super::Shard;
 use super::peer::{PeerKey, PeerRole};
 use crate::command::{LayerName, ShardEvent};
 use crate::core::allocator::{Allocation, Snapshot, TrackClass, TrackDemand, allocate};
-use crate::core::layer::{Layer, LayerBitrates, MAX_SPATIAL, SelectorInput};
+use crate::core::layer::{
+    Layer, LayerBitrates, MAX_SPATIAL, SelectorInput, UPGRADE_MARGIN_PERCENT,
+};
+use crate::core::probe::Nudge;
 use crate::ids::{ParticipantId, TrackId};
 
 /// How often allocations are recomputed.
@@ -242,9 +245,17 @@ impl Shard {
             // takes now, so the estimate can grow before an upgrade is tried.
             let desired = desired.max(allocated);
             let minimum = (allocated + next_step.unwrap_or(0)).min(desired);
+            // An upgrade needs the selector's margin on top of the step.
+            let wants_more = next_step.is_some_and(|step| {
+                estimate < (allocated + step).saturating_mul(UPGRADE_MARGIN_PERCENT) / 100
+            });
+            let desired = match peer.probe.round(now, wants_more, estimate) {
+                Nudge::Steady => desired,
+                Nudge::Lower => desired.saturating_sub(1),
+            };
             peer.rtc
                 .bwe()
-                .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(desired));
+                .set_bitrate(Bitrate::bps(minimum.min(desired)), Bitrate::bps(desired));
         }
         self.mark_dirty(key);
         self.counters.paused_tracks += paused_now;

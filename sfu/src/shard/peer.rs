@@ -8,6 +8,7 @@ use str0m::media::Mid;
 use str0m::rtp::Ssrc;
 use str0m::{Candidate, Rtc, RtcConfig};
 
+use crate::core::probe::ProbePacer;
 use crate::ids::{ParticipantId, TrackId};
 
 /// Index of a peer in the shard's table. Reused after the peer is gone.
@@ -52,6 +53,8 @@ pub(crate) struct Peer {
     /// The latest round-trip time and loss fraction reported for this peer's streams.
     pub rtt_ms: Option<u32>,
     pub loss: Option<f32>,
+    /// When to ask the estimator to probe for a higher layer (subscribe connections).
+    pub probe: ProbePacer,
 }
 
 impl Peer {
@@ -90,6 +93,7 @@ impl Peer {
             estimate: None,
             rtt_ms: None,
             loss: None,
+            probe: ProbePacer::default(),
         }
     }
 

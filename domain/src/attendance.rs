@@ -1,0 +1,325 @@
+//! Attendance records per lesson: online presence from the media server's join and leave events,
+//! and the teacher's roll call for pupils in the classroom; summarised per enrolled pupil.
+//!
+//! Both are append-only event lists; summaries are computed when read, so a late or repeated
+//! event never corrupts a stored total.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::access::ENROLLED_ON;
+use crate::admission::{TeacherActionError, may_decide};
+use crate::attendance_mode::{Mode, modes_on_date};
+use crate::db::{Db, DbError, Table, dispatch, on_pool};
+use crate::lesson::Lesson;
+
+/// A teacher's roll-call mark for a pupil in the classroom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MarkStatus {
+    Present,
+    Late,
+    Absent,
+}
+
+impl MarkStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MarkStatus::Present => "present",
+            MarkStatus::Late => "late",
+            MarkStatus::Absent => "absent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MarkStatus> {
+        match s {
+            "present" => Some(MarkStatus::Present),
+            "late" => Some(MarkStatus::Late),
+            "absent" => Some(MarkStatus::Absent),
+            _ => None,
+        }
+    }
+}
+
+/// A presence event from the media server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Join,
+    Leave,
+}
+
+/// A pupil's online presence during one lesson.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OnlineSummary {
+    /// Unix seconds of the first join.
+    pub first_join: i64,
+    /// Unix seconds of the last leave, if any.
+    pub last_leave: Option<i64>,
+    /// Total connected time: the sum of join→leave intervals, an interval still open counting up
+    /// to the lesson's end or the report's "now", whichever is earlier.
+    pub seconds_connected: i64,
+    /// `seconds_connected` in whole minutes, rounded down.
+    pub minutes_connected: i64,
+    /// Join events seen.
+    pub joins: u32,
+    /// `joins - 1`: how often the pupil came back after dropping out.
+    pub reconnects: u32,
+    /// Whether the last interval is still open.
+    pub connected: bool,
+}
+
+/// Summarises presence events (in the order they were recorded) up to instant `until`.
+///
+/// Connections may overlap: a reconnect's new connection is admitted before the old one is
+/// closed (signaling replaces it), and a second tab may join beside the first. The pupil counts
+/// as connected while at least one connection is open; every join counts as a join; a leave
+/// without an open connection is ignored.
+pub fn summarise(events: &[(i64, Presence)], until: i64) -> Option<OnlineSummary> {
+    let mut first_join = None;
+    let mut last_leave = None;
+    let mut open: Option<i64> = None;
+    let mut depth = 0u32;
+    let mut seconds = 0i64;
+    let mut joins = 0u32;
+    for &(at, kind) in events {
+        match kind {
+            Presence::Join => {
+                joins = joins.saturating_add(1);
+                first_join.get_or_insert(at);
+                open.get_or_insert(at);
+                depth = depth.saturating_add(1);
+            }
+            Presence::Leave => {
+                if depth == 0 {
+                    continue;
+                }
+                depth -= 1;
+                if depth == 0
+                    && let Some(start) = open.take()
+                {
+                    seconds = seconds.saturating_add(at.saturating_sub(start).max(0));
+                    last_leave = Some(at);
+                }
+            }
+        }
+    }
+    if let Some(start) = open {
+        seconds = seconds.saturating_add(until.saturating_sub(start).max(0));
+    }
+    Some(OnlineSummary {
+        first_join: first_join?,
+        last_leave,
+        seconds_connected: seconds,
+        minutes_connected: seconds / 60,
+        joins,
+        reconnects: joins.saturating_sub(1),
+        connected: open.is_some(),
+    })
+}
+
+/// Records that `pupil` connected to the lesson's media room at `at`.
+pub async fn record_join(db: &Db, lesson: &Lesson, pupil: &str, at: i64) -> Result<(), DbError> {
+    record_presence(db, lesson, pupil, at, "join").await
+}
+
+/// Records that `pupil` left (or lost) the lesson's media room at `at`.
+pub async fn record_leave(db: &Db, lesson: &Lesson, pupil: &str, at: i64) -> Result<(), DbError> {
+    record_presence(db, lesson, pupil, at, "leave").await
+}
+
+async fn record_presence(
+    db: &Db,
+    lesson: &Lesson,
+    pupil: &str,
+    at: i64,
+    kind: &str,
+) -> Result<(), DbError> {
+    let mut tx = db.begin_write().await?;
+    tx.lock_for_append(Table::PresenceEvents).await?;
+    let sql = "INSERT INTO presence_events (seq, lesson_id, pupil_id, at, kind) \
+               SELECT COALESCE(MAX(seq), 0) + 1, $1, $2, $3, $4 FROM presence_events";
+    dispatch!(&mut tx, c => sqlx::query(sql).bind(&lesson.id).bind(pupil).bind(at).bind(kind)
+        .execute(c).await?.rows_affected());
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The latest roll-call mark of a pupil.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mark {
+    pub status: MarkStatus,
+    pub teacher_id: String,
+    /// Unix seconds.
+    pub at: i64,
+}
+
+/// A teacher of the lesson (or an administrator) marks a pupil present, late or absent. The
+/// latest mark counts; earlier ones are kept.
+pub async fn mark(
+    db: &Db,
+    lesson: &Lesson,
+    pupil: &str,
+    status: MarkStatus,
+    teacher: &str,
+    at: i64,
+) -> Result<(), TeacherActionError> {
+    if !may_decide(db, teacher, &lesson.id).await? {
+        return Err(TeacherActionError::NotTeacher);
+    }
+    if !crate::access::enrolled_in_lesson(db, pupil, &lesson.id).await? {
+        return Err(TeacherActionError::NotEnrolled);
+    }
+    let mut tx = db.begin_write().await?;
+    tx.lock_for_append(Table::AttendanceMarks).await?;
+    let sql = "INSERT INTO attendance_marks (seq, lesson_id, pupil_id, at, status, teacher_id) \
+               SELECT COALESCE(MAX(seq), 0) + 1, $1, $2, $3, $4, $5 FROM attendance_marks";
+    dispatch!(&mut tx, c => sqlx::query(sql).bind(&lesson.id).bind(pupil).bind(at)
+        .bind(status.as_str()).bind(teacher).execute(c).await?.rows_affected());
+    tx.commit().await?;
+    Ok(())
+}
+
+/// One enrolled pupil in a lesson's attendance report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReportRow {
+    pub pupil_id: String,
+    pub family_name: String,
+    pub given_name: String,
+    pub family_name_kana: Option<String>,
+    pub given_name_kana: Option<String>,
+    /// The mode in force for the lesson's date.
+    pub mode: Mode,
+    /// Present when the pupil connected at least once.
+    pub online: Option<OnlineSummary>,
+    /// The teacher's latest roll-call mark, if any.
+    pub mark: Option<Mark>,
+    /// A teacher admitted the pupil from the lobby (latest lobby decision).
+    pub admitted_by_teacher: bool,
+    /// The pupil is waiting in the lobby (asked, not yet answered).
+    pub waiting: bool,
+}
+
+/// One row per pupil enrolled in the lesson's class on its date, ordered by kana reading (the
+/// order of a Japanese class list), then id. Open online intervals count up to
+/// `min(lesson end, now)`.
+pub async fn attendance_report(
+    db: &Db,
+    lesson: &Lesson,
+    now: i64,
+) -> Result<Vec<ReportRow>, DbError> {
+    let sql = format!(
+        "SELECT DISTINCT p.id, p.family_name, p.given_name, p.family_name_kana, \
+         p.given_name_kana FROM lessons l JOIN enrollments e ON {ENROLLED_ON} \
+         JOIN people p ON p.id = e.person_id WHERE l.id = $1"
+    );
+    type Pupil = (String, String, String, Option<String>, Option<String>);
+    let mut pupils: Vec<Pupil> =
+        on_pool!(db, p => sqlx::query_as(&sql).bind(&lesson.id).fetch_all(p).await?);
+    pupils.sort_by(|a, b| (&a.3, &a.4, &a.0).cmp(&(&b.3, &b.4, &b.0)));
+
+    let sql = "SELECT pupil_id, at, kind FROM presence_events WHERE lesson_id = $1 ORDER BY seq";
+    let events: Vec<(String, i64, String)> =
+        on_pool!(db, p => sqlx::query_as(sql).bind(&lesson.id).fetch_all(p).await?);
+    let mut presence: HashMap<String, Vec<(i64, Presence)>> = HashMap::new();
+    for (pupil, at, kind) in events {
+        let kind = if kind == "join" {
+            Presence::Join
+        } else {
+            Presence::Leave
+        };
+        presence.entry(pupil).or_default().push((at, kind));
+    }
+
+    let sql = "SELECT pupil_id, status, teacher_id, at FROM attendance_marks \
+               WHERE lesson_id = $1 ORDER BY seq";
+    let rows: Vec<(String, String, String, i64)> =
+        on_pool!(db, p => sqlx::query_as(sql).bind(&lesson.id).fetch_all(p).await?);
+    let mut marks: HashMap<String, Mark> = HashMap::new();
+    for (pupil, status, teacher_id, at) in rows {
+        let status = MarkStatus::parse(&status).ok_or_else(|| DbError::BadStoredValue {
+            table: "attendance_marks",
+            column: "status",
+            value: status.clone(),
+        })?;
+        marks.insert(
+            pupil,
+            Mark {
+                status,
+                teacher_id,
+                at,
+            },
+        );
+    }
+
+    // Lobby: the latest event says whether the pupil is waiting; the latest decision whether a
+    // teacher admitted them.
+    let sql = "SELECT pupil_id, kind FROM lobby_events WHERE lesson_id = $1 ORDER BY seq";
+    let rows: Vec<(String, String)> =
+        on_pool!(db, p => sqlx::query_as(sql).bind(&lesson.id).fetch_all(p).await?);
+    let mut waiting: BTreeMap<String, bool> = BTreeMap::new();
+    let mut decisions: BTreeMap<String, bool> = BTreeMap::new();
+    for (pupil, kind) in rows {
+        waiting.insert(pupil.clone(), kind == "requested");
+        if kind != "requested" {
+            decisions.insert(pupil, kind == "admitted");
+        }
+    }
+
+    let modes = modes_on_date(db, lesson.lesson_date).await?;
+    let until = now.min(lesson.ends_at);
+    Ok(pupils
+        .into_iter()
+        .map(
+            |(id, family_name, given_name, family_name_kana, given_name_kana)| ReportRow {
+                mode: modes.get(&id).copied().unwrap_or_default(),
+                online: presence
+                    .get(&id)
+                    .and_then(|events| summarise(events, until)),
+                mark: marks.remove(&id),
+                admitted_by_teacher: decisions.get(&id).copied().unwrap_or(false),
+                waiting: waiting.get(&id).copied().unwrap_or(false),
+                pupil_id: id,
+                family_name,
+                given_name,
+                family_name_kana,
+                given_name_kana,
+            },
+        )
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Presence::{Join, Leave};
+
+    #[test]
+    fn intervals_add_up_and_open_one_runs_to_until() {
+        let s = summarise(&[(100, Join), (400, Leave), (460, Join)], 1000).unwrap();
+        assert_eq!(s.seconds_connected, 300 + 540);
+        assert_eq!(s.minutes_connected, 14);
+        assert_eq!((s.joins, s.reconnects), (2, 1));
+        assert_eq!(
+            (s.first_join, s.last_leave, s.connected),
+            (100, Some(400), true)
+        );
+    }
+
+    #[test]
+    fn overlapping_connections_and_stray_leave() {
+        // A reconnect: the new connection (20) is in before the old one is closed (70).
+        let s = summarise(&[(0, Leave), (10, Join), (20, Join), (70, Leave)], 1000).unwrap();
+        assert_eq!(s.seconds_connected, 990);
+        assert_eq!((s.joins, s.reconnects, s.connected), (2, 1, true));
+        assert_eq!(s.last_leave, None);
+        let s = summarise(&[(10, Join), (20, Join), (70, Leave), (90, Leave)], 1000).unwrap();
+        assert_eq!((s.seconds_connected, s.connected), (80, false));
+        assert_eq!(s.last_leave, Some(90));
+        assert_eq!(summarise(&[(5, Leave)], 100), None);
+        assert_eq!(summarise(&[], 100), None);
+        // Joined after the cut-off instant: nothing counted, no negative time.
+        let s = summarise(&[(200, Join)], 100).unwrap();
+        assert_eq!(s.seconds_connected, 0);
+    }
+}
