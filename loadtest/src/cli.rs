@@ -1,0 +1,90 @@
+//! Command-line options.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::signal::MaxLayer;
+
+/// Which server the load is aimed at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetKind {
+    /// classroom's `/ws` protocol (docs/PROTOCOL.md).
+    Classroom,
+}
+
+/// Simulates a lesson against the SFU: one teacher publishing VP8 simulcast (q/h/f) and Opus,
+/// N pupils receiving (str0m clients in RTP mode, no decoding), optionally M pupils publishing.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "loadtest", version)]
+pub struct Cli {
+    /// Signaling URL of a running server. Not needed with --spawn-server.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+    #[arg(long, value_enum, default_value = "classroom")]
+    pub target: TargetKind,
+    /// The server's token secret (to mint join tokens). Prefer --secret-file or the environment.
+    #[arg(long, env = "CLASSROOM_TOKEN_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// File holding the token secret, e.g. <data_dir>/token_secret.
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// Start this server binary (`classroom`) on free loopback ports with a temporary data dir
+    /// and a fresh secret, and stop it at the end.
+    #[arg(long, value_name = "PATH")]
+    pub spawn_server: Option<PathBuf>,
+    /// PID of the server process, to sample its CPU and memory (automatic with --spawn-server).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    #[arg(long, default_value = "load-lesson")]
+    pub room: String,
+    /// Pupils that receive the lesson.
+    #[arg(long, default_value_t = 20)]
+    pub pupils: usize,
+    /// Pupils joining per second.
+    #[arg(long, default_value_t = 10.0)]
+    pub join_rate: f64,
+    /// Steady state after the last pupil joined, e.g. 30s, 2m.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Of the pupils, how many also publish a camera (VP8 320x240, 200 kbit/s, 15 fps) and a
+    /// microphone.
+    #[arg(long, default_value_t = 0)]
+    pub publishers: usize,
+    /// Per-pupil downlink cap in kbit/s: a receive-side token bucket (100 ms burst) in the
+    /// client drops RTP beyond it, as a slow link would.
+    #[arg(long)]
+    pub pupil_cap_kbps: Option<u32>,
+    /// Teacher and publishing pupils send audio only.
+    #[arg(long)]
+    pub audio_only: bool,
+    /// Highest layer pupils ask for (`set_track_quality`).
+    #[arg(long, value_enum, default_value = "medium")]
+    pub max_layer: MaxLayer,
+    /// Teacher camera frame rate.
+    #[arg(long, default_value_t = 30)]
+    pub fps: u32,
+    /// Periodic keyframe interval of every layer (keyframes also follow PLI/FIR).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub keyframe_interval: Duration,
+    /// Largest RTP payload.
+    #[arg(long, default_value_t = 1200)]
+    pub max_payload: usize,
+    /// Local address of the clients' UDP sockets.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind_ip: IpAddr,
+    /// Longest wait after the ramp for every pupil's first media before the steady window.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+    /// Runtime worker threads for the clients.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Write the full results (summary and per-second samples) here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
