@@ -2,6 +2,7 @@
 //! subscribe connection that answers the server's offers on its own.
 
 use super::media::Source;
+use super::peer::VideoCodec;
 use super::publisher::{PublishOffer, Publisher};
 use super::signal::{Closed, Signal, is_type};
 use super::subscriber::Subscriber;
@@ -42,10 +43,21 @@ impl TestClient {
         token: &str,
         rewrite: Option<super::relay::SdpRewrite>,
     ) -> Result<Self> {
+        Self::connect_with_codec(ws_url, token, rewrite, VideoCodec::Vp8).await
+    }
+
+    /// Like [`TestClient::connect_with`], with `video` as the only video codec the subscribe
+    /// connection accepts.
+    pub async fn connect_with_codec(
+        ws_url: &str,
+        token: &str,
+        rewrite: Option<super::relay::SdpRewrite>,
+        video: VideoCodec,
+    ) -> Result<Self> {
         let (signal, offers) = Signal::connect(ws_url, super::REPLY_TIMEOUT).await?;
         let signal = Arc::new(signal);
         // The subscribe side is ready before the join, so no offer can be missed.
-        let subscriber = Subscriber::start_with(Arc::clone(&signal), offers, rewrite);
+        let subscriber = Subscriber::start_with_codec(Arc::clone(&signal), offers, rewrite, video);
         let joined = signal
             .request(
                 json!({"v": 1, "type": "join", "token": token}),

@@ -1,7 +1,9 @@
 //! Building webrtc-rs peer connections the way the test client needs them.
 //!
-//! * Codecs: Opus 48 kHz/2 (PT 111) and VP8 90 kHz (PT 96) only, with `nack`, `nack pli` and
-//!   `ccm fir` feedback on video — what a browser offers for the server's purposes.
+//! * Codecs: Opus 48 kHz/2 (PT 111) and one video codec — VP8 90 kHz (PT 96) by default, or
+//!   H264 90 kHz (PT 102, constrained baseline, packetization-mode 1) with [`build_with`] — with
+//!   `nack`, `nack pli` and `ccm fir` feedback on video: what a browser offers for the server's
+//!   purposes.
 //! * Interceptors: webrtc-rs's defaults (NACK, RTCP reports, TWCC receiver, mid/rid extensions),
 //!   plus [`KeyframeRequestTap`] at the application end of the chain, which reports inbound
 //!   PLI/FIR on a channel (webrtc-rs hands inbound RTCP to the application only when an
@@ -14,7 +16,7 @@ use rtc::peer_connection::configuration::interceptor_registry::{
     Registry, Slot, register_default_interceptors,
 };
 use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
 };
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -36,6 +38,40 @@ use webrtc::runtime::TokioRuntime;
 
 pub const OPUS_PAYLOAD_TYPE: u8 = 111;
 pub const VP8_PAYLOAD_TYPE: u8 = 96;
+pub const H264_PAYLOAD_TYPE: u8 = 102;
+
+/// The one video codec a test peer registers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VideoCodec {
+    #[default]
+    Vp8,
+    /// H264 constrained baseline (42e01f), packetization-mode 1 (RFC 6184 non-interleaved).
+    H264,
+}
+
+impl VideoCodec {
+    pub fn codec(self) -> RTCRtpCodec {
+        match self {
+            VideoCodec::Vp8 => vp8_codec(),
+            VideoCodec::H264 => h264_codec(),
+        }
+    }
+
+    /// The payload type this side registers (the answer may use the offerer's numbers).
+    pub fn payload_type(self) -> u8 {
+        match self {
+            VideoCodec::Vp8 => VP8_PAYLOAD_TYPE,
+            VideoCodec::H264 => H264_PAYLOAD_TYPE,
+        }
+    }
+
+    pub fn mime_type(self) -> &'static str {
+        match self {
+            VideoCodec::Vp8 => MIME_TYPE_VP8,
+            VideoCodec::H264 => MIME_TYPE_H264,
+        }
+    }
+}
 
 pub fn opus_codec() -> RTCRtpCodec {
     RTCRtpCodec {
@@ -57,7 +93,18 @@ pub fn vp8_codec() -> RTCRtpCodec {
     }
 }
 
-fn media_engine() -> Result<MediaEngine> {
+pub fn h264_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_H264.to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f"
+            .to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn media_engine(video: VideoCodec) -> Result<MediaEngine> {
     let mut engine = MediaEngine::default();
     engine
         .register_codec(
@@ -71,12 +118,12 @@ fn media_engine() -> Result<MediaEngine> {
     engine
         .register_codec(
             RTCRtpCodecParameters {
-                rtp_codec: vp8_codec(),
-                payload_type: VP8_PAYLOAD_TYPE,
+                rtp_codec: video.codec(),
+                payload_type: video.payload_type(),
             },
             RtpCodecKind::Video,
         )
-        .context("register VP8")?;
+        .with_context(|| format!("register {}", video.mime_type()))?;
     engine.register_feedback(
         RTCPFeedback {
             typ: "ccm".to_owned(),
@@ -129,11 +176,20 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-/// Builds a peer connection on 127.0.0.1. Remote tracks go to `tracks` if given.
+/// Builds a peer connection on 127.0.0.1 with Opus and VP8. Remote tracks go to `tracks` if
+/// given.
 pub async fn build(
     tracks: Option<mpsc::UnboundedSender<Arc<dyn TrackRemote>>>,
 ) -> Result<(Arc<dyn PeerConnection>, PeerEvents)> {
-    let mut engine = media_engine()?;
+    build_with(VideoCodec::Vp8, tracks).await
+}
+
+/// Like [`build`], with `video` as the only video codec.
+pub async fn build_with(
+    video: VideoCodec,
+    tracks: Option<mpsc::UnboundedSender<Arc<dyn TrackRemote>>>,
+) -> Result<(Arc<dyn PeerConnection>, PeerEvents)> {
+    let mut engine = media_engine(video)?;
     let registry = register_default_interceptors(Registry::new(), &mut engine)
         .context("register the default interceptors")?;
     let (request_tx, request_rx) = mpsc::unbounded_channel();

@@ -19,11 +19,20 @@
 //! subscriber can tell exactly what it got, whatever the server rewrote. Keyframes are sent at the
 //! start and when a PLI/FIR names the rid's SSRC (and, if configured, periodically).
 //!
+//! The same publisher can send H264 instead ([`SimulcastOffer::create_with`] with
+//! [`VideoCodec::H264`]: constrained baseline, packetization-mode 1), packetised per RFC 6184:
+//! a keyframe is a STAP-A packet with SPS, PPS and an SEI (user data unregistered) carrying the
+//! packet's [`SimTag`], then the IDR slice; a delta frame is one non-IDR slice. A slice that does
+//! not fit in `max_packet` is split into FU-A fragments. The tag follows the NAL (or FU-A)
+//! header of every slice packet. H264 has no temporal layers in its payload: the L1T3 pattern
+//! only shapes frame sizes.
+//!
 //! The second half of the module reads what a subscriber received: [`Vp8Descriptor`],
-//! [`SimTag`], and [`analyse_video`], which checks the stream a decoder would get.
+//! [`H264Payload`], [`SimTag`], and [`analyse_video`] / [`analyse_video_codec`], which check the
+//! stream a decoder would get.
 
 use super::media::opus_payload;
-use super::peer::{self, Feedback, PeerEvents};
+use super::peer::{self, Feedback, PeerEvents, VideoCodec};
 use super::subscriber::RecvPacket;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -168,7 +177,8 @@ impl SimTag {
 
     /// Finds the tag in a payload (after the codec headers).
     pub fn parse(payload: &[u8]) -> Option<SimTag> {
-        let at = payload.windows(TAG.len()).take(40).position(|w| w == TAG)?;
+        // Within the codec headers: VP8's descriptor, or H264's STAP-A with SPS, PPS and SEI.
+        let at = payload.windows(TAG.len()).take(64).position(|w| w == TAG)?;
         let tag = payload.get(at..at + TAG_LEN)?;
         Some(SimTag {
             rid: Rid::from_letter(tag[3])?,
@@ -306,6 +316,179 @@ pub fn vp8_simulcast_frame(
         .collect()
 }
 
+// ---- H264 (RFC 6184) ----
+
+/// NAL unit types used here.
+pub mod nal {
+    pub const SLICE: u8 = 1;
+    pub const IDR: u8 = 5;
+    pub const SEI: u8 = 6;
+    pub const SPS: u8 = 7;
+    pub const PPS: u8 = 8;
+    pub const STAP_A: u8 = 24;
+    pub const FU_A: u8 = 28;
+}
+
+/// Writes Exp-Golomb coded fields, MSB first.
+#[derive(Default)]
+struct BitWriter {
+    bytes: Vec<u8>,
+    bits: u32,
+}
+
+impl BitWriter {
+    fn bit(&mut self, bit: bool) {
+        if self.bits.is_multiple_of(8) {
+            self.bytes.push(0);
+        }
+        if bit {
+            *self.bytes.last_mut().expect("a byte was pushed") |= 0x80 >> (self.bits % 8);
+        }
+        self.bits += 1;
+    }
+
+    fn bits(&mut self, value: u32, count: u32) {
+        for i in (0..count).rev() {
+            self.bit(value >> i & 1 == 1);
+        }
+    }
+
+    fn ue(&mut self, value: u32) {
+        let coded = value + 1;
+        let len = 32 - coded.leading_zeros();
+        self.bits(0, len - 1);
+        self.bits(coded, len);
+    }
+
+    /// rbsp_trailing_bits, then emulation prevention (00 00 0x with x <= 3 gets a 03).
+    fn finish(mut self) -> Vec<u8> {
+        self.bit(true);
+        let mut out = Vec::with_capacity(self.bytes.len() + 2);
+        let mut zeros = 0;
+        for byte in self.bytes {
+            if zeros >= 2 && byte <= 3 {
+                out.push(3);
+                zeros = 0;
+            }
+            zeros = if byte == 0 { zeros + 1 } else { 0 };
+            out.push(byte);
+        }
+        out
+    }
+}
+
+/// A sequence parameter set for constrained baseline level 3.1 (profile-level-id 42e01f) at the
+/// rid's dimensions (cropped from whole macroblocks), POC type 2, one reference frame.
+pub fn h264_sps(rid: Rid) -> Vec<u8> {
+    let (width, height) = rid.dimensions();
+    let (mbs_w, mbs_h) = (
+        u32::from(width).div_ceil(16),
+        u32::from(height).div_ceil(16),
+    );
+    let mut w = BitWriter::default();
+    w.bits(66, 8); // profile_idc: baseline
+    w.bits(0xe0, 8); // constraint_set0..2 (constrained baseline)
+    w.bits(31, 8); // level_idc 3.1
+    w.ue(0); // seq_parameter_set_id
+    w.ue(0); // log2_max_frame_num_minus4
+    w.ue(2); // pic_order_cnt_type
+    w.ue(1); // max_num_ref_frames
+    w.bit(false); // gaps_in_frame_num_value_allowed_flag
+    w.ue(mbs_w - 1); // pic_width_in_mbs_minus1
+    w.ue(mbs_h - 1); // pic_height_in_map_units_minus1
+    w.bit(true); // frame_mbs_only_flag
+    w.bit(true); // direct_8x8_inference_flag
+    let crop_right = (mbs_w * 16 - u32::from(width)) / 2;
+    let crop_bottom = (mbs_h * 16 - u32::from(height)) / 2;
+    w.bit(crop_right > 0 || crop_bottom > 0); // frame_cropping_flag
+    if crop_right > 0 || crop_bottom > 0 {
+        w.ue(0);
+        w.ue(crop_right);
+        w.ue(0);
+        w.ue(crop_bottom);
+    }
+    w.bit(false); // vui_parameters_present_flag
+    let mut sps = vec![0x60 | nal::SPS];
+    sps.extend(w.finish());
+    sps
+}
+
+/// The picture parameter set that goes with [`h264_sps`] (id 0, CAVLC, one slice group).
+const H264_PPS: [u8; 4] = [0x60 | nal::PPS, 0xce, 0x3c, 0x80];
+
+/// UUID of the SEI user data that carries the [`SimTag`] in a keyframe's STAP-A.
+const SEI_UUID: [u8; 16] = *b"classroom-simtag";
+
+/// The RTP payloads of one H264 frame of `rid` whose slice is about `size` bytes: for a
+/// keyframe, a STAP-A with SPS, PPS and a tag SEI, then the IDR slice; otherwise a non-IDR slice.
+/// A slice larger than `max_packet` goes as FU-A fragments. Every payload carries a [`SimTag`].
+pub fn h264_simulcast_frame(
+    rid: Rid,
+    frame: u32,
+    keyframe: bool,
+    size: usize,
+    max_packet: usize,
+) -> Vec<Bytes> {
+    let sent_us = now_us();
+    let slice_packets = size.div_ceil(max_packet).clamp(1, 254);
+    let per_packet = size.div_ceil(slice_packets);
+    let count = slice_packets + usize::from(keyframe);
+    let tag = |index: usize| SimTag {
+        rid,
+        frame,
+        index: index as u8,
+        count: count as u8,
+        sent_us,
+    };
+    let mut payloads = Vec::with_capacity(count);
+    if keyframe {
+        let mut sei = BytesMut::with_capacity(4 + SEI_UUID.len() + TAG_LEN);
+        sei.put_u8(nal::SEI); // NRI 0
+        sei.put_u8(5); // payloadType: user_data_unregistered
+        sei.put_u8((SEI_UUID.len() + TAG_LEN) as u8);
+        sei.put_slice(&SEI_UUID);
+        tag(0).put(&mut sei);
+        sei.put_u8(0x80);
+        let mut stap = BytesMut::with_capacity(64);
+        stap.put_u8(0x60 | nal::STAP_A); // F=0, NRI = the highest of the units (3)
+        for unit in [h264_sps(rid).as_slice(), &H264_PPS, &sei] {
+            stap.put_u16(unit.len() as u16);
+            stap.put_slice(unit);
+        }
+        payloads.push(stap.freeze());
+    }
+    // NRI 3 for IDR slices, 2 for the others (as encoders mark reference pictures).
+    let header = if keyframe {
+        0x60 | nal::IDR
+    } else {
+        0x40 | nal::SLICE
+    };
+    for fragment in 0..slice_packets {
+        let index = payloads.len();
+        let mut buf = BytesMut::with_capacity(per_packet + 32);
+        if slice_packets == 1 {
+            buf.put_u8(header);
+        } else {
+            buf.put_u8((header & 0x60) | nal::FU_A);
+            let start = if fragment == 0 { 0x80 } else { 0 };
+            let end = if fragment + 1 == slice_packets {
+                0x40
+            } else {
+                0
+            };
+            buf.put_u8(start | end | (header & 0x1f));
+        }
+        tag(index).put(&mut buf);
+        let mut value = frame.wrapping_mul(31).wrapping_add(index as u32 * 7) as u8;
+        while buf.len() < per_packet {
+            buf.put_u8(value);
+            value = value.wrapping_add(1);
+        }
+        payloads.push(buf.freeze());
+    }
+    payloads
+}
+
 /// One video packet as the publisher sent it.
 #[derive(Debug, Clone)]
 pub struct SimSent {
@@ -316,6 +499,7 @@ pub struct SimSent {
     pub frame: u32,
     pub index: u8,
     pub keyframe: bool,
+    /// VP8 only (H264 carries no PictureID or TID; the pattern only sizes the frames).
     pub picture_id: u16,
     pub tid: u8,
     pub bytes: usize,
@@ -332,6 +516,7 @@ pub struct SimKeyframe {
 }
 
 struct OfferedVideo {
+    codec: VideoCodec,
     mid: String,
     ssrcs: [u32; 3],
     local: Arc<TrackLocalStaticRTP>,
@@ -358,7 +543,12 @@ impl SimulcastOffer {
     /// Creates the publish connection: an Opus track and a VP8 track with the three rid
     /// encodings, both sendonly, and a complete local offer.
     pub async fn create() -> Result<Self> {
-        let (pc, mut events) = peer::build(None).await?;
+        Self::create_with(VideoCodec::Vp8).await
+    }
+
+    /// Like [`SimulcastOffer::create`], with `codec` as the (only) video codec.
+    pub async fn create_with(codec: VideoCodec) -> Result<Self> {
+        let (pc, mut events) = peer::build_with(codec, None).await?;
 
         let audio_ssrc = rand::random::<u32>() | 1;
         let audio_local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
@@ -390,7 +580,7 @@ impl SimulcastOffer {
                         ssrc: Some(ssrc),
                         ..Default::default()
                     },
-                    codec: peer::vp8_codec(),
+                    codec: codec.codec(),
                     ..Default::default()
                 })
                 .collect(),
@@ -449,6 +639,7 @@ impl SimulcastOffer {
                 transceiver: audio_transceiver,
             },
             video: OfferedVideo {
+                codec,
                 mid: mids[1].clone(),
                 ssrcs: video_ssrcs,
                 local: video_local,
@@ -507,7 +698,7 @@ impl SimulcastOffer {
         let audio_params = sender_params(&self.audio.transceiver, "audio").await?;
         let video_params = sender_params(&self.video.transceiver, "video").await?;
         let audio_pt = payload_type(&audio_params, &peer::opus_codec().mime_type)?;
-        let video_pt = payload_type(&video_params, &peer::vp8_codec().mime_type)?;
+        let video_pt = payload_type(&video_params, self.video.codec.mime_type())?;
         let audio_mid_ext = extension_id(&audio_params, rtc::sdp::extmap::SDES_MID_URI);
         let video_mid_ext = extension_id(&video_params, rtc::sdp::extmap::SDES_MID_URI);
         let rid_ext = extension_id(&video_params, rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI)
@@ -524,6 +715,7 @@ impl SimulcastOffer {
         });
         let publisher = Arc::new(SimulcastPublisher {
             pc: self.pc,
+            codec: self.video.codec,
             audio: Outgoing {
                 mid: self.audio.mid,
                 ssrc: self.audio.ssrc,
@@ -675,6 +867,7 @@ struct SimShared {
 /// A connected simulcast publisher.
 pub struct SimulcastPublisher {
     pc: Arc<dyn PeerConnection>,
+    codec: VideoCodec,
     audio: Outgoing,
     video: [Outgoing; 3],
     pub audio_track_id: String,
@@ -685,6 +878,16 @@ pub struct SimulcastPublisher {
 }
 
 impl SimulcastPublisher {
+    /// The video codec it sends.
+    pub fn codec(&self) -> VideoCodec {
+        self.codec
+    }
+
+    /// The payload type the video is sent with (negotiated).
+    pub fn video_payload_type(&self) -> u8 {
+        self.video[0].payload_type
+    }
+
     /// The SSRC `rid` is sent with.
     pub fn ssrc(&self, rid: Rid) -> u32 {
         self.video[rid.index()].ssrc
@@ -824,17 +1027,22 @@ impl SimulcastPublisher {
                     size_weight(tid)
                 };
                 let size = (base * weight) as usize;
-                let payloads = vp8_simulcast_frame(
-                    rid,
-                    frame,
-                    keyframe,
-                    state.picture_id,
-                    state.tl0picidx,
-                    tid,
-                    layer_sync,
-                    size,
-                    config.max_packet,
-                );
+                let payloads = match self.codec {
+                    VideoCodec::Vp8 => vp8_simulcast_frame(
+                        rid,
+                        frame,
+                        keyframe,
+                        state.picture_id,
+                        state.tl0picidx,
+                        tid,
+                        layer_sync,
+                        size,
+                        config.max_packet,
+                    ),
+                    VideoCodec::H264 => {
+                        h264_simulcast_frame(rid, frame, keyframe, size, config.max_packet)
+                    }
+                };
                 let timestamp = state
                     .timestamp_base
                     .wrapping_add(frame.wrapping_mul(ticks_per_frame));
@@ -882,12 +1090,115 @@ impl SimulcastPublisher {
 
 // ---- What a subscriber received ----
 
+/// The structure of an H264 RTP payload (RFC 6184, packetization-mode 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct H264Payload {
+    /// 1-23: a single NAL unit of that type; 24: STAP-A; 28: FU-A.
+    pub packet_type: u8,
+    /// The type of each NAL unit inside (one for a single NAL or a FU-A fragment).
+    pub nal_types: Vec<u8>,
+    /// Whether the payload begins a NAL unit (always, except a FU-A fragment without S).
+    pub starts_nal: bool,
+    /// Whether it ends one (always, except a FU-A fragment without E).
+    pub ends_nal: bool,
+}
+
+impl H264Payload {
+    /// `None` for a packet type other than single NAL, STAP-A and FU-A, a forbidden bit set, or
+    /// a STAP-A whose unit sizes do not add up.
+    pub fn parse(payload: &[u8]) -> Option<H264Payload> {
+        let first = *payload.first()?;
+        if first & 0x80 != 0 {
+            return None;
+        }
+        let packet_type = first & 0x1f;
+        match packet_type {
+            1..=23 => Some(H264Payload {
+                packet_type,
+                nal_types: vec![packet_type],
+                starts_nal: true,
+                ends_nal: true,
+            }),
+            nal::STAP_A => {
+                let mut nal_types = Vec::new();
+                let mut at = 1;
+                while at < payload.len() {
+                    let size = usize::from(u16::from_be_bytes([
+                        *payload.get(at)?,
+                        *payload.get(at + 1)?,
+                    ]));
+                    let unit = payload.get(at + 2..at + 2 + size)?;
+                    nal_types.push(unit.first()? & 0x1f);
+                    at += 2 + size;
+                }
+                (!nal_types.is_empty()).then_some(H264Payload {
+                    packet_type,
+                    nal_types,
+                    starts_nal: true,
+                    ends_nal: true,
+                })
+            }
+            nal::FU_A => {
+                let fu = *payload.get(1)?;
+                Some(H264Payload {
+                    packet_type,
+                    nal_types: vec![fu & 0x1f],
+                    starts_nal: fu & 0x80 != 0,
+                    ends_nal: fu & 0x40 != 0,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    pub fn is_fu_a(&self) -> bool {
+        self.packet_type == nal::FU_A
+    }
+
+    /// Whether a decoder can start here: an IDR slice or an SPS begins in this payload.
+    pub fn keyframe_start(&self) -> bool {
+        self.starts_nal
+            && self
+                .nal_types
+                .iter()
+                .any(|&t| t == nal::IDR || t == nal::SPS)
+    }
+}
+
 /// A received video packet, decoded.
 #[derive(Debug, Clone)]
 pub struct Decoded {
     pub packet: RecvPacket,
+    /// VP8 streams only.
     pub descriptor: Option<Vp8Descriptor>,
+    /// H264 streams only.
+    pub h264: Option<H264Payload>,
     pub tag: Option<SimTag>,
+}
+
+impl Decoded {
+    pub fn new(codec: VideoCodec, packet: RecvPacket) -> Decoded {
+        let (descriptor, h264) = match codec {
+            VideoCodec::Vp8 => (Vp8Descriptor::parse(&packet.payload), None),
+            VideoCodec::H264 => (None, H264Payload::parse(&packet.payload)),
+        };
+        let tag = SimTag::parse(&packet.payload);
+        Decoded {
+            packet,
+            descriptor,
+            h264,
+            tag,
+        }
+    }
+
+    /// Whether the packet starts a keyframe; `None` if its codec payload does not parse.
+    pub fn keyframe_start(&self) -> Option<bool> {
+        match (&self.descriptor, &self.h264) {
+            (Some(d), _) => Some(d.keyframe_start),
+            (_, Some(h)) => Some(h.keyframe_start()),
+            _ => None,
+        }
+    }
 }
 
 /// How many bytes of each rid arrived among `packets` with `at >= since`.
@@ -962,12 +1273,18 @@ impl VideoAnalysis {
     }
 }
 
+/// Checks the VP8 video stream one subscriber received: [`analyse_video_codec`].
+pub fn analyse_video(packets: &[RecvPacket]) -> VideoAnalysis {
+    analyse_video_codec(VideoCodec::Vp8, packets)
+}
+
 /// Checks the video stream one subscriber received, as its decoder would get it (in sequence
 /// order, duplicates removed): one SSRC; sequence numbers gapless apart from loss (`missing`);
-/// PictureIDs continuous (the same within a frame, +1 per frame, any jump no larger than the
-/// sequence gap allows); TL0PICIDX +1 exactly on TID 0 frames; and a change of rid only at a
-/// packet that starts a keyframe.
-pub fn analyse_video(packets: &[RecvPacket]) -> VideoAnalysis {
+/// a change of rid only at a packet that starts a keyframe; the marker bit on the last packet
+/// of each frame. VP8: PictureIDs continuous (the same within a frame, +1 per frame, any jump no
+/// larger than the sequence gap allows); TL0PICIDX +1 exactly on TID 0 frames. H264: every
+/// payload a single NAL, STAP-A or FU-A; FU-A fragments of one NAL unit in order, from S to E.
+pub fn analyse_video_codec(codec: VideoCodec, packets: &[RecvPacket]) -> VideoAnalysis {
     let mut a = VideoAnalysis {
         packets: packets.len(),
         ..Default::default()
@@ -1006,20 +1323,16 @@ pub fn analyse_video(packets: &[RecvPacket]) -> VideoAnalysis {
 
     let mut prev: Option<(i64, Decoded)> = None;
     for (&seq, &packet) in &by_seq {
-        let current = Decoded {
-            packet: packet.clone(),
-            descriptor: Vp8Descriptor::parse(&packet.payload),
-            tag: SimTag::parse(&packet.payload),
-        };
-        let (Some(desc), Some(tag)) = (current.descriptor, current.tag) else {
+        let current = Decoded::new(codec, packet.clone());
+        let (Some(keyframe_start), Some(tag)) = (current.keyframe_start(), current.tag) else {
             a.problems.push(format!(
-                "seq {seq}: not a tagged VP8 payload ({} bytes)",
+                "seq {seq}: not a tagged {codec:?} payload ({} bytes)",
                 packet.payload.len()
             ));
             continue;
         };
         let Some((prev_seq, before)) = &prev else {
-            if !desc.keyframe_start {
+            if !keyframe_start {
                 if tag.index > 0 {
                     // The start of this frame never arrived: lost before the receiver knew
                     // the stream, so not even a NACK could bring it back. Like a switch after
@@ -1038,14 +1351,14 @@ pub fn analyse_video(packets: &[RecvPacket]) -> VideoAnalysis {
         };
         let gap = (seq - prev_seq - 1) as u64;
         a.missing += gap;
-        let (Some(pdesc), Some(ptag)) = (before.descriptor, before.tag) else {
+        let Some(ptag) = before.tag else {
             prev = Some((seq, current));
             continue;
         };
         let same_frame = ptag.rid == tag.rid && ptag.frame == tag.frame;
         if ptag.rid != tag.rid {
             a.switches.push((packet.at, Some(ptag.rid), tag.rid));
-            if !desc.keyframe_start {
+            if !keyframe_start {
                 if gap > 0 {
                     a.unverifiable_switches += 1;
                 } else {
@@ -1057,38 +1370,30 @@ pub fn analyse_video(packets: &[RecvPacket]) -> VideoAnalysis {
                 }
             }
         }
-        match (pdesc.picture_id, desc.picture_id) {
-            (Some(p), Some(c)) => {
-                let delta = u64::from(c.wrapping_sub(p) & 0x7fff);
-                if same_frame {
-                    if delta != 0 {
-                        a.problems.push(format!(
-                            "seq {seq}: PictureID {c} within the frame of PictureID {p}"
-                        ));
-                    }
-                } else if gap == 0 && delta != 1 {
-                    a.problems.push(format!(
-                        "seq {seq}: PictureID {p} -> {c} from one frame to the next ({} {} -> {} {})",
-                        ptag.rid, ptag.frame, tag.rid, tag.frame
-                    ));
-                } else if gap > 0 && delta > gap + 1 {
-                    a.problems.push(format!(
-                        "seq {seq}: PictureID {p} -> {c} across {gap} lost packets"
-                    ));
-                }
-            }
-            _ => a
-                .problems
-                .push(format!("seq {seq}: no PictureID in the descriptor")),
+        if let (Some(pdesc), Some(desc)) = (before.descriptor, current.descriptor) {
+            check_vp8(&mut a, seq, gap, same_frame, (&pdesc, ptag), (&desc, tag));
         }
-        if !same_frame
+        if let (Some(ph), Some(h)) = (&before.h264, &current.h264)
             && gap == 0
-            && let (Some(p), Some(c), Some(tid)) = (pdesc.tl0picidx, desc.tl0picidx, desc.tid)
         {
-            let want = if tid == 0 { p.wrapping_add(1) } else { p };
-            if c != want {
+            let continues = ph.is_fu_a()
+                && !ph.ends_nal
+                && h.is_fu_a()
+                && !h.starts_nal
+                && same_frame
+                && ph.nal_types == h.nal_types;
+            if h.is_fu_a() && !h.starts_nal && !continues {
                 a.problems.push(format!(
-                    "seq {seq}: TL0PICIDX {p} -> {c} on a TID {tid} frame"
+                    "seq {seq}: a FU-A continuation (NAL type {:?}) that does not continue the \
+                     previous packet ({} {} packet {}/{})",
+                    h.nal_types, tag.rid, tag.frame, tag.index, tag.count
+                ));
+            }
+            // (At a layer switch the old layer's fragment may end early, as its frame may.)
+            if ph.is_fu_a() && !ph.ends_nal && !continues && ptag.rid == tag.rid {
+                a.problems.push(format!(
+                    "seq {seq}: the FU-A before ends without its E fragment ({} {} packet {}/{})",
+                    ptag.rid, ptag.frame, ptag.index, ptag.count
                 ));
             }
         }
@@ -1102,4 +1407,50 @@ pub fn analyse_video(packets: &[RecvPacket]) -> VideoAnalysis {
         prev = Some((seq, current));
     }
     a
+}
+
+/// The VP8 descriptor checks of [`analyse_video_codec`] between consecutive packets.
+fn check_vp8(
+    a: &mut VideoAnalysis,
+    seq: i64,
+    gap: u64,
+    same_frame: bool,
+    (pdesc, ptag): (&Vp8Descriptor, SimTag),
+    (desc, tag): (&Vp8Descriptor, SimTag),
+) {
+    match (pdesc.picture_id, desc.picture_id) {
+        (Some(p), Some(c)) => {
+            let delta = u64::from(c.wrapping_sub(p) & 0x7fff);
+            if same_frame {
+                if delta != 0 {
+                    a.problems.push(format!(
+                        "seq {seq}: PictureID {c} within the frame of PictureID {p}"
+                    ));
+                }
+            } else if gap == 0 && delta != 1 {
+                a.problems.push(format!(
+                    "seq {seq}: PictureID {p} -> {c} from one frame to the next ({} {} -> {} {})",
+                    ptag.rid, ptag.frame, tag.rid, tag.frame
+                ));
+            } else if gap > 0 && delta > gap + 1 {
+                a.problems.push(format!(
+                    "seq {seq}: PictureID {p} -> {c} across {gap} lost packets"
+                ));
+            }
+        }
+        _ => a
+            .problems
+            .push(format!("seq {seq}: no PictureID in the descriptor")),
+    }
+    if !same_frame
+        && gap == 0
+        && let (Some(p), Some(c), Some(tid)) = (pdesc.tl0picidx, desc.tl0picidx, desc.tid)
+    {
+        let want = if tid == 0 { p.wrapping_add(1) } else { p };
+        if c != want {
+            a.problems.push(format!(
+                "seq {seq}: TL0PICIDX {p} -> {c} on a TID {tid} frame"
+            ));
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! (through the transceiver that owns its receiver) to the `track_id` of the latest offer and
 //! records every RTP packet under that id, in arrival order.
 
+use super::peer::VideoCodec;
 use super::signal::Signal;
 use super::wait::wait_for;
 use anyhow::{Context, Result, anyhow};
@@ -61,6 +62,8 @@ pub struct SubscriberShared {
     /// track_id -> the remote track currently carrying it.
     remote: Mutex<HashMap<String, RemoteTrack>>,
     offers_answered: Mutex<u64>,
+    /// The SDP of the latest offer applied (after any rewrite) and of the answer to it.
+    last_sdp: Mutex<Option<(String, String)>>,
     /// Whether `offered` is the mapping of an offer that has been answered.
     answered_mapping_current: Mutex<bool>,
     /// Failures of the answering task or the track readers.
@@ -94,8 +97,19 @@ impl Subscriber {
     /// [`super::relay`]).
     pub fn start_with(
         signal: Arc<Signal>,
+        offers: mpsc::UnboundedReceiver<Value>,
+        rewrite: Option<super::relay::SdpRewrite>,
+    ) -> Self {
+        Self::start_with_codec(signal, offers, rewrite, VideoCodec::Vp8)
+    }
+
+    /// Like [`Subscriber::start_with`], with `video` as the only video codec the subscribe
+    /// connection accepts.
+    pub fn start_with_codec(
+        signal: Arc<Signal>,
         mut offers: mpsc::UnboundedReceiver<Value>,
         rewrite: Option<super::relay::SdpRewrite>,
+        video: VideoCodec,
     ) -> Self {
         let shared = Arc::new(SubscriberShared::default());
         let pc_slot: Arc<tokio::sync::Mutex<Option<SubscribePc>>> = Default::default();
@@ -103,8 +117,15 @@ impl Subscriber {
         let task_pc = Arc::clone(&pc_slot);
         let task = tokio::spawn(async move {
             while let Some(offer) = offers.recv().await {
-                if let Err(err) =
-                    answer_offer(&task_shared, &task_pc, &signal, &offer, rewrite.as_ref()).await
+                if let Err(err) = answer_offer(
+                    &task_shared,
+                    &task_pc,
+                    &signal,
+                    &offer,
+                    rewrite.as_ref(),
+                    video,
+                )
+                .await
                 {
                     tracing::error!(target: "test_client", "subscriber_offer failed: {err:#}");
                     task_shared.errors.lock().unwrap().push(format!("{err:#}"));
@@ -154,6 +175,11 @@ impl Subscriber {
     /// The tracks of the latest offer, by mid.
     pub fn offered(&self) -> HashMap<String, OfferedTrack> {
         self.shared.offered.lock().unwrap().clone()
+    }
+
+    /// The SDP of the latest offer applied and of the answer sent, once one was answered.
+    pub fn last_sdp(&self) -> Option<(String, String)> {
+        self.shared.last_sdp.lock().unwrap().clone()
     }
 
     /// How many offers have been answered.
@@ -311,6 +337,7 @@ async fn answer_offer(
     signal: &Signal,
     offer: &Value,
     rewrite: Option<&super::relay::SdpRewrite>,
+    video: VideoCodec,
 ) -> Result<()> {
     let sdp = offer
         .get("sdp")
@@ -344,7 +371,7 @@ async fn answer_offer(
     let mut slot = pc_slot.lock().await;
     if slot.is_none() {
         let (track_tx, mut track_rx) = mpsc::unbounded_channel::<Arc<dyn TrackRemote>>();
-        let (pc, events) = super::peer::build(Some(track_tx)).await?;
+        let (pc, events) = super::peer::build_with(video, Some(track_tx)).await?;
         let _ = shared.pc.set(Arc::downgrade(&pc));
         *shared.connection.lock().unwrap() = Some(events.connection.clone());
         let reader_shared = Arc::clone(shared);
@@ -391,6 +418,7 @@ async fn answer_offer(
         .context("no local description after set_local_description")?
         .sdp;
     signal.send_json(&json!({"type": "subscriber_answer", "sdp": answer_sdp}))?;
+    *shared.last_sdp.lock().unwrap() = Some((sdp.to_owned(), answer_sdp));
 
     *shared.offers_answered.lock().unwrap() += 1;
     *shared.answered_mapping_current.lock().unwrap() = true;
