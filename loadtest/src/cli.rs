@@ -13,6 +13,9 @@ use crate::signal::MaxLayer;
 pub enum TargetKind {
     /// classroom's `/ws` protocol (docs/PROTOCOL.md).
     Classroom,
+    /// Janus 1.1's VideoRoom plugin over its WebSocket API (`--janus-url`); see
+    /// loadtest/janus/run-janus.sh and loadtest/compare.sh.
+    Janus,
 }
 
 /// Simulates a lesson against the SFU: one teacher publishing VP8 simulcast (q/h/f) and Opus,
@@ -81,6 +84,12 @@ pub struct Cli {
     /// Runtime worker threads for the clients.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Janus WebSocket API URL (with `--target janus`; the room is created by the teacher).
+    #[arg(long, default_value = "ws://127.0.0.1:8188")]
+    pub janus_url: String,
+    /// PID of the Janus process, to sample its CPU and memory (with `--target janus`).
+    #[arg(long)]
+    pub janus_pid: Option<u32>,
     /// Write the full results (summary and per-second samples) here.
     #[arg(long)]
     pub json: Option<PathBuf>,

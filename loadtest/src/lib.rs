@@ -8,6 +8,7 @@ pub mod audio;
 pub mod cli;
 pub mod clock;
 pub mod conn;
+pub mod janus;
 pub mod media;
 pub mod participant;
 pub mod proc;

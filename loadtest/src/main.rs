@@ -8,6 +8,7 @@ use clap::Parser;
 
 use classroom_signaling::token::TokenIssuer;
 use loadtest::cli::{Cli, TargetKind};
+use loadtest::janus::Janus;
 use loadtest::report;
 use loadtest::run::{self, RunConfig};
 use loadtest::server::{self, SpawnedServer};
@@ -61,6 +62,8 @@ async fn lesson(cli: Cli) -> Result<bool> {
                     .trim()
                     .to_owned(),
                 (Some(s), None) => s.clone(),
+                // Janus mints no tokens.
+                (None, None) if cli.target == TargetKind::Janus => String::new(),
                 (None, None) => bail!(
                     "the server's token secret is needed: --secret-file, --secret or CLASSROOM_TOKEN_SECRET (or --spawn-server)"
                 ),
@@ -80,8 +83,14 @@ async fn lesson(cli: Cli) -> Result<bool> {
         keyframe_interval: cli.keyframe_interval,
         max_payload: cli.max_payload,
         bind_ip: cli.bind_ip,
-        server_pid,
-        metrics: server::http_addr(&url),
+        server_pid: match cli.target {
+            TargetKind::Classroom => server_pid,
+            TargetKind::Janus => cli.janus_pid.or(server_pid),
+        },
+        metrics: match cli.target {
+            TargetKind::Classroom => server::http_addr(&url),
+            TargetKind::Janus => None,
+        },
         settle: cli.settle,
         progress: !cli.quiet,
     };
@@ -92,6 +101,10 @@ async fn lesson(cli: Cli) -> Result<bool> {
                 room: cli.room.clone(),
                 issuer: TokenIssuer::new(secret.as_bytes()),
             });
+            run::run(target, &cfg).await
+        }
+        TargetKind::Janus => {
+            let target = Arc::new(Janus::new(&cli.janus_url, &cli.room, cli.pupils));
             run::run(target, &cfg).await
         }
     };
