@@ -45,6 +45,13 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Diagnostics.
     pub log: LogConfig,
+    /// Where rosters, lessons and attendance live: `postgres://...`, a `sqlite:` URL or a plain
+    /// file path. Default: the SQLite file `<data_dir>/classroom.db`.
+    pub database_url: Option<String>,
+    /// The school's calendar: time zone and the guardians' daily cut-off.
+    pub school: SchoolConfig,
+    /// Sign-in at the school's identity provider (OpenID Connect). Off when unset.
+    pub oidc: Option<OidcSettings>,
 }
 
 impl Default for Config {
@@ -57,8 +64,48 @@ impl Default for Config {
             public_url: None,
             tls: None,
             log: LogConfig::default(),
+            database_url: None,
+            school: SchoolConfig::default(),
+            oidc: None,
         }
     }
+}
+
+/// The school's calendar.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchoolConfig {
+    /// IANA time zone of the school's dates (e.g. `Asia/Tokyo`).
+    pub timezone: String,
+    /// Local time (`HH:MM`) after which guardians can no longer change today's attendance mode.
+    pub cutoff: String,
+}
+
+impl Default for SchoolConfig {
+    fn default() -> Self {
+        SchoolConfig {
+            timezone: "Asia/Tokyo".to_owned(),
+            cutoff: "08:00".to_owned(),
+        }
+    }
+}
+
+impl SchoolConfig {
+    /// The domain's cut-off policy for these settings.
+    pub fn policy(&self) -> Result<classroom_domain::CutoffPolicy, String> {
+        classroom_domain::CutoffPolicy::parse(&self.timezone, &self.cutoff)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// An OpenID Connect relying party registration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSettings {
+    /// The issuer URL, e.g. `https://login.microsoftonline.com/<tenant>/v2.0`.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
 }
 
 /// The UDP socket all WebRTC traffic goes through.
@@ -204,6 +251,12 @@ pub struct Overrides {
     pub tls_key: Option<PathBuf>,
     pub log_format: Option<LogFormat>,
     pub log_level: Option<String>,
+    pub database_url: Option<String>,
+    pub school_timezone: Option<String>,
+    pub school_cutoff: Option<String>,
+    pub oidc_issuer: Option<String>,
+    pub oidc_client_id: Option<String>,
+    pub oidc_client_secret: Option<Secret>,
 }
 
 impl Overrides {
@@ -269,6 +322,12 @@ impl Overrides {
             tls_key: raw("CLASSROOM_TLS_KEY").map(PathBuf::from),
             log_format: parsed("CLASSROOM_LOG_FORMAT", text("CLASSROOM_LOG_FORMAT")?)?,
             log_level: text("CLASSROOM_LOG_LEVEL")?,
+            database_url: text("CLASSROOM_DATABASE_URL")?,
+            school_timezone: text("CLASSROOM_SCHOOL_TIMEZONE")?,
+            school_cutoff: text("CLASSROOM_SCHOOL_CUTOFF")?,
+            oidc_issuer: text("CLASSROOM_OIDC_ISSUER")?,
+            oidc_client_id: text("CLASSROOM_OIDC_CLIENT_ID")?,
+            oidc_client_secret: text("CLASSROOM_OIDC_CLIENT_SECRET")?.map(Secret),
         })
     }
 
@@ -285,6 +344,12 @@ impl Overrides {
             tls_key: self.tls_key.or(lower.tls_key),
             log_format: self.log_format.or(lower.log_format),
             log_level: self.log_level.or(lower.log_level),
+            database_url: self.database_url.or(lower.database_url),
+            school_timezone: self.school_timezone.or(lower.school_timezone),
+            school_cutoff: self.school_cutoff.or(lower.school_cutoff),
+            oidc_issuer: self.oidc_issuer.or(lower.oidc_issuer),
+            oidc_client_id: self.oidc_client_id.or(lower.oidc_client_id),
+            oidc_client_secret: self.oidc_client_secret.or(lower.oidc_client_secret),
         }
     }
 }
@@ -304,6 +369,18 @@ impl Config {
             public_url: None,
             tls: None,
             log: LogConfig::default(),
+            // One shared in-memory database per server (sqlx names each `:memory:` pool apart).
+            database_url: Some("sqlite::memory:".to_owned()),
+            school: SchoolConfig::default(),
+            oidc: None,
+        }
+    }
+
+    /// The database URL in force: `database_url`, or `<data_dir>/classroom.db`.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.trim().to_owned(),
+            None => format!("sqlite:{}", self.data_dir.join("classroom.db").display()),
         }
     }
 
@@ -361,7 +438,45 @@ impl Config {
             tls_key,
             log_format,
             log_level,
+            database_url,
+            school_timezone,
+            school_cutoff,
+            oidc_issuer,
+            oidc_client_id,
+            oidc_client_secret,
         } = overrides;
+        if let Some(v) = database_url {
+            self.database_url = Some(v);
+        }
+        if let Some(v) = school_timezone {
+            self.school.timezone = v;
+        }
+        if let Some(v) = school_cutoff {
+            self.school.cutoff = v;
+        }
+        if oidc_issuer.is_some() || oidc_client_id.is_some() || oidc_client_secret.is_some() {
+            let old = self.oidc.take();
+            let issuer = oidc_issuer.or_else(|| old.as_ref().map(|o| o.issuer.clone()));
+            let client_id = oidc_client_id.or_else(|| old.as_ref().map(|o| o.client_id.clone()));
+            let client_secret =
+                oidc_client_secret.or_else(|| old.as_ref().and_then(|o| o.client_secret.clone()));
+            match (issuer, client_id) {
+                (Some(issuer), Some(client_id)) => {
+                    self.oidc = Some(OidcSettings {
+                        issuer,
+                        client_id,
+                        client_secret,
+                    })
+                }
+                _ => {
+                    return Err(ConfigError::Invalid(
+                        "OIDC needs both an issuer and a client id (oidc.issuer / \
+                         CLASSROOM_OIDC_ISSUER, oidc.client_id / CLASSROOM_OIDC_CLIENT_ID)"
+                            .to_owned(),
+                    ));
+                }
+            }
+        }
         if let Some(v) = http {
             self.http = v;
         }
@@ -456,6 +571,24 @@ impl Config {
             && (tls.cert.as_os_str().is_empty() || tls.key.as_os_str().is_empty())
         {
             return invalid("tls.cert and tls.key must both be file paths".to_owned());
+        }
+        if let Err(e) = self.school.policy() {
+            return invalid(format!(
+                "school.timezone / school.cutoff ({:?}, {:?}): {e}",
+                self.school.timezone, self.school.cutoff
+            ));
+        }
+        if self
+            .database_url
+            .as_deref()
+            .is_some_and(|u| u.trim().is_empty())
+        {
+            return invalid("database_url is empty".to_owned());
+        }
+        if let Some(oidc) = &self.oidc
+            && (oidc.issuer.trim().is_empty() || oidc.client_id.trim().is_empty())
+        {
+            return invalid("oidc.issuer and oidc.client_id must not be empty".to_owned());
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid(format!(

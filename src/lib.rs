@@ -7,6 +7,7 @@
 pub mod config;
 pub mod invite;
 pub mod logging;
+pub mod portal;
 pub mod secret;
 pub mod server;
 pub mod web;

@@ -37,6 +37,41 @@ enum Command {
     Serve(ServeArgs),
     /// Print an invite link (one line on standard output) for a person in a lesson.
     Invite(InviteArgs),
+    /// Print a one-time sign-in link (one line on standard output) for a roster person.
+    SigninLink(SigninLinkArgs),
+    /// Roster management.
+    #[command(subcommand)]
+    Roster(RosterCommand),
+}
+
+#[derive(Subcommand)]
+enum RosterCommand {
+    /// Import a OneRoster 1.2 CSV export (a directory or a ZIP file) into the database. All or
+    /// nothing: on any problem nothing is applied and each problem is printed as file:line.
+    Import(RosterImportArgs),
+}
+
+#[derive(Args)]
+struct RosterImportArgs {
+    /// The directory holding manifest.csv, users.csv, ... or a ZIP of them.
+    path: PathBuf,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args)]
+struct SigninLinkArgs {
+    /// The person's roster id (sourcedId).
+    #[arg(long)]
+    person: String,
+    /// How long the link stays valid, e.g. 15m, 2h. It works once.
+    #[arg(long, default_value = "15m", value_parser = parse_ttl)]
+    ttl: Duration,
+    /// Base of the link [default: public_url, or derived from the http address].
+    #[arg(long, value_name = "URL")]
+    base_url: Option<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 /// Where the configuration comes from; shared by both commands so that they agree on the secret.
@@ -126,6 +161,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Invite(args)) => invite(args),
+        Some(Command::SigninLink(args)) => signin_link(args),
+        Some(Command::Roster(RosterCommand::Import(args))) => roster_import(args),
         Some(Command::Serve(args)) => serve(args),
         None => serve(cli.serve),
     };
@@ -257,4 +294,97 @@ fn invite(args: InviteArgs) -> anyhow::Result<()> {
         invite::link(&config.public_base_url(config.http), args.role, &token)
     );
     Ok(())
+}
+
+fn small_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn signin_link(args: SigninLinkArgs) -> anyhow::Result<()> {
+    let config = load_config(
+        &args.config,
+        Overrides {
+            public_url: args.base_url.clone(),
+            ..Overrides::default()
+        },
+    )?;
+    let person = args.person.trim().to_owned();
+    if person.is_empty() {
+        bail!("--person must not be empty");
+    }
+    small_runtime()?.block_on(async move {
+        let db = classroom::server::open_db(&config).await?;
+        let result = async {
+            match classroom_domain::person(&db, &person).await? {
+                Some(p) if p.enabled => {}
+                Some(_) => bail!("{person}'s account is disabled"),
+                None => bail!("no person {person:?} in the roster (classroom roster import first)"),
+            }
+            let base = config.public_base_url(config.http);
+            let (url, _) = classroom::portal::api::mint_signin_link(&db, &base, &person, args.ttl)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            println!("{url}");
+            Ok(())
+        }
+        .await;
+        db.close().await;
+        result
+    })
+}
+
+fn roster_import(args: RosterImportArgs) -> anyhow::Result<()> {
+    let config = load_config(&args.config, Overrides::default())?;
+    let path = args.path;
+    small_runtime()?.block_on(async move {
+        let db = classroom::server::open_db(&config).await?;
+        let spinner = indicatif::ProgressBar::new_spinner();
+        spinner.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        spinner.enable_steady_tick(Duration::from_millis(100));
+        spinner.set_message(format!("checking and importing {}", path.display()));
+        let result = if path.is_dir() {
+            classroom_domain::import_dir(&db, &path).await
+        } else {
+            classroom_domain::import_zip(&db, &path).await
+        };
+        spinner.finish_and_clear();
+        db.close().await;
+        match result {
+            Ok(report) => {
+                let rows = [
+                    ("orgs", report.orgs),
+                    ("academic sessions", report.academic_sessions),
+                    ("people", report.people),
+                    ("guardian links", report.guardian_links),
+                    ("classes", report.classes),
+                    ("class terms", report.class_terms),
+                    ("enrollments", report.enrollments),
+                ];
+                println!("imported {}", path.display());
+                for (name, c) in rows {
+                    println!(
+                        "  {name:<18} {:>6} created {:>6} updated {:>6} unchanged {:>6} removed",
+                        c.created, c.updated, c.unchanged, c.removed
+                    );
+                }
+                for w in &report.warnings {
+                    println!("  warning: {w}");
+                }
+                Ok(())
+            }
+            Err(classroom_domain::ImportError::Invalid(problems)) => {
+                for p in &problems.0 {
+                    eprintln!("{p}");
+                }
+                bail!(
+                    "{} problem(s) in the roster; nothing was imported",
+                    problems.0.len()
+                )
+            }
+            Err(e) => Err(anyhow::Error::new(e).context("roster import failed")),
+        }
+    })
 }

@@ -22,6 +22,8 @@ use classroom_sfu::{MediaMetrics, Sfu};
 use classroom_signaling::token::{Claims, Role, TokenError, TokenIssuer};
 use classroom_signaling::{Signaling, SignalingConfig};
 
+use crate::portal::{Portal, gate::LessonGate};
+
 pub use crate::config::Config;
 use crate::config::{TlsConfig, url_for};
 use crate::secret::{self, SecretSource};
@@ -44,6 +46,7 @@ pub struct ServerHandle {
     tls: bool,
     issuer: TokenIssuer,
     signaling: Signaling,
+    db: classroom_domain::Db,
     http: axum_server::Handle,
     http_task: Option<JoinHandle<io::Result<()>>>,
     sfu: Option<Sfu>,
@@ -60,6 +63,13 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         }
     }
     let issuer = TokenIssuer::new(secret.expose().as_bytes());
+    // reqwest (OIDC) and the TLS listener both need a rustls provider chosen explicitly.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let policy = config
+        .school
+        .policy()
+        .map_err(|e| anyhow!("school.timezone / school.cutoff: {e}"))?;
+    let db = open_db(&config).await?;
 
     // Everything that commonly fails (port taken, unreadable certificate) comes before the
     // media thread starts, so an error leaves nothing running.
@@ -78,14 +88,48 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         .events
         .take()
         .ok_or_else(|| anyhow!("the media plane's events were already taken"))?;
-    let signaling = Signaling::new(
+    let signaling = Signaling::with_gate(
         SignalingConfig::default(),
         issuer.clone(),
+        LessonGate::new(db.clone()),
         sfu.commands.clone(),
         events,
     );
 
-    let app = router(&signaling, sfu.metrics.clone());
+    let public_url = config.public_base_url(http_addr);
+    let oidc = match &config.oidc {
+        Some(settings) => {
+            let oidc_config = classroom_auth::oidc::OidcConfig::new(
+                settings.issuer.trim(),
+                settings.client_id.trim(),
+                settings
+                    .client_secret
+                    .as_ref()
+                    .map(|s| s.expose().to_owned()),
+                format!("{public_url}/auth/oidc/callback"),
+            );
+            match classroom_auth::oidc::OidcClient::discover(oidc_config).await {
+                Ok(client) => Some(client),
+                Err(e) => {
+                    // The links keep working; an identity provider that is down at startup must
+                    // not keep lessons from running.
+                    tracing::error!(issuer = %settings.issuer, "OIDC discovery failed, OIDC sign-in is off: {e}");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let portal = Arc::new(Portal::new(
+        db.clone(),
+        policy,
+        csrf_key(secret.expose()),
+        &public_url,
+        issuer.clone(),
+        oidc,
+    ));
+
+    let app = router(&signaling, sfu.metrics.clone(), portal);
     let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
     let http = axum_server::Handle::new();
     let http_task = match tls {
@@ -101,7 +145,6 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         ),
     };
 
-    let public_url = config.public_base_url(http_addr);
     if !is_secure_context(&public_url) {
         warn!(
             %public_url,
@@ -126,6 +169,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         tls: config.tls.is_some(),
         issuer,
         signaling,
+        db,
         http,
         http_task: Some(http_task),
         sfu: Some(sfu),
@@ -179,6 +223,11 @@ impl ServerHandle {
     pub fn invite_link(&self, claims: &Claims) -> Result<String, TokenError> {
         let token = self.issuer.issue(claims)?;
         Ok(crate::invite::link(&self.public_url, claims.role, &token))
+    }
+
+    /// The database the server uses (rosters, lessons, attendance, sessions).
+    pub fn db(&self) -> &classroom_domain::Db {
+        &self.db
     }
 
     /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
@@ -251,6 +300,7 @@ impl ServerHandle {
                 }
             }
         }
+        self.db.close().await;
         info!(elapsed = ?started.elapsed(), "stopped");
         result
     }
@@ -326,7 +376,43 @@ struct MetricsState {
     started_at: SystemTime,
 }
 
-fn router(signaling: &Signaling, media: Arc<MediaMetrics>) -> Router {
+/// Opens (creating the SQLite file under `data_dir` by default) and migrates the database.
+pub async fn open_db(config: &Config) -> anyhow::Result<classroom_domain::Db> {
+    if config.database_url.is_none() {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {}",
+                config.data_dir.display()
+            )
+        })?;
+    }
+    let url = config.database_url();
+    let db = classroom_domain::Db::connect(&url)
+        .await
+        .with_context(|| format!("cannot open the database {}", redact_url(&url)))?;
+    Ok(db)
+}
+
+/// A database URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The CSRF key: one-way derived from the token secret, so tokens survive restarts and the CSRF
+/// key reveals nothing of the secret that signs join tokens.
+fn csrf_key(secret: &str) -> classroom_auth::session::CsrfKey {
+    let derived = classroom_auth::token::hash_token(&format!("classroom-csrf-key-v1\0{secret}"));
+    classroom_auth::session::CsrfKey::from_secret(derived.as_bytes())
+}
+
+fn router(signaling: &Signaling, media: Arc<MediaMetrics>, portal: Arc<Portal>) -> Router {
     let state = MetricsState {
         media,
         signaling: signaling.clone(),
@@ -337,7 +423,10 @@ fn router(signaling: &Signaling, media: Arc<MediaMetrics>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .with_state(state);
-    crate::web::router().merge(own).merge(signaling.router())
+    crate::web::router()
+        .merge(own)
+        .merge(crate::portal::router(portal))
+        .merge(signaling.router())
 }
 
 async fn metrics(State(state): State<MetricsState>) -> impl IntoResponse {

@@ -190,7 +190,11 @@ async fn web_client_is_served_with_its_types() -> Result<()> {
     for (dir, expected_type) in [("js", "javascript"), ("css", "text/css")] {
         let mut seen = 0;
         for entry in std::fs::read_dir(repo().join("web-client").join(dir))? {
-            let name = entry?.file_name().to_string_lossy().into_owned();
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                continue; // e.g. js/i18n/: its modules are imported by files checked here
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
             let path = format!("/{dir}/{name}");
             let reply = get(addr, &path, &[]).await?;
             assert_eq!(reply.status, 200, "{path}");

@@ -43,9 +43,20 @@ export function onApiError(fn) {
 export function getMe({ refresh = false, redirectOn401 = true } = {}) {
   if (!mePromise || refresh) {
     mePromise = request('/api/me', { redirectOn401 }).then(
-      (body) => { me = body; return body; },
-      (err) => { mePromise = null; throw err; },
-    );
+      (body) => {
+        // Signed out, /api/me answers 200 with `person: null` (and whether OIDC is offered), so
+        // that the sign-in page can read it without a failed request in the console.
+        if (!body?.person) {
+          if (redirectOn401) {
+            redirecting = true;
+            window.location.assign(signInUrl());
+          }
+          throw new ApiError({ status: 401, code: 'unauthenticated', message: 'Not signed in.', body });
+        }
+        me = body;
+        return body;
+      },
+    ).catch((err) => { mePromise = null; throw err; });
   }
   return mePromise;
 }

@@ -1,0 +1,161 @@
+//! [`LessonGate`]: the signaling plane's door for lesson rooms, backed by the domain.
+//!
+//! Rooms that are not lessons (the demo room, ad-hoc invites) admit every valid token. In a
+//! lesson room, teachers and observers enter by their token's role (only the server signs
+//! tokens); a pupil is checked against the lesson's admission rule *at the door*, so a token
+//! minted before a guardian's change cannot get past it. Arrivals and departures of pupils are
+//! recorded for attendance in the background.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use classroom_domain::{
+    Action, Admission, AuditEntry, Db, RefusalReason, audit, lesson_by_media_room, record_join,
+    record_leave, request_entry,
+};
+use classroom_signaling::gate::{Entrant, GateFuture, GateRefusal, RoomGate};
+use classroom_signaling::token::Role;
+use tracing::{info, warn};
+
+use super::unix_now;
+
+/// Shown to a pupil whose guardian chose in-person attendance (one string: both languages).
+pub const IN_PERSON_MESSAGE: &str = "Your guardian chose in-person attendance for today. / 保護者が今日は登校（対面）を選びました。";
+const REFUSED_MESSAGE: &str =
+    "The teacher has not admitted you to this lesson. / 先生はこの授業への参加を許可していません。";
+const NOT_ENROLLED_MESSAGE: &str =
+    "You are not enrolled in this lesson. / この授業の名簿に登録されていません。";
+const UNAVAILABLE_MESSAGE: &str = "The lesson cannot check your attendance right now; please try again. / 出欠を確認できません。もう一度お試しください。";
+
+/// At most one `join_refused` audit entry per pupil and lesson in this many seconds.
+const AUDIT_REFUSAL_EVERY: i64 = 60;
+
+pub struct LessonGate {
+    db: Db,
+    /// (lesson, pupil) → when a refusal was last audited.
+    audited: Mutex<HashMap<(String, String), i64>>,
+}
+
+impl LessonGate {
+    pub fn new(db: Db) -> Arc<LessonGate> {
+        Arc::new(LessonGate {
+            db,
+            audited: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn decide(&self, who: &Entrant) -> Result<(), GateRefusal> {
+        let refuse = |message: &str| GateRefusal {
+            message: message.to_owned(),
+        };
+        let lesson = match lesson_by_media_room(&self.db, &who.room).await {
+            Ok(Some(lesson)) => lesson,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                warn!(room = %who.room, "gate: cannot look up the room, refusing: {e}");
+                return Err(refuse(UNAVAILABLE_MESSAGE));
+            }
+        };
+        if who.role != Role::Student {
+            return Ok(());
+        }
+        let now = unix_now();
+        let decision =
+            match classroom_domain::admission(&self.db, &lesson, &who.identity, now).await {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(lesson = %lesson.id, "gate: cannot decide admission, refusing: {e}");
+                    return Err(refuse(UNAVAILABLE_MESSAGE));
+                }
+            };
+        let (message, reason) = match decision {
+            Admission::Admitted | Admission::AdmittedByTeacher => return Ok(()),
+            Admission::Refused {
+                reason: RefusalReason::InPersonToday,
+            } => {
+                if let Err(e) = request_entry(&self.db, &lesson, &who.identity, now).await {
+                    warn!(lesson = %lesson.id, "gate: cannot record the lobby request: {e}");
+                }
+                (IN_PERSON_MESSAGE, "in_person_today")
+            }
+            Admission::Refused {
+                reason: RefusalReason::RefusedByTeacher,
+            } => (REFUSED_MESSAGE, "refused_by_teacher"),
+            Admission::NotEnrolled => (NOT_ENROLLED_MESSAGE, "not_enrolled"),
+        };
+        info!(lesson = %lesson.id, reason, "gate: pupil refused");
+        if self.should_audit(&lesson.id, &who.identity, now) {
+            let entry = AuditEntry {
+                at: now,
+                actor: Some(&who.identity),
+                action: Action::JoinRefused,
+                subject: Some(&who.identity),
+                detail: serde_json::json!({
+                    "lesson": lesson.id, "media_room": lesson.media_room,
+                    "reason": reason, "via": "signaling",
+                }),
+                remote_addr: None,
+            };
+            if let Err(e) = audit(&self.db, &entry).await {
+                warn!("gate: cannot audit a refusal: {e}");
+            }
+        }
+        Err(refuse(message))
+    }
+
+    fn should_audit(&self, lesson: &str, pupil: &str, now: i64) -> bool {
+        let mut map = self.audited.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, at| now - *at < AUDIT_REFUSAL_EVERY);
+        }
+        let key = (lesson.to_owned(), pupil.to_owned());
+        match map.get(&key) {
+            Some(at) if now - *at < AUDIT_REFUSAL_EVERY => false,
+            _ => {
+                map.insert(key, now);
+                true
+            }
+        }
+    }
+
+    fn record(&self, who: &Entrant, joined: bool) {
+        if who.role != Role::Student {
+            return;
+        }
+        let db = self.db.clone();
+        let who = who.clone();
+        let at = unix_now();
+        tokio::spawn(async move {
+            let lesson = match lesson_by_media_room(&db, &who.room).await {
+                Ok(Some(lesson)) => lesson,
+                Ok(None) => return,
+                Err(e) => {
+                    warn!(room = %who.room, "gate: cannot record presence: {e}");
+                    return;
+                }
+            };
+            let result = if joined {
+                record_join(&db, &lesson, &who.identity, at).await
+            } else {
+                record_leave(&db, &lesson, &who.identity, at).await
+            };
+            if let Err(e) = result {
+                warn!(lesson = %lesson.id, joined, "gate: cannot record presence: {e}");
+            }
+        });
+    }
+}
+
+impl RoomGate for LessonGate {
+    fn admit<'a>(&'a self, who: &'a Entrant) -> GateFuture<'a> {
+        Box::pin(self.decide(who))
+    }
+
+    fn entered(&self, who: &Entrant) {
+        self.record(who, true);
+    }
+
+    fn left(&self, who: &Entrant) {
+        self.record(who, false);
+    }
+}
