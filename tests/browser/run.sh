@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Browser end-to-end tests: starts a real classroom server and headless Chromium, then runs
 #   e2e.mjs     a lesson's audio and video flow between the pages (teacher, pupils, screen share)
-#   shaped.mjs  a pupil on a shaped "home" link gets a smaller simulcast layer than an unshaped
+#   shaped.mjs  (only with E2E_SHAPED=1) a pupil on a shaped "home" link gets a smaller simulcast layer than an unshaped
 #               pupil, and both keep decoding
 #
 # Both run inside a network namespace made for this run. Outside one, Chromium offers the
