@@ -105,7 +105,12 @@ fi
 [ -x "$bin" ] || { log "no server binary at $bin"; exit 2; }
 
 # ---- network namespace: two ends of a veth pair, both inside it ----
+# IPv6 off in every namespace of the run: otherwise each veth gains a link-local address a second
+# or two after it comes up (duplicate address detection), Chromium sees the network change under a
+# page that is loading and aborts its requests with ERR_NETWORK_CHANGED (seen in CI).
+quiet_ipv6() { ip netns exec "$1" sh -c 'echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6 && echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6'; }
 ip netns add "$ns"
+quiet_ipv6 "$ns"
 nsrun() { ip netns exec "$ns" "$@"; }
 nsrun ip link set lo up
 nsrun ip link add veth0 type veth peer name veth1
@@ -119,6 +124,7 @@ nsrun ip route add default dev veth0 src "$addr"
 
 # ---- the shaped pupil's home: another namespace behind a rate-limited, lossy veth ----
 ip netns add "$home_ns"
+quiet_ipv6 "$home_ns"
 homerun() { ip netns exec "$home_ns" "$@"; }
 homerun ip link set lo up
 nsrun ip link add vhome0 type veth peer name vhome1 netns "$home_ns"
