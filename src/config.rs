@@ -52,7 +52,14 @@ pub struct Config {
     pub school: SchoolConfig,
     /// Sign-in at the school's identity provider (OpenID Connect). Off when unset.
     pub oidc: Option<OidcSettings>,
+    /// How often expired web sessions and spent sign-in links are deleted (a duration such as
+    /// `1h` or `15m`; see [`Config::purge_every`]).
+    pub purge_interval: String,
 }
+
+/// Default of [`Config::purge_interval`]: sessions last 12 hours and links minutes, so an hourly
+/// sweep keeps the tables at about a day's sign-ins for the cost of two indexed deletes.
+pub const DEFAULT_PURGE_INTERVAL: &str = "1h";
 
 impl Default for Config {
     fn default() -> Self {
@@ -67,6 +74,7 @@ impl Default for Config {
             database_url: None,
             school: SchoolConfig::default(),
             oidc: None,
+            purge_interval: DEFAULT_PURGE_INTERVAL.to_owned(),
         }
     }
 }
@@ -257,6 +265,7 @@ pub struct Overrides {
     pub oidc_issuer: Option<String>,
     pub oidc_client_id: Option<String>,
     pub oidc_client_secret: Option<Secret>,
+    pub purge_interval: Option<String>,
 }
 
 impl Overrides {
@@ -328,6 +337,7 @@ impl Overrides {
             oidc_issuer: text("CLASSROOM_OIDC_ISSUER")?,
             oidc_client_id: text("CLASSROOM_OIDC_CLIENT_ID")?,
             oidc_client_secret: text("CLASSROOM_OIDC_CLIENT_SECRET")?.map(Secret),
+            purge_interval: text("CLASSROOM_PURGE_INTERVAL")?,
         })
     }
 
@@ -350,6 +360,7 @@ impl Overrides {
             oidc_issuer: self.oidc_issuer.or(lower.oidc_issuer),
             oidc_client_id: self.oidc_client_id.or(lower.oidc_client_id),
             oidc_client_secret: self.oidc_client_secret.or(lower.oidc_client_secret),
+            purge_interval: self.purge_interval.or(lower.purge_interval),
         }
     }
 }
@@ -373,7 +384,21 @@ impl Config {
             database_url: Some("sqlite::memory:".to_owned()),
             school: SchoolConfig::default(),
             oidc: None,
+            purge_interval: DEFAULT_PURGE_INTERVAL.to_owned(),
         }
+    }
+
+    /// [`Config::purge_interval`] as a duration: at least a second, at most a day (a longer gap
+    /// would let a day's worth of dead sessions pile up for nothing).
+    pub fn purge_every(&self) -> Result<std::time::Duration, String> {
+        let text = self.purge_interval.trim();
+        let every = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+        if every < std::time::Duration::from_secs(1)
+            || every > std::time::Duration::from_secs(86_400)
+        {
+            return Err(format!("{text:?} must be between 1s and 24h"));
+        }
+        Ok(every)
     }
 
     /// The database URL in force: `database_url`, or `<data_dir>/classroom.db`.
@@ -444,7 +469,11 @@ impl Config {
             oidc_issuer,
             oidc_client_id,
             oidc_client_secret,
+            purge_interval,
         } = overrides;
+        if let Some(v) = purge_interval {
+            self.purge_interval = v;
+        }
         if let Some(v) = database_url {
             self.database_url = Some(v);
         }
@@ -590,6 +619,9 @@ impl Config {
         {
             return invalid("oidc.issuer and oidc.client_id must not be empty".to_owned());
         }
+        if let Err(e) = self.purge_every() {
+            return invalid(format!("purge_interval (CLASSROOM_PURGE_INTERVAL) {e}"));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid(format!(
                 "log.level {:?} is not a tracing filter (try \"info\" or \"info,classroom_sfu=debug\"): {e}",
@@ -688,8 +720,13 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert_eq!(c.log.format, LogFormat::Human);
         assert_eq!(c.log.level, "info");
+        assert_eq!(c.purge_every(), Ok(std::time::Duration::from_secs(3600)));
         c.validate().unwrap();
         Config::for_tests().validate().unwrap();
+        let o = env(&[("CLASSROOM_PURGE_INTERVAL", "15m")]).unwrap();
+        let mut c = Config::default();
+        c.apply(o).unwrap();
+        assert_eq!(c.purge_every(), Ok(std::time::Duration::from_secs(900)));
     }
 
     #[test]
@@ -885,6 +922,9 @@ mod tests {
         );
         check(&|c| c.log.level = "info,=[".into(), "log.level");
         check(&|c| c.data_dir = PathBuf::new(), "data_dir");
+        check(&|c| c.purge_interval = "soon".into(), "purge_interval");
+        check(&|c| c.purge_interval = "0s".into(), "purge_interval");
+        check(&|c| c.purge_interval = "2days".into(), "purge_interval");
 
         let mut ok = Config::default();
         ok.media.bind = addr("0.0.0.0:50000");

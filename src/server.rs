@@ -22,6 +22,7 @@ use classroom_sfu::{MediaMetrics, Sfu};
 use classroom_signaling::token::{Claims, Role, TokenError, TokenIssuer};
 use classroom_signaling::{Signaling, SignalingConfig};
 
+use crate::portal::purge::{self, PurgeMetrics};
 use crate::portal::{Portal, gate::LessonGate};
 
 pub use crate::config::Config;
@@ -50,6 +51,7 @@ pub struct ServerHandle {
     http: axum_server::Handle,
     http_task: Option<JoinHandle<io::Result<()>>>,
     sfu: Option<Sfu>,
+    purge_task: Option<JoinHandle<()>>,
 }
 
 /// Starts everything; returns once every socket is bound and the server is accepting.
@@ -70,6 +72,9 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         .policy()
         .map_err(|e| anyhow!("school.timezone / school.cutoff: {e}"))?;
     let db = open_db(&config).await?;
+    let purge_every = config
+        .purge_every()
+        .map_err(|e| anyhow!("purge_interval: {e}"))?;
 
     // Everything that commonly fails (port taken, unreadable certificate) comes before the
     // media thread starts, so an error leaves nothing running.
@@ -129,7 +134,9 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         oidc,
     ));
 
-    let app = router(&signaling, sfu.metrics.clone(), portal);
+    let purge_metrics = Arc::new(PurgeMetrics::default());
+    let purge_task = purge::spawn(db.clone(), purge_metrics.clone(), purge_every);
+    let app = router(&signaling, sfu.metrics.clone(), portal, purge_metrics);
     let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
     let http = axum_server::Handle::new();
     let http_task = match tls {
@@ -173,6 +180,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         http,
         http_task: Some(http_task),
         sfu: Some(sfu),
+        purge_task: Some(purge_task),
     })
 }
 
@@ -300,6 +308,9 @@ impl ServerHandle {
                 }
             }
         }
+        if let Some(task) = self.purge_task.take() {
+            task.abort();
+        }
         self.db.close().await;
         info!(elapsed = ?started.elapsed(), "stopped");
         result
@@ -310,6 +321,9 @@ impl Drop for ServerHandle {
     fn drop(&mut self) {
         if self.http_task.is_some() {
             self.http.shutdown();
+        }
+        if let Some(task) = self.purge_task.take() {
+            task.abort();
         }
     }
 }
@@ -372,6 +386,7 @@ async fn load_tls(tls: &TlsConfig) -> anyhow::Result<RustlsConfig> {
 struct MetricsState {
     media: Arc<MediaMetrics>,
     signaling: Signaling,
+    purge: Arc<PurgeMetrics>,
     started: Instant,
     started_at: SystemTime,
 }
@@ -412,10 +427,16 @@ fn csrf_key(secret: &str) -> classroom_auth::session::CsrfKey {
     classroom_auth::session::CsrfKey::from_secret(derived.as_bytes())
 }
 
-fn router(signaling: &Signaling, media: Arc<MediaMetrics>, portal: Arc<Portal>) -> Router {
+fn router(
+    signaling: &Signaling,
+    media: Arc<MediaMetrics>,
+    portal: Arc<Portal>,
+    purge: Arc<PurgeMetrics>,
+) -> Router {
     let state = MetricsState {
         media,
         signaling: signaling.clone(),
+        purge,
         started: Instant::now(),
         started_at: SystemTime::now(),
     };
@@ -433,6 +454,7 @@ async fn metrics(State(state): State<MetricsState>) -> impl IntoResponse {
     let mut out = String::with_capacity(8 * 1024);
     state.media.render(&mut out);
     state.signaling.render_metrics(&mut out);
+    state.purge.render(&mut out);
     render_process(&mut out, state.started, state.started_at);
     (
         [(

@@ -1,7 +1,11 @@
-//! The signed-in HTTP API (docs/API.md) over real HTTP against an in-process server on a
-//! temporary SQLite file, with the sample OneRoster roster and a lesson today; the lesson gate
-//! over real WebSocket signaling; OIDC against a real test issuer; and durability of an
-//! acknowledged change across SIGKILL of the real binary.
+//! The signed-in HTTP API (docs/API.md) over real HTTP against an in-process server with the
+//! sample OneRoster roster and a lesson today; the lesson gate over real WebSocket signaling;
+//! OIDC against a real test issuer; the administrator's routes; the purge of expired sign-in
+//! state; and durability of an acknowledged change across SIGKILL of the real binary.
+//!
+//! Every test runs on a temporary SQLite file (`<test>::sqlite`) and, when
+//! `CLASSROOM_TEST_POSTGRES_URL` is set, on a fresh PostgreSQL database created and dropped for
+//! it (`<test>::postgres`; without the variable that variant passes with a note).
 
 #[path = "support/portal.rs"]
 mod portal;
@@ -12,7 +16,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use futures_util::{SinkExt, StreamExt};
-use portal::{Options, PortalServer, Session, client, location, school_date, set_cookie};
+use portal::{
+    Backend, Options, PortalServer, Session, TestDatabase, client, location, school_date,
+    set_cookie,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -26,6 +33,36 @@ async fn bounded<F: Future<Output = Result<()>>>(f: F) -> Result<()> {
         .context("test timed out")?
 }
 
+/// `mod $test { sqlite, postgres }`: the test body `$test(backend)` once per database.
+macro_rules! on_both_databases {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() -> anyhow::Result<()> {
+                super::$test(super::Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() -> anyhow::Result<()> {
+                match super::Backend::postgres(stringify!($test)) {
+                    Some(backend) => super::$test(backend).await,
+                    None => Ok(()),
+                }
+            }
+        }
+    )*};
+}
+
+on_both_databases!(
+    guardian_modes_cutoff_and_authorisation,
+    join_tokens_lobby_and_admission,
+    gate_refuses_in_person_token_and_records_presence,
+    oidc_sign_in_and_tampered_tokens,
+    admin_roster_upload_and_refusals,
+    expired_sign_in_state_is_purged,
+    acknowledged_change_survives_sigkill,
+);
+
 fn ids(list: &Value) -> Vec<String> {
     list.as_array()
         .map(|a| {
@@ -36,12 +73,11 @@ fn ids(list: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guardian_modes_cutoff_and_authorisation() -> Result<()> {
+async fn guardian_modes_cutoff_and_authorisation(backend: Backend) -> Result<()> {
     bounded(async {
         let server = PortalServer::start(Options {
             cutoff: "00:00".to_owned(),
-            ..Options::default()
+            ..Options::on(&backend)
         })
         .await?;
         let base = server.url();
@@ -179,10 +215,9 @@ async fn guardian_modes_cutoff_and_authorisation() -> Result<()> {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn join_tokens_lobby_and_admission() -> Result<()> {
+async fn join_tokens_lobby_and_admission(backend: Backend) -> Result<()> {
     bounded(async {
-        let server = PortalServer::start(Options::default()).await?;
+        let server = PortalServer::start(Options::on(&backend)).await?;
         let lesson = server.lesson_id.clone();
         let today = school_date(0);
         let teacher = server.sign_in("t-001").await?;
@@ -344,10 +379,9 @@ async fn ws_join(
     bail!("the socket closed without an answer")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gate_refuses_in_person_token_and_records_presence() -> Result<()> {
+async fn gate_refuses_in_person_token_and_records_presence(backend: Backend) -> Result<()> {
     bounded(async {
-        let server = PortalServer::start(Options::default()).await?;
+        let server = PortalServer::start(Options::on(&backend)).await?;
         let lesson = server.lesson_id.clone();
         let today = school_date(0);
         let teacher = server.sign_in("t-001").await?;
@@ -488,8 +522,7 @@ async fn gate_refuses_in_person_token_and_records_presence() -> Result<()> {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oidc_sign_in_and_tampered_tokens() -> Result<()> {
+async fn oidc_sign_in_and_tampered_tokens(backend: Backend) -> Result<()> {
     use classroom_auth::test_issuer::{Tamper, TestIssuer, TestIssuerConfig, TestUser};
     bounded(async {
         let issuer = TestIssuer::start(TestIssuerConfig {
@@ -508,7 +541,7 @@ async fn oidc_sign_in_and_tampered_tokens() -> Result<()> {
                 client_id: issuer.client_id().to_owned(),
                 client_secret: Some(classroom::config::Secret::new("test-secret")),
             }),
-            ..Options::default()
+            ..Options::on(&backend)
         })
         .await?;
         let base = server.url();
@@ -601,19 +634,19 @@ async fn wait_for_url(child: &mut tokio::process::Child) -> Result<String> {
     bail!("the server exited before it was ready")
 }
 
-fn cli(data_dir: &std::path::Path) -> tokio::process::Command {
+fn cli(data_dir: &std::path::Path, database_url: &str) -> tokio::process::Command {
     let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_classroom"));
     c.env("CLASSROOM_DATA_DIR", data_dir)
         .env("CLASSROOM_HTTP", "127.0.0.1:0")
         .env("CLASSROOM_MEDIA_BIND", "127.0.0.1:0")
-        .env_remove("CLASSROOM_DATABASE_URL")
+        .env("CLASSROOM_DATABASE_URL", database_url)
         .env("CLASSROOM_LOG_LEVEL", "warn")
         .kill_on_drop(true);
     c
 }
 
-async fn run_cli(data_dir: &std::path::Path, args: &[&str]) -> Result<String> {
-    let out = cli(data_dir).args(args).output().await?;
+async fn run_cli(data_dir: &std::path::Path, database_url: &str, args: &[&str]) -> Result<String> {
+    let out = cli(data_dir, database_url).args(args).output().await?;
     ensure!(
         out.status.success(),
         "classroom {args:?}: {}",
@@ -622,14 +655,16 @@ async fn run_cli(data_dir: &std::path::Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_change_survives_sigkill() -> Result<()> {
+async fn acknowledged_change_survives_sigkill(backend: Backend) -> Result<()> {
     bounded(async {
         let dir = tempfile::tempdir()?;
         let data = dir.path();
+        let database = TestDatabase::create(&backend, data).await?;
+        let db = database.url.as_str();
         let fixture = portal::fixture_dir();
         let report = run_cli(
             data,
+            db,
             &["roster", "import", fixture.to_str().context("path")?],
         )
         .await?;
@@ -645,7 +680,7 @@ async fn acknowledged_change_survives_sigkill() -> Result<()> {
             broken.path().join("users.csv"),
             users.replace("s-008,,,true", "s-001,,,true"),
         )?;
-        let out = cli(data)
+        let out = cli(data, db)
             .args(["roster", "import"])
             .arg(broken.path())
             .output()
@@ -655,7 +690,7 @@ async fn acknowledged_change_survives_sigkill() -> Result<()> {
         assert!(stderr.contains("users.csv:"), "{stderr}");
 
         let start = || -> Result<tokio::process::Child> {
-            Ok(cli(data)
+            Ok(cli(data, db)
                 .arg("serve")
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
@@ -664,7 +699,7 @@ async fn acknowledged_change_survives_sigkill() -> Result<()> {
         let mut server = start()?;
         let base = wait_for_url(&mut server).await?;
         let sign_in = |base: String| async move {
-            let link = run_cli(data, &["signin-link", "--person", "g-001"]).await?;
+            let link = run_cli(data, db, &["signin-link", "--person", "g-001"]).await?;
             let token = link.trim().rsplit('/').next().context("token")?.to_owned();
             Session::with_link(&base, &format!("{base}/auth/link/{token}")).await
         };
@@ -695,6 +730,205 @@ async fn acknowledged_change_survives_sigkill() -> Result<()> {
         assert_eq!(modes["days"][0]["mode"], "online", "{modes}");
         assert_eq!(modes["days"][0]["reason"], "通院");
         let _ = server.kill().await;
+        Ok(())
+    })
+    .await
+}
+
+/// The sample roster (with its administrator) plus a new pupil `s-009` in class-p5-1.
+fn roster_with_new_pupil() -> Result<Vec<(String, String)>> {
+    let mut files = portal::roster_with_admin()?;
+    let pupil = portal::copied_user(&files, "s-008", "s-009")?.replace("s26008", "s26009");
+    portal::append_line(&mut files, "users.csv", &pupil)?;
+    portal::append_line(
+        &mut files,
+        "roles.csv",
+        "role-s-009,,,s-009,primary,student,,,org-es-mizuho,",
+    )?;
+    portal::append_line(
+        &mut files,
+        "enrollments.csv",
+        "enr-p5-1-s-009,,,class-p5-1,org-es-mizuho,s-009,student,false,2026-04-01,2027-03-31",
+    )?;
+    Ok(files)
+}
+
+async fn admin_roster_upload_and_refusals(backend: Backend) -> Result<()> {
+    bounded(async {
+        let server = PortalServer::start(Options::on(&backend)).await?;
+        let lesson = server.lesson_id.clone();
+        let admin = server.sign_in("a-001").await?;
+        assert_eq!(admin.me["home"], "/admin.html");
+        let upload = "/api/admin/roster";
+        let zip = "application/zip";
+
+        // A roster with one new pupil: the report counts exactly that, and the lobby has them.
+        let good = portal::stored_zip(&roster_with_new_pupil()?);
+        let (status, body) = admin.post_bytes(upload, zip, good.clone()).await?;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let report = &body["report"];
+        assert_eq!(report["people"]["created"], json!(1), "{report}");
+        assert_eq!(report["people"]["updated"], json!(0), "{report}");
+        assert_eq!(report["people"]["unchanged"], json!(17), "{report}");
+        assert_eq!(report["enrollments"]["created"], json!(1), "{report}");
+        assert!(report["warnings"].is_array(), "{report}");
+        let teacher = server.sign_in("t-001").await?;
+        let (_, lobby) = teacher.get(&format!("/api/lessons/{lesson}/lobby")).await?;
+        let pupils: Vec<&str> = lobby["pupils"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|p| p["pupil"]["id"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(pupils.len(), 9, "{lobby}");
+        assert!(pupils.contains(&"s-009"), "{lobby}");
+        let (status, audit) = admin.get("/api/admin/audit?action=roster_imported").await?;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(audit["events"][0]["actor"], "a-001", "{audit}");
+
+        // A broken roster (a renamed teacher, and a duplicate sourcedId): 422 with file, line
+        // and reason, and nothing applied, not even the rename on a valid line.
+        let mut broken = roster_with_new_pupil()?;
+        for (name, text) in &mut broken {
+            if name == "users.csv" {
+                *text = text
+                    .replace("健一,佐藤", "健一,鈴木")
+                    .replace("s-008,,,true", "s-001,,,true");
+            }
+        }
+        let (status, body) = admin
+            .post_bytes(upload, zip, portal::stored_zip(&broken))
+            .await?;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"], "roster_invalid");
+        let problems = body["problems"].as_array().context("problems")?;
+        assert!(!problems.is_empty(), "{body}");
+        let duplicate = problems
+            .iter()
+            .find(|p| p["file"] == "users.csv")
+            .context("a problem in users.csv")?;
+        assert!(duplicate["line"].as_u64().unwrap_or(0) > 1, "{duplicate}");
+        assert!(
+            duplicate["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("s-001")),
+            "{duplicate}"
+        );
+        // The same good roster again: everything unchanged, so the rename never landed.
+        let (status, body) = admin.post_bytes(upload, zip, good.clone()).await?;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["report"]["people"]["updated"], json!(0), "{body}");
+        assert_eq!(body["report"]["people"]["unchanged"], json!(18), "{body}");
+
+        // Not a ZIP at all.
+        let (status, body) = admin.post_bytes(upload, zip, b"not a zip".to_vec()).await?;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"], "roster_invalid");
+
+        // Over the 20 MiB limit: 413 too_large, and the server goes on serving.
+        let huge = vec![0u8; classroom::portal::ROSTER_BODY_LIMIT + 1];
+        let (status, body) = admin.post_bytes(upload, zip, huge).await?;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        assert_eq!(body["error"], "too_large", "{body}");
+        let (status, _) = admin.get("/api/admin/lessons").await?;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = admin.post_bytes(upload, zip, good.clone()).await?;
+        assert_eq!(status, StatusCode::OK, "{body}");
+
+        // Not an administrator: 403 for the upload and every other admin route; no CSRF
+        // header: 403 csrf.
+        let guardian = server.sign_in("g-001").await?;
+        for who in [&teacher, &guardian] {
+            let (status, body) = who.post_bytes(upload, zip, good.clone()).await?;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+            assert_eq!(body["error"], "forbidden");
+            let (status, _) = who.get("/api/admin/lessons").await?;
+            assert_eq!(status, StatusCode::FORBIDDEN);
+            let (status, _) = who
+                .post("/api/admin/signin-links", json!({ "person": "a-001" }))
+                .await?;
+            assert_eq!(status, StatusCode::FORBIDDEN);
+        }
+        let unprotected = client()
+            .post(format!("{}{upload}", server.url()))
+            .header("cookie", format!("classroom_session={}", admin.cookie))
+            .header("content-type", zip)
+            .body(good)
+            .send()
+            .await?;
+        assert_eq!(unprotected.status(), StatusCode::FORBIDDEN);
+        let body: Value = unprotected.json().await?;
+        assert_eq!(body["error"], "csrf");
+        let (_, audit) = admin.get("/api/admin/audit?action=roster_imported").await?;
+        assert_eq!(
+            audit["events"].as_array().map(Vec::len),
+            Some(3),
+            "only the three accepted uploads: {audit}"
+        );
+
+        server.shutdown().await;
+        Ok(())
+    })
+    .await
+}
+
+/// `classroom_purged_total{kind=...}` from /metrics.
+async fn purged(base: &str, kind: &str) -> Result<u64> {
+    let text = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let prefix = format!("classroom_purged_total{{kind=\"{kind}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .context("no classroom_purged_total in /metrics")?
+        .trim()
+        .parse()
+        .context("classroom_purged_total")
+}
+
+async fn expired_sign_in_state_is_purged(backend: Backend) -> Result<()> {
+    bounded(async {
+        let server = PortalServer::start(Options {
+            purge_interval: Some("1s".to_owned()),
+            ..Options::on(&backend)
+        })
+        .await?;
+        let base = server.url();
+        let db = server.handle.db();
+        // A live session (its link is now used), an expired session and an expired link, and an
+        // unused link that is still valid.
+        let guardian = server.sign_in("g-001").await?;
+        let past = portal::now() - 60;
+        classroom_domain::create_session(db, "expired-session", "g-002", past - 3600, past).await?;
+        classroom_domain::create_signin_link(db, "expired-link", "g-002", past).await?;
+        let unused = server.link("g-002").await?;
+
+        // The background sweep (every second here) removes the dead three.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (sessions, links) = (
+                purged(&base, "web_session").await?,
+                purged(&base, "signin_link").await?,
+            );
+            if sessions >= 1 && links >= 2 {
+                break;
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "no purge within 20 s: {sessions} sessions, {links} links"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(db.count(classroom_domain::Table::WebSessions).await?, 1);
+        assert_eq!(db.count(classroom_domain::Table::SigninLinks).await?, 1);
+        // What was alive still works.
+        let (status, _) = guardian.get("/api/children").await?;
+        assert_eq!(status, StatusCode::OK);
+        let other = Session::with_link(&base, &unused).await?;
+        assert_eq!(other.person_id(), "g-002");
+
+        server.shutdown().await;
         Ok(())
     })
     .await

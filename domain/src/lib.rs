@@ -27,6 +27,7 @@ pub mod export;
 pub mod lesson;
 pub mod model;
 pub mod oneroster;
+pub mod provision;
 pub mod signin;
 
 pub use access::{
@@ -61,6 +62,6 @@ pub use oneroster::{
     Counts, ImportError, ImportReport, Problem, Problems, Reason, import_dir, import_zip,
 };
 pub use signin::{
-    SignInLinkError, consume_signin_link, create_session, create_signin_link, delete_session,
-    people_by_email, purge_expired, session_person,
+    Purged, SignInLinkError, consume_signin_link, create_session, create_signin_link,
+    delete_session, people_by_email, purge_expired, session_person,
 };

@@ -118,14 +118,34 @@ pub async fn delete_session(db: &Db, token_hash: &str) -> Result<bool, DbError> 
     Ok(n > 0)
 }
 
-/// Removes sessions and sign-in links that expired before `now`; returns how many rows went.
-pub async fn purge_expired(db: &Db, now: i64) -> Result<u64, DbError> {
-    let mut n = 0;
-    for sql in [
-        "DELETE FROM web_sessions WHERE expires_at <= $1",
-        "DELETE FROM signin_links WHERE expires_at <= $1",
-    ] {
-        n += on_pool!(db, p => sqlx::query(sql).bind(now).execute(p).await?.rows_affected());
+/// What one [`purge_expired`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Web sessions past their expiry.
+    pub sessions: u64,
+    /// Sign-in links that were used, or expired unused.
+    pub signin_links: u64,
+}
+
+impl Purged {
+    pub fn total(&self) -> u64 {
+        self.sessions + self.signin_links
     }
-    Ok(n)
+}
+
+/// Removes web sessions that expired at or before `now`, and sign-in links that can never sign
+/// anyone in again: used ones and expired ones. Nothing removed here could still authenticate,
+/// so a purge never signs anyone out early; who signed in when stays in the audit log. A used
+/// link that is gone is refused as unknown rather than as already used: same outcome.
+pub async fn purge_expired(db: &Db, now: i64) -> Result<Purged, DbError> {
+    let sessions = "DELETE FROM web_sessions WHERE expires_at <= $1";
+    let links = "DELETE FROM signin_links WHERE expires_at <= $1 OR used_at IS NOT NULL";
+    let sessions =
+        on_pool!(db, p => sqlx::query(sessions).bind(now).execute(p).await?.rows_affected());
+    let signin_links =
+        on_pool!(db, p => sqlx::query(links).bind(now).execute(p).await?.rows_affected());
+    Ok(Purged {
+        sessions,
+        signin_links,
+    })
 }

@@ -949,12 +949,19 @@ async fn signin_links_and_sessions() {
             domain::session_person(db, "sess-1", 150).await.unwrap(),
             None
         );
-        // Expired links and sessions can be purged: hash-1..4 (expiry 1000) and sess-g2 stay.
+        // Purging at 300: the expired sess-2 and the used links hash-1, -3, -4 go; the unused
+        // hash-2 (expiry 1000) and sess-g2 stay.
         domain::create_session(db, "sess-2", "g-001", 100, 200)
             .await
             .unwrap();
-        assert_eq!(domain::purge_expired(db, 300).await.unwrap(), 1);
-        assert_eq!(db.count(domain::Table::SigninLinks).await.unwrap(), 4);
+        assert_eq!(
+            domain::purge_expired(db, 300).await.unwrap(),
+            domain::Purged {
+                sessions: 1,
+                signin_links: 3
+            }
+        );
+        assert_eq!(db.count(domain::Table::SigninLinks).await.unwrap(), 1);
 
         // The caller audits sign-ins; entries come back filtered, newest first.
         for (at, action, actor) in [
@@ -1014,6 +1021,75 @@ async fn signin_links_and_sessions() {
 /// An acknowledged change is committed: a second, independent connection pool (as after a
 /// restart) sees it. (Process-kill survival itself follows from WAL commit semantics; see
 /// domain/src/db.rs.)
+#[tokio::test]
+async fn purge_removes_only_what_can_no_longer_sign_in() {
+    for t in backends("purge").await {
+        let db = &t.db;
+        sample(db).await;
+        // Links: used, expired unused, expiring exactly now, still valid.
+        for (hash, expires) in [
+            ("used", 1_000),
+            ("expired", 100),
+            ("edge", 300),
+            ("fresh", 1_000),
+        ] {
+            domain::create_signin_link(db, hash, "g-001", expires)
+                .await
+                .unwrap();
+        }
+        domain::consume_signin_link(db, "used", 50).await.unwrap();
+        // Sessions: expired, expiring exactly now, still valid.
+        for (hash, expires) in [("s-old", 200), ("s-edge", 300), ("s-live", 10_000)] {
+            domain::create_session(db, hash, "g-001", 0, expires)
+                .await
+                .unwrap();
+        }
+
+        let purged = domain::purge_expired(db, 300).await.unwrap();
+        assert_eq!(
+            purged,
+            domain::Purged {
+                sessions: 2,
+                signin_links: 3
+            },
+            "{}",
+            t.name
+        );
+        assert_eq!(purged.total(), 5);
+        // What is left still works: the live session, the fresh link (once).
+        assert_eq!(
+            domain::session_person(db, "s-live", 301)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("g-001"),
+            "{}",
+            t.name
+        );
+        assert_eq!(
+            domain::consume_signin_link(db, "fresh", 301).await.unwrap(),
+            "g-001"
+        );
+        // Gone links are unknown now, which refuses them all the same.
+        let err = domain::consume_signin_link(db, "edge", 250)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SignInLinkError::Unknown), "{err:?}");
+
+        // A second purge finds the link just used, and nothing else.
+        assert_eq!(
+            domain::purge_expired(db, 301).await.unwrap(),
+            domain::Purged {
+                sessions: 0,
+                signin_links: 1
+            }
+        );
+        assert_eq!(db.count(domain::Table::SigninLinks).await.unwrap(), 0);
+        assert_eq!(db.count(domain::Table::WebSessions).await.unwrap(), 1);
+        t.finish().await;
+    }
+}
+
 #[tokio::test]
 async fn committed_changes_are_visible_to_a_fresh_pool() {
     let dir = tempfile::tempdir().unwrap();

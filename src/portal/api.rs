@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -845,9 +846,24 @@ async fn admin_roster(
     State(portal): State<Shared>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let s = require_admin(&portal, &headers).await?;
+    // axum's own answer to an oversized body is plain text; the page needs the API's JSON code.
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "The roster ZIP is larger than {} MiB.",
+                    ROSTER_BODY_LIMIT / (1024 * 1024)
+                ),
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the upload: {}", e.body_text()))
+        }
+    })?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

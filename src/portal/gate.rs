@@ -15,6 +15,7 @@ use classroom_domain::{
 };
 use classroom_signaling::gate::{Entrant, GateFuture, GateRefusal, RoomGate};
 use classroom_signaling::token::Role;
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::unix_now;
@@ -34,13 +35,28 @@ pub struct LessonGate {
     db: Db,
     /// (lesson, pupil) → when a refusal was last audited.
     audited: Mutex<HashMap<(String, String), i64>>,
+    /// Arrivals and departures, written by one task in the order they happened: written by a
+    /// task each, a quick leave could be stored before its join, and the report would then show
+    /// the pupil connected for good (a leave without an open visit is ignored).
+    presence: mpsc::UnboundedSender<PresenceEvent>,
+}
+
+struct PresenceEvent {
+    who: Entrant,
+    joined: bool,
+    at: i64,
 }
 
 impl LessonGate {
+    /// Must be called inside a tokio runtime: it starts the presence writer, which ends when
+    /// the gate is dropped.
     pub fn new(db: Db) -> Arc<LessonGate> {
+        let (presence, events) = mpsc::unbounded_channel();
+        tokio::spawn(write_presence(db.clone(), events));
         Arc::new(LessonGate {
             db,
             audited: Mutex::new(HashMap::new()),
+            presence,
         })
     }
 
@@ -122,27 +138,37 @@ impl LessonGate {
         if who.role != Role::Student {
             return;
         }
-        let db = self.db.clone();
-        let who = who.clone();
-        let at = unix_now();
-        tokio::spawn(async move {
-            let lesson = match lesson_by_media_room(&db, &who.room).await {
-                Ok(Some(lesson)) => lesson,
-                Ok(None) => return,
-                Err(e) => {
-                    warn!(room = %who.room, "gate: cannot record presence: {e}");
-                    return;
-                }
-            };
-            let result = if joined {
-                record_join(&db, &lesson, &who.identity, at).await
-            } else {
-                record_leave(&db, &lesson, &who.identity, at).await
-            };
-            if let Err(e) = result {
-                warn!(lesson = %lesson.id, joined, "gate: cannot record presence: {e}");
+        let event = PresenceEvent {
+            who: who.clone(),
+            joined,
+            at: unix_now(),
+        };
+        if self.presence.send(event).is_err() {
+            warn!(room = %who.room, "gate: the presence writer has stopped; not recorded");
+        }
+    }
+}
+
+/// Stores presence events one after another, in the order the gate saw them. Unbounded: an
+/// event is a few hundred bytes, one per pupil's arrival or departure.
+async fn write_presence(db: Db, mut events: mpsc::UnboundedReceiver<PresenceEvent>) {
+    while let Some(PresenceEvent { who, joined, at }) = events.recv().await {
+        let lesson = match lesson_by_media_room(&db, &who.room).await {
+            Ok(Some(lesson)) => lesson,
+            Ok(None) => continue,
+            Err(e) => {
+                warn!(room = %who.room, "gate: cannot record presence: {e}");
+                continue;
             }
-        });
+        };
+        let result = if joined {
+            record_join(&db, &lesson, &who.identity, at).await
+        } else {
+            record_leave(&db, &lesson, &who.identity, at).await
+        };
+        if let Err(e) = result {
+            warn!(lesson = %lesson.id, joined, "gate: cannot record presence: {e}");
+        }
     }
 }
 

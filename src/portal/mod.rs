@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod gate;
+pub mod purge;
 pub mod signin;
 
 use std::net::{IpAddr, SocketAddr};

@@ -150,20 +150,33 @@ fn set_cookie(response: &mut Response, cookie: &str) {
 
 /// `GET /auth/link/{token}`: a page whose button POSTs back. Mail scanners fetch links with
 /// GET; only a person pressing the button spends the link.
+///
+/// The page's referrer policy is `same-origin`, not `no-referrer`: under `no-referrer` browsers
+/// send its form POST with `Origin: null`, which the same-origin check must refuse (Chromium
+/// does, so no link could be spent). `same-origin` still keeps the token in the URL from
+/// reaching any other site. No inline styles: the page's CSP forbids them.
 async fn link_page(Path(_token): Path<String>) -> Response {
     let page = r#"<!doctype html>
 <html lang="ja"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer"><title>サインイン / Sign in</title>
-<link rel="stylesheet" href="/css/portal.css"></head>
-<body><main class="card" style="max-width:28rem;margin:3rem auto;text-align:center">
+<meta name="referrer" content="same-origin"><title>サインイン / Sign in</title>
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="/css/style.css"><link rel="stylesheet" href="/css/portal.css"></head>
+<body class="portal signin"><main class="portal-main narrow"><section class="card signin-card">
 <h1>サインイン / Sign in</h1>
 <p>ボタンを押してサインインしてください。<br>Press the button to sign in.</p>
 <form method="post"><button type="submit" class="button primary big" id="btn-signin">サインイン / Sign in</button></form>
-</main></body></html>"#;
+</section></main></body></html>"#;
     let mut response = no_store(Html(page).into_response());
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'self'; form-action 'self'; frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
+        ),
     );
     response
 }

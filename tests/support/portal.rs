@@ -1,6 +1,7 @@
 //! Helpers for the signed-in HTTP API tests (tests/portal*.rs): a server on a temporary SQLite
-//! file (or PostgreSQL when `CLASSROOM_TEST_POSTGRES_URL` is set) with the sample roster and a
-//! lesson today, and an HTTP client that signs in with a one-time link and keeps its session.
+//! file or a fresh PostgreSQL database ([`Backend`]) with the sample roster (plus an
+//! administrator, `a-001`) and a lesson today, an HTTP client that signs in with a one-time link
+//! and keeps its session, and rosters to upload.
 
 #![allow(dead_code)]
 
@@ -26,22 +27,126 @@ pub fn now() -> i64 {
     classroom::portal::unix_now()
 }
 
+const POSTGRES_ENV: &str = "CLASSROOM_TEST_POSTGRES_URL";
+
+/// Which database a test server runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in the test's temporary directory.
+    Sqlite,
+    /// A fresh database on the PostgreSQL server at this URL (`CLASSROOM_TEST_POSTGRES_URL`).
+    Postgres(String),
+}
+
+impl Backend {
+    /// PostgreSQL when `CLASSROOM_TEST_POSTGRES_URL` is set, else `None` (and a note, so a run
+    /// without it does not look like it covered PostgreSQL).
+    pub fn postgres(test: &str) -> Option<Backend> {
+        match std::env::var(POSTGRES_ENV) {
+            Ok(url) if !url.trim().is_empty() => Some(Backend::Postgres(url.trim().to_owned())),
+            _ => {
+                eprintln!("note: {POSTGRES_ENV} not set, PostgreSQL variant of {test} skipped");
+                None
+            }
+        }
+    }
+}
+
+static DATABASES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A database for one test: a SQLite file under `dir`, or a PostgreSQL database created here
+/// and dropped when this is dropped (also when the test fails half-way).
+pub struct TestDatabase {
+    pub url: String,
+    postgres: Option<(String, String)>,
+}
+
+impl TestDatabase {
+    pub async fn create(backend: &Backend, dir: &Path) -> Result<TestDatabase> {
+        match backend {
+            Backend::Sqlite => Ok(TestDatabase {
+                url: format!("sqlite:{}", dir.join("classroom.db").display()),
+                postgres: None,
+            }),
+            Backend::Postgres(server) => {
+                let name = format!(
+                    "classroom_portal_{}_{}",
+                    std::process::id(),
+                    DATABASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                );
+                classroom_domain::provision::create_postgres_database(server, &name)
+                    .await
+                    .with_context(|| format!("creating the test database {name}"))?;
+                Ok(TestDatabase {
+                    url: classroom_domain::provision::postgres_url_with_database(server, &name),
+                    postgres: Some((server.clone(), name)),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((server, name)) = self.postgres.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime, which cannot be blocked on; a thread with its own
+        // small runtime does the DROP, and is waited for so the database is gone when the test
+        // ends.
+        let dropper = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_secs(20),
+                    classroom_domain::provision::drop_postgres_database(&server, &name),
+                )
+                .await
+                .context("timed out")??;
+                anyhow::Ok(())
+            })
+        });
+        match dropper.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("warning: cannot drop a test database: {e:#}"),
+            Err(_) => eprintln!("warning: the thread dropping a test database panicked"),
+        }
+    }
+}
+
 pub struct PortalServer {
     pub handle: ServerHandle,
     pub lesson_id: String,
+    // Dropped after `handle` (fields drop in order): the server's pool goes first.
+    _database: TestDatabase,
     _dir: tempfile::TempDir,
 }
 
 pub struct Options {
+    pub backend: Backend,
     pub cutoff: String,
     pub oidc: Option<OidcSettings>,
+    pub purge_interval: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
+            backend: Backend::Sqlite,
             cutoff: "08:00".to_owned(),
             oidc: None,
+            purge_interval: None,
+        }
+    }
+}
+
+impl Options {
+    pub fn on(backend: &Backend) -> Options {
+        Options {
+            backend: backend.clone(),
+            ..Options::default()
         }
     }
 }
@@ -49,20 +154,24 @@ impl Default for Options {
 impl PortalServer {
     pub async fn start(options: Options) -> Result<PortalServer> {
         let dir = tempfile::tempdir()?;
+        let database = TestDatabase::create(&options.backend, dir.path()).await?;
         let mut config = Config::for_tests();
         config.data_dir = dir.path().to_owned();
-        config.database_url = Some(format!(
-            "sqlite:{}",
-            dir.path().join("classroom.db").display()
-        ));
+        config.database_url = Some(database.url.clone());
         config.school.cutoff = options.cutoff;
         config.oidc = options.oidc;
+        if let Some(every) = options.purge_interval {
+            config.purge_interval = every;
+        }
         let handle =
             tokio::time::timeout(Duration::from_secs(20), classroom::server::start(config))
                 .await
                 .context("the server did not start in time")??;
         let db = handle.db();
-        classroom_domain::import_dir(db, &fixture_dir()).await?;
+        let roster = dir.path().join("roster");
+        std::fs::create_dir(&roster)?;
+        write_roster(&roster_with_admin()?, &roster)?;
+        classroom_domain::import_dir(db, &roster).await?;
         let start = now();
         let lesson = classroom_domain::create_lesson(
             db,
@@ -80,6 +189,7 @@ impl PortalServer {
         Ok(PortalServer {
             handle,
             lesson_id: lesson.id,
+            _database: database,
             _dir: dir,
         })
     }
@@ -107,7 +217,11 @@ impl PortalServer {
     }
 
     pub async fn shutdown(self) {
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle.shutdown()).await;
+        let PortalServer {
+            handle, _database, ..
+        } = self;
+        let _ = tokio::time::timeout(Duration::from_secs(10), handle.shutdown()).await;
+        drop(_database);
     }
 }
 
@@ -245,6 +359,28 @@ impl Session {
         ))
     }
 
+    /// A POST of raw bytes (an upload), with the CSRF header.
+    pub async fn post_bytes(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Value)> {
+        let r = self
+            .request(reqwest::Method::POST, path)
+            .header("x-csrf-token", &self.csrf)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await?;
+        let status = r.status();
+        let text = r.text().await?;
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> Result<(StatusCode, Value)> {
         self.send(reqwest::Method::POST, path, Some(body), true)
             .await
@@ -271,4 +407,134 @@ pub fn school_date(offset: i64) -> String {
 /// Test-only secret for configs built here.
 pub fn secret() -> Secret {
     Secret::new(SECRET)
+}
+
+/// The sample roster's files, by name.
+pub fn fixture_files() -> Result<Vec<(String, String)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(fixture_dir())? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        files.push((name, std::fs::read_to_string(entry.path())?));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Appends `line` to the file `name` of a roster.
+pub fn append_line(files: &mut [(String, String)], name: &str, line: &str) -> Result<()> {
+    let (_, text) = files
+        .iter_mut()
+        .find(|(n, _)| n == name)
+        .with_context(|| format!("no {name} in the roster"))?;
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(line);
+    text.push('\n');
+    Ok(())
+}
+
+/// A copy of the row of `from` in users.csv, for the new person `to` (a new sourcedId and
+/// e-mail, the same shape).
+pub fn copied_user(files: &[(String, String)], from: &str, to: &str) -> Result<String> {
+    let users = &files
+        .iter()
+        .find(|(n, _)| n == "users.csv")
+        .context("users.csv")?
+        .1;
+    let row = users
+        .lines()
+        .find(|l| l.starts_with(&format!("{from},")))
+        .with_context(|| format!("no {from} in users.csv"))?;
+    Ok(row
+        .replace(from, to)
+        .replace(&format!("{from}@"), &format!("{to}@")))
+}
+
+/// The sample roster plus the school's administrator `a-001` (the sample has none).
+pub fn roster_with_admin() -> Result<Vec<(String, String)>> {
+    let mut files = fixture_files()?;
+    let admin = copied_user(&files, "t-002", "a-001")?
+        .replace("t.sato@", "principal@")
+        .replace("健一,佐藤", "一郎,田中")
+        .replace("けんいち,さとう", "いちろう,たなか");
+    append_line(&mut files, "users.csv", &admin)?;
+    append_line(
+        &mut files,
+        "roles.csv",
+        "role-a-001,,,a-001,primary,administrator,,,org-es-mizuho,",
+    )?;
+    Ok(files)
+}
+
+/// Writes a roster's files into `dir`.
+pub fn write_roster(files: &[(String, String)], dir: &Path) -> Result<()> {
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text)?;
+    }
+    Ok(())
+}
+
+/// A ZIP archive of `files`, stored uncompressed: enough for the importer, and no ZIP crate
+/// needed by these tests.
+pub fn stored_zip(files: &[(String, String)]) -> Vec<u8> {
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for (name, text) in files {
+        let (name, data) = (name.as_bytes(), text.as_bytes());
+        let crc = crc32(data);
+        let offset = out.len() as u32;
+        let size = data.len() as u32;
+        // Local header: signature, version 2.0, flags (bit 11: UTF-8 names), stored, no time.
+        out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        out.extend_from_slice(&20u16.to_le_bytes());
+        out.extend_from_slice(&0x0800u16.to_le_bytes());
+        out.extend_from_slice(&[0; 6]); // method, time, date
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(name);
+        out.extend_from_slice(data);
+
+        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+        central.extend_from_slice(&20u16.to_le_bytes()); // made by
+        central.extend_from_slice(&20u16.to_le_bytes()); // needed
+        central.extend_from_slice(&0x0800u16.to_le_bytes());
+        central.extend_from_slice(&[0; 6]);
+        central.extend_from_slice(&crc.to_le_bytes());
+        central.extend_from_slice(&size.to_le_bytes());
+        central.extend_from_slice(&size.to_le_bytes());
+        central.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        central.extend_from_slice(&[0; 12]); // extra, comment, disk, internal attrs, external attrs
+        central.extend_from_slice(&offset.to_le_bytes());
+        central.extend_from_slice(name);
+    }
+    let central_offset = out.len() as u32;
+    let count = files.len() as u16;
+    out.extend_from_slice(&central);
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // disk numbers
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&(central.len() as u32).to_le_bytes());
+    out.extend_from_slice(&central_offset.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out
 }

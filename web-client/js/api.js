@@ -3,7 +3,8 @@
 // - Same-origin cookies only: the session cookie is HttpOnly, so this code never sees it.
 // - State-changing requests carry `X-CSRF-Token` from `GET /api/me`; the token is fetched on
 //   first need and refetched once if the server says `csrf` (the session may have been renewed
-//   in another tab).
+//   in another tab). They are sent with `referrerPolicy: 'same-origin'` so that the browser
+//   sends the page's real `Origin` (see `request`).
 // - Every failure is thrown as an `ApiError` with the API's stable `code` (and the whole body,
 //   e.g. the roster import's `problems`), so pages choose their wording by code, never by parsing
 //   messages. Network failures get the code `network`.
@@ -96,7 +97,12 @@ export async function request(path, { method = 'GET', body, contentType, redirec
     }
     let response;
     try {
-      response = await fetch(path, { method, headers, body: payload, credentials: 'same-origin', signal, cache: 'no-store' });
+      // referrerPolicy: the pages are served with `Referrer-Policy: no-referrer`, under which
+      // browsers send a same-origin POST/PUT with `Origin: null`, and the server's same-origin
+      // check refuses that. `same-origin` still sends nothing to other sites.
+      response = await fetch(path, {
+        method, headers, body: payload, credentials: 'same-origin', signal, cache: 'no-store', referrerPolicy: 'same-origin',
+      });
     } catch (cause) {
       if (cause?.name === 'AbortError') throw cause;
       throw report(new ApiError({ status: 0, code: 'network', message: String(cause?.message || cause) }));

@@ -1,0 +1,95 @@
+//! The periodic sweep of dead sign-in state: expired web sessions, and sign-in links that were
+//! used or expired. Nothing it deletes could still sign anyone in (the checks compare expiry at
+//! use), so the sweep only keeps the tables from growing with every sign-in.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use classroom_domain::{Db, Purged};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use super::unix_now;
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct PurgeMetrics {
+    sessions: AtomicU64,
+    signin_links: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl PurgeMetrics {
+    fn add(&self, purged: Purged) {
+        self.sessions.fetch_add(purged.sessions, Ordering::Relaxed);
+        self.signin_links
+            .fetch_add(purged.signin_links, Ordering::Relaxed);
+    }
+
+    /// Rows removed so far: (web sessions, sign-in links).
+    pub fn removed(&self) -> (u64, u64) {
+        (
+            self.sessions.load(Ordering::Relaxed),
+            self.signin_links.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        let (sessions, links) = self.removed();
+        let _ = writeln!(
+            out,
+            "# HELP classroom_purged_total Expired web sessions and spent sign-in links deleted\n\
+             # TYPE classroom_purged_total counter\n\
+             classroom_purged_total{{kind=\"web_session\"}} {sessions}\n\
+             classroom_purged_total{{kind=\"signin_link\"}} {links}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP classroom_purge_failures_total Sweeps that failed (database errors)\n\
+             # TYPE classroom_purge_failures_total counter\n\
+             classroom_purge_failures_total {}",
+            self.failures.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// One sweep at `now`, counted; errors are logged, not returned, as the next sweep retries.
+pub async fn purge_once(db: &Db, metrics: &PurgeMetrics, now: i64) -> Option<Purged> {
+    match classroom_domain::purge_expired(db, now).await {
+        Ok(purged) => {
+            metrics.add(purged);
+            if purged.total() > 0 {
+                info!(
+                    sessions = purged.sessions,
+                    signin_links = purged.signin_links,
+                    "purged expired sign-in state"
+                );
+            } else {
+                debug!("purge: nothing expired");
+            }
+            Some(purged)
+        }
+        Err(e) => {
+            metrics.failures.fetch_add(1, Ordering::Relaxed);
+            warn!("purging expired sessions and sign-in links failed: {e}");
+            None
+        }
+    }
+}
+
+/// Sweeps at start and then every `every`, until the task is aborted (the server does that at
+/// shutdown, before closing the database).
+pub fn spawn(db: Db, metrics: Arc<PurgeMetrics>, every: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        // A machine that slept does not need the missed sweeps caught up one after another.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            purge_once(&db, &metrics, unix_now()).await;
+        }
+    })
+}
