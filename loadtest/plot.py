@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Turns a directory of loadtest JSON results (loadtest/capacity.sh) into capacity.md (a table)
-and capacity.png (server CPU per forwarded packet and latency p99 against pupils).
+and capacity.png (server CPU per forwarded packet and latency p99 against pupils); with --soak,
+turns one soak run's JSON (loadtest/soak.sh) into a PNG beside it: server and generator RSS,
+live pupils, and joins and leaves so far, against time.
 
-usage: python3 loadtest/plot.py DIR      (needs matplotlib for the PNG: pip install matplotlib)
+usage: python3 loadtest/plot.py DIR               (needs matplotlib for the PNG: pip install matplotlib)
+       python3 loadtest/plot.py --soak RUN.json   (writes RUN.png)
 """
 
 import json
@@ -27,7 +30,8 @@ def load(directory):
             "pupils": n,
             "joined": d["pupils_joined"],
             "pps": d["rx_pps_steady"],
-            "server_us": server["us_per_rx_packet"],
+            # None when nothing was received (a run without pupils).
+            "server_us": server["us_per_rx_packet"] or 0.0,
             "server_cores": server["cores_steady"],
             "server_rss_mb": server["rss_peak_mb"],
             "generator_cores": generator["cores_steady"],
@@ -92,7 +96,58 @@ def plot(rows, path):
     return True
 
 
+def plot_soak(path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plot.py: matplotlib is not installed (pip install matplotlib); no soak plot")
+        return False
+    d = json.loads(Path(path).read_text())
+    samples = d["samples"]
+    t = [s["t_s"] / 60.0 for s in samples]
+    fig, (mem, people) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    mem.plot(t, [s["server_rss_mb"] for s in samples], label="server RSS")
+    mem.plot(t, [s["generator_rss_mb"] for s in samples], label="generator RSS", alpha=0.6)
+    r = d["server_rss"]
+    if r["slope_kib_per_min"] is not None and r["at_end_mb"] is not None:
+        # The fitted line, drawn through the end value with the fitted slope.
+        x0, x1 = r["fit_from_s"] / 60.0, r["fit_to_s"] / 60.0
+        per_min_mb = r["slope_kib_per_min"] / 1024.0
+        mem.plot([x0, x1], [r["at_end_mb"] - per_min_mb * (x1 - x0), r["at_end_mb"]], "k--",
+                 label=f"fit: {r['slope_kib_per_min']:.0f} KiB/min")
+    for x in (d["steady_start_s"], d["steady_end_s"]):
+        mem.axvline(x / 60.0, color="grey", linewidth=0.8, linestyle=":")
+    mem.set_ylabel("RSS (MiB)")
+    mem.set_ylim(bottom=0)
+    mem.grid(True, alpha=0.3)
+    mem.legend(loc="lower right")
+    people.plot(t, [s["live_pupils"] for s in samples], label="live pupils")
+    people.set_ylabel("live pupils")
+    people.set_ylim(bottom=0)
+    people.grid(True, alpha=0.3)
+    counts = people.twinx()
+    counts.plot(t, [s["pupil_joins"] for s in samples], "g-", label="joins so far", alpha=0.7)
+    counts.plot(t, [s["pupil_leaves"] for s in samples], "r-", label="leaves so far", alpha=0.7)
+    counts.set_ylabel("joins / leaves so far")
+    lines = people.get_legend_handles_labels()
+    more = counts.get_legend_handles_labels()
+    people.legend(lines[0] + more[0], lines[1] + more[1], loc="upper left")
+    people.set_xlabel("minutes")
+    c = d["config"]
+    fig.suptitle(f"classroom soak: {c['pupils']} pupils, {c['churn_per_sec']}/s churn (loadtest/soak.sh)")
+    fig.tight_layout()
+    out = Path(path).with_suffix(".png")
+    fig.savefig(out, dpi=100)
+    print(f"wrote {out}")
+    return True
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--soak":
+        plot_soak(sys.argv[2])
+        return
     if len(sys.argv) != 2:
         print(__doc__)
         sys.exit(2)

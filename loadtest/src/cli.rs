@@ -81,6 +81,15 @@ pub struct Cli {
     /// Longest wait after the ramp for every pupil's first media before the steady window.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub settle: Duration,
+    /// Churn during the steady window: this many pupils per second leave (the longest
+    /// connected first) and as many fresh clients join in their place, e.g. 2 or 0.5. With a
+    /// long --duration this is the soak test (loadtest/soak.sh).
+    #[arg(long, default_value_t = 0.0)]
+    pub churn_per_sec: f64,
+    /// With --churn-per-sec: every second churned pupil vanishes (WebSocket and UDP sockets
+    /// dropped without a `leave`, as a tablet that loses its network) instead of leaving.
+    #[arg(long)]
+    pub churn_abrupt: bool,
     /// Runtime worker threads for the clients.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,

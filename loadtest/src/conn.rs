@@ -35,6 +35,8 @@ pub struct Conn {
     /// When the `Rtc` wants an `Input::Timeout`.
     pub deadline: Instant,
     pub connected: bool,
+    /// When ICE and DTLS were done (`Event::Connected`).
+    pub connected_at: Option<Instant>,
     /// Datagrams that could not be sent (socket buffer full).
     pub send_errors: u64,
     /// RTP datagrams sent (not RTCP, STUN or DTLS).
@@ -74,6 +76,7 @@ impl Conn {
             local,
             deadline: now,
             connected: false,
+            connected_at: None,
             send_errors: 0,
             rtp_sent: 0,
         })
@@ -131,6 +134,7 @@ impl Conn {
                 Output::Event(event) => {
                     if matches!(event, Event::Connected) {
                         self.connected = true;
+                        self.connected_at.get_or_insert_with(Instant::now);
                     }
                     on_event(&mut self.rtc, event);
                 }

@@ -14,8 +14,29 @@ use loadtest::run::{self, RunConfig};
 use loadtest::server::{self, SpawnedServer};
 use loadtest::signal::Classroom;
 
+/// Raises the soft open-file limit to the hard one. Every pupil holds a TCP socket and one or
+/// two UDP sockets here, and a spawned server inherits the limit and holds a TCP socket per
+/// pupil: with the common soft limit of 1024, a join storm of a few hundred pupils would fail on
+/// `EMFILE` in the generator or the server rather than measure anything.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                eprintln!("loadtest: could not raise the open-file limit; large runs may fail");
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    raise_fd_limit();
     // Quiet unless RUST_LOG asks (str0m's own logs are how a lost packet is explained).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -87,12 +108,19 @@ async fn lesson(cli: Cli) -> Result<bool> {
             TargetKind::Classroom => server_pid,
             TargetKind::Janus => cli.janus_pid.or(server_pid),
         },
+        server_media_port: spawned.as_ref().map(|s| s.media.port()),
         metrics: match cli.target {
             TargetKind::Classroom => server::http_addr(&url),
             TargetKind::Janus => None,
         },
         settle: cli.settle,
         progress: !cli.quiet,
+        churn_per_sec: if cli.churn_per_sec.is_finite() {
+            cli.churn_per_sec.max(0.0)
+        } else {
+            0.0
+        },
+        churn_abrupt: cli.churn_abrupt,
     };
     let outcome = match cli.target {
         TargetKind::Classroom => {

@@ -81,11 +81,16 @@ pub struct MediaReport {
     pub stats: ReceiverStats,
     pub errors: Vec<String>,
     pub subscribe_connected: bool,
+    /// From the start of the join to the subscribe connection's ICE and DTLS being done.
+    pub subscribe_connected_after: Option<Duration>,
     pub publish_connected: bool,
     pub sent_packets: u64,
     pub keyframes_sent: u64,
     pub keyframe_requests: u64,
     pub send_errors: u64,
+    /// Datagrams the kernel dropped at this participant's sockets because their receive buffer
+    /// was full (read just before they close): the client fell behind, not the server.
+    pub socket_drops: u64,
 }
 
 /// RFC 5761 demultiplexing: RTP (not RTCP) by the first two bytes.
@@ -658,8 +663,22 @@ pub async fn run(opts: MediaOptions, mut cmds: mpsc::Receiver<MediaCmd>) -> Medi
         }
     }
     let publish = state.publisher.as_ref();
+    let socket_drops = [
+        publish.map(|p| p.conn.local.port()),
+        state.subscriber.as_ref().map(|s| s.conn.local.port()),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(crate::proc::udp_drops)
+    .sum();
     MediaReport {
+        socket_drops,
         subscribe_connected: state.subscriber.as_ref().is_some_and(|s| s.conn.connected),
+        subscribe_connected_after: state
+            .subscriber
+            .as_ref()
+            .and_then(|s| s.conn.connected_at)
+            .map(|at| at.saturating_duration_since(state.opts.join_started)),
         publish_connected: publish.is_some_and(|p| p.conn.connected),
         sent_packets: publish.map_or(0, |p| p.sent),
         keyframes_sent: publish.map_or(0, |p| p.keyframes_sent),

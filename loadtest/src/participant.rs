@@ -10,10 +10,24 @@ use crate::media::{self, MediaCmd, MediaOptions, MediaReport, PublishPlan};
 use crate::signal::{Identity, MaxLayer, MediaKind, Session, SignalEvent, Target};
 use crate::stats::Counters;
 
+/// What the run tells a participant through its stop channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Keep going.
+    Run,
+    /// Leave properly: a `leave` message, a WebSocket close, then the peer connections close.
+    Leave,
+    /// Vanish, as a tablet that loses its network or is shut: the WebSocket and the UDP sockets
+    /// are dropped without a word, so the server finds out from the TCP close and ICE timeouts.
+    Drop,
+}
+
 /// What one participant does.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub identity: Identity,
+    /// A pupil that replaces a churned one (reported apart from the initial ramp).
+    pub rejoin: bool,
     pub publish: Option<PublishPlan>,
     /// The highest layer asked for of every received video track.
     pub max_layer: MaxLayer,
@@ -25,8 +39,16 @@ pub struct Plan {
 pub struct ParticipantReport {
     pub identity: String,
     pub teacher: bool,
-    /// From WebSocket connect to `joined`.
+    pub rejoin: bool,
+    /// From the start of the join to the open WebSocket (TCP connect and HTTP upgrade), when the
+    /// target tells.
+    pub ws_open: Option<Duration>,
+    /// From the start of the join (WebSocket connect) to `joined`.
     pub join_reply: Option<Duration>,
+    /// From the start of the join to the server's first subscriber offer.
+    pub first_offer: Option<Duration>,
+    /// Told to leave (or vanish) before the end of the run.
+    pub churned: bool,
     pub failures: Vec<String>,
     pub media: Option<MediaReport>,
 }
@@ -48,15 +70,20 @@ async fn ask<T>(
 pub async fn run<T: Target>(
     target: Arc<T>,
     plan: Plan,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Stop>,
     ready: Option<oneshot::Sender<Result<(), String>>>,
 ) -> ParticipantReport {
     let counters: Arc<Counters> = plan.media.counters.clone();
     let started = plan.media.join_started;
+    let pupil = !plan.identity.teacher;
     let mut report = ParticipantReport {
         identity: plan.identity.id.clone(),
         teacher: plan.identity.teacher,
+        rejoin: plan.rejoin,
+        ws_open: None,
         join_reply: None,
+        first_offer: None,
+        churned: false,
         failures: Vec::new(),
         media: None,
     };
@@ -73,7 +100,13 @@ pub async fn run<T: Target>(
         }
     };
     report.join_reply = Some(started.elapsed());
+    report.ws_open = session
+        .connected_at()
+        .map(|at| at.saturating_duration_since(started));
     counters.joined.fetch_add(1, Ordering::Relaxed);
+    if pupil {
+        counters.pupil_joins.fetch_add(1, Ordering::Relaxed);
+    }
 
     let (cmds, cmd_rx) = mpsc::channel(16);
     let media_task = tokio::spawn(media::run(plan.media.clone(), cmd_rx));
@@ -93,9 +126,14 @@ pub async fn run<T: Target>(
     let mut capped: Vec<String> = Vec::new();
     let mut ping =
         tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
-    loop {
+    // A stop sent while joining is seen here at once: `changed` only reports later sends.
+    let mut how = *stop.borrow_and_update();
+    while how == Stop::Run {
         tokio::select! {
-            _ = stop.changed() => break,
+            changed = stop.changed() => {
+                // A dropped sender (the run is over) means leave; the loop ends unless it is Run.
+                how = if changed.is_ok() { *stop.borrow_and_update() } else { Stop::Leave };
+            }
             _ = ping.tick() => {
                 if let Err(e) = session.keepalive().await {
                     report.failures.push(format!("ping: {e}"));
@@ -104,6 +142,7 @@ pub async fn run<T: Target>(
             }
             event = session.next_event() => match event {
                 SignalEvent::SubscriberOffer { sdp, tracks } => {
+                    report.first_offer.get_or_insert_with(|| started.elapsed());
                     let answer = ask(&cmds, |reply| MediaCmd::SubscriberOffer { sdp, reply }).await;
                     match answer {
                         Some(Ok(answer)) => {
@@ -138,11 +177,20 @@ pub async fn run<T: Target>(
             }
         }
     }
-    session.leave().await;
+    if how == Stop::Drop {
+        // No `leave`, no close frame: the TCP connection just goes away.
+        drop(session);
+    } else {
+        session.leave().await;
+    }
+    // Closing the command channel ends the media task, which drops both UDP sockets.
     drop(cmds);
     match media_task.await {
         Ok(m) => report.media = Some(m),
         Err(e) => report.failures.push(format!("media task: {e}")),
+    }
+    if pupil {
+        counters.pupil_leaves.fetch_add(1, Ordering::Relaxed);
     }
     if !report.failures.is_empty() {
         counters.failed.fetch_add(1, Ordering::Relaxed);

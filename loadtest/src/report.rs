@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::run::{Outcome, RunConfig, Sample, Snapshot};
+use crate::run::{Leftover, Outcome, RunConfig, Sample, Snapshot};
 use crate::stats::latency_histogram;
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -67,8 +67,74 @@ pub struct Resource {
     /// Average cores busy in the steady window.
     pub cores_steady: Option<f64>,
     pub rss_peak_mb: Option<f64>,
+    /// Mean RSS over the per-second samples of the steady window (memory per subscriber uses
+    /// this: after every pupil has its media, before anyone leaves).
+    pub rss_steady_mb: Option<f64>,
     /// Steady-window CPU per RTP packet received by all pupils.
     pub us_per_rx_packet: Option<f64>,
+    /// Average cores busy in the join window (first pupil's join → end of the settle), the
+    /// figure for a join storm.
+    pub cores_join: Option<f64>,
+    /// The busiest thread in the steady and the join window: near 1.0 core it is the limit,
+    /// whatever the process as a whole uses.
+    pub busiest_thread_steady: Option<BusyThread>,
+    pub busiest_thread_join: Option<BusyThread>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BusyThread {
+    pub name: String,
+    pub cores: f64,
+}
+
+/// The thread that used the most CPU between two readings.
+fn busiest(
+    a: &[crate::proc::ThreadSample],
+    b: &[crate::proc::ThreadSample],
+    secs: f64,
+) -> Option<BusyThread> {
+    b.iter()
+        .map(|t| {
+            let before = a
+                .iter()
+                .find(|x| x.tid == t.tid)
+                .map_or(0.0, |x| x.cpu.as_secs_f64());
+            BusyThread {
+                name: t.name.clone(),
+                cores: (t.cpu.as_secs_f64() - before) / secs,
+            }
+        })
+        .max_by(|x, y| x.cores.total_cmp(&y.cores))
+}
+
+/// Server memory over the steady window: does it grow?
+#[derive(Debug, Clone, Serialize)]
+pub struct RssTrend {
+    /// Median RSS of the samples within ±5 s of one minute into the steady window, and of the
+    /// last 10 s of it.
+    pub at_1min_mb: Option<f64>,
+    pub at_end_mb: Option<f64>,
+    /// Least-squares slope of RSS against time from one minute into the steady window to its
+    /// end (the first minute is left out: allocator arenas and caches fill then); the whole
+    /// window when it is shorter than two minutes.
+    pub slope_kib_per_min: Option<f64>,
+    pub fit_from_s: f64,
+    pub fit_to_s: f64,
+    pub fit_samples: usize,
+    /// The slope divided by the churn rate: memory kept per departed pupil, if it is a leak.
+    pub kib_per_churned_pupil: Option<f64>,
+}
+
+/// Churn in the steady window.
+#[derive(Debug, Clone, Serialize)]
+pub struct Churn {
+    pub per_sec: f64,
+    /// Pupils that left during the run (told to) and fresh pupils that replaced them.
+    pub churned: usize,
+    pub rejoined: usize,
+    /// Live pupils over the steady window's samples: least and most.
+    pub live_min: u64,
+    pub live_max: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,10 +153,30 @@ pub struct Summary {
     pub pupils_joined: usize,
     pub pupils_with_video: usize,
     pub pupils_with_audio: usize,
+    /// When the steady window began and ended, in the samples' time (`t_s`).
+    pub steady_start_s: f64,
+    pub steady_end_s: f64,
+    /// Join window: first pupil's join → end of the settle (s).
+    pub join_window_s: f64,
+    /// Join: start → WebSocket open (TCP connect and upgrade, the server's accept).
+    pub join_ws_open_ms: Percentiles,
     /// Join: WebSocket connect → `joined`, → first video packet, → first audio packet (ms).
     pub join_reply_ms: Percentiles,
+    /// Join: start → the server's first subscriber offer, → the subscribe connection's ICE and
+    /// DTLS done (the steps between `joined` and the first packet).
+    pub join_offer_ms: Percentiles,
+    pub join_connected_ms: Percentiles,
     pub join_first_video_ms: Percentiles,
     pub join_first_audio_ms: Percentiles,
+    /// The same for pupils who replaced churned ones, joining into a full, running lesson.
+    pub rejoin_first_video_ms: Percentiles,
+    pub rejoin_first_audio_ms: Percentiles,
+    pub churn: Option<Churn>,
+    pub server_rss: RssTrend,
+    /// The server's gauges (`/metrics`) once everyone had left: all zero unless it leaked.
+    pub server_after_leave: Option<Leftover>,
+    /// How late the generator's 10 ms probe timer fired, over the whole run.
+    pub generator_lag: Latency,
     /// Per pupil, video and audio payload bits over its receive time (kbit/s).
     pub pupil_kbps: Percentiles,
     /// Share of received video packets by simulcast layer: q, h, f (%).
@@ -112,6 +198,11 @@ pub struct Summary {
     pub audio_tag_gaps: u64,
     /// Datagrams the clients could not send (socket buffer full).
     pub client_send_errors: u64,
+    /// Datagrams dropped because a receive buffer was full: at the clients' sockets (the
+    /// generator fell behind) and at the server's media socket over the whole run (the server
+    /// fell behind; only with --spawn-server).
+    pub client_socket_drops: u64,
+    pub server_socket_drops: Option<u64>,
     pub rx_packets_total: u64,
     pub rx_packets_steady: u64,
     pub rx_pps_steady: f64,
@@ -148,6 +239,64 @@ fn cpu_between(
     Some(f(b)?.cpu.as_secs_f64() - f(a)?.cpu.as_secs_f64())
 }
 
+/// Median of `values` (None when empty).
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.retain(|v| v.is_finite());
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    Some(if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    })
+}
+
+/// Least-squares slope of `points` (x, y); None for fewer than two distinct x.
+pub fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return None;
+    }
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    (sxx > 0.0).then(|| sxy / sxx)
+}
+
+/// The server's RSS over the steady window `[from, to]` (seconds of the samples' clock).
+pub fn rss_trend(samples: &[Sample], from: f64, to: f64, churn_per_sec: f64) -> RssTrend {
+    let rss = |lo: f64, hi: f64| -> Vec<(f64, f64)> {
+        samples
+            .iter()
+            .filter(|s| s.t_s >= lo && s.t_s <= hi)
+            .filter_map(|s| Some((s.t_s, s.server_rss_mb?)))
+            .collect()
+    };
+    let values = |pts: Vec<(f64, f64)>| pts.into_iter().map(|p| p.1).collect::<Vec<_>>();
+    let one_min = from + 60.0;
+    let fit_from = if to - from >= 120.0 { one_min } else { from };
+    let points = rss(fit_from, to);
+    // MiB per second → KiB per minute.
+    let per_min = slope(&points).map(|s| s * 1024.0 * 60.0);
+    RssTrend {
+        at_1min_mb: (to >= one_min)
+            .then(|| median(values(rss(one_min - 5.0, one_min + 5.0))))
+            .flatten(),
+        at_end_mb: median(values(rss(to - 10.0, to))),
+        slope_kib_per_min: per_min,
+        fit_from_s: fit_from,
+        fit_to_s: to,
+        fit_samples: points.len(),
+        kib_per_churned_pupil: per_min
+            .filter(|_| churn_per_sec > 0.0)
+            .map(|k| k / (churn_per_sec * 60.0)),
+    }
+}
+
 /// A reason without the identity-specific parts, so failures group.
 fn normalise(reason: &str) -> String {
     reason.chars().take(160).collect()
@@ -171,9 +320,14 @@ pub fn summarise(cfg: &RunConfig, outcome: &Outcome) -> Summary {
         }
     }
 
+    let mut ws_open = Vec::new();
     let mut join_reply = Vec::new();
+    let mut offer = Vec::new();
+    let mut connected = Vec::new();
     let mut first_video = Vec::new();
     let mut first_audio = Vec::new();
+    let mut re_video = Vec::new();
+    let mut re_audio = Vec::new();
     let mut kbps = Vec::new();
     let mut layer_packets = [0u64; 4];
     let mut layer_bytes = [0u64; 4];
@@ -185,6 +339,7 @@ pub fn summarise(cfg: &RunConfig, outcome: &Outcome) -> Summary {
     let mut dropped_by_cap = 0;
     let mut audio_tag_gaps = 0;
     let mut send_errors = teacher_send_errors(outcome);
+    let mut socket_drops = outcome.teacher.media.as_ref().map_or(0, |m| m.socket_drops);
     let (mut joined, mut with_video, mut with_audio) = (0, 0, 0);
     let mut failed_participants = 0;
 
@@ -195,6 +350,15 @@ pub fn summarise(cfg: &RunConfig, outcome: &Outcome) -> Summary {
         if let Some(d) = p.join_reply {
             joined += 1;
             join_reply.push(d.as_secs_f64() * 1000.0);
+        }
+        if let Some(d) = p.ws_open {
+            ws_open.push(d.as_secs_f64() * 1000.0);
+        }
+        if let Some(d) = p.first_offer {
+            offer.push(d.as_secs_f64() * 1000.0);
+        }
+        if let Some(d) = p.media.as_ref().and_then(|m| m.subscribe_connected_after) {
+            connected.push(d.as_secs_f64() * 1000.0);
         }
         let Some(m) = &p.media else {
             if p.failures.is_empty() {
@@ -212,6 +376,9 @@ pub fn summarise(cfg: &RunConfig, outcome: &Outcome) -> Summary {
             Some(d) => {
                 with_video += 1;
                 first_video.push(d.as_secs_f64() * 1000.0);
+                if p.rejoin {
+                    re_video.push(d.as_secs_f64() * 1000.0);
+                }
             }
             None if !cfg.audio_only => {
                 missing = true;
@@ -223,6 +390,9 @@ pub fn summarise(cfg: &RunConfig, outcome: &Outcome) -> Summary {
             Some(d) => {
                 with_audio += 1;
                 first_audio.push(d.as_secs_f64() * 1000.0);
+                if p.rejoin {
+                    re_audio.push(d.as_secs_f64() * 1000.0);
+                }
             }
             None => {
                 missing = true;
@@ -252,6 +422,7 @@ pub fn summarise(cfg: &RunConfig, outcome: &Outcome) -> Summary {
             .map(|x| x.tag_gaps)
             .sum::<u64>();
         send_errors += m.send_errors;
+        socket_drops += m.socket_drops;
         for st in &s.streams {
             if st.video {
                 v_exp += st.expected();
@@ -300,6 +471,42 @@ pub fn summarise(cfg: &RunConfig, outcome: &Outcome) -> Summary {
             .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
     };
     let teacher_media = outcome.teacher.media.as_ref();
+    let since_start = |x: &Snapshot| {
+        x.at.saturating_duration_since(outcome.start.at)
+            .as_secs_f64()
+    };
+    let (steady_start_s, steady_end_s) = (since_start(a), since_start(b));
+    let steady_mean = |f: fn(&Sample) -> Option<f64>| {
+        let v: Vec<f64> = outcome
+            .samples
+            .iter()
+            .filter(|s| s.t_s >= steady_start_s && s.t_s <= steady_end_s)
+            .filter_map(f)
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let join_window_s =
+        a.at.saturating_duration_since(outcome.ramp_start.at)
+            .as_secs_f64()
+            .max(0.001);
+    let cores_join = |f: fn(&Snapshot) -> Option<crate::proc::ProcSample>| {
+        cpu_between(&outcome.ramp_start, a, f).map(|c| c / join_window_s)
+    };
+    let churn = (cfg.churn_per_sec > 0.0).then(|| {
+        let live: Vec<u64> = outcome
+            .samples
+            .iter()
+            .filter(|s| s.t_s >= steady_start_s && s.t_s <= steady_end_s)
+            .map(|s| s.live_pupils)
+            .collect();
+        Churn {
+            per_sec: cfg.churn_per_sec,
+            churned: pupils.iter().filter(|p| p.churned).count(),
+            rejoined: pupils.iter().filter(|p| p.rejoin).count(),
+            live_min: live.iter().copied().min().unwrap_or(0),
+            live_max: live.iter().copied().max().unwrap_or(0),
+        }
+    });
     let failures: Vec<Failure> = failures
         .into_iter()
         .map(|(reason, mut participants)| {
@@ -321,9 +528,26 @@ pub fn summarise(cfg: &RunConfig, outcome: &Outcome) -> Summary {
         pupils_joined: joined,
         pupils_with_video: with_video,
         pupils_with_audio: with_audio,
+        steady_start_s,
+        steady_end_s,
+        join_window_s,
+        join_ws_open_ms: percentiles(ws_open),
         join_reply_ms: percentiles(join_reply),
+        join_offer_ms: percentiles(offer),
+        join_connected_ms: percentiles(connected),
         join_first_video_ms: percentiles(first_video),
         join_first_audio_ms: percentiles(first_audio),
+        rejoin_first_video_ms: percentiles(re_video),
+        rejoin_first_audio_ms: percentiles(re_audio),
+        churn,
+        server_rss: rss_trend(
+            &outcome.samples,
+            steady_start_s,
+            steady_end_s,
+            cfg.churn_per_sec,
+        ),
+        generator_lag: latency(&outcome.generator_lag),
+        server_after_leave: outcome.server_after,
         pupil_kbps: percentiles(kbps),
         layer_packets_pct: [
             pct(layer_packets[0], total_layer),
@@ -341,6 +565,11 @@ pub fn summarise(cfg: &RunConfig, outcome: &Outcome) -> Summary {
         dropped_by_cap,
         audio_tag_gaps,
         client_send_errors: send_errors,
+        client_socket_drops: socket_drops,
+        server_socket_drops: match (outcome.start.server_udp_drops, b.server_udp_drops) {
+            (Some(x), Some(y)) => Some(y.saturating_sub(x)),
+            _ => None,
+        },
         rx_packets_total: b.rx_packets,
         rx_packets_steady: rx_steady,
         rx_pps_steady: rx_steady as f64 / steady_s,
@@ -356,7 +585,15 @@ pub fn summarise(cfg: &RunConfig, outcome: &Outcome) -> Summary {
             cpu_s_steady: server_cpu_steady,
             cores_steady: server_cpu_steady.map(|c| c / steady_s),
             rss_peak_mb: peak(|s| s.server_rss_mb),
+            rss_steady_mb: steady_mean(|s| s.server_rss_mb),
             us_per_rx_packet: per_packet(server_cpu_steady),
+            cores_join: cores_join(|s| s.server),
+            busiest_thread_steady: busiest(&a.server_threads, &b.server_threads, steady_s),
+            busiest_thread_join: busiest(
+                &outcome.ramp_start.server_threads,
+                &a.server_threads,
+                join_window_s,
+            ),
         },
         generator: Resource {
             pid: Some(std::process::id()),
@@ -364,7 +601,15 @@ pub fn summarise(cfg: &RunConfig, outcome: &Outcome) -> Summary {
             cpu_s_steady: gen_cpu_steady,
             cores_steady: gen_cpu_steady.map(|c| c / steady_s),
             rss_peak_mb: peak(|s| s.generator_rss_mb),
+            rss_steady_mb: steady_mean(|s| s.generator_rss_mb),
             us_per_rx_packet: per_packet(gen_cpu_steady),
+            cores_join: cores_join(|s| s.generator),
+            busiest_thread_steady: busiest(&a.generator_threads, &b.generator_threads, steady_s),
+            busiest_thread_join: busiest(
+                &outcome.ramp_start.generator_threads,
+                &a.generator_threads,
+                join_window_s,
+            ),
         },
         teacher_sent_packets: teacher_media.map_or(0, |m| m.sent_packets),
         teacher_keyframes_sent: teacher_media.map_or(0, |m| m.keyframes_sent),
@@ -377,6 +622,11 @@ pub fn summarise(cfg: &RunConfig, outcome: &Outcome) -> Summary {
 
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+fn busy(t: &Option<BusyThread>) -> String {
+    t.as_ref()
+        .map_or_else(|| "-".to_owned(), |t| format!("{} {:.2}", t.name, t.cores))
 }
 
 fn pcts(p: &Percentiles) -> String {
@@ -403,17 +653,35 @@ pub fn table(s: &Summary) -> String {
             .map_or("none".to_owned(), |k| format!("{k} kbit/s"))
     );
     let _ = writeln!(o, "ramp {:.1} s, steady {:.1} s", s.ramp_s, s.steady_s);
-    let rows: Vec<(&str, String)> = vec![
+    let mut rows: Vec<(&str, String)> = vec![
         (
             "pupils joined / video / audio",
             format!(
-                "{} / {} / {} of {}",
-                s.pupils_joined, s.pupils_with_video, s.pupils_with_audio, s.pupils_planned
+                "{} / {} / {} of {}{}",
+                s.pupils_joined,
+                s.pupils_with_video,
+                s.pupils_with_audio,
+                s.pupils_planned,
+                s.churn
+                    .as_ref()
+                    .map_or(String::new(), |c| format!(" + {} rejoins", c.rejoined))
             ),
         ),
+        ("join → WebSocket open (ms)", pcts(&s.join_ws_open_ms)),
         ("join → joined (ms)", pcts(&s.join_reply_ms)),
+        ("join → subscriber offer (ms)", pcts(&s.join_offer_ms)),
+        ("join → ICE+DTLS connected (ms)", pcts(&s.join_connected_ms)),
         ("join → first video (ms)", pcts(&s.join_first_video_ms)),
         ("join → first audio (ms)", pcts(&s.join_first_audio_ms)),
+        (
+            "join window (s): server / generator cores",
+            format!(
+                "{:.1}: {} / {}",
+                s.join_window_s,
+                opt(s.server.cores_join, 2),
+                opt(s.generator.cores_join, 2)
+            ),
+        ),
         ("received per pupil (kbit/s)", pcts(&s.pupil_kbps)),
         (
             "video layers q/h/f (% packets)",
@@ -466,6 +734,15 @@ pub fn table(s: &Summary) -> String {
         ),
         ("dropped by pupil cap (pkts)", s.dropped_by_cap.to_string()),
         (
+            "UDP receive buffer drops: server / clients",
+            format!(
+                "{} / {}",
+                s.server_socket_drops
+                    .map_or_else(|| "-".to_owned(), |d| d.to_string()),
+                s.client_socket_drops
+            ),
+        ),
+        (
             "audio lost end to end (tag gaps, pkts)",
             s.audio_tag_gaps.to_string(),
         ),
@@ -506,6 +783,27 @@ pub fn table(s: &Summary) -> String {
             ),
         ),
         (
+            "busiest thread, steady / join (cores)",
+            format!(
+                "server {} / {}, generator {} / {}",
+                busy(&s.server.busiest_thread_steady),
+                busy(&s.server.busiest_thread_join),
+                busy(&s.generator.busiest_thread_steady),
+                busy(&s.generator.busiest_thread_join)
+            ),
+        ),
+        (
+            "generator timer lag p50/p99/max (ms)",
+            format!(
+                "{:.2} / {:.2} / {:.2}",
+                s.generator_lag.p50_ms, s.generator_lag.p99_ms, s.generator_lag.max_ms
+            ),
+        ),
+        (
+            "server RSS steady mean (MiB)",
+            opt(s.server.rss_steady_mb, 1),
+        ),
+        (
             "teacher sent pkts / keyframes / requests",
             format!(
                 "{} / {} / {}",
@@ -521,6 +819,51 @@ pub fn table(s: &Summary) -> String {
             ),
         ),
     ];
+    if let Some(l) = &s.server_after_leave {
+        let g = |v: Option<f64>| opt(v, 0);
+        rows.push((
+            "server after all left: partic./ws/peers",
+            format!(
+                "{} / {} / {} after {:.1} s{}",
+                g(l.gauges.participants),
+                g(l.gauges.websockets),
+                g(l.gauges.peer_connections),
+                l.after_s,
+                if l.all_closed {
+                    ""
+                } else {
+                    "  (NOT all closed)"
+                }
+            ),
+        ));
+    }
+    if let Some(c) = &s.churn {
+        let r = &s.server_rss;
+        rows.push((
+            "churn: per s, left / rejoined, live min–max",
+            format!(
+                "{:.2}, {} / {}, {}–{}",
+                c.per_sec, c.churned, c.rejoined, c.live_min, c.live_max
+            ),
+        ));
+        rows.push(("rejoin → first video (ms)", pcts(&s.rejoin_first_video_ms)));
+        rows.push(("rejoin → first audio (ms)", pcts(&s.rejoin_first_audio_ms)));
+        rows.push((
+            "server RSS minute 1 → end (MiB)",
+            format!("{} → {}", opt(r.at_1min_mb, 1), opt(r.at_end_mb, 1)),
+        ));
+        rows.push((
+            "server RSS slope (KiB/min, KiB/churned)",
+            format!(
+                "{}, {}  (fit over {:.0}–{:.0} s, {} samples)",
+                opt(r.slope_kib_per_min, 1),
+                opt(r.kib_per_churned_pupil, 2),
+                r.fit_from_s,
+                r.fit_to_s,
+                r.fit_samples
+            ),
+        ));
+    }
     for (k, v) in rows {
         let _ = writeln!(o, "  {k:<42} {v}");
     }
@@ -539,5 +882,16 @@ mod tests {
         let p = percentiles((1..=100).map(f64::from).collect());
         assert_eq!((p.p50, p.p95, p.p99, p.max), (50.0, 95.0, 99.0, 100.0));
         assert_eq!(percentiles(vec![]).count, 0);
+    }
+
+    #[test]
+    fn slope_and_median() {
+        let pts: Vec<(f64, f64)> = (0..10)
+            .map(|i| (f64::from(i), 3.0 + 0.5 * f64::from(i)))
+            .collect();
+        assert!((slope(&pts).unwrap_or(0.0) - 0.5).abs() < 1e-9);
+        assert_eq!(slope(&pts[..1]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![]), None);
     }
 }

@@ -27,6 +27,8 @@ pub enum ServerError {
 pub struct SpawnedServer {
     child: Child,
     pub http: SocketAddr,
+    /// The media plane's UDP socket (for its drop counter).
+    pub media: SocketAddr,
     pub secret: String,
     pub log: PathBuf,
     _dir: tempfile::TempDir,
@@ -77,6 +79,7 @@ impl SpawnedServer {
         let server = SpawnedServer {
             child,
             http,
+            media,
             secret,
             log,
             _dir: dir,
@@ -146,6 +149,43 @@ pub fn http_addr(ws_url: &str) -> Option<SocketAddr> {
         .next()
 }
 
+/// The server's own counts of what is open (`/metrics` gauges). A leak of sessions or peer
+/// connections shows here even when it costs too little memory to see in RSS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Gauges {
+    pub participants: Option<f64>,
+    pub websockets: Option<f64>,
+    pub peer_connections: Option<f64>,
+    pub tracks: Option<f64>,
+    pub rooms: Option<f64>,
+}
+
+impl Gauges {
+    /// Reads the gauges from Prometheus text.
+    pub fn parse(text: &str) -> Gauges {
+        Gauges {
+            participants: metric(text, "classroom_participants"),
+            websockets: metric(text, "classroom_websockets"),
+            peer_connections: metric(text, "classroom_media_peer_connections"),
+            tracks: metric(text, "classroom_tracks"),
+            rooms: metric(text, "classroom_rooms"),
+        }
+    }
+
+    /// Whether everything the server counts is closed (unknown gauges count as closed).
+    pub fn all_closed(&self) -> bool {
+        [
+            self.participants,
+            self.websockets,
+            self.peer_connections,
+            self.tracks,
+            self.rooms,
+        ]
+        .iter()
+        .all(|g| g.is_none_or(|v| v == 0.0))
+    }
+}
+
 /// A counter from Prometheus text, e.g. `classroom_media_rtp_forwarded_total`.
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
@@ -166,6 +206,10 @@ mod tests {
             Some(1234.0)
         );
         assert_eq!(metric(text, "missing"), None);
+        let g = Gauges::parse("classroom_participants 3\nclassroom_websockets 0\n");
+        assert_eq!(g.participants, Some(3.0));
+        assert!(!g.all_closed());
+        assert!(Gauges::parse("classroom_participants 0\n").all_closed());
         assert_eq!(
             http_addr("ws://127.0.0.1:8080/ws"),
             Some(SocketAddr::from(([127, 0, 0, 1], 8080)))

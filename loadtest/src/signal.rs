@@ -126,6 +126,11 @@ pub trait Session: Send + 'static {
     fn keepalive(&mut self) -> impl Future<Output = Result<(), SignalError>> + Send;
     /// Leaves the lesson.
     fn leave(&mut self) -> impl Future<Output = ()> + Send;
+    /// When the signaling connection was open (WebSocket upgrade done), if the target knows:
+    /// splits the join time into the server's accept and its join handling.
+    fn connected_at(&self) -> Option<std::time::Instant> {
+        None
+    }
 }
 
 /// The classroom server: `ws://HOST/ws` and tokens signed with its secret.
@@ -144,6 +149,7 @@ pub struct ClassroomSession {
     next_id: u64,
     queued: VecDeque<SignalEvent>,
     closed: Option<String>,
+    connected_at: std::time::Instant,
 }
 
 impl Target for Classroom {
@@ -178,6 +184,7 @@ impl Target for Classroom {
             next_id: 1,
             queued: VecDeque::new(),
             closed: None,
+            connected_at: std::time::Instant::now(),
         };
         let id = session
             .send(|id| ClientMessage::Join {
@@ -401,5 +408,9 @@ impl Session for ClassroomSession {
             .send(|_| ClientMessage::Leave { v: None, id: None })
             .await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(None)).await;
+    }
+
+    fn connected_at(&self) -> Option<std::time::Instant> {
+        Some(self.connected_at)
     }
 }
