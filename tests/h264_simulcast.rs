@@ -462,10 +462,10 @@ async fn h264_simulcast_inner() -> Result<()> {
     let audio = pupil.subscriber.received(&audio_id);
     let analysis = analyse_video_codec(VideoCodec::H264, &video);
     eprintln!(
-        "video: {} packets, {} missing, {} duplicates, switches {:?}",
+        "video: {} packets, {} missing, {} repeats, switches {:?}",
         analysis.packets,
         analysis.missing,
-        analysis.duplicates,
+        analysis.duplicates + pupil.subscriber.duplicates(&video_id),
         analysis
             .switches
             .iter()
@@ -491,12 +491,19 @@ async fn h264_simulcast_inner() -> Result<()> {
         "{} switches could not be checked",
         analysis.unverifiable_switches
     );
-    // Down to q after the cap; after the raise, up (directly or through h) to f.
+    // Down to q after the cap (unless a dip of the estimate had already put the pupil there:
+    // the start of a connection on a busy machine can do that); after the raise, up (directly or
+    // through h) to f.
     let switches: Vec<(Instant, Option<Rid>, Rid)> = analysis.switches.clone();
+    let on_q_at_cap = switches
+        .iter()
+        .rfind(|(at, _, _)| *at < capped)
+        .is_some_and(|(_, _, to)| *to == Rid::Q);
     ensure!(
-        switches
-            .iter()
-            .any(|(at, _, to)| *at >= capped && *at < raised && *to == Rid::Q),
+        on_q_at_cap
+            || switches
+                .iter()
+                .any(|(at, _, to)| *at >= capped && *at < raised && *to == Rid::Q),
         "no switch down to q after the cap: {:?}",
         analysis.switches
     );

@@ -20,11 +20,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::peer::VideoCodec;
 use support::profiles::{HomeLink, home_link};
 use support::relay::{Relay, Shaping};
 use support::simulcast::{
-    Rid, SimTag, SimulcastConfig, SimulcastOffer, SimulcastPublisher, analyse_video, frames_by_tid,
-    layer_bytes, longest_gap, only_layer,
+    Rid, SimTag, SimulcastConfig, SimulcastOffer, SimulcastPublisher, analyse_video,
+    analyse_video_sent_from, frames_by_tid, layer_bytes, longest_gap, only_layer,
 };
 use support::{
     CONNECT_TIMEOUT, MediaPump, PumpConfig, RecvPacket, Source, TEST_TIMEOUT, TestClient,
@@ -596,15 +597,24 @@ async fn simulcast_adapts_inner() -> Result<()> {
         let first = audio.first().context("no audio")?.at;
         let gap = longest_gap(&audio, first, end);
         let video = pupil.video(&publisher);
-        let analysis = analyse_video(&video);
+        let first_sent = pupil
+            .relay
+            .as_ref()
+            .zip(video.first())
+            .and_then(|(relay, packet)| relay.first_seq_down(packet.ssrc));
+        let analysis = analyse_video_sent_from(VideoCodec::Vp8, &video, first_sent);
         let dropped = pupil.relay.as_ref().map_or(0, |r| r.stats().down.dropped());
         eprintln!(
-            "{}: longest audio gap {gap:?}; video {} packets, {} missing, {} duplicates, \
+            "{}: longest audio gap {gap:?}; video {} packets, {} missing, {} repeats, \
              switches {:?}, {} unverifiable, relay dropped {dropped}",
             pupil.name,
             analysis.packets,
             analysis.missing,
-            analysis.duplicates,
+            analysis.duplicates
+                + pupil
+                    .client
+                    .subscriber
+                    .duplicates(&publisher.video_track_id),
             analysis
                 .switches
                 .iter()

@@ -292,12 +292,12 @@ export async function dumpDiagnostics() {
  * another network namespace (run.sh makes one for the pupil on a shaped link); Playwright talks
  * to it over a pipe, so that works across namespaces.
  */
-export async function launch(baseUrl, executablePath = CHROMIUM) {
+export async function launch(baseUrl, executablePath = CHROMIUM, extraArgs = []) {
   const userDataDir = await mkdtemp(path.join(tmpdir(), 'classroom-e2e-'));
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath,
     headless: true,
-    args: chromiumArgs(baseUrl),
+    args: [...chromiumArgs(baseUrl), ...extraArgs],
     // Playwright mutes headless audio by default; the test wants the real playback path.
     ignoreDefaultArgs: ['--mute-audio'],
     timeout: 30000,
@@ -331,4 +331,74 @@ export async function runScenario(name, body) {
   for (const close of closers.reverse()) await close();
   console.log(`${name}: ${passed} passed, ${failure ? 1 : 0} failed`);
   process.exit(failure ? 1 : 0);
+}
+
+// ---- signed-in pages (portal.mjs) ----
+
+export const PORTAL_MS = 15000;
+
+/**
+ * One Chromium with a context (cookie jar) per person: the signed-in pages need several people
+ * signed in at once, and a context each is far lighter than a browser each.
+ */
+export async function launchPeople(baseUrl) {
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: chromiumArgs(baseUrl),
+    timeout: 30000,
+  });
+  return {
+    browser,
+    person: () => browser.newContext({ viewport: { width: 1180, height: 820 } }),
+    async close() {
+      await browser.close().catch(() => {});
+    },
+  };
+}
+
+/** Waits until a signed-in page's test hooks say it has shown its first data. */
+export async function portalReady(page, label) {
+  await until(`${label} page to be ready`, () => page.evaluate(async () => {
+    const portal = window.classroomPortal;
+    if (!portal) return { ok: false, why: 'no window.classroomPortal yet' };
+    if (portal.state.ready === false) return { fail: `the page failed: ${portal.state.lastError} ${portal.state.lastErrorMessage}` };
+    return { ok: portal.state.ready === true, page: portal.state.page, lastError: portal.state.lastError };
+  }), PORTAL_MS);
+}
+
+/**
+ * Signs in as a person would with a one-time link: opens it, presses the page's button (the
+ * POST that spends the link), and waits for the home page the server sends them to.
+ */
+export async function signInWithLink(context, label, link, home) {
+  const page = await context.newPage();
+  pages.set(label, page);
+  page.on('console', (msg) => logs.push(`[${label}] ${msg.type()}: ${msg.text()}`));
+  page.on('pageerror', (err) => logs.push(`[${label}] UNCAUGHT: ${err.stack || err}`));
+  page.on('crash', () => logs.push(`[${label}] PAGE CRASHED`));
+  await page.goto(link, { timeout: PORTAL_MS });
+  await Promise.all([
+    page.waitForURL((url) => url.pathname === home, { timeout: PORTAL_MS }),
+    page.click('#btn-signin', { timeout: PORTAL_MS }),
+  ]);
+  await portalReady(page, label);
+  return page;
+}
+
+/** An API request from inside a signed-in page (its cookie; no CSRF header unless given). */
+export function apiFrom(page, path, { method = 'GET', body, csrf = false } = {}) {
+  return page.evaluate(async ({ path, method, body, csrf }) => {
+    const headers = { Accept: 'application/json' };
+    if (body !== undefined) headers['Content-Type'] = 'application/json';
+    if (csrf) headers['X-CSRF-Token'] = window.classroomPortal.state.me.csrf_token;
+    // As the pages' api.js does: the real Origin, not `null` (the pages' referrer policy).
+    const res = await fetch(path, {
+      method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: 'no-store', referrerPolicy: 'same-origin',
+    });
+    const text = await res.text();
+    let json = null;
+    try { json = JSON.parse(text); } catch { /* not JSON */ }
+    return { status: res.status, body: json ?? text };
+  }, { path, method, body, csrf });
 }

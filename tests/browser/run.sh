@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Browser end-to-end tests: starts a real classroom server and headless Chromium, then runs
 #   e2e.mjs     a lesson's audio and video flow between the pages (teacher, pupils, screen share)
-#   shaped.mjs  (only with E2E_SHAPED=1) a pupil on a shaped "home" link gets a smaller simulcast layer than an unshaped
+#   portal.mjs  the signed-in pages: a guardian's one-tap mode change, the teacher's lobby, a pupil
+#               admitted from it (school prepared with `classroom roster import` / `signin-link`)
+#   shaped.mjs  a pupil on a shaped "home" link gets a smaller simulcast layer than an unshaped
 #               pupil, and both keep decoding
 #
-# Both run inside a network namespace made for this run. Outside one, Chromium offers the
+# All run inside a network namespace made for this run. Outside one, Chromium offers the
 # machine's outward address as its ICE candidate and the test would depend on that network;
 # inside, the only addresses are a veth pair that exists nowhere else, so the test is the same on
 # every machine and cannot disturb (or be disturbed by) anything. Needs root for that.
@@ -28,10 +30,11 @@ addr=10.213.0.1
 peer_addr=10.213.0.2
 home_gw=10.214.0.1
 home_addr=10.214.0.2
-# The "lte-weak" home profile of tests/support/profiles.rs (from ../shared/data/home-links.csv):
-# 1.5 Mbit/s down with 3 % loss. Rate and loss apply to what the server sends the pupil.
-home_rate=1500kbit
-home_loss_pct=3
+# The "congested" home profile of ../shared/data/home-links.csv (several siblings on one weak
+# connection): 0.6 Mbit/s down with 5 % loss. Rate and loss apply to what the server sends the
+# pupil (the profile's 250 ms RTT would need a userspace relay; tc tbf adds up to 300 ms of queue).
+home_rate=600kbit
+home_loss_pct=5
 http_port=8080
 media_port=50000
 base_url=http://$addr:$http_port
@@ -169,6 +172,20 @@ shaped_teacher_url=$(invite --name "Kobayashi Sensei" --role teacher --identity 
 near_url=$(invite --name "Mori Yui" --role student --identity s-near --ttl 1h)
 home_url=$(invite --name "Abe Ren" --role student --identity s-home --ttl 1h)
 
+# The signed-in pages' school (portal.mjs): the sample OneRoster roster plus an administrator
+# (the sample has none), imported the way a school does it, and one-time sign-in links.
+roster=$work/roster
+cp -r "$root/domain/tests/fixtures/oneroster-sample" "$roster"
+grep '^t-002,' "$roster/users.csv" | sed -e 's/^t-002,/a-001,/' -e 's/t\.sato@/principal@/g' \
+  -e 's/健一,佐藤/一郎,田中/' -e 's/けんいち,さとう/いちろう,たなか/' >>"$roster/users.csv"
+printf 'role-a-001,,,a-001,primary,administrator,,,org-es-mizuho,\r\n' >>"$roster/roles.csv"
+"$bin" roster import "$roster" --data-dir "$work/data" >/dev/null
+signin_link() { "$bin" signin-link --person "$1" --ttl 30m --base-url "$base_url" --data-dir "$work/data"; }
+admin_link=$(signin_link a-001)
+guardian_link=$(signin_link g-001)
+teacher_link=$(signin_link t-001)
+pupil_link=$(signin_link s-003)
+
 log "starting the server in namespace $ns at $base_url"
 mkdir -p "$work/data"
 # Started with `ip netns exec` directly (not through a function) so that $! is the server itself.
@@ -207,11 +224,12 @@ scenario e2e \
   STUDENT_URL="$student_url" \
   STUDENT_IDENTITY=s-e2e-1 \
   OBSERVER_URL="$observer_url" || status=$?
-# The shaped-link scenario needs the half-frame-rate layer rule (sfu core::layer
-# MIN_TEMPORAL_ABOVE_BASE = 1): with it off, the shaped pupil gets `f` at a low frame rate, as
-# wide as the unshaped one. The rule is off until the estimate ramps faster, so the scenario
-# runs on request only (E2E_SHAPED=1); see docs/ADAPTATION.md.
-if [ "$status" -eq 0 ] && [ "${E2E_SHAPED:-0}" = 1 ]; then
+scenario portal \
+  ADMIN_LINK="$admin_link" \
+  GUARDIAN_LINK="$guardian_link" \
+  TEACHER_LINK="$teacher_link" \
+  PUPIL_LINK="$pupil_link" || status=$?
+if [ "$status" -eq 0 ]; then
   scenario shaped \
     TEACHER_URL="$shaped_teacher_url" \
     NEAR_URL="$near_url" \

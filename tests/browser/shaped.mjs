@@ -17,6 +17,10 @@ import {
   required, delay, launch, runScenario, until, step, waitForServer, openPage, switchOn, outbound,
   inbound, expectVideoFlowing, expectAudioFlowing, allowSound, JOIN_MS,
 } from './lib.mjs';
+import { randomBytes } from 'node:crypto';
+import { rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 
 const BASE_URL = required('BASE_URL');
 const TEACHER_URL = required('TEACHER_URL');
@@ -37,6 +41,29 @@ const WATCH_SECONDS = 10;
 const CAMERA = { kind: 'video', source: 'camera', role: 'teacher' };
 const MICROPHONE = { kind: 'audio', source: 'microphone', role: 'teacher' };
 
+/**
+ * Writes a 2 s loop of 1280x720 video at 20 fps (Y4M, which Chromium's fake capture plays) that
+ * costs about what a real camera costs: bars for structure, and fresh noise in every frame, which
+ * no motion search can predict.
+ */
+async function texturedCamera() {
+  const [width, height, frames] = [1280, 720, 40];
+  const file = path.join(tmpdir(), `classroom-camera-${process.pid}.y4m`);
+  const luma = width * height;
+  const chroma = Buffer.alloc(luma / 2, 128);
+  const parts = [Buffer.from(`YUV4MPEG2 W${width} H${height} F20:1 Ip A1:1 C420jpeg\n`)];
+  for (let f = 0; f < frames; f += 1) {
+    const y = randomBytes(luma);
+    for (let i = 0; i < luma; i += 1) {
+      const bar = (((i % width) + f * 8) >> 6) & 1 ? 150 : 70;
+      y[i] = bar + (y[i] & 31);
+    }
+    parts.push(Buffer.from('FRAME\n'), y, chroma);
+  }
+  await writeFile(file, Buffer.concat(parts));
+  return file;
+}
+
 function layerSummary(o) {
   return o.encodings.map((e) => `${e.rid} ${e.active === false ? 'off' : `${e.frameWidth}x${e.frameHeight}`}`).join(', ');
 }
@@ -44,7 +71,12 @@ function layerSummary(o) {
 runScenario('shaped', async (closers) => {
   await step('server answers /healthz', () => waitForServer(BASE_URL));
 
-  const near = await launch(BASE_URL);
+  // The teacher's camera films a textured, changing picture: Chromium's own fake camera is so
+  // cheap to encode (the full layer at about 0.5 Mbit/s) that its layers would barely differ in
+  // cost, where a real classroom camera fills the caps the teacher page sets (150k/500k/1.5M).
+  const camera = await texturedCamera();
+  closers.push(() => rm(camera, { force: true }));
+  const near = await launch(BASE_URL, undefined, [`--use-file-for-fake-video-capture=${camera}`]);
   closers.push(near.close);
   const home = await launch(BASE_URL, HOME_CHROMIUM);
   closers.push(home.close);

@@ -16,7 +16,7 @@ use rtc::peer_connection::configuration::interceptor_registry::{
     Registry, Slot, register_default_interceptors,
 };
 use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MediaEngine,
 };
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -124,6 +124,24 @@ fn media_engine(video: VideoCodec) -> Result<MediaEngine> {
             RtpCodecKind::Video,
         )
         .with_context(|| format!("register {}", video.mime_type()))?;
+    // RTX (RFC 4588), as every browser offers it: the server retransmits on its own SSRC and,
+    // above all, pads on it when it probes for more bandwidth, so the estimate towards these
+    // clients ramps as it does towards a browser.
+    engine
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: MIME_TYPE_RTX.to_owned(),
+                    clock_rate: 90_000,
+                    channels: 0,
+                    sdp_fmtp_line: format!("apt={}", video.payload_type()),
+                    rtcp_feedback: vec![],
+                },
+                payload_type: video.payload_type() + 1,
+            },
+            RtpCodecKind::Video,
+        )
+        .context("register RTX")?;
     engine.register_feedback(
         RTCPFeedback {
             typ: "ccm".to_owned(),

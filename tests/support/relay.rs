@@ -19,6 +19,7 @@
 //! Counters per direction ([`RelayStats`]) tell what the relay did.
 
 use anyhow::{Context, Result};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -121,6 +122,9 @@ struct Direction {
     /// The delivery time of the latest packet (deliveries never go backwards).
     last_delivery: Instant,
     stats: DirectionStats,
+    /// The first RTP sequence number that arrived on each SSRC, dropped or not: a receiver
+    /// whose first packet is later than this knows the stream's start was lost on the way.
+    first_seq: HashMap<u32, u16>,
 }
 
 impl Direction {
@@ -131,7 +135,20 @@ impl Direction {
             link_free_at: now,
             last_delivery: now,
             stats: DirectionStats::default(),
+            first_seq: HashMap::new(),
         }
+    }
+
+    fn note_rtp(&mut self, datagram: &[u8]) {
+        // RFC 7983 demultiplexing: RTP and RTCP start with version 2; RTCP's packet types
+        // 192..=223 show as 64..=95 once the marker bit is masked off.
+        if datagram.len() < 12 || datagram[0] >> 6 != 2 || (64..=95).contains(&(datagram[1] & 0x7f))
+        {
+            return;
+        }
+        let seq = u16::from_be_bytes([datagram[2], datagram[3]]);
+        let ssrc = u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]);
+        self.first_seq.entry(ssrc).or_insert(seq);
     }
 
     /// Decides the fate of a datagram of `len` bytes arriving `now`: `Some(delivery time)` or
@@ -241,6 +258,7 @@ impl Relay {
                     let Some(client) = state.client else {
                         continue;
                     };
+                    state.down.note_rtp(&buf[..len]);
                     if let Some(at) = state.down.admit(now, len) {
                         let _ = down_tx.send((at, buf[..len].to_vec(), client));
                     }
@@ -284,6 +302,18 @@ impl Relay {
             down: state.down.stats,
             up: state.up.stats,
         }
+    }
+
+    /// The first RTP sequence number the server sent the client on `ssrc` (whether or not the
+    /// relay delivered it).
+    pub fn first_seq_down(&self, ssrc: u32) -> Option<u16> {
+        self.state
+            .lock()
+            .unwrap()
+            .down
+            .first_seq
+            .get(&ssrc)
+            .copied()
     }
 
     /// The client's address, once it has sent something.

@@ -1285,6 +1285,17 @@ pub fn analyse_video(packets: &[RecvPacket]) -> VideoAnalysis {
 /// larger than the sequence gap allows); TL0PICIDX +1 exactly on TID 0 frames. H264: every
 /// payload a single NAL, STAP-A or FU-A; FU-A fragments of one NAL unit in order, from S to E.
 pub fn analyse_video_codec(codec: VideoCodec, packets: &[RecvPacket]) -> VideoAnalysis {
+    analyse_video_sent_from(codec, packets, None)
+}
+
+/// [`analyse_video_codec`] for a stream whose first sent sequence number is known (from a relay
+/// on the path): a first received packet after it had its stream's start lost on the way, so
+/// that start cannot be checked.
+pub fn analyse_video_sent_from(
+    codec: VideoCodec,
+    packets: &[RecvPacket],
+    first_sent: Option<u16>,
+) -> VideoAnalysis {
     let mut a = VideoAnalysis {
         packets: packets.len(),
         ..Default::default()
@@ -1333,11 +1344,12 @@ pub fn analyse_video_codec(codec: VideoCodec, packets: &[RecvPacket]) -> VideoAn
         };
         let Some((prev_seq, before)) = &prev else {
             if !keyframe_start {
-                if tag.index > 0 {
-                    // The start of this frame never arrived: lost before the receiver knew
-                    // the stream, so not even a NACK could bring it back. Like a switch after
-                    // loss, it cannot be checked (callers check that the path dropped
-                    // anything at all).
+                let start_lost = first_sent.is_some_and(|first| first != packet.sequence_number);
+                if tag.index > 0 || start_lost {
+                    // The start of this frame (or every packet before it) never arrived: lost
+                    // before the receiver knew the stream, so not even a NACK could bring it
+                    // back. Like a switch after loss, it cannot be checked (callers check that
+                    // the path dropped anything at all).
                     a.unverifiable_switches += 1;
                 } else {
                     a.problems.push(format!(

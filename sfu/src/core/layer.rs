@@ -5,7 +5,7 @@
 //! `core::allocator`) into a decision, and takes care of the two things a budget alone does not:
 //!
 //! - **Hysteresis.** Bandwidth estimates wobble. Going up is only worth it when the budget exceeds
-//!   the higher layer's bitrate by a margin for a hold time (1.2× for 3 s by default); going down
+//!   the higher layer's bitrate by a margin for a hold time (1.2× for 2 s by default); going down
 //!   happens at once, since an overshoot means loss and freezes for the subscriber.
 //! - **Keyframes.** Spatial layers are separate encodings: a switch has to start on a keyframe of
 //!   the target layer. Until it comes, the current layer keeps flowing, and the shard asks the
@@ -29,9 +29,9 @@ pub const MAX_TEMPORAL: usize = 3;
 /// full frame rate would be the better lesson: a teacher's gestures and lips at 5 fps are hard to
 /// follow, while a smaller picture on a tablet is still clear.
 ///
-/// 0 for now (spatial first, any frame rate): with 1, `f` needs about 1.5 Mbit/s of estimate
-/// instead of 1.0, and the estimate ramps too slowly for that today (docs/ADAPTATION.md).
-pub const MIN_TEMPORAL_ABOVE_BASE: u8 = 0;
+/// With it, `f` needs about 1.2 Mbit/s of estimate rather than 0.8: the probing in
+/// `core::probe` and the shard's allocation round ramp the estimate fast enough for that.
+pub const MIN_TEMPORAL_ABOVE_BASE: u8 = 1;
 
 /// Going up needs a budget of the higher layer's rate × this / 100 (the default of
 /// [`SelectorConfig::upgrade_margin_percent`]).
@@ -85,8 +85,6 @@ impl LayerBitrates {
     /// The available layers within `cap` worth choosing as a target, lowest first: every
     /// temporal layer of the lowest spatial layer, and above it only frame rates from
     /// [`MIN_TEMPORAL_ABOVE_BASE`] up (or the only one a layer has).
-    // The floor is a tuning constant (0 today), so `min` with it may look pointless to clippy.
-    #[allow(clippy::unnecessary_min_or_max)]
     pub fn targets(&self, cap: Layer) -> impl Iterator<Item = (Layer, u64)> + '_ {
         let base = self.layers(cap).next().map(|(l, _)| l.spatial);
         self.layers(cap).filter(move |&(l, _)| {
@@ -131,7 +129,7 @@ impl Default for SelectorConfig {
     fn default() -> Self {
         SelectorConfig {
             upgrade_margin_percent: UPGRADE_MARGIN_PERCENT,
-            upgrade_hold: Duration::from_secs(3),
+            upgrade_hold: Duration::from_secs(2),
             pause_hold: Duration::from_secs(4),
         }
     }
@@ -318,7 +316,8 @@ mod tests {
             (Layer::MAX, 0, 100, None),
             (Layer::MAX, 79_999, 100, None),
             (Layer::MAX, 80_000, 100, Some(Layer::new(0, 0))),
-            (Layer::MAX, 300_000, 100, Some(Layer::new(1, 0))),
+            // h at its base frame rate (250k) fits, but q at the full rate is the better picture.
+            (Layer::MAX, 300_000, 100, Some(Layer::new(0, 2))),
             (Layer::MAX, 400_000, 100, Some(Layer::new(1, 1))),
             (Layer::MAX, 500_000, 100, Some(Layer::new(1, 2))),
             (Layer::MAX, 599_999, 120, Some(Layer::new(1, 1))),
@@ -327,7 +326,8 @@ mod tests {
             (Layer::new(1, 2), 3_000_000, 100, Some(Layer::new(1, 2))),
             // The subscriber itself asked for the base frame rate only.
             (Layer::new(2, 0), 3_000_000, 100, Some(Layer::new(2, 0))),
-            (Layer::MAX, 1_000_000, 100, Some(Layer::new(2, 0))),
+            // Likewise f at a quarter of the frame rate (800k): h at the full rate instead.
+            (Layer::MAX, 1_000_000, 100, Some(Layer::new(1, 2))),
         ];
         for (cap, budget, percent, want) in rows {
             assert_eq!(
@@ -420,7 +420,7 @@ mod tests {
                 (Some((1, 2)), Some((1, 2)), false, false),
             ),
             (
-                8_999,
+                7_999,
                 Budget(1_700_000),
                 (Some((1, 2)), Some((1, 2)), false, false),
             ),
@@ -435,20 +435,20 @@ mod tests {
                 Budget(1_700_000),
                 (Some((1, 2)), Some((1, 2)), false, false),
             ),
-            // … 3 s later the target moves up to what fits with the margin (f1: 1.44M ≤ 1.7M),
+            // … 2 s later the target moves up to what fits with the margin (f1: 1.44M ≤ 1.7M),
             // while h keeps flowing until f's keyframe.
             (
-                13_000,
+                12_000,
                 Budget(1_700_000),
                 (Some((1, 2)), Some((2, 1)), true, false),
             ),
             (
-                13_100,
+                12_100,
                 Keyframe(1),
                 (Some((1, 2)), Some((2, 1)), true, false),
             ),
             (
-                13_200,
+                12_200,
                 Keyframe(2),
                 (Some((2, 1)), Some((2, 1)), false, false),
             ),
@@ -502,11 +502,11 @@ mod tests {
             // q0 fits but not with the margin (96k): still paused.
             (6_000, Budget(90_000), (None, None, false, true)),
             (6_500, Budget(100_000), (None, None, false, true)),
-            (9_499, Budget(100_000), (None, None, false, true)),
-            // 3 s with the margin: resume at q0, which needs a keyframe.
-            (9_500, Budget(100_000), (None, Some((0, 0)), true, false)),
+            (8_499, Budget(100_000), (None, None, false, true)),
+            // 2 s with the margin: resume at q0, which needs a keyframe.
+            (8_500, Budget(100_000), (None, Some((0, 0)), true, false)),
             (
-                9_600,
+                8_600,
                 Keyframe(0),
                 (Some((0, 0)), Some((0, 0)), false, false),
             ),

@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 /// The first wait, and the interval after a probe that found more bandwidth.
-pub const BASE_INTERVAL: Duration = Duration::from_secs(2);
+pub const BASE_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest wait between probes on a link that keeps not growing.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(16);
 /// A probe "helped" when the estimate grew by at least this many percent since it was asked.
@@ -97,14 +97,16 @@ mod tests {
         let t0 = Instant::now();
         let mut p = ProbePacer::default();
         assert_eq!(p.round(t0, true, 700_000), Nudge::Steady);
-        assert_eq!(p.round(at(t0, 1_500), true, 700_000), Nudge::Steady);
-        assert_eq!(p.round(at(t0, 2_000), true, 700_000), Nudge::Lower);
+        assert_eq!(p.round(at(t0, 500), true, 700_000), Nudge::Steady);
+        assert_eq!(p.round(at(t0, 1_000), true, 700_000), Nudge::Lower);
         // The next round restores the desired rate: that is the probe.
-        assert_eq!(p.round(at(t0, 2_500), true, 700_000), Nudge::Steady);
-        // No growth: 4 s, then 8 s, then 16 s, and no more than that.
+        assert_eq!(p.round(at(t0, 1_500), true, 700_000), Nudge::Steady);
+        // No growth: 2 s, then 4, 8, 16 s, and no more than that.
+        assert_eq!(p.round(at(t0, 2_000), true, 700_000), Nudge::Lower);
+        assert_eq!(p.interval(), Duration::from_secs(2));
+        assert_eq!(p.round(at(t0, 3_900), true, 700_000), Nudge::Steady);
         assert_eq!(p.round(at(t0, 4_000), true, 700_000), Nudge::Lower);
         assert_eq!(p.interval(), Duration::from_secs(4));
-        assert_eq!(p.round(at(t0, 7_900), true, 700_000), Nudge::Steady);
         assert_eq!(p.round(at(t0, 8_000), true, 700_000), Nudge::Lower);
         assert_eq!(p.interval(), Duration::from_secs(8));
         assert_eq!(p.round(at(t0, 16_000), true, 700_000), Nudge::Lower);
@@ -119,16 +121,16 @@ mod tests {
         let t0 = Instant::now();
         let mut p = ProbePacer::default();
         p.round(t0, true, 500_000);
+        assert_eq!(p.round(at(t0, 1_000), true, 500_000), Nudge::Lower);
         assert_eq!(p.round(at(t0, 2_000), true, 500_000), Nudge::Lower);
-        assert_eq!(p.round(at(t0, 4_000), true, 500_000), Nudge::Lower);
-        assert_eq!(p.interval(), Duration::from_secs(4));
+        assert_eq!(p.interval(), Duration::from_secs(2));
         // The probe worked: +40 %.
-        assert_eq!(p.round(at(t0, 8_000), true, 700_000), Nudge::Lower);
+        assert_eq!(p.round(at(t0, 4_000), true, 700_000), Nudge::Lower);
         assert_eq!(p.interval(), BASE_INTERVAL);
         // Everything fits now: nothing to probe for, and the next want starts afresh.
-        assert_eq!(p.round(at(t0, 9_000), false, 2_000_000), Nudge::Steady);
+        assert_eq!(p.round(at(t0, 5_000), false, 2_000_000), Nudge::Steady);
         assert_eq!(p.round(at(t0, 20_000), true, 2_000_000), Nudge::Steady);
-        assert_eq!(p.round(at(t0, 21_999), true, 2_000_000), Nudge::Steady);
-        assert_eq!(p.round(at(t0, 22_000), true, 2_000_000), Nudge::Lower);
+        assert_eq!(p.round(at(t0, 20_999), true, 2_000_000), Nudge::Steady);
+        assert_eq!(p.round(at(t0, 21_000), true, 2_000_000), Nudge::Lower);
     }
 }

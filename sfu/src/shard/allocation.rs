@@ -51,6 +51,7 @@ impl Shard {
             BweKind::Remb { estimate, .. } => estimate.as_u64(),
             _ => return,
         };
+        tracing::trace!(?key, bps, "estimate");
         if let Some(peer) = self.peer_mut(key) {
             peer.estimate = Some(bps);
         }
