@@ -675,6 +675,206 @@ async fn simulcast_adapts_inner() -> Result<()> {
     Ok(())
 }
 
+/// A link too weak for even the lowest layer beside the audio: the server pauses the video and
+/// says so (`track_quality` paused), the audio goes on, and when the link recovers the video
+/// resumes by itself, starting at a keyframe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn video_pauses_on_a_link_too_weak_for_any_layer_and_resumes_by_itself() -> Result<()> {
+    bounded(pause_and_resume_inner()).await
+}
+
+/// Whether `frame` is a `track_quality` report for `track` with `paused` as given.
+fn is_pause_report(frame: &serde_json::Value, track: &str, paused: bool) -> bool {
+    support::is_type(frame, "track_quality")
+        && frame.get("track_id").and_then(|t| t.as_str()) == Some(track)
+        && frame.get("paused").and_then(|p| p.as_bool()) == Some(paused)
+}
+
+async fn pause_and_resume_inner() -> Result<()> {
+    let server = TestServer::start().await?;
+    let url = server.ws_url();
+    let teacher = TestClient::connect(&url, &server.token("t-001", "Tanaka", Role::Teacher))
+        .await
+        .context("teacher joins")?;
+    let offer = SimulcastOffer::create().await?;
+    let reply = teacher
+        .request(offer.message())
+        .await
+        .context("publish simulcast")?;
+    if !support::is_type(&reply, "publish_answer") {
+        offer.abandon().await;
+        bail!("the server refused the simulcast offer: {reply}");
+    }
+    let publisher = offer.complete(&reply).await?;
+    publisher.start(SimulcastConfig::default());
+    let video_id = publisher.video_track_id.clone();
+    let audio_id = publisher.audio_track_id.clone();
+
+    // 90 kbit/s: the teacher's Opus fits, audio plus the lowest layer does not.
+    let weak = home_link("congested")
+        .with_down_mbps(0.09)
+        .with_loss_pct(0.0);
+    let relay = Relay::start(server.media_addr(), Shaping::NONE, Shaping::NONE).await?;
+    let pupil = TestClient::connect_with(
+        &url,
+        &server.token("s-001", "Sato", Role::Student),
+        Some(relay.sdp_rewriter()),
+    )
+    .await
+    .context("pupil joins")?;
+    support::wait::poll_for(
+        CONNECT_TIMEOUT,
+        || "the pupil's subscribe connection to connect".to_owned(),
+        async || {
+            (pupil.subscriber.state() == Some(RTCPeerConnectionState::Connected)).then_some(())
+        },
+    )
+    .await?;
+    support::wait::poll_for(
+        CONNECT_TIMEOUT,
+        || "the pupil's first video".to_owned(),
+        async || (!pupil.subscriber.received(&video_id).is_empty()).then_some(()),
+    )
+    .await?;
+    relay.set_down(weak.down());
+    relay.set_up(weak.up());
+    let weakened = Instant::now();
+
+    pupil
+        .expect_event(
+            |e| is_pause_report(e, &video_id, true),
+            Duration::from_secs(25),
+        )
+        .await
+        .context("the server did not report the video paused on a 90 kbit/s link")?;
+    let paused_at = Instant::now();
+    eprintln!("paused {:?} after the link weakened", paused_at - weakened);
+
+    // While paused: no new video frames (once what the pacer had queued at the link's rate has
+    // drained), and the audio flows.
+    let quiet = Duration::from_secs(3);
+    let (quiet_from, quiet_to) = support::wait::poll_for(
+        Duration::from_secs(12),
+        || {
+            format!(
+                "{quiet:?} without a new video frame after the pause; last video packets at {:?} \
+                 before now; relay {:?}",
+                pupil
+                    .subscriber
+                    .received(&video_id)
+                    .last()
+                    .map(|p| p.at.elapsed()),
+                relay.stats()
+            )
+        },
+        async || {
+            // Frames newer than every one before the window: video forwarded in it.
+            let video = pupil.subscriber.received(&video_id);
+            let now = Instant::now();
+            let from = now.checked_sub(quiet)?;
+            if from < paused_at {
+                return None;
+            }
+            let newest_before = video
+                .iter()
+                .filter(|p| p.at < from)
+                .map(|p| p.timestamp)
+                .max()?;
+            let fresh = video
+                .iter()
+                .any(|p| p.at >= from && p.timestamp > newest_before);
+            (!fresh).then_some((from, now))
+        },
+    )
+    .await
+    .context("the video did not stop while reported paused")?;
+    eprintln!(
+        "no new video frames from {:?} after the pause report",
+        quiet_from - paused_at
+    );
+    let audio = pupil.subscriber.received(&audio_id);
+    let gap = longest_gap(&audio, quiet_from, quiet_to);
+    ensure!(
+        gap <= Duration::from_millis(500),
+        "the audio stopped for {gap:?} while the video was paused"
+    );
+
+    // The link recovers: the video comes back by itself.
+    relay.set_down(home_link("fiber").down());
+    relay.set_up(home_link("fiber").up());
+    let lifted = Instant::now();
+    // (`expect_event` would also match the reports from before the pause.)
+    support::wait::poll_for(
+        Duration::from_secs(15),
+        || "a track_quality report that the video is no longer paused".to_owned(),
+        async || {
+            let history = pupil.signal.history();
+            let pause = history
+                .iter()
+                .rposition(|e| is_pause_report(e, &video_id, true))?;
+            history[pause..]
+                .iter()
+                .any(|e| is_pause_report(e, &video_id, false))
+                .then_some(())
+        },
+    )
+    .await
+    .context("the video was not resumed within 15 s of the link recovering")?;
+    let reported = Instant::now();
+    eprintln!(
+        "resume reported {:?} after the link recovered",
+        reported - lifted
+    );
+    support::wait::poll_for(
+        Duration::from_secs(10),
+        || {
+            format!(
+                "new video frames after the resume; relay {:?}",
+                relay.stats()
+            )
+        },
+        async || {
+            let video = pupil.subscriber.received(&video_id);
+            let newest_before = video
+                .iter()
+                .filter(|p| p.at < lifted)
+                .map(|p| p.timestamp)
+                .max()?;
+            video
+                .iter()
+                .any(|p| p.at >= lifted && p.timestamp > newest_before)
+                .then_some(())
+        },
+    )
+    .await?;
+    eprintln!("video back {:?} after the link recovered", lifted.elapsed());
+    // The resumed stream: frames newer than any before the lift (late repairs of older frames
+    // may arrive after it too).
+    let video = pupil.subscriber.received(&video_id);
+    let newest_before = video
+        .iter()
+        .filter(|p| p.at < lifted)
+        .map(|p| p.timestamp)
+        .max()
+        .unwrap_or(0);
+    let resumed: Vec<RecvPacket> = video
+        .into_iter()
+        .filter(|p| p.at >= lifted && p.timestamp > newest_before)
+        .collect();
+    let analysis = analyse_video(&resumed);
+    ensure!(
+        analysis.ok(),
+        "the resumed video is not continuous for a decoder: {:#?}",
+        analysis.problems
+    );
+
+    publisher.close().await;
+    pupil.close().await;
+    teacher.close().await;
+    server.shutdown().await;
+    Ok(())
+}
+
 // ---- Measurement: how each home profile adapts ----
 
 /// How long each profile's pupil receives before the measurement stops.
