@@ -386,6 +386,41 @@ async fn h264_simulcast_inner() -> Result<()> {
         .wait_count(&audio_id, 25, Duration::from_secs(5))
         .await
         .context("audio at the pupil")?;
+
+    // ---- A pupil whose device takes only VP8: told why there is no picture, still hears ----
+    let vp8_only = TestClient::connect_with_codec(
+        &url,
+        &server.token("s-002", "Suzuki", Role::Student),
+        None,
+        VideoCodec::Vp8,
+    )
+    .await
+    .context("the VP8-only pupil joins")?;
+    let told = vp8_only
+        .expect_event(
+            |e| {
+                support::is_type(e, "track_quality")
+                    && e.get("track_id").and_then(|t| t.as_str()) == Some(video_id.as_str())
+            },
+            Duration::from_secs(10),
+        )
+        .await
+        .context("the VP8-only pupil was not told about the H264 video")?;
+    ensure!(
+        told.get("paused").and_then(|p| p.as_bool()) == Some(true)
+            && told.get("reason").and_then(|r| r.as_str()) == Some("codec_unsupported"),
+        "the VP8-only pupil's report should say the codec is unsupported: {told}"
+    );
+    vp8_only
+        .subscriber
+        .wait_count(&audio_id, 25, Duration::from_secs(5))
+        .await
+        .context("audio at the VP8-only pupil")?;
+    ensure!(
+        vp8_only.subscriber.received_count(&video_id) == 0,
+        "the VP8-only pupil received H264 video it never accepted"
+    );
+    vp8_only.close().await;
     let (sub_offer, sub_answer) = pupil
         .subscriber
         .last_sdp()

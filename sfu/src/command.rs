@@ -144,6 +144,15 @@ pub enum ShardCommand {
     Shutdown,
 }
 
+/// Why a subscriber receives no video of a track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseReason {
+    /// Not even the lowest layer fits the subscriber's link; it resumes by itself.
+    WeakNetwork,
+    /// The subscriber's answer accepted none of the codecs the track is sent in.
+    CodecUnsupported,
+}
+
 /// Things the media plane tells the control plane.
 #[derive(Debug)]
 pub enum ShardEvent {
@@ -160,14 +169,14 @@ pub enum ShardEvent {
     },
     /// One of the participant's connections failed or timed out.
     ConnectionLost { participant: ParticipantId },
-    /// The layer a subscriber receives of a video track changed, or the track paused because
-    /// not even the lowest layer fits its link.
+    /// The layer a subscriber receives of a video track changed, or the track paused.
     TrackQuality {
         participant: ParticipantId,
         track: TrackId,
         /// The layer now forwarded; `None` while paused.
         layer: Option<LayerName>,
-        paused: bool,
+        /// Why nothing is forwarded, if so.
+        paused: Option<PauseReason>,
     },
     /// Dynacast: the publisher should encode exactly these rids of the track.
     SetEncodings {

@@ -19,8 +19,8 @@ pub mod metrics;
 pub mod shard;
 
 pub use command::{
-    LayerName, PublishedTrack, ShardCommand, ShardEvent, SubscribedTrack, TrackKind, TrackSource,
-    TrackSpec,
+    LayerName, PauseReason, PublishedTrack, ShardCommand, ShardEvent, SubscribedTrack, TrackKind,
+    TrackSource, TrackSpec,
 };
 pub use config::MediaConfig;
 pub use error::SfuError;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, warn};
 
-use classroom_sfu::{ShardCommand, ShardEvent};
+use classroom_sfu::{PauseReason, ShardCommand, ShardEvent};
 
 use gate::{OpenGate, RoomGate};
 use protocol::{ErrorCode, GoodbyeReason, QualityEntry, QualityLabel, ServerMessage};
@@ -283,8 +283,14 @@ async fn relay_media_events(inner: Arc<Inner>, mut events: mpsc::UnboundedReceiv
                 let msg = ServerMessage::TrackQuality {
                     track_id: track.to_string(),
                     layer: layer.map(layer_wire),
-                    paused,
-                    reason: paused.then(|| "weak_network".to_owned()),
+                    paused: paused.is_some(),
+                    reason: paused.map(|reason| {
+                        match reason {
+                            PauseReason::WeakNetwork => "weak_network",
+                            PauseReason::CodecUnsupported => "codec_unsupported",
+                        }
+                        .to_owned()
+                    }),
                 };
                 inner.registry.send(participant, Outbound::Send(msg));
             }

@@ -203,24 +203,34 @@ runScenario('e2e', async (closers) => {
     }
   });
 
-  await step('pupil stage shows a notice while the teacher video is paused for a weak link', async () => {
-    // The server pauses video only on a weak link, which this test does not make; the page's
-    // handling is driven with the message itself, as the server would send it.
-    const show = (paused) => student.evaluate((paused) => {
+  await step('pupil stage says why the teacher video is paused (weak link, or a codec it cannot play)', async () => {
+    // This test makes neither a weak link nor a codec mismatch (the server's side of both is
+    // tested in Rust: simulcast_e2e, h264_simulcast); the page's handling is driven with the
+    // message itself, as the server sends it.
+    const show = (reason) => student.evaluate((reason) => {
       const c = window.classroom;
       const cam = c.state.remoteTracks.find((t) => t.source === 'camera');
-      c.session.signal.onMessage(paused
-        ? { v: 1, type: 'track_quality', track_id: cam.trackId, layer: null, paused: true, reason: 'weak_network' }
+      c.session.signal.onMessage(reason
+        ? { v: 1, type: 'track_quality', track_id: cam.trackId, layer: null, paused: true, reason }
         : { v: 1, type: 'track_quality', track_id: cam.trackId, layer: 'high', paused: false });
-      const notice = document.getElementById('video-paused');
-      return { hidden: notice.hidden, text: notice.textContent.replace(/\s+/g, ' ').trim() };
-    }, paused);
-    const on = await show(true);
-    if (on.hidden || !/weak network/.test(on.text)) throw new Error(`no notice while paused: ${JSON.stringify(on)}`);
+      const notice = (id) => {
+        const el = document.getElementById(id);
+        return { hidden: el.hidden, text: el.textContent.replace(/\s+/g, ' ').trim() };
+      };
+      return { weak: notice('video-paused'), codec: notice('video-unplayable') };
+    }, reason);
+    const weak = await show('weak_network');
+    if (weak.weak.hidden || !/weak network/.test(weak.weak.text) || !weak.codec.hidden) {
+      throw new Error(`weak link: wrong notice: ${JSON.stringify(weak)}`);
+    }
     await screenshots('paused');
-    const off = await show(false);
-    if (!off.hidden) throw new Error('the notice stayed after the video resumed');
-    console.log(`  notice: "${on.text}"`);
+    const codec = await show('codec_unsupported');
+    if (codec.codec.hidden || !/cannot play/.test(codec.codec.text) || !codec.weak.hidden) {
+      throw new Error(`codec mismatch: wrong notice: ${JSON.stringify(codec)}`);
+    }
+    const off = await show(null);
+    if (!off.weak.hidden || !off.codec.hidden) throw new Error('a notice stayed after the video resumed');
+    console.log(`  notices: "${weak.weak.text}" / "${codec.codec.text}"`);
   });
 
   await step('observer is offered no camera button', async () => {

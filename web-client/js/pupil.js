@@ -101,7 +101,11 @@ function renderStage() {
   if (teacher.camera) session.setTrackQuality(teacher.camera.trackId, teacher.screen ? CORNER_LAYER : STAGE_LAYER);
   if (teacher.screen) session.setTrackQuality(teacher.screen.trackId, STAGE_LAYER);
   const paused = (t) => Boolean(t && session.trackQuality.get(t.trackId)?.paused);
+  // Why: a weak link (resumes by itself) or a codec this device cannot decode (it will not).
+  const pausedFor = (reason) => [teacher.camera, teacher.screen]
+    .some((t) => paused(t) && (session.trackQuality.get(t.trackId)?.reason ?? 'weak_network') === reason);
   byId('teacher-camera').classList.toggle('paused', paused(teacher.camera));
   byId('teacher-screen').classList.toggle('paused', paused(teacher.screen));
-  byId('video-paused').hidden = !(paused(teacher.camera) || paused(teacher.screen));
+  byId('video-paused').hidden = !pausedFor('weak_network');
+  byId('video-unplayable').hidden = !pausedFor('codec_unsupported');
 }

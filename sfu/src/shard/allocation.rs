@@ -13,7 +13,7 @@ use tracing::debug;
 
 use super::Shard;
 use super::peer::{PeerKey, PeerRole};
-use crate::command::{LayerName, ShardEvent};
+use crate::command::{LayerName, PauseReason, ShardEvent};
 use crate::core::allocator::{Allocation, Snapshot, TrackClass, TrackDemand, allocate};
 use crate::core::layer::{
     Layer, LayerBitrates, MAX_SPATIAL, SelectorInput, UPGRADE_MARGIN_PERCENT,
@@ -129,6 +129,9 @@ impl Shard {
             let Some(sub) = track.subscriptions.iter().find(|s| s.peer == key) else {
                 continue;
             };
+            if sub.unplayable.is_some() {
+                continue; // Nothing of it can be sent; it takes no bandwidth.
+            }
             demands.push(TrackDemand {
                 id: *track_id,
                 class: track.class,
@@ -219,7 +222,7 @@ impl Shard {
                     participant,
                     track: track_id,
                     layer: name,
-                    paused: decision.paused,
+                    paused: decision.paused.then_some(PauseReason::WeakNetwork),
                 });
             }
             any_paused |= decision.paused;

@@ -13,7 +13,7 @@ use str0m::stats::MediaEgressStats;
 
 use super::Shard;
 use super::peer::{PeerKey, PeerRole};
-use crate::command::TrackKind;
+use crate::command::{PauseReason, ShardEvent, TrackKind};
 use crate::core::forward::{Forward, Forwarder, IncomingPacket};
 use crate::core::keyframe::{VideoCodec, is_keyframe_start};
 use crate::core::layer::{Layer, LayerSelector, SelectorConfig};
@@ -43,9 +43,17 @@ pub(crate) struct Subscription {
     temporal: u8,
     /// What the client was last told about this track: (layer, paused).
     pub reported: Option<(Option<crate::command::LayerName>, bool)>,
+    /// The codec this subscriber cannot take (its answer lacks it), once it has been told.
+    pub unplayable: Option<Codec>,
 }
 
 impl Subscription {
+    /// The subscriber answered a new offer: what it accepts may have changed.
+    pub fn renegotiated(&mut self) {
+        self.pt = None;
+        self.unplayable = None;
+    }
+
     pub fn new(peer: PeerKey, mid: Mid, kind: TrackKind) -> Self {
         Subscription {
             peer,
@@ -65,6 +73,7 @@ impl Subscription {
             cap: Layer::MAX,
             reported: None,
             temporal: 0,
+            unplayable: None,
         }
     }
 }
@@ -235,13 +244,26 @@ impl Shard {
             }
             let pt = match sub.pt {
                 Some((c, pt)) if c == codec => pt,
+                _ if sub.unplayable == Some(codec) => continue,
                 _ => match negotiated_pt(&peer.rtc, sub.mid, codec) {
                     Some(pt) => {
                         sub.pt = Some((codec, pt));
+                        sub.unplayable = None;
                         pt
                     }
-                    // The subscriber cannot decode this codec; nothing to send it.
-                    None => continue,
+                    // The subscriber cannot decode this codec: nothing to send it, and it is
+                    // told once, so the page can say why there is no picture.
+                    None => {
+                        sub.unplayable = Some(codec);
+                        sub.reported = Some((None, true));
+                        let _ = self.events.send(ShardEvent::TrackQuality {
+                            participant: peer.participant,
+                            track: track_id,
+                            layer: None,
+                            paused: Some(PauseReason::CodecUnsupported),
+                        });
+                        continue;
+                    }
                 },
             };
             match sub.forwarder.forward(&incoming) {

@@ -428,6 +428,11 @@ impl Shard {
             self.close_peer(key);
             return Err(SfuError::Negotiation(e.to_string()));
         }
+        for track in self.tracks.values_mut() {
+            for sub in track.subscriptions.iter_mut().filter(|s| s.peer == key) {
+                sub.renegotiated();
+            }
+        }
         // Drain the answer's effects before the next change to the same `Rtc`.
         self.drain(key);
         if again {
