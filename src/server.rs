@@ -33,6 +33,8 @@ use crate::secret::{self, SecretSource};
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
 /// How long the media thread gets to close its connections.
 const MEDIA_STOP: Duration = Duration::from_secs(5);
+/// How long shutdown waits for the last arrivals and departures to be stored.
+const PRESENCE_FLUSH: Duration = Duration::from_secs(5);
 
 /// A running server. Dropping it without [`ServerHandle::shutdown`] stops the web server
 /// abruptly but leaves the media thread to the end of the process.
@@ -52,6 +54,7 @@ pub struct ServerHandle {
     http_task: Option<JoinHandle<io::Result<()>>>,
     sfu: Option<Sfu>,
     purge_task: Option<JoinHandle<()>>,
+    gate: Arc<LessonGate>,
 }
 
 /// Starts everything; returns once every socket is bound and the server is accepting.
@@ -93,10 +96,11 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         .events
         .take()
         .ok_or_else(|| anyhow!("the media plane's events were already taken"))?;
+    let gate = LessonGate::new(db.clone());
     let signaling = Signaling::with_gate(
         SignalingConfig::default(),
         issuer.clone(),
-        LessonGate::new(db.clone()),
+        gate.clone(),
         sfu.commands.clone(),
         events,
     );
@@ -181,6 +185,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         http_task: Some(http_task),
         sfu: Some(sfu),
         purge_task: Some(purge_task),
+        gate,
     })
 }
 
@@ -310,6 +315,12 @@ impl ServerHandle {
         }
         if let Some(task) = self.purge_task.take() {
             task.abort();
+        }
+        if tokio::time::timeout(PRESENCE_FLUSH, self.gate.flush())
+            .await
+            .is_err()
+        {
+            warn!("presence records still unwritten after {PRESENCE_FLUSH:?}; closing anyway");
         }
         self.db.close().await;
         info!(elapsed = ?started.elapsed(), "stopped");

@@ -542,6 +542,16 @@ async fn h264_simulcast_inner() -> Result<()> {
         "no switch down to q after the cap: {:?}",
         analysis.switches
     );
+    // Capped, it stays on q (a switch already under way at the cap may land in the first second).
+    ensure!(
+        !switches
+            .iter()
+            .any(|(at, _, to)| *at >= capped + Duration::from_secs(1)
+                && *at < raised
+                && *to != Rid::Q),
+        "the pupil left q while capped to low: {:?}",
+        analysis.switches
+    );
     ensure!(
         switches.last().map(|(_, _, to)| *to) == Some(Rid::F)
             && switches

@@ -15,7 +15,7 @@ use classroom_domain::{
 };
 use classroom_signaling::gate::{Entrant, GateFuture, GateRefusal, RoomGate};
 use classroom_signaling::token::Role;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::unix_now;
@@ -41,10 +41,14 @@ pub struct LessonGate {
     presence: mpsc::UnboundedSender<PresenceEvent>,
 }
 
-struct PresenceEvent {
-    who: Entrant,
-    joined: bool,
-    at: i64,
+enum PresenceEvent {
+    Record {
+        who: Entrant,
+        joined: bool,
+        at: i64,
+    },
+    /// Answered once everything sent before it is stored.
+    Flush(oneshot::Sender<()>),
 }
 
 impl LessonGate {
@@ -58,6 +62,16 @@ impl LessonGate {
             audited: Mutex::new(HashMap::new()),
             presence,
         })
+    }
+
+    /// Waits until every arrival and departure seen so far is stored: at shutdown, the
+    /// departures of everyone told goodbye must reach the database before it closes, or their
+    /// visits would count as lasting to the end of the lesson.
+    pub async fn flush(&self) {
+        let (done, stored) = oneshot::channel();
+        if self.presence.send(PresenceEvent::Flush(done)).is_ok() {
+            let _ = stored.await;
+        }
     }
 
     async fn decide(&self, who: &Entrant) -> Result<(), GateRefusal> {
@@ -138,7 +152,7 @@ impl LessonGate {
         if who.role != Role::Student {
             return;
         }
-        let event = PresenceEvent {
+        let event = PresenceEvent::Record {
             who: who.clone(),
             joined,
             at: unix_now(),
@@ -152,7 +166,14 @@ impl LessonGate {
 /// Stores presence events one after another, in the order the gate saw them. Unbounded: an
 /// event is a few hundred bytes, one per pupil's arrival or departure.
 async fn write_presence(db: Db, mut events: mpsc::UnboundedReceiver<PresenceEvent>) {
-    while let Some(PresenceEvent { who, joined, at }) = events.recv().await {
+    while let Some(event) = events.recv().await {
+        let (who, joined, at) = match event {
+            PresenceEvent::Record { who, joined, at } => (who, joined, at),
+            PresenceEvent::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
         let lesson = match lesson_by_media_room(&db, &who.room).await {
             Ok(Some(lesson)) => lesson,
             Ok(None) => continue,

@@ -111,7 +111,8 @@ fi
 # IPv6 off in every namespace of the run: otherwise each veth gains a link-local address a second
 # or two after it comes up (duplicate address detection), Chromium sees the network change under a
 # page that is loading and aborts its requests with ERR_NETWORK_CHANGED (seen in CI).
-quiet_ipv6() { ip netns exec "$1" sh -c 'echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6 && echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6'; }
+# (A kernel without IPv6 has nothing to switch off.)
+quiet_ipv6() { ip netns exec "$1" sh -c '[ ! -d /proc/sys/net/ipv6 ] || { echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6 && echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6; }'; }
 ip netns add "$ns"
 quiet_ipv6 "$ns"
 nsrun() { ip netns exec "$ns" "$@"; }

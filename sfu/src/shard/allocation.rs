@@ -292,6 +292,9 @@ impl Shard {
                 let Some(selector) = &sub.selector else {
                     continue;
                 };
+                if sub.unplayable.is_some() {
+                    continue; // It can take none of these layers.
+                }
                 let d = selector.decision();
                 let wanted = match (d.target, d.current) {
                     (Some(t), _) => t.spatial,

@@ -45,13 +45,15 @@ pub(crate) struct Subscription {
     pub reported: Option<(Option<crate::command::LayerName>, bool)>,
     /// The codec this subscriber cannot take (its answer lacks it), once it has been told.
     pub unplayable: Option<Codec>,
+    /// A new answer arrived: check `unplayable` again at the next packet.
+    recheck: bool,
 }
 
 impl Subscription {
     /// The subscriber answered a new offer: what it accepts may have changed.
     pub fn renegotiated(&mut self) {
         self.pt = None;
-        self.unplayable = None;
+        self.recheck = true;
     }
 
     pub fn new(peer: PeerKey, mid: Mid, kind: TrackKind) -> Self {
@@ -74,6 +76,7 @@ impl Subscription {
             reported: None,
             temporal: 0,
             unplayable: None,
+            recheck: false,
         }
     }
 }
@@ -244,24 +247,32 @@ impl Shard {
             }
             let pt = match sub.pt {
                 Some((c, pt)) if c == codec => pt,
-                _ if sub.unplayable == Some(codec) => continue,
+                // Already found unplayable, and no answer since that could change it.
+                _ if sub.unplayable == Some(codec) && !sub.recheck => continue,
                 _ => match negotiated_pt(&peer.rtc, sub.mid, codec) {
                     Some(pt) => {
                         sub.pt = Some((codec, pt));
                         sub.unplayable = None;
+                        sub.recheck = false;
                         pt
                     }
+                    // The offer with this track is not answered yet: nothing to judge.
+                    None if peer.rtc.media(sub.mid).is_none() => continue,
                     // The subscriber cannot decode this codec: nothing to send it, and it is
-                    // told once, so the page can say why there is no picture.
+                    // told (once, not again after each answer that changes nothing), so the page
+                    // can say why there is no picture.
                     None => {
-                        sub.unplayable = Some(codec);
-                        sub.reported = Some((None, true));
-                        let _ = self.events.send(ShardEvent::TrackQuality {
-                            participant: peer.participant,
-                            track: track_id,
-                            layer: None,
-                            paused: Some(PauseReason::CodecUnsupported),
-                        });
+                        sub.recheck = false;
+                        if sub.unplayable != Some(codec) {
+                            sub.unplayable = Some(codec);
+                            sub.reported = Some((None, true));
+                            let _ = self.events.send(ShardEvent::TrackQuality {
+                                participant: peer.participant,
+                                track: track_id,
+                                layer: None,
+                                paused: Some(PauseReason::CodecUnsupported),
+                            });
+                        }
                         continue;
                     }
                 },
