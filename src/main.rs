@@ -187,6 +187,43 @@ fn load_config(args: &ConfigArgs, cli: Overrides) -> anyhow::Result<Config> {
     )?)
 }
 
+/// Raises the soft open-file limit to the hard one. Every participant holds a WebSocket (and the
+/// database, the media socket and the web client's files take a few more): the usual soft limit
+/// of 1024 would refuse connections from about a thousand pupils on, long before the hard limit
+/// (often 512k) or the machine would.
+fn open_files_for_a_school() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct they are given.
+    let raised = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur >= limit.rlim_max {
+            return;
+        }
+        let wanted = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0
+    };
+    if raised {
+        tracing::info!(
+            from = limit.rlim_cur,
+            to = limit.rlim_max,
+            "open-file limit raised"
+        );
+    } else {
+        tracing::warn!(
+            limit = limit.rlim_cur,
+            "cannot raise the open-file limit; each pupil holds one connection"
+        );
+    }
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = load_config(
         &args.config,
@@ -205,6 +242,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
     )?;
     classroom::logging::init(&config.log)?;
+    open_files_for_a_school();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
