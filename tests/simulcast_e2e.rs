@@ -35,6 +35,30 @@ use tokio::net::UdpSocket;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::RTCPeerConnectionState;
 
+/// The teacher joins `server`'s room and publishes the simulcast test stream (default rates).
+async fn teacher_publishes_simulcast(
+    server: &TestServer,
+) -> Result<(TestClient, Arc<SimulcastPublisher>)> {
+    let teacher = TestClient::connect(
+        &server.ws_url(),
+        &server.token("t-001", "Tanaka", Role::Teacher),
+    )
+    .await
+    .context("teacher joins")?;
+    let offer = SimulcastOffer::create().await?;
+    let reply = teacher
+        .request(offer.message())
+        .await
+        .context("publish simulcast")?;
+    if !support::is_type(&reply, "publish_answer") {
+        offer.abandon().await;
+        bail!("the server refused the simulcast offer: {reply}");
+    }
+    let publisher = offer.complete(&reply).await?;
+    publisher.start(SimulcastConfig::default());
+    Ok((teacher, publisher))
+}
+
 async fn bounded(test: impl Future<Output = Result<()>>) -> Result<()> {
     tokio::time::timeout(TEST_TIMEOUT, test)
         .await
@@ -478,20 +502,7 @@ async fn simulcast_adapts_inner() -> Result<()> {
     let url = server.ws_url();
     let media = server.media_addr();
 
-    let teacher = TestClient::connect(&url, &server.token("t-001", "Tanaka", Role::Teacher))
-        .await
-        .context("teacher joins")?;
-    let offer = SimulcastOffer::create().await?;
-    let reply = teacher
-        .request(offer.message())
-        .await
-        .context("publish simulcast")?;
-    if !support::is_type(&reply, "publish_answer") {
-        offer.abandon().await;
-        bail!("the server refused the simulcast offer: {reply}");
-    }
-    let publisher = offer.complete(&reply).await?;
-    publisher.start(SimulcastConfig::default());
+    let (teacher, publisher) = teacher_publishes_simulcast(&server).await?;
 
     // The pupils' connections. Rates from the brief (300k: only q fits; 800k: h fits, f does
     // not), delay and loss from the planning profiles.
@@ -693,20 +704,7 @@ fn is_pause_report(frame: &serde_json::Value, track: &str, paused: bool) -> bool
 async fn pause_and_resume_inner() -> Result<()> {
     let server = TestServer::start().await?;
     let url = server.ws_url();
-    let teacher = TestClient::connect(&url, &server.token("t-001", "Tanaka", Role::Teacher))
-        .await
-        .context("teacher joins")?;
-    let offer = SimulcastOffer::create().await?;
-    let reply = teacher
-        .request(offer.message())
-        .await
-        .context("publish simulcast")?;
-    if !support::is_type(&reply, "publish_answer") {
-        offer.abandon().await;
-        bail!("the server refused the simulcast offer: {reply}");
-    }
-    let publisher = offer.complete(&reply).await?;
-    publisher.start(SimulcastConfig::default());
+    let (teacher, publisher) = teacher_publishes_simulcast(&server).await?;
     let video_id = publisher.video_track_id.clone();
     let audio_id = publisher.audio_track_id.clone();
 
@@ -960,20 +958,7 @@ fn frame_completions(packets: &[RecvPacket], until: Instant) -> Vec<Instant> {
 async fn measure_profile(link: HomeLink) -> Result<AdaptationRow> {
     let server = TestServer::start().await?;
     let url = server.ws_url();
-    let teacher = TestClient::connect(&url, &server.token("t-001", "Tanaka", Role::Teacher))
-        .await
-        .context("teacher joins")?;
-    let offer = SimulcastOffer::create().await?;
-    let reply = teacher
-        .request(offer.message())
-        .await
-        .context("publish simulcast")?;
-    if !support::is_type(&reply, "publish_answer") {
-        offer.abandon().await;
-        bail!("the server refused the simulcast offer: {reply}");
-    }
-    let publisher = offer.complete(&reply).await?;
-    publisher.start(SimulcastConfig::default());
+    let (teacher, publisher) = teacher_publishes_simulcast(&server).await?;
 
     // As in the adaptation test: the handshake goes through the profile's rate and delay without
     // random loss; the profile's loss applies from the moment the pupil is connected.
