@@ -651,17 +651,7 @@ async fn h264_simulcast_inner() -> Result<()> {
         "no audio after the switch to f"
     );
 
-    for rid in Rid::ALL {
-        eprintln!(
-            "publisher: {} keyframe requests for {rid}, {} keyframes",
-            publisher.keyframe_requests(rid).len(),
-            publisher
-                .keyframes()
-                .iter()
-                .filter(|k| k.rid == rid)
-                .count()
-        );
-    }
+    eprintln!("{}", publisher.keyframe_summary());
 
     publisher.close().await;
     pupil.close().await;

@@ -221,13 +221,7 @@ async fn join_tokens_lobby_and_admission(backend: Backend) -> Result<()> {
         let lesson = server.lesson_id.clone();
         let today = school_date(0);
         let teacher = server.sign_in("t-001").await?;
-        let (status, _) = teacher
-            .put(
-                "/api/pupils/s-001/modes",
-                json!({ "from": today, "to": today, "mode": "online" }),
-            )
-            .await?;
-        assert_eq!(status, StatusCode::OK);
+        teacher.set_pupil_mode("s-001", &today, "online").await?;
 
         let (status, lessons) = teacher.get(&format!("/api/lessons?date={today}")).await?;
         assert_eq!(status, StatusCode::OK);
@@ -385,13 +379,7 @@ async fn gate_refuses_in_person_token_and_records_presence(backend: Backend) -> 
         let lesson = server.lesson_id.clone();
         let today = school_date(0);
         let teacher = server.sign_in("t-001").await?;
-        let (status, _) = teacher
-            .put(
-                "/api/pupils/s-001/modes",
-                json!({ "from": today, "to": today, "mode": "online" }),
-            )
-            .await?;
-        assert_eq!(status, StatusCode::OK);
+        teacher.set_pupil_mode("s-001", &today, "online").await?;
 
         // A token minted by `classroom invite`, bypassing the API, for an in-person pupil.
         let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_classroom"))

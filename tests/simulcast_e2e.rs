@@ -59,6 +59,36 @@ async fn teacher_publishes_simulcast(
     Ok((teacher, publisher))
 }
 
+/// A pupil whose subscribe connection goes through `relay`, once that connection is up.
+async fn pupil_behind(
+    server: &TestServer,
+    relay: &Relay,
+    identity: &str,
+    name: &str,
+) -> Result<TestClient> {
+    let pupil = TestClient::connect_with(
+        &server.ws_url(),
+        &server.token(identity, name, Role::Student),
+        Some(relay.sdp_rewriter()),
+    )
+    .await
+    .with_context(|| format!("{name} joins"))?;
+    subscriber_connected(&pupil, name).await?;
+    Ok(pupil)
+}
+
+/// Waits for `pupil`'s subscribe connection to connect.
+async fn subscriber_connected(pupil: &TestClient, name: &str) -> Result<()> {
+    support::wait::poll_for(
+        CONNECT_TIMEOUT,
+        || format!("{name}'s subscribe connection to connect"),
+        async || {
+            (pupil.subscriber.state() == Some(RTCPeerConnectionState::Connected)).then_some(())
+        },
+    )
+    .await
+}
+
 async fn bounded(test: impl Future<Output = Result<()>>) -> Result<()> {
     tokio::time::timeout(TEST_TIMEOUT, test)
         .await
@@ -540,15 +570,7 @@ async fn simulcast_adapts_inner() -> Result<()> {
         });
     }
     for pupil in &pupils {
-        support::wait::poll_for(
-            CONNECT_TIMEOUT,
-            || format!("{}'s subscribe connection to connect", pupil.name),
-            async || {
-                (pupil.client.subscriber.state() == Some(RTCPeerConnectionState::Connected))
-                    .then_some(())
-            },
-        )
-        .await?;
+        subscriber_connected(&pupil.client, pupil.name).await?;
         if let (Some(relay), Some(link)) = (&pupil.relay, pupil.link) {
             relay.set_down(link.down());
             relay.set_up(link.up());
@@ -665,17 +687,7 @@ async fn simulcast_adapts_inner() -> Result<()> {
         "publisher: longest gap between two audio packets sent {:?}",
         publisher.longest_audio_send_gap()
     );
-    for rid in Rid::ALL {
-        eprintln!(
-            "publisher: {} keyframe requests for {rid}, {} keyframes",
-            publisher.keyframe_requests(rid).len(),
-            publisher
-                .keyframes()
-                .iter()
-                .filter(|k| k.rid == rid)
-                .count()
-        );
-    }
+    eprintln!("{}", publisher.keyframe_summary());
 
     publisher.close().await;
     for pupil in &pupils {
@@ -703,7 +715,6 @@ fn is_pause_report(frame: &serde_json::Value, track: &str, paused: bool) -> bool
 
 async fn pause_and_resume_inner() -> Result<()> {
     let server = TestServer::start().await?;
-    let url = server.ws_url();
     let (teacher, publisher) = teacher_publishes_simulcast(&server).await?;
     let video_id = publisher.video_track_id.clone();
     let audio_id = publisher.audio_track_id.clone();
@@ -713,21 +724,7 @@ async fn pause_and_resume_inner() -> Result<()> {
         .with_down_mbps(0.09)
         .with_loss_pct(0.0);
     let relay = Relay::start(server.media_addr(), Shaping::NONE, Shaping::NONE).await?;
-    let pupil = TestClient::connect_with(
-        &url,
-        &server.token("s-001", "Sato", Role::Student),
-        Some(relay.sdp_rewriter()),
-    )
-    .await
-    .context("pupil joins")?;
-    support::wait::poll_for(
-        CONNECT_TIMEOUT,
-        || "the pupil's subscribe connection to connect".to_owned(),
-        async || {
-            (pupil.subscriber.state() == Some(RTCPeerConnectionState::Connected)).then_some(())
-        },
-    )
-    .await?;
+    let pupil = pupil_behind(&server, &relay, "s-001", "Sato").await?;
     support::wait::poll_for(
         CONNECT_TIMEOUT,
         || "the pupil's first video".to_owned(),
@@ -957,28 +954,13 @@ fn frame_completions(packets: &[RecvPacket], until: Instant) -> Vec<Instant> {
 
 async fn measure_profile(link: HomeLink) -> Result<AdaptationRow> {
     let server = TestServer::start().await?;
-    let url = server.ws_url();
     let (teacher, publisher) = teacher_publishes_simulcast(&server).await?;
 
     // As in the adaptation test: the handshake goes through the profile's rate and delay without
     // random loss; the profile's loss applies from the moment the pupil is connected.
     let lossless = link.with_loss_pct(0.0);
     let relay = Relay::start(server.media_addr(), lossless.down(), lossless.up()).await?;
-    let pupil = TestClient::connect_with(
-        &url,
-        &server.token("s-001", link.profile, Role::Student),
-        Some(relay.sdp_rewriter()),
-    )
-    .await
-    .context("pupil joins")?;
-    support::wait::poll_for(
-        CONNECT_TIMEOUT,
-        || "the pupil's subscribe connection to connect".to_owned(),
-        async || {
-            (pupil.subscriber.state() == Some(RTCPeerConnectionState::Connected)).then_some(())
-        },
-    )
-    .await?;
+    let pupil = pupil_behind(&server, &relay, "s-001", link.profile).await?;
     relay.set_down(link.down());
     relay.set_up(link.up());
 

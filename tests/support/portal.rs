@@ -13,7 +13,7 @@ use classroom::config::{Config, OidcSettings, Secret};
 use classroom::server::ServerHandle;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub const LESSON_ROOM: &str = "lesson-p5-1-today";
 pub const CLASS: &str = "class-p5-1";
@@ -389,6 +389,22 @@ impl Session {
     pub async fn put(&self, path: &str, body: Value) -> Result<(StatusCode, Value)> {
         self.send(reqwest::Method::PUT, path, Some(body), true)
             .await
+    }
+
+    /// Sets `pupil`'s attendance mode for one day as staff (on the guardian's behalf); anything
+    /// but 200 is an error.
+    pub async fn set_pupil_mode(&self, pupil: &str, date: &str, mode: &str) -> Result<()> {
+        let (status, body) = self
+            .put(
+                &format!("/api/pupils/{pupil}/modes"),
+                json!({ "from": date, "to": date, "mode": mode }),
+            )
+            .await?;
+        ensure!(
+            status == StatusCode::OK,
+            "setting {pupil}'s mode to {mode} for {date}: {status} {body}"
+        );
+        Ok(())
     }
 }
 

@@ -902,6 +902,22 @@ impl SimulcastPublisher {
         self.shared.keyframes.lock().unwrap().clone()
     }
 
+    /// Keyframe requests and keyframes sent per rid, a line each (for a test's log).
+    pub fn keyframe_summary(&self) -> String {
+        let keyframes = self.keyframes();
+        Rid::ALL
+            .iter()
+            .map(|&rid| {
+                format!(
+                    "publisher: {} keyframe requests for {rid}, {} keyframes",
+                    self.keyframe_requests(rid).len(),
+                    keyframes.iter().filter(|k| k.rid == rid).count()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Keyframe requests (PLI/FIR) received for `rid`, with their times.
     pub fn keyframe_requests(&self, rid: Rid) -> Vec<Instant> {
         self.shared
