@@ -427,6 +427,23 @@ impl Drop for Scratch {
 
 /// `classroom ARGS` in `cwd` (so no config file of the repository is read), with no
 /// `CLASSROOM_*` variables but those given.
+/// The (soft, hard) open-file limit of process `pid`, from /proc.
+fn open_file_limit(pid: u32) -> Result<(u64, u64)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .context("no open-file limit in /proc/PID/limits")?;
+    let mut numbers = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .map(|n| n.parse::<u64>());
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(soft)), Some(Ok(hard))) => Ok((soft, hard)),
+        _ => bail!("cannot read the open-file limit from `{line}`"),
+    }
+}
+
 fn classroom(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_classroom"));
     cmd.current_dir(cwd).args(args);
@@ -560,7 +577,7 @@ fn serve_prints_demo_links_and_stops_on_sigterm() -> Result<()> {
     use std::io::{BufRead, BufReader};
 
     let dir = Scratch::new("serve")?;
-    let mut child = classroom(
+    let mut command = classroom(
         &dir.0,
         &[
             "serve",
@@ -574,10 +591,31 @@ fn serve_prints_demo_links_and_stops_on_sigterm() -> Result<()> {
             "json",
         ],
         &[],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()?;
+    );
+    // Started with a low soft open-file limit, as many systems start services: the server must
+    // raise it to the hard limit (a WebSocket per pupil).
+    let hard = open_file_limit(std::process::id())?.1;
+    let low = hard.min(256);
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only setrlimit, which is async-signal-safe, runs between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: low,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
     let pid = child.id().to_string();
     // Drained all along: a full pipe would block the server's logging.
     let stderr_reader = child.stderr.take().map(|mut e| {
@@ -638,6 +676,11 @@ fn serve_prints_demo_links_and_stops_on_sigterm() -> Result<()> {
             .build()?;
         let health = runtime.block_on(get(addr, "/healthz", &[]))?;
         assert_eq!(health.status, 200);
+        let (soft, _) = open_file_limit(child.id())?;
+        ensure!(
+            soft == hard,
+            "the server kept an open-file limit of {soft} (started with {low}, hard limit {hard})"
+        );
         Ok(())
     })();
 
