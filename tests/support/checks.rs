@@ -69,6 +69,20 @@ pub async fn drain_and_verify(
             true,
             true,
         )?;
+        // Repeats are left out of what the subscriber records (a jitter buffer drops them), but
+        // are still bounded: audio is never resent, and video resends (str0m pads with them when
+        // it probes) stay under str0m's 15 % cap; a server sending packets twice would not.
+        let audio_repeats = client.subscriber.duplicates(&audio_id);
+        ensure!(
+            audio_repeats == 0,
+            "{name}: {audio_repeats} audio packets arrived more than once"
+        );
+        let video_repeats = client.subscriber.duplicates(&video_id);
+        ensure!(
+            video_repeats * 4 <= video.count,
+            "{name}: {video_repeats} video packets arrived again, for {} received",
+            video.count
+        );
         verified.push(Verified {
             name: (*name).to_owned(),
             audio,
