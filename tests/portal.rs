@@ -751,7 +751,7 @@ async fn admin_roster_upload_and_refusals(backend: Backend) -> Result<()> {
         let zip = "application/zip";
 
         // A roster with one new pupil: the report counts exactly that, and the lobby has them.
-        let good = portal::stored_zip(&roster_with_new_pupil()?);
+        let good = portal::stored_zip(&roster_with_new_pupil()?)?;
         let (status, body) = admin.post_bytes(upload, zip, good.clone()).await?;
         assert_eq!(status, StatusCode::OK, "{body}");
         let report = &body["report"];
@@ -783,7 +783,7 @@ async fn admin_roster_upload_and_refusals(backend: Backend) -> Result<()> {
             }
         }
         let (status, body) = admin
-            .post_bytes(upload, zip, portal::stored_zip(&broken))
+            .post_bytes(upload, zip, portal::stored_zip(&broken)?)
             .await?;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert_eq!(body["error"], "roster_invalid");
