@@ -56,7 +56,7 @@ async function texturedCamera() {
     const y = randomBytes(luma);
     for (let i = 0; i < luma; i += 1) {
       const bar = (((i % width) + f * 8) >> 6) & 1 ? 150 : 70;
-      y[i] = bar + (y[i] & 31);
+      y[i] = bar + (y[i] & 63);
     }
     parts.push(Buffer.from('FRAME\n'), y, chroma);
   }
