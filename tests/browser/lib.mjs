@@ -154,6 +154,7 @@ export function outbound(page, kind, mid) {
         frameWidth: s.frameWidth ?? 0,
         frameHeight: s.frameHeight ?? 0,
         scalabilityMode: s.scalabilityMode,
+        qualityLimitationReason: s.qualityLimitationReason,
       })),
     };
   }, { kind, mid });
@@ -183,6 +184,10 @@ export function inbound(page, want) {
       connectionState: c.subscribePc.connectionState,
       packetsReceived: s?.packetsReceived ?? 0,
       framesDecoded: s?.framesDecoded ?? 0,
+      keyFramesDecoded: s?.keyFramesDecoded ?? 0,
+      packetsLost: s?.packetsLost ?? 0,
+      nackCount: s?.nackCount ?? 0,
+      pliCount: s?.pliCount ?? 0,
       frameWidth: s?.frameWidth ?? 0,
       frameHeight: s?.frameHeight ?? 0,
       audioLevel: s?.audioLevel ?? 0,

@@ -42,20 +42,22 @@ const CAMERA = { kind: 'video', source: 'camera', role: 'teacher' };
 const MICROPHONE = { kind: 'audio', source: 'microphone', role: 'teacher' };
 
 /**
- * Writes a 2 s loop of 1280x720 video at 20 fps (Y4M, which Chromium's fake capture plays) that
+ * Writes a 2 s loop of 1280x720 video at 15 fps (Y4M, which Chromium's fake capture plays) that
  * costs about what a real camera costs: bars for structure, and fresh noise in every frame, which
- * no motion search can predict.
+ * no motion search can predict. 15 fps, a common classroom camera rate, rather than the fake
+ * camera's 20: three encoders and two decoders of this picture share the machine's two cores,
+ * and a Chromium short of CPU decodes in fits and starts, which would look like a stall.
  */
 async function texturedCamera() {
-  const [width, height, frames] = [1280, 720, 40];
+  const [width, height, frames] = [1280, 720, 30];
   const file = path.join(tmpdir(), `classroom-camera-${process.pid}.y4m`);
   const luma = width * height;
   const chroma = Buffer.alloc(luma / 2, 128);
-  const parts = [Buffer.from(`YUV4MPEG2 W${width} H${height} F20:1 Ip A1:1 C420jpeg\n`)];
+  const parts = [Buffer.from(`YUV4MPEG2 W${width} H${height} F15:1 Ip A1:1 C420jpeg\n`)];
   for (let f = 0; f < frames; f += 1) {
     const y = randomBytes(luma);
     for (let i = 0; i < luma; i += 1) {
-      const bar = (((i % width) + f * 8) >> 6) & 1 ? 150 : 70;
+      const bar = (((i % width) + f * 10) >> 6) & 1 ? 150 : 70;
       y[i] = bar + (y[i] & 63);
     }
     parts.push(Buffer.from('FRAME\n'), y, chroma);
@@ -154,26 +156,50 @@ runScenario('shaped', async (closers) => {
   await step(`both pupils decode in every second of ${WATCH_SECONDS} s, and the shaped one stays smaller`, async () => {
     const read = () => Promise.all([nearPupil, homePupil].map(async (page) => {
       const [video, audio] = await Promise.all([inbound(page, CAMERA), inbound(page, MICROPHONE)]);
-      return { frames: video.framesDecoded, width: video.frameWidth, audio: audio.packetsReceived };
+      return {
+        frames: video.framesDecoded,
+        width: video.frameWidth,
+        audio: audio.packetsReceived,
+        packets: video.packetsReceived,
+        keyframes: video.keyFramesDecoded,
+        lost: video.packetsLost,
+        plis: video.pliCount,
+      };
     }));
+    // What the teacher encoded in each layer: a stall the publisher caused (its CPU, say) is
+    // told apart from one the server caused.
+    const encoded = async () => Object.fromEntries((await outbound(teacher, 'video')).encodings
+      .map((e) => [e.rid, { frames: e.framesEncoded, limit: e.qualityLimitationReason }]));
     let before = await read();
+    let teacherBefore = await encoded();
     const seconds = [];
+    const teacherSeconds = [];
     for (let i = 0; i < WATCH_SECONDS; i += 1) {
       // A fixed one-second window is the measurement itself, not a wait for something to happen.
       await delay(1000);
-      const now = await read();
+      const [now, teacherNow] = await Promise.all([read(), encoded()]);
       const row = ['near', 'home'].map((who, k) => ({
         who,
         frames: now[k].frames - before[k].frames,
         audio: now[k].audio - before[k].audio,
         width: now[k].width,
+        packets: now[k].packets - before[k].packets,
+        keyframes: now[k].keyframes - before[k].keyframes,
+        lost: now[k].lost - before[k].lost,
+        plis: now[k].plis - before[k].plis,
       }));
       seconds.push(row);
+      teacherSeconds.push(Object.entries(teacherNow)
+        .map(([rid, e]) => `${rid}${e.frames - (teacherBefore[rid]?.frames ?? 0)}${e.limit && e.limit !== 'none' ? `(${e.limit})` : ''}`)
+        .join(','));
       before = now;
+      teacherBefore = teacherNow;
     }
     const line = (k) => seconds.map((r) => `${r[k].frames}f/${r[k].width}`).join(' ');
+    console.log(`  teacher encoded: ${teacherSeconds.join(' ')}`);
     console.log(`  near: ${line(0)}`);
     console.log(`  home: ${line(1)}`);
+    console.log(`  home packets/keyframes/lost/PLIs: ${seconds.map((r) => `${r[1].packets}/${r[1].keyframes}/${r[1].lost}/${r[1].plis}`).join(' ')}`);
     const stalled = seconds.findIndex((r) => r.some((x) => x.frames === 0 || x.audio === 0));
     if (stalled >= 0) {
       throw new Error(`second ${stalled + 1} had no decoded frames or no audio at a pupil: ${JSON.stringify(seconds[stalled])}`);
