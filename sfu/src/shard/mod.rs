@@ -8,6 +8,7 @@
 mod allocation;
 mod media;
 mod negotiate;
+mod outbox;
 mod peer;
 
 use std::collections::{BTreeSet, HashMap};
@@ -28,12 +29,16 @@ use crate::core::demux::Demuxer;
 use crate::error::SfuError;
 use crate::ids::{ParticipantId, RoomId, TrackId};
 use crate::metrics::{MediaCounters, MediaMetrics};
+use outbox::Outbox;
 use peer::{Peer, PeerKey, PeerRole};
 
 /// How often counters are copied out for `/metrics`.
 const METRICS_INTERVAL: Duration = Duration::from_secs(1);
 /// Largest datagram we accept; anything longer is not WebRTC.
 const RECV_BUFFER: usize = 2048;
+/// How many times in a row one drain answers a peer's due timeout itself (see [`Shard::drain`])
+/// before leaving the rest to the timer set, so one busy peer cannot hold up the others.
+const INLINE_TIMEOUTS: u32 = 64;
 
 /// A running media plane.
 pub struct Sfu {
@@ -191,6 +196,7 @@ struct Room {
 /// Everything one media thread owns.
 struct Shard {
     socket: UdpSocket,
+    outbox: Outbox,
     announced: Vec<SocketAddr>,
     candidates: Vec<Candidate>,
     events: mpsc::UnboundedSender<ShardEvent>,
@@ -221,6 +227,7 @@ impl Shard {
     ) -> Shard {
         Shard {
             socket,
+            outbox: Outbox::default(),
             announced,
             candidates,
             events,
@@ -278,8 +285,11 @@ impl Shard {
                 self.counters.peers = self.demux.len() as u64;
                 self.metrics.publish(&self.counters);
             }
+            // Everything this pass produced leaves before the loop waits again.
+            self.flush_outbox();
         }
         self.close_all();
+        self.flush_outbox();
         self.metrics.publish(&self.counters);
         info!("media plane stopped");
     }
@@ -401,6 +411,7 @@ impl Shard {
     }
 
     fn drain(&mut self, key: PeerKey) {
+        let mut inline_timeouts = 0;
         loop {
             let Some(peer) = self.peer_mut(key) else {
                 return;
@@ -419,6 +430,20 @@ impl Shard {
             };
             match output {
                 Output::Timeout(t) => {
+                    // str0m's pacer asks for a timeout a microsecond after every packet it
+                    // releases, and sends the next one only after it. Answering that here, while
+                    // this peer is hot in the cache, saves a trip through the timer set and the
+                    // event loop per paced packet (a frame for a pupil is several packets).
+                    if inline_timeouts < INLINE_TIMEOUTS {
+                        let now = Instant::now();
+                        if t <= now {
+                            inline_timeouts += 1;
+                            if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                                debug!("timeout handling failed: {e}");
+                            }
+                            continue;
+                        }
+                    }
                     if peer.timer != Some(t) {
                         if let Some(old) = peer.timer.replace(t) {
                             self.timers.remove(&(old, key));
@@ -429,17 +454,24 @@ impl Shard {
                 }
                 Output::Transmit(t) => {
                     self.demux.confirm(key, t.destination, &t.contents);
-                    match self.socket.try_send_to(&t.contents, t.destination) {
-                        Ok(n) => {
-                            self.counters.packets_out += 1;
-                            self.counters.bytes_out += n as u64;
-                        }
-                        Err(_) => self.counters.send_errors += 1,
+                    self.outbox.push(t.destination, t.contents.into());
+                    if self.outbox.is_full() {
+                        self.flush_outbox();
                     }
                 }
                 Output::Event(e) => self.handle_event(key, e),
             }
         }
+    }
+
+    fn flush_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let sent = self.outbox.flush(&self.socket);
+        self.counters.packets_out += sent.datagrams;
+        self.counters.bytes_out += sent.bytes;
+        self.counters.send_errors += sent.failed;
     }
 
     fn handle_event(&mut self, key: PeerKey, event: Event) {
