@@ -30,7 +30,12 @@ pub const RECV_BUF: usize = 2048;
 
 pub struct Conn {
     pub rtc: Rtc,
+    /// Receives (through tokio's reactor).
     pub socket: UdpSocket,
+    /// Sends: the same socket, written directly. tokio's `try_send_to` refuses to send until its
+    /// reactor has seen the new socket become writable, so the first datagram of every connection
+    /// (its first ICE check) was dropped, and ICE waited 250 ms for the retransmission.
+    sender: std::net::UdpSocket,
     pub local: SocketAddr,
     /// When the `Rtc` wants an `Input::Timeout`.
     pub deadline: Instant,
@@ -63,6 +68,7 @@ impl Conn {
     pub fn bind(ip: std::net::IpAddr, config: RtcConfig) -> Result<Conn, ConnError> {
         let std_socket = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
         std_socket.set_nonblocking(true)?;
+        let sender = std_socket.try_clone()?;
         let socket = UdpSocket::from_std(std_socket)?;
         let local = socket.local_addr()?;
         let now = Instant::now();
@@ -73,6 +79,7 @@ impl Conn {
         Ok(Conn {
             rtc,
             socket,
+            sender,
             local,
             deadline: now,
             connected: false,
@@ -125,7 +132,7 @@ impl Conn {
                 Output::Transmit(t) => {
                     // Non-blocking: a full socket buffer drops the datagram like a congested
                     // link would, rather than stalling every client of this thread.
-                    if self.socket.try_send_to(&t.contents, t.destination).is_err() {
+                    if self.sender.send_to(&t.contents, t.destination).is_err() {
                         self.send_errors += 1;
                     } else if crate::media::is_rtp(&t.contents) {
                         self.rtp_sent += 1;
