@@ -90,30 +90,46 @@ impl Shard {
                 }
             }
         }
-        self.counters.paused_tracks = 0;
         let report = now >= self.next_report;
         if report {
             self.next_report = now + REPORT_INTERVAL;
         }
+        let mut paused = 0;
         for index in 0..self.peers.len() {
             let key = PeerKey(index as u32);
-            let subscribed: Vec<TrackId> = match self.peer(key).map(|p| &p.role) {
-                Some(PeerRole::Subscribe { tracks, .. }) => tracks.values().copied().collect(),
-                _ => continue,
+            let Some(subscribed) = self.subscribed_tracks(key) else {
+                continue;
             };
-            self.allocate_subscriber(key, &subscribed, now, report);
+            paused += self.allocate_subscriber(key, &subscribed, now, report);
         }
+        self.counters.paused_tracks = paused;
         self.update_dynacast(now);
     }
 
+    /// A subscriber that has just connected gets its layers now rather than at the next round:
+    /// the keyframe its first picture waits for is asked for at once, up to a round sooner.
+    pub(super) fn allocate_connected(&mut self, key: PeerKey, now: Instant) {
+        if let Some(subscribed) = self.subscribed_tracks(key) {
+            self.allocate_subscriber(key, &subscribed, now, false);
+        }
+    }
+
+    fn subscribed_tracks(&self, key: PeerKey) -> Option<Vec<TrackId>> {
+        match self.peer(key).map(|p| &p.role) {
+            Some(PeerRole::Subscribe { tracks, .. }) => Some(tracks.values().copied().collect()),
+            _ => None,
+        }
+    }
+
+    /// Decides one subscriber's layers; returns how many of its tracks are paused.
     fn allocate_subscriber(
         &mut self,
         key: PeerKey,
         subscribed: &[TrackId],
         now: Instant,
         report: bool,
-    ) {
-        let Some(peer) = self.peer(key) else { return };
+    ) -> u64 {
+        let Some(peer) = self.peer(key) else { return 0 };
         let participant = peer.participant;
         let estimate = peer.estimate.unwrap_or(INITIAL_ESTIMATE);
         let (rtt_ms, loss, estimate_bps) = (peer.rtt_ms, peer.loss, peer.estimate);
@@ -262,7 +278,6 @@ impl Shard {
                 .set_bitrate(Bitrate::bps(minimum.min(desired)), Bitrate::bps(desired));
         }
         self.mark_dirty(key);
-        self.counters.paused_tracks += paused_now;
         for e in events {
             let _ = self.events.send(e);
         }
@@ -276,6 +291,7 @@ impl Shard {
                 any_paused,
             });
         }
+        paused_now
     }
 
     /// Asks publishers to stop encoding simulcast layers no subscriber needs, and to resume them.

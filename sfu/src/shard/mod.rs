@@ -477,9 +477,14 @@ impl Shard {
     fn handle_event(&mut self, key: PeerKey, event: Event) {
         match event {
             Event::Connected => {
-                if let Some(peer) = self.peer_mut(key) {
-                    peer.connected = true;
-                    debug!(participant = %peer.participant, publisher = peer.is_publisher(), "peer connected");
+                let Some(peer) = self.peer_mut(key) else {
+                    return;
+                };
+                peer.connected = true;
+                let publisher = peer.is_publisher();
+                debug!(participant = %peer.participant, publisher, "peer connected");
+                if !publisher {
+                    self.allocate_connected(key, Instant::now());
                 }
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
