@@ -15,6 +15,11 @@ use crate::session::{self, Frame};
 /// between the protocol limit and this one the session answers `message_too_large`.
 const WEBSOCKET_HARD_LIMIT: usize = 1024 * 1024;
 
+/// tungstenite's default read buffer (128 KiB) is zero-filled on the first read, so it was the
+/// largest single part of a pupil's memory. Signaling messages are a few KiB (an SDP answer up to
+/// ~10 KiB), and a longer frame only makes the buffer grow to that frame's length.
+const WEBSOCKET_READ_BUFFER: usize = 4 * 1024;
+
 pub(crate) fn router(inner: Arc<Inner>) -> axum::Router {
     axum::Router::new()
         .route("/ws", get(upgrade))
@@ -24,6 +29,7 @@ pub(crate) fn router(inner: Arc<Inner>) -> axum::Router {
 async fn upgrade(State(inner): State<Arc<Inner>>, ws: WebSocketUpgrade) -> Response {
     ws.max_message_size(WEBSOCKET_HARD_LIMIT)
         .max_frame_size(WEBSOCKET_HARD_LIMIT)
+        .read_buffer_size(WEBSOCKET_READ_BUFFER)
         .on_upgrade(move |socket| serve(inner, socket))
 }
 
