@@ -11,6 +11,18 @@ use str0m::{Candidate, Rtc, RtcConfig};
 use crate::core::probe::ProbePacer;
 use crate::ids::{ParticipantId, TrackId};
 
+/// Sent video packets kept per outgoing stream for NACKs (str0m's RTX cache; its default is 1000
+/// or 3 s). Every entry costs ~600 bytes per subscriber even though the payload is shared, and the
+/// middle layer filled ~200 of them (~120 KiB a pupil). 128 packets is 2 s of the middle layer and
+/// still ~0.5 s of a 2.5 Mbit/s layer: several round trips of a home link for a NACK to arrive.
+pub(super) const SEND_BUFFER_VIDEO: usize = 128;
+/// ... and no older than this: a low layer's cache is then as short in time as a high layer's.
+/// A NACK comes one round trip after the loss (300-600 ms on a loaded home link), and a second
+/// NACK for the same packet one more.
+pub(super) const RTX_CACHE_AGE: std::time::Duration = std::time::Duration::from_millis(1500);
+/// str0m's default: resends are dropped while they exceed this share of what is sent.
+pub(super) const RTX_RATIO_CAP: Option<f32> = Some(0.15);
+
 /// Index of a peer in the shard's table. Reused after the peer is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct PeerKey(pub u32);
@@ -75,7 +87,8 @@ impl Peer {
             .enable_bwe(Some(str0m::bwe::Bitrate::bps(
                 crate::shard::allocation::INITIAL_ESTIMATE,
             )))
-            .set_stats_interval(Some(std::time::Duration::from_secs(1)));
+            .set_stats_interval(Some(std::time::Duration::from_secs(1)))
+            .set_send_buffer_video(SEND_BUFFER_VIDEO);
         add_opus_with_fec_and_dtx(&mut config);
         let mut rtc = config.build(now);
         for c in candidates {
