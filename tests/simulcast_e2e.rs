@@ -797,6 +797,17 @@ async fn pause_and_resume_inner() -> Result<()> {
     );
 
     // The link recovers: the video comes back by itself.
+    // What the server had sent before the lift: anything newer on the media SSRC is sent
+    // after it. (Resends of older packets come on the RTX SSRC and keep their old numbers.)
+    let video_ssrc = pupil
+        .subscriber
+        .received(&video_id)
+        .last()
+        .map(|p| p.ssrc)
+        .context("no video before the pause")?;
+    let sent_before = relay
+        .last_seq_down(video_ssrc)
+        .context("the relay saw no video")?;
     relay.set_down(home_link("fiber").down());
     relay.set_up(home_link("fiber").up());
     let lifted = Instant::now();
@@ -845,19 +856,19 @@ async fn pause_and_resume_inner() -> Result<()> {
     )
     .await?;
     eprintln!("video back {:?} after the link recovered", lifted.elapsed());
-    // The resumed stream: frames newer than any before the lift (late repairs of older frames
-    // may arrive after it too).
-    let video = pupil.subscriber.received(&video_id);
-    let newest_before = video
-        .iter()
-        .filter(|p| p.at < lifted)
-        .map(|p| p.timestamp)
-        .max()
-        .unwrap_or(0);
-    let resumed: Vec<RecvPacket> = video
+    // The resumed stream: what the server sent after the lift. Repairs of packets lost on the
+    // weak link (RTX, queued behind it in str0m's pacer) may also arrive after the lift; they
+    // keep their old sequence numbers, and a decoder waiting for a keyframe drops them.
+    let resumed: Vec<RecvPacket> = pupil
+        .subscriber
+        .received(&video_id)
         .into_iter()
-        .filter(|p| p.at >= lifted && p.timestamp > newest_before)
+        .filter(|p| p.at >= lifted && (p.sequence_number.wrapping_sub(sent_before) as i16) > 0)
         .collect();
+    ensure!(
+        !resumed.is_empty(),
+        "no video sent after the lift (newest sequence number before it: {sent_before})"
+    );
     let analysis = analyse_video(&resumed);
     ensure!(
         analysis.ok(),

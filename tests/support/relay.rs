@@ -125,6 +125,9 @@ struct Direction {
     /// The first RTP sequence number that arrived on each SSRC, dropped or not: a receiver
     /// whose first packet is later than this knows the stream's start was lost on the way.
     first_seq: HashMap<u32, u16>,
+    /// The latest RTP sequence number that arrived on each SSRC. A sender's media stream is
+    /// sent in sequence order (resends go on the RTX SSRC), so this is the newest it has sent.
+    last_seq: HashMap<u32, u16>,
 }
 
 impl Direction {
@@ -136,6 +139,7 @@ impl Direction {
             last_delivery: now,
             stats: DirectionStats::default(),
             first_seq: HashMap::new(),
+            last_seq: HashMap::new(),
         }
     }
 
@@ -149,6 +153,7 @@ impl Direction {
         let seq = u16::from_be_bytes([datagram[2], datagram[3]]);
         let ssrc = u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]);
         self.first_seq.entry(ssrc).or_insert(seq);
+        self.last_seq.insert(ssrc, seq);
     }
 
     /// Decides the fate of a datagram of `len` bytes arriving `now`: `Some(delivery time)` or
@@ -314,6 +319,12 @@ impl Relay {
             .first_seq
             .get(&ssrc)
             .copied()
+    }
+
+    /// The latest RTP sequence number the server sent the client on `ssrc` (whether or not the
+    /// relay delivered it).
+    pub fn last_seq_down(&self, ssrc: u32) -> Option<u16> {
+        self.state.lock().unwrap().down.last_seq.get(&ssrc).copied()
     }
 
     /// The client's address, once it has sent something.
