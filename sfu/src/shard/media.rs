@@ -300,13 +300,6 @@ impl Shard {
                     let Some(tx) = tx else {
                         continue;
                     };
-                    if sub.tx.is_none() && video {
-                        tx.set_rtx_cache(
-                            super::peer::SEND_BUFFER_VIDEO,
-                            super::peer::RTX_CACHE_AGE,
-                            super::peer::RTX_RATIO_CAP,
-                        );
-                    }
                     sub.tx = Some(tx.ssrc());
                     let mut write = RtpWrite::new(
                         pt,

@@ -12,16 +12,12 @@ use crate::core::probe::ProbePacer;
 use crate::ids::{ParticipantId, TrackId};
 
 /// Sent video packets kept per outgoing stream for NACKs (str0m's RTX cache; its default is 1000
-/// or 3 s). Every entry costs ~600 bytes per subscriber even though the payload is shared, and the
-/// middle layer filled ~200 of them (~120 KiB a pupil). 128 packets is 2 s of the middle layer and
-/// still ~0.5 s of a 2.5 Mbit/s layer: several round trips of a home link for a NACK to arrive.
-pub(super) const SEND_BUFFER_VIDEO: usize = 128;
-/// ... and no older than this: a low layer's cache is then as short in time as a high layer's.
-/// A NACK comes one round trip after the loss (300-600 ms on a loaded home link), and a second
-/// NACK for the same packet one more.
-pub(super) const RTX_CACHE_AGE: std::time::Duration = std::time::Duration::from_millis(1500);
-/// str0m's default: resends are dropped while they exceed this share of what is sent.
-pub(super) const RTX_RATIO_CAP: Option<f32> = Some(0.15);
+/// or 3 s). The cache is a ring of slots that doubles when it wraps onto a live entry, and every
+/// slot costs ~600 bytes per subscriber even though the payload is shared: the middle layer grew
+/// it to ~200 (~120 KiB a pupil). 128 packets is 2 s of the middle layer and still ~0.5 s of a
+/// 2.5 Mbit/s layer: several round trips of a home link for a NACK to arrive. (A shorter age
+/// would not help: the ring is sized by packets, and 1.5 s of the middle layer needs 128 slots.)
+const SEND_BUFFER_VIDEO: usize = 128;
 
 /// Index of a peer in the shard's table. Reused after the peer is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
