@@ -34,6 +34,10 @@ impl std::ops::AddAssign for Sent {
 #[derive(Debug, Default)]
 pub(super) struct Outbox {
     queue: Vec<(SocketAddr, Vec<u8>)>,
+    /// The kernel's form of each destination in a batch, kept between flushes so that sending
+    /// allocates nothing once the media loop has warmed up.
+    #[cfg(target_os = "linux")]
+    addresses: Vec<socket2::SockAddr>,
 }
 
 impl Outbox {
@@ -53,7 +57,14 @@ impl Outbox {
     pub fn flush(&mut self, socket: &UdpSocket) -> Sent {
         let mut sent = Sent::default();
         for chunk in self.queue.chunks(BATCH) {
-            sent += send_batch(socket, chunk);
+            #[cfg(target_os = "linux")]
+            {
+                sent += send_batch(socket, chunk, &mut self.addresses);
+            }
+            #[cfg(not(target_os = "linux"))]
+            {
+                sent += send_batch(socket, chunk);
+            }
         }
         self.queue.clear();
         sent
@@ -61,37 +72,39 @@ impl Outbox {
 }
 
 #[cfg(target_os = "linux")]
-fn send_batch(socket: &UdpSocket, datagrams: &[(SocketAddr, Vec<u8>)]) -> Sent {
+fn send_batch(
+    socket: &UdpSocket,
+    datagrams: &[(SocketAddr, Vec<u8>)],
+    addresses: &mut Vec<socket2::SockAddr>,
+) -> Sent {
     use std::os::fd::AsRawFd;
 
-    use socket2::SockAddr;
-
     debug_assert!(datagrams.len() <= BATCH);
-    let addresses: Vec<SockAddr> = datagrams
+    addresses.clear();
+    addresses.extend(datagrams.iter().map(|(to, _)| socket2::SockAddr::from(*to)));
+    let mut iovecs = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; BATCH];
+    // SAFETY: an all-zero mmsghdr is valid (no name, no data, no control data, no flags).
+    let mut all_headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    let headers = &mut all_headers[..datagrams.len()];
+    for (((_, datagram), address), (header, iov)) in datagrams
         .iter()
-        .map(|(to, _)| SockAddr::from(*to))
-        .collect();
-    let mut iovecs: Vec<libc::iovec> = datagrams
-        .iter()
-        .map(|(_, d)| libc::iovec {
-            iov_base: d.as_ptr() as *mut libc::c_void,
-            iov_len: d.len(),
-        })
-        .collect();
-    let mut headers: Vec<libc::mmsghdr> = addresses
-        .iter()
-        .zip(iovecs.iter_mut())
-        .map(|(address, iov)| {
-            // SAFETY: an all-zero msghdr is valid (no control data, no flags); the pointers set
-            // below stay valid until `sendmmsg` returns, as `addresses` and `iovecs` outlive it.
-            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            header.msg_hdr.msg_name = address.as_ptr() as *mut libc::c_void;
-            header.msg_hdr.msg_namelen = address.len();
-            header.msg_hdr.msg_iov = iov as *mut libc::iovec;
-            header.msg_hdr.msg_iovlen = 1;
-            header
-        })
-        .collect();
+        .zip(addresses.iter())
+        .zip(headers.iter_mut().zip(iovecs.iter_mut()))
+    {
+        *iov = libc::iovec {
+            iov_base: datagram.as_ptr() as *mut libc::c_void,
+            iov_len: datagram.len(),
+        };
+        // The pointers stay valid until `sendmmsg` returns: `datagrams`, `addresses` and
+        // `iovecs` all outlive the calls below and are not touched in between.
+        header.msg_hdr.msg_name = address.as_ptr() as *mut libc::c_void;
+        header.msg_hdr.msg_namelen = address.len();
+        header.msg_hdr.msg_iov = iov as *mut libc::iovec;
+        header.msg_hdr.msg_iovlen = 1;
+    }
 
     let fd = socket.as_raw_fd();
     let mut sent = Sent::default();
