@@ -11,7 +11,9 @@
 //!   (`core::demux`), handed to the publisher's `Rtc`, its `RtpPacket` event classified and
 //!   decided per subscriber (`core::forward::Forwarder`, `core::vp8`), written into each of N
 //!   subscriber `Rtc`s with `StreamTx::write_rtp`, and every subscriber drained (`poll_output`
-//!   until `Timeout`) with one `send_to` per `Transmit`, as `sfu/src/shard/mod.rs` does.
+//!   until `Timeout`) with one `send_to` per `Transmit`, as `sfu/src/shard/mod.rs` did when
+//!   these numbers were taken (it now batches with `sendmmsg` and answers due timeouts inside
+//!   the drain; `BENCHMARKS.md` measures that on the whole server).
 //!
 //! Times are CPU time of the bench thread (`CLOCK_THREAD_CPUTIME_ID`), not wall time: the
 //! machine's cores are shared. One `forward/video/N` iteration is one incoming packet and N
