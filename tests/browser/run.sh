@@ -144,8 +144,10 @@ homerun ip link set vhome1 up
 # Also makes 10.214.0.2 Chromium's host candidate (it routes towards the internet to pick one).
 homerun ip route add default via "$home_gw" dev vhome1 src "$home_addr"
 # Downlink shaping: a token bucket at the rate, with a queue of at most 300 ms at that rate, as a
-# loaded home router would hold.
-nsrun tc qdisc add dev vhome0 root tbf rate "$home_rate" burst 16kb latency 300ms
+# loaded home router would hold. The bucket holds two full packets, as a slow line passes no
+# burst faster than its rate: with 16 kB, str0m's probe clusters (a few packets in 15 ms) crossed
+# at the veth's speed and measured 0.8-1.4 Mbit/s on this 0.3 Mbit/s link.
+nsrun tc qdisc add dev vhome0 root tbf rate "$home_rate" burst 3000 latency 300ms
 nsrun nft -f - <<NFT
 table inet homelink {
   chain out {

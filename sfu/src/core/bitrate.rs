@@ -4,10 +4,14 @@
 //! slide costs a fraction of its cap, a busy classroom all of it. Bytes are summed per window and
 //! smoothed; a layer that sent nothing for [`SILENT_AFTER`] counts as unavailable (paused by the
 //! publisher, or dynacast switched it off).
+//!
+//! The meter also keeps the size of each spatial layer's latest keyframe: a switch to a layer
+//! starts with one, and on a narrow link a large keyframe freezes the picture for as long as it
+//! takes to cross (see `core::layer::KEYFRAME_TRANSIT`).
 
 use std::time::{Duration, Instant};
 
-use super::layer::{LayerBitrates, MAX_SPATIAL, MAX_TEMPORAL};
+use super::layer::{KeyframeSizes, LayerBitrates, MAX_SPATIAL, MAX_TEMPORAL};
 
 /// Length of one measuring window.
 pub const WINDOW: Duration = Duration::from_millis(500);
@@ -22,6 +26,21 @@ pub struct LayerMeter {
     last_seen: [Option<Instant>; MAX_SPATIAL],
     /// Smoothed bits per second per (spatial, temporal) — not cumulative.
     smoothed: [[f64; MAX_TEMPORAL]; MAX_SPATIAL],
+    /// Per spatial layer, the keyframe being counted: its RTP timestamp and bytes so far.
+    keyframe_open: [Option<(u32, u64)>; MAX_SPATIAL],
+    keyframes: KeyframeSizes,
+}
+
+/// One received packet, as the meter counts it.
+#[derive(Debug, Clone, Copy)]
+pub struct MeteredPacket {
+    pub spatial: u8,
+    pub temporal: u8,
+    /// Payload bytes.
+    pub bytes: usize,
+    pub rtp_timestamp: u32,
+    /// The first packet of a keyframe.
+    pub keyframe_start: bool,
 }
 
 impl Default for LayerMeter {
@@ -31,20 +50,43 @@ impl Default for LayerMeter {
             bytes: [[0; MAX_TEMPORAL]; MAX_SPATIAL],
             last_seen: [None; MAX_SPATIAL],
             smoothed: [[0.0; MAX_TEMPORAL]; MAX_SPATIAL],
+            keyframe_open: [None; MAX_SPATIAL],
+            keyframes: KeyframeSizes::default(),
         }
     }
 }
 
 impl LayerMeter {
-    /// Counts one packet of `bytes` payload in layer (`spatial`, `temporal`).
-    pub fn record(&mut self, spatial: u8, temporal: u8, bytes: usize, now: Instant) {
-        let (s, t) = (usize::from(spatial), usize::from(temporal));
+    /// Counts one packet.
+    pub fn record(&mut self, packet: MeteredPacket, now: Instant) {
+        let (s, t) = (usize::from(packet.spatial), usize::from(packet.temporal));
         if s >= MAX_SPATIAL || t >= MAX_TEMPORAL {
             return;
         }
+        let bytes = packet.bytes as u64;
         self.window_start.get_or_insert(now);
-        self.bytes[s][t] += bytes as u64;
+        self.bytes[s][t] += bytes;
         self.last_seen[s] = Some(now);
+        // A keyframe is every packet with its timestamp; the first other one closes it.
+        let open = &mut self.keyframe_open[s];
+        match *open {
+            Some((ts, ref mut sum)) if ts == packet.rtp_timestamp && !packet.keyframe_start => {
+                *sum += bytes;
+            }
+            Some((_, sum)) => {
+                self.keyframes.0[s] = sum;
+                *open = None;
+            }
+            None => {}
+        }
+        if packet.keyframe_start {
+            *open = Some((packet.rtp_timestamp, bytes));
+        }
+    }
+
+    /// The latest complete keyframe of each spatial layer.
+    pub fn keyframes(&self) -> KeyframeSizes {
+        self.keyframes
     }
 
     /// Closes the window if it is over; returns whether the rates changed.
@@ -101,15 +143,26 @@ impl LayerMeter {
 mod tests {
     use super::*;
 
+    fn packet(spatial: u8, temporal: u8, bytes: usize) -> MeteredPacket {
+        MeteredPacket {
+            spatial,
+            temporal,
+            bytes,
+            rtp_timestamp: 0,
+            keyframe_start: false,
+        }
+    }
+
     #[test]
     fn measures_cumulative_layer_rates_and_forgets_silent_layers() {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut m = LayerMeter::default();
+        let record = |m: &mut LayerMeter, s, t, bytes, at| m.record(packet(s, t, bytes), at);
         // One window of 500 ms: spatial 0 TID0 10 kB, TID1 5 kB; spatial 1 TID0 20 kB.
-        m.record(0, 0, 10_000, ms(0));
-        m.record(0, 1, 5_000, ms(10));
-        m.record(1, 0, 20_000, ms(20));
+        record(&mut m, 0, 0, 10_000, ms(0));
+        record(&mut m, 0, 1, 5_000, ms(10));
+        record(&mut m, 1, 0, 20_000, ms(20));
         assert!(!m.tick(ms(400)));
         assert!(m.tick(ms(500)));
         let r = m.rates(ms(500));
@@ -118,7 +171,7 @@ mod tests {
         assert_eq!(r.0[2], [0, 0, 0]);
         // Spatial 1 goes silent; spatial 0 continues at half the rate.
         for i in 0..10 {
-            m.record(0, 0, 500, ms(500 + i * 100));
+            record(&mut m, 0, 0, 500, ms(500 + i * 100));
         }
         assert!(m.tick(ms(1000)));
         assert!(m.tick(ms(2100)));
@@ -126,6 +179,6 @@ mod tests {
         assert_eq!(r.0[1], [0, 0, 0], "silent for more than 1.5 s");
         assert!(r.0[0][0] > 0 && r.0[0][0] < 160_000);
         // Junk layer indices are ignored, not a panic.
-        m.record(7, 9, 100, ms(2200));
+        record(&mut m, 7, 9, 100, ms(2200));
     }
 }

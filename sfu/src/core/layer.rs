@@ -37,6 +37,15 @@ pub const MIN_TEMPORAL_ABOVE_BASE: u8 = 1;
 /// [`SelectorConfig::upgrade_margin_percent`]).
 pub const UPGRADE_MARGIN_PERCENT: u64 = 120;
 
+/// A switch up to another spatial layer is chosen only when that layer's keyframe, which starts
+/// the switch, crosses the link within this time at the track's budget. Until the keyframe has
+/// arrived the picture stands still, and the rate a meter measures hides how large keyframes
+/// are: Chromium's keyframes of the test camera are 4-5 kB at 320x180, 36-42 kB at 640x360 and
+/// 150-240 kB at 1280x720, so on a 0.3 Mbit/s link the middle layer's average fits at half its
+/// frame rate while its keyframe takes more than a second. A second is long enough for the full
+/// layer on a link of about 2 Mbit/s, which its average needs anyway.
+pub const KEYFRAME_TRANSIT: Duration = Duration::from_secs(1);
+
 /// A (spatial, temporal) layer; orders by spatial first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Layer {
@@ -112,6 +121,25 @@ impl LayerBitrates {
     }
 }
 
+/// The size in bytes of each spatial layer's latest keyframe; 0 where none was seen yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KeyframeSizes(pub [u64; MAX_SPATIAL]);
+
+impl KeyframeSizes {
+    /// Whether a keyframe of `spatial` crosses a link of `budget` bit/s within `within`
+    /// (an unknown size is assumed to).
+    pub fn crosses(&self, spatial: u8, budget: u64, within: Duration) -> bool {
+        let bits = self
+            .0
+            .get(usize::from(spatial))
+            .copied()
+            .unwrap_or(0)
+            .saturating_mul(8);
+        let carried = budget.saturating_mul(within.as_millis() as u64) / 1000;
+        bits <= carried
+    }
+}
+
 /// Tuning of the hysteresis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SelectorConfig {
@@ -156,6 +184,8 @@ pub struct SelectorInput {
     /// Bits per second this track may use (from the allocator).
     pub budget: u64,
     pub available: LayerBitrates,
+    /// The latest keyframe of each spatial layer: a switch up must be able to carry it.
+    pub keyframes: KeyframeSizes,
     /// The highest layer the subscriber wants (its rendered size, its own setting).
     pub cap: Layer,
 }
@@ -205,13 +235,28 @@ impl LayerSelector {
             now,
             budget,
             available,
+            keyframes,
             cap,
         } = *input;
-        let fit = available.best_fit(cap, budget, 100).map(|(l, _)| l);
-        let with_margin = available
-            .best_fit(cap, budget, self.config.upgrade_margin_percent)
-            .map(|(l, _)| l);
-        let any_available = available.lowest(cap).is_some();
+        // Another spatial layer above the one forwarded (and above the lowest, which has to do
+        // whatever its keyframes cost) only when its keyframe crosses the link soon enough.
+        let lowest = available.lowest(cap).map(|(l, _)| l.spatial);
+        let forwarded = self.current.map(|c| c.spatial);
+        let keyframe_fits = |l: Layer| {
+            Some(l.spatial) <= forwarded.max(lowest)
+                || keyframes.crosses(l.spatial, budget, KEYFRAME_TRANSIT)
+        };
+        let best = |percent: u64| {
+            available
+                .targets(cap)
+                .filter(|&(_, rate)| rate.saturating_mul(percent) / 100 <= budget)
+                .filter(|&(l, _)| keyframe_fits(l))
+                .map(|(l, _)| l)
+                .max()
+        };
+        let fit = best(100);
+        let with_margin = best(self.config.upgrade_margin_percent);
+        let any_available = lowest.is_some();
 
         let still_fits =
             |l: Layer| l.within(cap) && available.get(l).is_some_and(|rate| rate <= budget);
@@ -365,6 +410,15 @@ mod tests {
     }
 
     fn run_with(available: LayerBitrates, cap: Layer, rows: &[(u64, Ev, Want)]) {
+        run_with_keyframes(available, KeyframeSizes::default(), cap, rows)
+    }
+
+    fn run_with_keyframes(
+        available: LayerBitrates,
+        keyframes: KeyframeSizes,
+        cap: Layer,
+        rows: &[(u64, Ev, Want)],
+    ) {
         let t0 = Instant::now();
         let mut sel = LayerSelector::new(SelectorConfig::default());
         let l = |o: Option<(u8, u8)>| o.map(|(s, t)| Layer::new(s, t));
@@ -374,6 +428,7 @@ mod tests {
                     now: t0 + Duration::from_millis(*ms),
                     budget,
                     available,
+                    keyframes,
                     cap,
                 }),
                 Keyframe(s) => sel.keyframe(s),
@@ -534,6 +589,55 @@ mod tests {
             LayerBitrates::default(),
             Layer::MAX,
             &[(0, Budget(10_000_000), (None, None, false, false))],
+        );
+    }
+
+    #[test]
+    fn a_layer_whose_keyframe_would_freeze_the_picture_is_not_switched_up_to() {
+        // A 0.3 Mbit/s link: h's average (250k at its base rate) would fit with the margin,
+        // but its 40 kB keyframe needs 1.07 s at 300k. q's keyframe costs what it costs.
+        let keyframes = KeyframeSizes([24_000, 40_000, 200_000]);
+        run_with_keyframes(
+            simulcast(),
+            keyframes,
+            Layer::MAX,
+            &[
+                (0, Budget(150_000), (None, Some((0, 2)), true, false)),
+                (10, Keyframe(0), (Some((0, 2)), Some((0, 2)), false, false)),
+                (
+                    1_000,
+                    Budget(300_000),
+                    (Some((0, 2)), Some((0, 2)), false, false),
+                ),
+                (
+                    5_000,
+                    Budget(300_000),
+                    (Some((0, 2)), Some((0, 2)), false, false),
+                ),
+                // At 0.5 Mbit/s h's keyframe takes 0.64 s: up after the hold.
+                (
+                    6_000,
+                    Budget(500_000),
+                    (Some((0, 2)), Some((0, 2)), false, false),
+                ),
+                (
+                    8_000,
+                    Budget(500_000),
+                    (Some((0, 2)), Some((1, 1)), true, false),
+                ),
+                (
+                    8_100,
+                    Keyframe(1),
+                    (Some((1, 1)), Some((1, 1)), false, false),
+                ),
+            ],
+        );
+        // Starting out, too: the first picture waits for its keyframe as well.
+        run_with_keyframes(
+            simulcast(),
+            keyframes,
+            Layer::MAX,
+            &[(0, Budget(320_000), (None, Some((0, 2)), true, false))],
         );
     }
 }

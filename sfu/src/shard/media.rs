@@ -14,6 +14,7 @@ use str0m::stats::MediaEgressStats;
 use super::Shard;
 use super::peer::{PeerKey, PeerRole};
 use crate::command::{PauseReason, ShardEvent, TrackKind};
+use crate::core::bitrate::MeteredPacket;
 use crate::core::forward::{Forward, Forwarder, IncomingPacket};
 use crate::core::keyframe::{VideoCodec, is_keyframe_start};
 use crate::core::layer::{Layer, LayerSelector, SelectorConfig};
@@ -184,9 +185,14 @@ impl Shard {
             }
         };
         if video {
-            track
-                .meter
-                .record(spatial, temporal, packet.payload.len(), packet.timestamp);
+            let metered = MeteredPacket {
+                spatial,
+                temporal,
+                bytes: packet.payload.len(),
+                rtp_timestamp: packet.header.timestamp,
+                keyframe_start,
+            };
+            track.meter.record(metered, packet.timestamp);
         }
         let incoming = IncomingPacket {
             ssrc: *packet.header.ssrc,
