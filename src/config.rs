@@ -126,6 +126,9 @@ pub struct MediaSettings {
     /// `bind` is a wildcard address or behind a 1:1 NAT (cloud VMs: the public address).
     /// Empty: the bound address itself.
     pub announce: Vec<IpAddr>,
+    /// Estimate each subscriber's bandwidth and choose simulcast layers from it (default). Off
+    /// only where every subscriber is on the school's wired network.
+    pub bandwidth_estimation: bool,
 }
 
 impl Default for MediaSettings {
@@ -133,6 +136,7 @@ impl Default for MediaSettings {
         MediaSettings {
             bind: SocketAddr::from(([127, 0, 0, 1], 50000)),
             announce: Vec::new(),
+            bandwidth_estimation: true,
         }
     }
 }
@@ -142,6 +146,7 @@ impl MediaSettings {
         classroom_sfu::MediaConfig {
             bind: self.bind,
             announce: self.announce.clone(),
+            bandwidth_estimation: self.bandwidth_estimation,
         }
     }
 }
@@ -252,6 +257,7 @@ pub struct Overrides {
     pub http: Option<SocketAddr>,
     pub media_bind: Option<SocketAddr>,
     pub media_announce: Option<Vec<IpAddr>>,
+    pub media_bandwidth_estimation: Option<bool>,
     pub data_dir: Option<PathBuf>,
     pub token_secret: Option<Secret>,
     pub public_url: Option<String>,
@@ -324,6 +330,10 @@ impl Overrides {
             http: parsed("CLASSROOM_HTTP", text("CLASSROOM_HTTP")?)?,
             media_bind: parsed("CLASSROOM_MEDIA_BIND", text("CLASSROOM_MEDIA_BIND")?)?,
             media_announce,
+            media_bandwidth_estimation: parsed(
+                "CLASSROOM_MEDIA_BANDWIDTH_ESTIMATION",
+                text("CLASSROOM_MEDIA_BANDWIDTH_ESTIMATION")?,
+            )?,
             data_dir: raw("CLASSROOM_DATA_DIR").map(PathBuf::from),
             token_secret: text("CLASSROOM_TOKEN_SECRET")?.map(Secret),
             public_url: text("CLASSROOM_PUBLIC_URL")?,
@@ -347,6 +357,9 @@ impl Overrides {
             http: self.http.or(lower.http),
             media_bind: self.media_bind.or(lower.media_bind),
             media_announce: self.media_announce.or(lower.media_announce),
+            media_bandwidth_estimation: self
+                .media_bandwidth_estimation
+                .or(lower.media_bandwidth_estimation),
             data_dir: self.data_dir.or(lower.data_dir),
             token_secret: self.token_secret.or(lower.token_secret),
             public_url: self.public_url.or(lower.public_url),
@@ -374,6 +387,7 @@ impl Config {
             media: MediaSettings {
                 bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
                 announce: Vec::new(),
+                bandwidth_estimation: true,
             },
             data_dir: std::env::temp_dir().join("classroom-tests"),
             token_secret: Some(Secret::new("classroom-tests-only-secret-0123456789abcdef")),
@@ -456,6 +470,7 @@ impl Config {
             http,
             media_bind,
             media_announce,
+            media_bandwidth_estimation,
             data_dir,
             token_secret,
             public_url,
@@ -514,6 +529,9 @@ impl Config {
         }
         if let Some(v) = media_announce {
             self.media.announce = v;
+        }
+        if let Some(v) = media_bandwidth_estimation {
+            self.media.bandwidth_estimation = v;
         }
         if let Some(v) = data_dir {
             self.data_dir = v;
@@ -826,6 +844,7 @@ mod tests {
             ("CLASSROOM_LOG_FORMAT", "JSON"),
             ("CLASSROOM_TOKEN_SECRET", "0123456789abcdef0123"),
             ("CLASSROOM_PUBLIC_URL", "https://env.example"),
+            ("CLASSROOM_MEDIA_BANDWIDTH_ESTIMATION", "false"),
         ])
         .unwrap();
         let cli = Overrides {
@@ -853,6 +872,8 @@ mod tests {
             "0123456789abcdef0123"
         );
         assert_eq!(c.public_url.as_deref(), Some("https://env.example"));
+        assert!(!c.media.bandwidth_estimation);
+        assert!(!c.media.to_media_config().bandwidth_estimation);
     }
 
     #[test]
@@ -868,6 +889,7 @@ mod tests {
             ("CLASSROOM_MEDIA_BIND", "1.2.3.4"),
             ("CLASSROOM_MEDIA_ANNOUNCE", "1.2.3.4,example.org"),
             ("CLASSROOM_LOG_FORMAT", "xml"),
+            ("CLASSROOM_MEDIA_BANDWIDTH_ESTIMATION", "maybe"),
         ] {
             let e = env(&[(var, value)]).unwrap_err().to_string();
             assert!(e.contains(var), "{e}");

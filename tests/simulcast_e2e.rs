@@ -700,6 +700,44 @@ async fn simulcast_adapts_inner() -> Result<()> {
     Ok(())
 }
 
+/// With bandwidth estimation off (a school's wired network), a pupil gets the full layer from its
+/// first picture on, and keeps it; with it on, every pupil starts on `q` and climbs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_bandwidth_estimation_a_pupil_starts_on_the_full_layer() -> Result<()> {
+    bounded(async {
+        let mut config = classroom::server::Config::for_tests();
+        config.media.bandwidth_estimation = false;
+        let server = TestServer::start_with(config).await?;
+        let (_teacher, publisher) = teacher_publishes_simulcast(&server).await?;
+        let pupil = TestClient::connect(
+            &server.ws_url(),
+            &server.token("s-001", "Sato", Role::Student),
+        )
+        .await
+        .context("the pupil joins")?;
+        subscriber_connected(&pupil, "the pupil").await?;
+        // A second of video from the first packet on.
+        let video = support::wait::poll_for(
+            CONNECT_TIMEOUT,
+            || "a second of the pupil's video".to_owned(),
+            async || {
+                let video = pupil.subscriber.received(&publisher.video_track_id);
+                let first = video.first()?.at;
+                (Instant::now() - first > Duration::from_secs(1)).then_some(video)
+            },
+        )
+        .await?;
+        let first = video.first().context("no video")?.at;
+        ensure!(
+            only_layer(&video, first) == Some(Rid::F),
+            "the pupil did not get only f from its first packet: {:?} bytes by rid",
+            layer_bytes(&video, first)
+        );
+        Ok(())
+    })
+    .await
+}
+
 /// A link too weak for even the lowest layer beside the audio: the server pauses the video and
 /// says so (`track_quality` paused), the audio goes on, and when the link recovers the video
 /// resumes by itself, starting at a keyframe.

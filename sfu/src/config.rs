@@ -10,6 +10,11 @@ pub struct MediaConfig {
     /// Addresses announced as ICE candidates, with the bound port. Behind a 1:1 NAT (a cloud VM)
     /// this is the public address; empty means the bound address itself.
     pub announce: Vec<IpAddr>,
+    /// Estimate each subscriber's bandwidth (GoogCC over transport-cc, with str0m's pacer) and
+    /// choose simulcast layers from it. Off, every subscriber gets the best layer it asks for and
+    /// packets leave unpaced: for a school network where every subscriber is wired, at about a
+    /// third less CPU per packet (`BENCHMARKS.md`). Never for pupils at home.
+    pub bandwidth_estimation: bool,
 }
 
 impl MediaConfig {
@@ -18,6 +23,7 @@ impl MediaConfig {
         MediaConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             announce: Vec::new(),
+            bandwidth_estimation: true,
         }
     }
 }

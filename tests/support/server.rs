@@ -15,14 +15,17 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start() -> Result<Self> {
+        Self::start_with(Config::for_tests()).await
+    }
+
+    /// A server with `config` (start from [`Config::for_tests`] and change what the test needs).
+    pub async fn start_with(config: Config) -> Result<Self> {
         super::init_logging();
-        let handle = tokio::time::timeout(
-            Duration::from_secs(10),
-            classroom::server::start(Config::for_tests()),
-        )
-        .await
-        .context("the server did not start in time")?
-        .context("start the server")?;
+        let handle =
+            tokio::time::timeout(Duration::from_secs(10), classroom::server::start(config))
+                .await
+                .context("the server did not start in time")?
+                .context("start the server")?;
         Ok(Self {
             handle,
             room: "math-3b".to_owned(),

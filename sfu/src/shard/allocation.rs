@@ -29,6 +29,8 @@ pub(crate) const INTERVAL: Duration = Duration::from_millis(500);
 /// seconds more, below what the link carries (seen at 0.3 Mbit/s with 1 Mbit/s here, 20–27 %
 /// loss). str0m's first probes (3× and 6× this) find a fast link within a second or two.
 pub(crate) const INITIAL_ESTIMATE: u64 = 300_000;
+/// What a subscriber is assumed to carry when bandwidth estimation is off: every layer.
+const UNESTIMATED: u64 = 1_000_000_000;
 /// How often each participant's link is reported.
 const REPORT_INTERVAL: Duration = Duration::from_secs(3);
 /// A layer nobody needs keeps being encoded this long, so a subscriber that dips briefly does
@@ -134,7 +136,11 @@ impl Shard {
     ) -> u64 {
         let Some(peer) = self.peer(key) else { return 0 };
         let participant = peer.participant;
-        let estimate = peer.estimate.unwrap_or(INITIAL_ESTIMATE);
+        let estimate = peer.estimate.unwrap_or(if self.bandwidth_estimation {
+            INITIAL_ESTIMATE
+        } else {
+            UNESTIMATED
+        });
         let (rtt_ms, loss, estimate_bps) = (peer.rtt_ms, peer.loss, peer.estimate);
         if let Some(e) = estimate_bps {
             self.counters.observe_estimate(e);

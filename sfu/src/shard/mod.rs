@@ -107,8 +107,14 @@ pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
                         return;
                     }
                 };
-                let shard =
-                    Shard::new(socket, shard_announced, candidates, event_tx, shard_metrics);
+                let shard = Shard::new(
+                    socket,
+                    shard_announced,
+                    candidates,
+                    config.bandwidth_estimation,
+                    event_tx,
+                    shard_metrics,
+                );
                 shard.run(cmd_rx).await;
             });
         })
@@ -199,6 +205,8 @@ struct Shard {
     outbox: Outbox,
     announced: Vec<SocketAddr>,
     candidates: Vec<Candidate>,
+    /// Whether subscribers' bandwidth is estimated (`MediaConfig::bandwidth_estimation`).
+    bandwidth_estimation: bool,
     events: mpsc::UnboundedSender<ShardEvent>,
     metrics: Arc<MediaMetrics>,
     counters: MediaCounters,
@@ -222,6 +230,7 @@ impl Shard {
         socket: UdpSocket,
         announced: Vec<SocketAddr>,
         candidates: Vec<Candidate>,
+        bandwidth_estimation: bool,
         events: mpsc::UnboundedSender<ShardEvent>,
         metrics: Arc<MediaMetrics>,
     ) -> Shard {
@@ -230,6 +239,7 @@ impl Shard {
             outbox: Outbox::default(),
             announced,
             candidates,
+            bandwidth_estimation,
             events,
             metrics,
             counters: MediaCounters::default(),

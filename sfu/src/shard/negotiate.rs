@@ -73,7 +73,13 @@ impl Shard {
                     tracks: HashMap::new(),
                     by_ssrc: HashMap::new(),
                 };
-                let peer = Peer::new(Instant::now(), participant, role, &self.candidates);
+                let peer = Peer::new(
+                    Instant::now(),
+                    participant,
+                    role,
+                    &self.candidates,
+                    self.bandwidth_estimation,
+                );
                 self.insert_peer(peer)
             }
         };
@@ -310,7 +316,13 @@ impl Shard {
                     pending: None,
                     renegotiate: false,
                 };
-                let peer = Peer::new(Instant::now(), participant, role, &self.candidates);
+                let peer = Peer::new(
+                    Instant::now(),
+                    participant,
+                    role,
+                    &self.candidates,
+                    self.bandwidth_estimation,
+                );
                 let key = self.insert_peer(peer);
                 if let Some(m) = self.members.get_mut(&participant) {
                     m.subscriber = Some(key);

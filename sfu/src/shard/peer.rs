@@ -66,13 +66,16 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    /// An ICE-lite `Rtc` in RTP mode that answers on `candidates`.
+    /// An ICE-lite `Rtc` in RTP mode that answers on `candidates`; with `bandwidth_estimation`,
+    /// str0m estimates what the path to the peer carries and paces what is sent.
     pub fn new(
         now: Instant,
         participant: ParticipantId,
         role: PeerRole,
         candidates: &[Candidate],
+        bandwidth_estimation: bool,
     ) -> Peer {
+        let initial = str0m::bwe::Bitrate::bps(crate::shard::allocation::INITIAL_ESTIMATE);
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
             .set_rtp_mode(true)
@@ -80,9 +83,7 @@ impl Peer {
             .enable_vp8(true)
             .enable_h264(true)
             .enable_vp9(true)
-            .enable_bwe(Some(str0m::bwe::Bitrate::bps(
-                crate::shard::allocation::INITIAL_ESTIMATE,
-            )))
+            .enable_bwe(bandwidth_estimation.then_some(initial))
             .set_stats_interval(Some(std::time::Duration::from_secs(1)))
             .set_send_buffer_video(SEND_BUFFER_VIDEO);
         add_opus_with_fec_and_dtx(&mut config);
