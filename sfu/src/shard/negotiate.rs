@@ -15,7 +15,7 @@ use crate::command::{
     PublishAnswer, PublishedTrack, ShardEvent, SubscribedTrack, TrackKind, TrackSpec,
 };
 use crate::core::allocator::TrackClass;
-use crate::core::throttle::{KEYFRAME_REQUEST_INTERVAL, Throttle};
+use crate::core::throttle::{Throttle, keyframe_request_interval};
 use crate::error::SfuError;
 use crate::ids::{ParticipantId, TrackId};
 
@@ -201,6 +201,8 @@ impl Shard {
                 source: spec.source,
                 mid: spec.mid.clone(),
             };
+            let keyframe_throttle =
+                std::array::from_fn(|s| Throttle::new(keyframe_request_interval(s, rids.len())));
             self.tracks.insert(
                 track_id,
                 Track {
@@ -213,9 +215,7 @@ impl Shard {
                     class,
                     meter: Default::default(),
                     subscriptions: Vec::new(),
-                    keyframe_throttle: std::array::from_fn(|_| {
-                        Throttle::new(KEYFRAME_REQUEST_INTERVAL)
-                    }),
+                    keyframe_throttle,
                     dynacast: Default::default(),
                 },
             );
