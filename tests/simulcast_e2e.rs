@@ -701,7 +701,7 @@ async fn simulcast_adapts_inner() -> Result<()> {
 }
 
 /// With bandwidth estimation off (a school's wired network), a pupil gets the full layer from its
-/// first picture on, and keeps it; with it on, every pupil starts on `q` and climbs.
+/// first packet on; with it on, every pupil starts on `q` and climbs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_bandwidth_estimation_a_pupil_starts_on_the_full_layer() -> Result<()> {
     bounded(async {
