@@ -54,7 +54,8 @@ const AUDIO_PAYLOAD: usize = 76;
 /// Same as the shard's media socket (`SOCKET_BUFFER_BYTES`).
 const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Virtual time between two publisher packets: about 0.9 Mbit/s of 1.1 kB packets, under the
-/// shard's initial 1 Mbit/s estimate so str0m's pacer does not hold packets back.
+/// 1 Mbit/s initial estimate the bench's `Rtc`s get (the shard's when these numbers were taken;
+/// it now starts at 300 kbit/s) so str0m's pacer does not hold packets back.
 const PACKET_INTERVAL: Duration = Duration::from_millis(10);
 /// Publisher datagrams generated (untimed) per chunk of the `forward` measurement.
 const CHUNK: u64 = 64;
