@@ -12,8 +12,8 @@ pub struct MediaConfig {
     pub announce: Vec<IpAddr>,
     /// Estimate each subscriber's bandwidth (GoogCC over transport-cc, with str0m's pacer) and
     /// choose simulcast layers from it. Off, every subscriber gets the best layer it asks for and
-    /// packets leave unpaced: for a school network where every subscriber is wired, at about a
-    /// third less CPU per packet (`BENCHMARKS.md`). Never for pupils at home.
+    /// packets leave unpaced: for a school network where every subscriber is wired, at about 30 %
+    /// less CPU per packet (`BENCHMARKS.md`). Never for pupils at home.
     pub bandwidth_estimation: bool,
 }
 
