@@ -15,6 +15,9 @@ use super::layer::{KeyframeSizes, LayerBitrates, MAX_SPATIAL, MAX_TEMPORAL};
 
 /// Length of one measuring window.
 pub const WINDOW: Duration = Duration::from_millis(500);
+/// The first window of a track is shorter: until it closes no layer is available, so a pupil
+/// who joined as the publisher started has nothing to start on and waits for it.
+pub const FIRST_WINDOW: Duration = Duration::from_millis(200);
 /// A layer silent this long is no longer available.
 pub const SILENT_AFTER: Duration = Duration::from_millis(1500);
 
@@ -29,6 +32,8 @@ pub struct LayerMeter {
     /// Per spatial layer, the keyframe being counted: its RTP timestamp and bytes so far.
     keyframe_open: [Option<(u32, u64)>; MAX_SPATIAL],
     keyframes: KeyframeSizes,
+    /// Whether a window has closed: rates exist.
+    measured: bool,
 }
 
 /// One received packet, as the meter counts it.
@@ -52,6 +57,7 @@ impl Default for LayerMeter {
             smoothed: [[0.0; MAX_TEMPORAL]; MAX_SPATIAL],
             keyframe_open: [None; MAX_SPATIAL],
             keyframes: KeyframeSizes::default(),
+            measured: false,
         }
     }
 }
@@ -89,15 +95,25 @@ impl LayerMeter {
         self.keyframes
     }
 
+    /// Whether the first window can close now: the caller need not wait for its next round to
+    /// learn the first rates.
+    pub fn first_window_due(&self, now: Instant) -> bool {
+        !self.measured
+            && self
+                .window_start
+                .is_some_and(|start| now.saturating_duration_since(start) >= FIRST_WINDOW)
+    }
+
     /// Closes the window if it is over; returns whether the rates changed.
     pub fn tick(&mut self, now: Instant) -> bool {
         let Some(start) = self.window_start else {
             return false;
         };
         let elapsed = now.saturating_duration_since(start);
-        if elapsed < WINDOW {
+        if elapsed < if self.measured { WINDOW } else { FIRST_WINDOW } {
             return false;
         }
+        self.measured = true;
         let secs = elapsed.as_secs_f64();
         for s in 0..MAX_SPATIAL {
             for t in 0..MAX_TEMPORAL {
@@ -163,7 +179,8 @@ mod tests {
         record(&mut m, 0, 0, 10_000, ms(0));
         record(&mut m, 0, 1, 5_000, ms(10));
         record(&mut m, 1, 0, 20_000, ms(20));
-        assert!(!m.tick(ms(400)));
+        assert!(!m.tick(ms(199)));
+        // The first window may close from 200 ms on; here it closes at 500.
         assert!(m.tick(ms(500)));
         let r = m.rates(ms(500));
         assert_eq!(r.0[0], [160_000, 240_000, 240_000]);
@@ -180,5 +197,53 @@ mod tests {
         assert!(r.0[0][0] > 0 && r.0[0][0] < 160_000);
         // Junk layer indices are ignored, not a panic.
         record(&mut m, 7, 9, 100, ms(2200));
+    }
+
+    #[test]
+    fn the_first_window_is_short() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut m = LayerMeter::default();
+        assert!(!m.first_window_due(ms(1_000)), "nothing received yet");
+        m.record(packet(0, 0, 2_500), ms(0));
+        assert!(!m.first_window_due(ms(199)));
+        assert!(m.first_window_due(ms(200)));
+        assert!(m.tick(ms(200)));
+        assert_eq!(m.rates(ms(200)).0[0], [100_000; 3]);
+        // Later windows are the full length.
+        assert!(!m.first_window_due(ms(400)));
+        m.record(packet(0, 0, 2_500), ms(300));
+        assert!(!m.tick(ms(699)));
+        assert!(m.tick(ms(700)));
+    }
+
+    #[test]
+    fn remembers_the_size_of_each_layers_latest_keyframe() {
+        let t0 = Instant::now();
+        let mut m = LayerMeter::default();
+        let mut send = |spatial, ts, keyframe_start, bytes| {
+            m.record(
+                MeteredPacket {
+                    spatial,
+                    temporal: 0,
+                    bytes,
+                    rtp_timestamp: ts,
+                    keyframe_start,
+                },
+                t0,
+            );
+            m.keyframes().0
+        };
+        // A keyframe of h in three packets, interleaved with q's delta frames.
+        send(1, 9_000, true, 1_200);
+        send(0, 9_000, false, 300);
+        send(1, 9_000, false, 1_200);
+        let open = send(1, 9_000, false, 600);
+        assert_eq!(open, [0, 0, 0], "not complete until the next frame");
+        assert_eq!(send(1, 12_000, false, 400), [0, 3_000, 0]);
+        // A keyframe right after another closes the first; a later one replaces it.
+        send(0, 12_000, true, 500);
+        assert_eq!(send(0, 15_000, true, 700), [500, 3_000, 0]);
+        assert_eq!(send(0, 18_000, false, 100), [700, 3_000, 0]);
     }
 }

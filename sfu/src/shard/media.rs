@@ -194,6 +194,12 @@ impl Shard {
             };
             track.meter.record(metered, packet.timestamp);
         }
+        // The publisher has just started: once a first short window is measured, its
+        // subscribers get their layers now, not at the next allocation round.
+        let first_rates = track.meter.first_window_due(packet.timestamp);
+        if first_rates {
+            track.meter.tick(packet.timestamp);
+        }
         let incoming = IncomingPacket {
             ssrc: *packet.header.ssrc,
             arrival: packet.timestamp,
@@ -343,6 +349,18 @@ impl Shard {
                     KeyframeRequestKind::Pli,
                     packet.timestamp,
                 );
+            }
+        }
+        if first_rates {
+            let subscribers: Vec<PeerKey> = self
+                .tracks
+                .get(&track_id)
+                .map(|t| t.subscriptions.iter().map(|s| s.peer).collect())
+                .unwrap_or_default();
+            for key in subscribers {
+                if self.peer(key).is_some_and(|p| p.connected) {
+                    self.allocate_connected(key, packet.timestamp);
+                }
             }
         }
     }
