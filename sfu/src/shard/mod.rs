@@ -519,7 +519,15 @@ impl Shard {
         self.peers.get(key.0 as usize).and_then(Option::as_ref)
     }
 
-    fn insert_peer(&mut self, peer: Peer) -> PeerKey {
+    /// A new peer connection of `participant`, answering on this shard's candidates.
+    fn add_peer(&mut self, participant: ParticipantId, role: PeerRole) -> PeerKey {
+        let peer = Peer::new(
+            Instant::now(),
+            participant,
+            role,
+            &self.candidates,
+            self.bandwidth_estimation,
+        );
         let key = match self.free.pop() {
             Some(k) => k,
             None => {

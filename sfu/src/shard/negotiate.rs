@@ -1,14 +1,13 @@
 //! SDP on both connections: publish offers from clients, our offers to subscribers.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::media::{Direction, MediaKind, Mid};
 use tracing::debug;
 
 use super::media::{Subscription, media_kind};
-use super::peer::{Peer, PeerKey, PeerRole};
+use super::peer::{PeerKey, PeerRole};
 use super::{Shard, Track};
 use crate::command::TrackSource;
 use crate::command::{
@@ -73,14 +72,7 @@ impl Shard {
                     tracks: HashMap::new(),
                     by_ssrc: HashMap::new(),
                 };
-                let peer = Peer::new(
-                    Instant::now(),
-                    participant,
-                    role,
-                    &self.candidates,
-                    self.bandwidth_estimation,
-                );
-                self.insert_peer(peer)
+                self.add_peer(participant, role)
             }
         };
         let result = self.apply_publish_offer(key, offer, specs);
@@ -316,14 +308,7 @@ impl Shard {
                     pending: None,
                     renegotiate: false,
                 };
-                let peer = Peer::new(
-                    Instant::now(),
-                    participant,
-                    role,
-                    &self.candidates,
-                    self.bandwidth_estimation,
-                );
-                let key = self.insert_peer(peer);
+                let key = self.add_peer(participant, role);
                 if let Some(m) = self.members.get_mut(&participant) {
                     m.subscriber = Some(key);
                 }
