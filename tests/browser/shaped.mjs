@@ -29,13 +29,14 @@ const HOME_URL = required('HOME_URL');
 const HOME_CHROMIUM = required('HOME_CHROMIUM');
 const HOME_LINK = process.env.HOME_LINK || 'shaped';
 
-// The estimate starts at 1 Mbit/s and must find both links' capacity, and a spatial switch waits
-// for a keyframe: adaptation is given well over the 15 s the Rust test demands of the server alone,
-// because here three encoders and two decoders share two cores.
+// Every pupil starts on the lowest layer and the estimate (300 kbit/s at first) must find both
+// links' capacity, and a spatial switch waits for a keyframe: adaptation is given well over the
+// 15 s the Rust test demands of the server alone, because here three encoders and two decoders
+// share two cores.
 const SETTLE_MS = 60000;
 // Both pupils must agree for this long (samples 250 ms apart: 5 s) before the sizes count as
-// settled: the estimate starts at 1 Mbit/s, so the shaped link's queue and loss take a few
-// seconds to clear after the first downswitch, and the watch below is about the steady state.
+// settled, so that the watch below is about the steady state rather than the unshaped pupil's
+// climb from the lowest layer.
 const STABLE_SAMPLES = 20;
 // After settling, the one-second windows in which both pupils must keep decoding.
 const WATCH_SECONDS = 10;

@@ -240,7 +240,8 @@ impl Shard {
             if sub.reported != Some(shown) && (decision.current.is_some() || decision.paused) {
                 debug!(
                     %participant, track = %track_id, estimate, budget, ?available,
-                    keyframes = ?keyframes.0, current = ?decision.current, paused = decision.paused, "layer change"
+                    keyframes = ?keyframes.0, current = ?decision.current,
+                    paused = decision.paused, "layer change"
                 );
                 if sub.reported.is_some_and(|(layer, _)| layer != name) {
                     self.counters.layer_switches += 1;
