@@ -73,7 +73,8 @@ impl LayerMeter {
         self.window_start.get_or_insert(now);
         self.bytes[s][t] += bytes;
         self.last_seen[s] = Some(now);
-        // A keyframe is every packet with its timestamp; the first other one closes it.
+        // A keyframe is every packet with its timestamp; the first other one closes it. A resent
+        // packet of the open keyframe counts twice: the size errs large, on the safe side.
         let open = &mut self.keyframe_open[s];
         match *open {
             Some((ts, ref mut sum)) if ts == packet.rtp_timestamp && !packet.keyframe_start => {

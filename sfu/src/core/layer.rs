@@ -115,8 +115,19 @@ impl LayerBitrates {
     /// The highest target layer (see [`Self::targets`]) within `cap` whose cost, scaled by
     /// `percent`, fits `budget`.
     pub fn best_fit(&self, cap: Layer, budget: u64, percent: u64) -> Option<(Layer, u64)> {
+        self.best_fit_where(cap, budget, percent, |_| true)
+    }
+
+    /// [`Self::best_fit`] among the layers `allowed` accepts.
+    pub fn best_fit_where(
+        &self,
+        cap: Layer,
+        budget: u64,
+        percent: u64,
+        allowed: impl Fn(Layer) -> bool,
+    ) -> Option<(Layer, u64)> {
         self.targets(cap)
-            .filter(|&(_, rate)| rate.saturating_mul(percent) / 100 <= budget)
+            .filter(|&(l, rate)| rate.saturating_mul(percent) / 100 <= budget && allowed(l))
             .max_by_key(|&(l, _)| l)
     }
 }
@@ -248,11 +259,8 @@ impl LayerSelector {
         };
         let best = |percent: u64| {
             available
-                .targets(cap)
-                .filter(|&(_, rate)| rate.saturating_mul(percent) / 100 <= budget)
-                .filter(|&(l, _)| keyframe_fits(l))
+                .best_fit_where(cap, budget, percent, keyframe_fits)
                 .map(|(l, _)| l)
-                .max()
         };
         let fit = best(100);
         let with_margin = best(self.config.upgrade_margin_percent);
