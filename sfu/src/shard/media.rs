@@ -312,6 +312,9 @@ impl Shard {
                     let Some(tx) = tx else {
                         continue;
                     };
+                    if sub.tx.is_none() && video {
+                        super::peer::configure_video_resends(tx);
+                    }
                     sub.tx = Some(tx.ssrc());
                     let mut write = RtpWrite::new(
                         pt,

@@ -1,11 +1,11 @@
 //! One peer connection: a str0m `Rtc` and what the shard needs to know about it.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::change::SdpPendingOffer;
 use str0m::media::Mid;
-use str0m::rtp::Ssrc;
+use str0m::rtp::{Ssrc, StreamTx};
 use str0m::{Candidate, Rtc, RtcConfig};
 
 use crate::core::probe::ProbePacer;
@@ -18,6 +18,20 @@ use crate::ids::{ParticipantId, TrackId};
 /// 2.5 Mbit/s layer: several round trips of a home link for a NACK to arrive. (A shorter age
 /// would not help: the ring is sized by packets, and 1.5 s of the middle layer needs 128 slots.)
 const SEND_BUFFER_VIDEO: usize = 128;
+/// How old a packet may be and still be resent (str0m's default).
+const RESEND_MAX_AGE: Duration = Duration::from_secs(3);
+/// str0m drops every queued resend while resent bytes exceed this share of the last second's.
+/// Its default, 15 %, suits a fat stream; the lowest layer on a weak home link is ~20 kB/s, so
+/// one lost packet of a 4-packet keyframe and its resend reach 15 %, and the NACKs that follow
+/// go unanswered for up to a second: the picture freezes until a keyframe comes. Resends pass
+/// through the pacer with the media, within the estimate, so a higher cap cannot flood the
+/// link; it only stops a NACK storm from taking all of it.
+const RESEND_RATIO_CAP: f32 = 0.5;
+
+/// Sets up the resend cache of an outgoing video stream before its first packet.
+pub(crate) fn configure_video_resends(tx: &mut StreamTx) {
+    tx.set_rtx_cache(SEND_BUFFER_VIDEO, RESEND_MAX_AGE, Some(RESEND_RATIO_CAP));
+}
 
 /// Index of a peer in the shard's table. Reused after the peer is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
