@@ -20,6 +20,8 @@ pub const WINDOW: Duration = Duration::from_millis(500);
 pub const FIRST_WINDOW: Duration = Duration::from_millis(200);
 /// A layer silent this long is no longer available.
 pub const SILENT_AFTER: Duration = Duration::from_millis(1500);
+/// How many windows [`LayerMeter::peak_rates`] looks back over (2 s).
+const PEAK_WINDOWS: usize = 4;
 
 /// Byte counts per layer, turned into [`LayerBitrates`] once per window.
 #[derive(Debug, Clone)]
@@ -29,6 +31,10 @@ pub struct LayerMeter {
     last_seen: [Option<Instant>; MAX_SPATIAL],
     /// Smoothed bits per second per (spatial, temporal) — not cumulative.
     smoothed: [[f64; MAX_TEMPORAL]; MAX_SPATIAL],
+    /// The smoothed rates at the close of each of the last [`PEAK_WINDOWS`] windows.
+    recent: [[[f64; MAX_TEMPORAL]; MAX_SPATIAL]; PEAK_WINDOWS],
+    /// Windows closed so far; the next one is stored at this modulo [`PEAK_WINDOWS`].
+    closed: usize,
     /// Per spatial layer, the keyframe being counted: its RTP timestamp and bytes so far.
     keyframe_open: [Option<(u32, u64)>; MAX_SPATIAL],
     keyframes: KeyframeSizes,
@@ -55,6 +61,8 @@ impl Default for LayerMeter {
             bytes: [[0; MAX_TEMPORAL]; MAX_SPATIAL],
             last_seen: [None; MAX_SPATIAL],
             smoothed: [[0.0; MAX_TEMPORAL]; MAX_SPATIAL],
+            recent: [[[0.0; MAX_TEMPORAL]; MAX_SPATIAL]; PEAK_WINDOWS],
+            closed: 0,
             keyframe_open: [None; MAX_SPATIAL],
             keyframes: KeyframeSizes::default(),
             measured: false,
@@ -129,6 +137,8 @@ impl LayerMeter {
                 self.bytes[s][t] = 0;
             }
         }
+        self.recent[self.closed % PEAK_WINDOWS] = self.smoothed;
+        self.closed += 1;
         self.window_start = Some(now);
         true
     }
@@ -136,6 +146,31 @@ impl LayerMeter {
     /// Cumulative bitrates per layer (what forwarding temporal layers `0..=t` costs); zero for
     /// layers silent for [`SILENT_AFTER`].
     pub fn rates(&self, now: Instant) -> LayerBitrates {
+        self.cumulative(now, &self.smoothed)
+    }
+
+    /// [`Self::rates`] at the busiest each layer was over the last two seconds. An encoder's
+    /// output swings by a fifth from one window to the next; an upgrade judged on a quiet window
+    /// is undone at the next busy one, and each such round trip costs the subscriber two
+    /// keyframe waits.
+    pub fn peak_rates(&self, now: Instant) -> LayerBitrates {
+        let mut peak = self.rates(now);
+        for snapshot in self.recent.iter().take(self.closed.min(PEAK_WINDOWS)) {
+            let rates = self.cumulative(now, snapshot);
+            for (row, other) in peak.0.iter_mut().zip(rates.0) {
+                for (cell, rate) in row.iter_mut().zip(other) {
+                    *cell = (*cell).max(rate);
+                }
+            }
+        }
+        peak
+    }
+
+    fn cumulative(
+        &self,
+        now: Instant,
+        rates: &[[f64; MAX_TEMPORAL]; MAX_SPATIAL],
+    ) -> LayerBitrates {
         let mut out = [[0u64; MAX_TEMPORAL]; MAX_SPATIAL];
         for (s, row) in out.iter_mut().enumerate() {
             let alive = self.last_seen[s]
@@ -144,9 +179,9 @@ impl LayerMeter {
                 continue;
             }
             let mut sum = 0.0;
-            let base_seen = self.smoothed[s][0] > 0.0;
+            let base_seen = rates[s][0] > 0.0;
             for (t, cell) in row.iter_mut().enumerate() {
-                sum += self.smoothed[s][t];
+                sum += rates[s][t];
                 // A temporal layer that carries nothing is not a separate step; a layer with
                 // only TID 0 (no temporal scalability) is then available at every temporal cap.
                 *cell = if base_seen { sum.max(1.0) as u64 } else { 0 };
@@ -198,6 +233,29 @@ mod tests {
         assert!(r.0[0][0] > 0 && r.0[0][0] < 160_000);
         // Junk layer indices are ignored, not a panic.
         record(&mut m, 7, 9, 100, ms(2200));
+    }
+
+    #[test]
+    fn peak_rates_remember_the_busiest_of_the_last_four_windows() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut m = LayerMeter::default();
+        let near = |got: u64, want: u64| got.abs_diff(want) <= 1;
+        // 200 kbit/s in the first window, then 100 kbit/s: the smoothed rate falls step by step.
+        m.record(packet(0, 0, 12_500), ms(0));
+        assert!(m.tick(ms(500)));
+        assert!(near(m.peak_rates(ms(500)).0[0][0], 200_000));
+        let mut at = 500;
+        for _ in 0..4 {
+            m.record(packet(0, 0, 6_250), ms(at + 100));
+            at += 500;
+            assert!(m.tick(ms(at)));
+        }
+        // Smoothed: 170k, 149k, 134.3k, 124k. The 200k window is now five windows old.
+        let (rates, peaks) = (m.rates(ms(at)), m.peak_rates(ms(at)));
+        assert!(near(rates.0[0][0], 124_010), "{rates:?}");
+        assert!(near(peaks.0[0][0], 170_000), "{peaks:?}");
+        assert!(peaks.0[1].iter().all(|&r| r == 0), "no other layer appears");
     }
 
     #[test]

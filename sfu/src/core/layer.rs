@@ -195,6 +195,9 @@ pub struct SelectorInput {
     /// Bits per second this track may use (from the allocator).
     pub budget: u64,
     pub available: LayerBitrates,
+    /// The busiest each layer was lately ([`crate::core::bitrate::LayerMeter::peak_rates`]):
+    /// going up must fit even that, with the margin, or the next busy moment undoes it.
+    pub peaks: LayerBitrates,
     /// The latest keyframe of each spatial layer: a switch up must be able to carry it.
     pub keyframes: KeyframeSizes,
     /// The highest layer the subscriber wants (its rendered size, its own setting).
@@ -208,8 +211,10 @@ pub struct LayerSelector {
     current: Option<Layer>,
     target: Option<Layer>,
     paused: bool,
-    /// Since when the budget has allowed an upgrade (with the margin).
-    upgrade_since: Option<Instant>,
+    /// Per layer, since when the budget has allowed it with the margin (without a break): a layer
+    /// that has fitted for the whole hold may be gone up to. Each layer keeps its own clock, so
+    /// going up to one does not restart the wait for the next.
+    fits_since: [[Option<Instant>; MAX_TEMPORAL]; MAX_SPATIAL],
     /// Since when not even the lowest layer has fitted.
     starved_since: Option<Instant>,
     /// Whether anything was ever targeted: the first start needs no hold.
@@ -223,7 +228,7 @@ impl LayerSelector {
             current: None,
             target: None,
             paused: false,
-            upgrade_since: None,
+            fits_since: [[None; MAX_TEMPORAL]; MAX_SPATIAL],
             starved_since: None,
             started: false,
         }
@@ -246,6 +251,7 @@ impl LayerSelector {
             now,
             budget,
             available,
+            peaks,
             keyframes,
             cap,
         } = *input;
@@ -257,13 +263,17 @@ impl LayerSelector {
             Some(l.spatial) <= forwarded.max(lowest)
                 || keyframes.crosses(l.spatial, budget, KEYFRAME_TRANSIT)
         };
-        let best = |percent: u64| {
-            available
-                .best_fit_where(cap, budget, percent, keyframe_fits)
-                .map(|(l, _)| l)
-        };
-        let fit = best(100);
-        let with_margin = best(self.config.upgrade_margin_percent);
+        let fit = available
+            .best_fit_where(cap, budget, 100, keyframe_fits)
+            .map(|(l, _)| l);
+        let with_margin = peaks
+            .best_fit_where(
+                cap,
+                budget,
+                self.config.upgrade_margin_percent,
+                keyframe_fits,
+            )
+            .map(|(l, _)| l);
         let any_available = lowest.is_some();
 
         let still_fits =
@@ -275,7 +285,7 @@ impl LayerSelector {
             None => self.consider_upgrade(now, with_margin),
             // Down at once.
             Some(t) if !still_fits(t) => {
-                self.upgrade_since = None;
+                self.fits_since = Default::default();
                 if fit.is_some() {
                     self.starved_since = None;
                     self.set_target(fit);
@@ -294,7 +304,7 @@ impl LayerSelector {
                 self.consider_upgrade(now, with_margin)
             }
             Some(_) => {
-                self.upgrade_since = None;
+                self.fits_since = Default::default();
                 self.starved_since = None;
             }
         }
@@ -332,14 +342,23 @@ impl LayerSelector {
     }
 
     fn consider_upgrade(&mut self, now: Instant, with_margin: Option<Layer>) {
-        let Some(candidate) = with_margin else {
-            self.upgrade_since = None;
-            return;
-        };
-        let since = *self.upgrade_since.get_or_insert(now);
-        if now.saturating_duration_since(since) >= self.config.upgrade_hold {
-            self.upgrade_since = None;
-            self.set_target(Some(candidate));
+        let mut proven = None;
+        for (s, row) in self.fits_since.iter_mut().enumerate() {
+            for (t, since) in row.iter_mut().enumerate() {
+                let layer = Layer::new(s as u8, t as u8);
+                if with_margin.is_none_or(|m| layer > m) {
+                    *since = None;
+                    continue;
+                }
+                let since = *since.get_or_insert(now);
+                if now.saturating_duration_since(since) >= self.config.upgrade_hold {
+                    proven = Some(layer); // Layers come lowest first.
+                }
+            }
+        }
+        // The highest layer that fitted throughout is what every round of the hold allowed.
+        if proven.is_some() && proven > self.target {
+            self.set_target(proven);
         }
     }
 
@@ -436,6 +455,7 @@ mod tests {
                     now: t0 + Duration::from_millis(*ms),
                     budget,
                     available,
+                    peaks: available,
                     keyframes,
                     cap,
                 }),
@@ -458,6 +478,78 @@ mod tests {
             (100, Keyframe(0), (None, Some((1, 2)), true, false)),
             (200, Keyframe(1), (Some((1, 2)), Some((1, 2)), false, false)),
         ]);
+    }
+
+    #[test]
+    fn an_upgrade_goes_no_higher_than_what_fitted_throughout_the_hold() {
+        run(&[
+            (0, Budget(200_000), (None, Some((0, 2)), true, false)),
+            (10, Keyframe(0), (Some((0, 2)), Some((0, 2)), false, false)),
+            // h2 fits with the margin: the hold starts …
+            (
+                1_000,
+                Budget(600_000),
+                (Some((0, 2)), Some((0, 2)), false, false),
+            ),
+            // … and a second later even f2 would; but only h2 has fitted for 2 s.
+            (
+                2_000,
+                Budget(2_000_000),
+                (Some((0, 2)), Some((0, 2)), false, false),
+            ),
+            (
+                3_000,
+                Budget(2_000_000),
+                (Some((0, 2)), Some((1, 2)), true, false),
+            ),
+            (
+                3_010,
+                Keyframe(1),
+                (Some((1, 2)), Some((1, 2)), false, false),
+            ),
+            // f2's own hold began at 2 s: going up to h did not restart it.
+            (
+                3_500,
+                Budget(2_000_000),
+                (Some((1, 2)), Some((1, 2)), false, false),
+            ),
+            (
+                4_000,
+                Budget(2_000_000),
+                (Some((1, 2)), Some((2, 2)), true, false),
+            ),
+        ]);
+    }
+
+    #[test]
+    fn upgrades_only_when_the_layer_at_its_busiest_fits() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let available = simulcast();
+        // h was a quarter busier a moment ago than its smoothed rate says now.
+        let mut peaks = available;
+        peaks.0[1] = [320_000, 500_000, 625_000];
+        let input = |ms, budget| SelectorInput {
+            now: at(ms),
+            budget,
+            available,
+            peaks,
+            keyframes: KeyframeSizes::default(),
+            cap: Layer::MAX,
+        };
+        let mut sel = LayerSelector::new(SelectorConfig::default());
+        sel.update(&input(0, 200_000));
+        sel.keyframe(0);
+        // 1.2 × h1's smoothed 400k fits 500k, but 1.2 × its peak of 500k does not: stay on q.
+        for ms in [500, 1_500, 2_500, 3_500] {
+            let d = sel.update(&input(ms, 500_000));
+            assert_eq!(d.target, Some(Layer::new(0, 2)), "at {ms} ms");
+        }
+        // Room for the peak too: up after the hold.
+        sel.update(&input(4_000, 700_000));
+        let d = sel.update(&input(6_000, 700_000));
+        assert_eq!(d.target, Some(Layer::new(1, 1)));
+        assert!(d.keyframe_needed);
     }
 
     #[test]

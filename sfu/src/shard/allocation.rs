@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use str0m::bwe::{Bitrate, BweKind};
-use tracing::debug;
+use tracing::{debug, trace};
 
 use super::Shard;
 use super::peer::{PeerKey, PeerRole};
@@ -215,9 +215,14 @@ impl Shard {
                 now,
                 budget,
                 available,
+                peaks: track.meter.peak_rates(now),
                 keyframes,
                 cap,
             });
+            trace!(
+                %participant, track = %track_id, budget, current = ?decision.current,
+                target = ?decision.target, "layer decision"
+            );
             let current_rate = decision.current.and_then(|l| available.get(l)).unwrap_or(0);
             allocated += current_rate;
             if next_step.is_none() {
