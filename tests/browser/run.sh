@@ -40,6 +40,9 @@ home_addr=10.214.0.2
 # Rate and loss apply to what the server sends the pupil (tc tbf adds up to 300 ms of queue).
 home_rate=300kbit
 home_loss_pct=5
+# Each subscriber's estimate, loss and chosen layer every 500 ms (the allocator's trace): when a
+# pupil's picture stops in CI, the log's tail shows whether the server or the network stopped it.
+server_log_filter=info,classroom_sfu::shard::allocation=trace
 http_port=8080
 media_port=50000
 base_url=http://$addr:$http_port
@@ -76,8 +79,8 @@ cleanup() {
     ip netns del "$n" 2>/dev/null || true
   done
   if [ "$status" -ne 0 ] && [ -f "$work/server.log" ]; then
-    echo "---- last 150 lines of the server log ($work/server.log) ----"
-    tail -n 150 "$work/server.log"
+    echo "---- last 300 lines of the server log ($work/server.log) ----"
+    tail -n 300 "$work/server.log"
     echo "---- end of server log ----"
   fi
   if [ -n "${ARTIFACT_DIR:-}" ] && [ -f "$work/server.log" ]; then
@@ -197,7 +200,7 @@ pupil_link=$(signin_link s-003)
 log "starting the server in namespace $ns at $base_url"
 mkdir -p "$work/data"
 # Started with `ip netns exec` directly (not through a function) so that $! is the server itself.
-ip netns exec "$ns" env RUST_LOG="${RUST_LOG:-info}" "$bin" serve \
+ip netns exec "$ns" env RUST_LOG="${RUST_LOG:-$server_log_filter}" "$bin" serve \
   --http "$addr:$http_port" \
   --media-bind "$addr:$media_port" \
   --announce "$addr" \

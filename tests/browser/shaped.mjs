@@ -45,14 +45,16 @@ const CAMERA = { kind: 'video', source: 'camera', role: 'teacher' };
 const MICROPHONE = { kind: 'audio', source: 'microphone', role: 'teacher' };
 
 /**
- * Writes a 2 s loop of 1280x720 video at 15 fps (Y4M, which Chromium's fake capture plays) that
+ * Writes a 2 s loop of 960x540 video at 15 fps (Y4M, which Chromium's fake capture plays) that
  * costs about what a real camera costs: bars for structure, and fresh noise in every frame, which
- * no motion search can predict. 15 fps, a common classroom camera rate, rather than the fake
- * camera's 20: three encoders and two decoders of this picture share the machine's two cores,
- * and a Chromium short of CPU decodes in fits and starts, which would look like a stall.
+ * no motion search can predict, so each layer fills the bitrate cap the teacher page gives it.
+ * 960x540 (the smallest size for which Chromium still sends three simulcast layers) and 15 fps, a
+ * common classroom camera rate, rather than the fake camera's 1280x720 at 20: three encoders and
+ * two decoders of this picture share the machine's two cores, and a Chromium short of CPU
+ * encodes and decodes in fits and starts, which would look like a stall.
  */
 async function texturedCamera() {
-  const [width, height, frames] = [1280, 720, 30];
+  const [width, height, frames] = [960, 540, 30];
   const file = path.join(tmpdir(), `classroom-camera-${process.pid}.y4m`);
   const luma = width * height;
   const chroma = Buffer.alloc(luma / 2, 128);
@@ -167,6 +169,9 @@ runScenario('shaped', async (closers) => {
         keyframes: video.keyFramesDecoded,
         lost: video.packetsLost,
         plis: video.pliCount,
+        nacks: video.nackCount,
+        received: video.framesReceived,
+        dropped: video.framesDropped,
       };
     }));
     // What the teacher encoded in each layer: a stall the publisher caused (its CPU, say) is
@@ -190,6 +195,9 @@ runScenario('shaped', async (closers) => {
         keyframes: now[k].keyframes - before[k].keyframes,
         lost: now[k].lost - before[k].lost,
         plis: now[k].plis - before[k].plis,
+        nacks: now[k].nacks - before[k].nacks,
+        received: now[k].received - before[k].received,
+        dropped: now[k].dropped - before[k].dropped,
       }));
       seconds.push(row);
       teacherSeconds.push(Object.entries(teacherNow)
@@ -202,7 +210,10 @@ runScenario('shaped', async (closers) => {
     console.log(`  teacher encoded: ${teacherSeconds.join(' ')}`);
     console.log(`  near: ${line(0)}`);
     console.log(`  home: ${line(1)}`);
-    console.log(`  home packets/keyframes/lost/PLIs: ${seconds.map((r) => `${r[1].packets}/${r[1].keyframes}/${r[1].lost}/${r[1].plis}`).join(' ')}`);
+    for (const [k, who] of [[0, 'near'], [1, 'home']]) {
+      console.log(`  ${who} packets/lost/NACKs/PLIs/frames received/dropped/keyframes: ${seconds
+        .map((r) => `${r[k].packets}/${r[k].lost}/${r[k].nacks}/${r[k].plis}/${r[k].received}/${r[k].dropped}/${r[k].keyframes}`).join(' ')}`);
+    }
     // Audio never stops, and neither pupil's picture stops: every second has decoded frames.
     const silent = seconds.findIndex((r) => r.some((x) => x.audio === 0 || x.frames === 0));
     if (silent >= 0) {
