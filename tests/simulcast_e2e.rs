@@ -1168,7 +1168,16 @@ async fn adaptation_table() -> Result<()> {
     support::init_logging();
     let mut rows = Vec::new();
     let mut failed = Vec::new();
+    // ADAPT_PROFILES=congested,lte-weak measures only those rows.
+    let only = std::env::var("ADAPT_PROFILES").ok();
+    let wanted = |profile: &str| {
+        only.as_deref()
+            .is_none_or(|list| list.split(',').any(|p| p.trim() == profile))
+    };
     for link in support::profiles::HOME_LINKS {
+        if !wanted(link.profile) {
+            continue;
+        }
         eprintln!("measuring {} ...", link.profile);
         match tokio::time::timeout(ADAPT_PROFILE_TIMEOUT, measure_profile(*link)).await {
             Ok(Ok(row)) => rows.push((*link, row)),
