@@ -158,6 +158,11 @@ pub struct SelectorConfig {
     pub upgrade_margin_percent: u64,
     /// … continuously for this long.
     pub upgrade_hold: Duration,
+    /// A higher frame rate of the picture size already targeted needs no keyframe and is undone
+    /// without one: it needs only this share of its peak rate …
+    pub temporal_upgrade_margin_percent: u64,
+    /// … for this long.
+    pub temporal_upgrade_hold: Duration,
     /// Video pauses only when not even the lowest layer has fitted for this long: an estimate
     /// dips for a moment (a CPU stall, a burst of cross traffic) far more often than a link
     /// really collapses, and a paused picture takes seconds to come back.
@@ -169,6 +174,8 @@ impl Default for SelectorConfig {
         SelectorConfig {
             upgrade_margin_percent: UPGRADE_MARGIN_PERCENT,
             upgrade_hold: Duration::from_secs(2),
+            temporal_upgrade_margin_percent: 100,
+            temporal_upgrade_hold: Duration::from_secs(1),
             pause_hold: Duration::from_secs(4),
         }
     }
@@ -266,14 +273,24 @@ impl LayerSelector {
         let fit = available
             .best_fit_where(cap, budget, 100, keyframe_fits)
             .map(|(l, _)| l);
-        let with_margin = peaks
-            .best_fit_where(
-                cap,
-                budget,
-                self.config.upgrade_margin_percent,
-                keyframe_fits,
-            )
-            .map(|(l, _)| l);
+        // Which layers the budget allows going up to now: at their peak rate, with the margin
+        // (another picture size) or without (a higher frame rate of the targeted size).
+        let target_spatial = self.target.map(|t| t.spatial);
+        let mut fits_now = [[false; MAX_TEMPORAL]; MAX_SPATIAL];
+        for (l, rate) in peaks.targets(cap) {
+            let margin = if Some(l.spatial) == target_spatial {
+                self.config.temporal_upgrade_margin_percent
+            } else {
+                self.config.upgrade_margin_percent
+            };
+            fits_now[usize::from(l.spatial)][usize::from(l.temporal)] =
+                rate.saturating_mul(margin) / 100 <= budget && keyframe_fits(l);
+        }
+        let fits_above = |t: Layer| {
+            (0..MAX_SPATIAL)
+                .flat_map(|s| (0..MAX_TEMPORAL).map(move |t| (s, t)))
+                .any(|(s, l)| fits_now[s][l] && Layer::new(s as u8, l as u8) > t)
+        };
         let any_available = lowest.is_some();
 
         let still_fits =
@@ -282,7 +299,7 @@ impl LayerSelector {
             // Start at once at what fits: a new subscriber should see video without delay.
             None if !self.started => self.set_target(fit),
             // Resume from a pause (or from no layers at all) only after the hold.
-            None => self.consider_upgrade(now, with_margin),
+            None => self.consider_upgrade(now, &fits_now),
             // Down at once.
             Some(t) if !still_fits(t) => {
                 self.fits_since = Default::default();
@@ -300,9 +317,7 @@ impl LayerSelector {
                     }
                 }
             }
-            Some(t) if with_margin.is_some_and(|m| m > t) => {
-                self.consider_upgrade(now, with_margin)
-            }
+            Some(t) if fits_above(t) => self.consider_upgrade(now, &fits_now),
             Some(_) => {
                 self.fits_since = Default::default();
                 self.starved_since = None;
@@ -341,22 +356,28 @@ impl LayerSelector {
         self.decision()
     }
 
-    fn consider_upgrade(&mut self, now: Instant, with_margin: Option<Layer>) {
+    /// Goes up to the highest layer that has fitted (`fits_now`, round after round) for its
+    /// whole hold.
+    fn consider_upgrade(&mut self, now: Instant, fits_now: &[[bool; MAX_TEMPORAL]; MAX_SPATIAL]) {
+        let target_spatial = self.target.map(|t| usize::from(t.spatial));
         let mut proven = None;
         for (s, row) in self.fits_since.iter_mut().enumerate() {
             for (t, since) in row.iter_mut().enumerate() {
-                let layer = Layer::new(s as u8, t as u8);
-                if with_margin.is_none_or(|m| layer > m) {
+                if !fits_now[s][t] {
                     *since = None;
                     continue;
                 }
                 let since = *since.get_or_insert(now);
-                if now.saturating_duration_since(since) >= self.config.upgrade_hold {
-                    proven = Some(layer); // Layers come lowest first.
+                let hold = if Some(s) == target_spatial {
+                    self.config.temporal_upgrade_hold
+                } else {
+                    self.config.upgrade_hold
+                };
+                if now.saturating_duration_since(since) >= hold {
+                    proven = Some(Layer::new(s as u8, t as u8)); // Lowest first.
                 }
             }
         }
-        // The highest layer that fitted throughout is what every round of the hold allowed.
         if proven.is_some() && proven > self.target {
             self.set_target(proven);
         }
@@ -517,6 +538,46 @@ mod tests {
                 4_000,
                 Budget(2_000_000),
                 (Some((1, 2)), Some((2, 2)), true, false),
+            ),
+        ]);
+    }
+
+    #[test]
+    fn a_higher_frame_rate_of_the_same_picture_needs_no_margin_and_a_shorter_hold() {
+        run(&[
+            (0, Budget(130_000), (None, Some((0, 1)), true, false)),
+            (10, Keyframe(0), (Some((0, 1)), Some((0, 1)), false, false)),
+            // q2 (150k) fits 160k without the 1.2 margin (180k): 1 s later it is taken.
+            (
+                500,
+                Budget(160_000),
+                (Some((0, 1)), Some((0, 1)), false, false),
+            ),
+            (
+                1_499,
+                Budget(160_000),
+                (Some((0, 1)), Some((0, 1)), false, false),
+            ),
+            (
+                1_500,
+                Budget(160_000),
+                (Some((0, 2)), Some((0, 2)), false, false),
+            ),
+            // Another picture size still needs the margin and the full hold: h1 (400k) at 480k.
+            (
+                2_000,
+                Budget(480_000),
+                (Some((0, 2)), Some((0, 2)), false, false),
+            ),
+            (
+                3_000,
+                Budget(480_000),
+                (Some((0, 2)), Some((0, 2)), false, false),
+            ),
+            (
+                4_000,
+                Budget(480_000),
+                (Some((0, 2)), Some((1, 1)), true, false),
             ),
         ]);
     }

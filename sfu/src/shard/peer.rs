@@ -21,11 +21,12 @@ const SEND_BUFFER_VIDEO: usize = 128;
 /// How old a packet may be and still be resent (str0m's default).
 const RESEND_MAX_AGE: Duration = Duration::from_secs(3);
 /// str0m drops every queued resend while resent bytes exceed this share of the last second's.
-/// Its default, 15 %, suits a fat stream; the lowest layer on a weak home link is ~20 kB/s, so
-/// one lost packet of a 4-packet keyframe and its resend reach 15 %, and the NACKs that follow
-/// go unanswered for up to a second: the picture freezes until a keyframe comes. Resends pass
-/// through the pacer with the media, within the estimate, so a higher cap cannot flood the
-/// link; it only stops a NACK storm from taking all of it.
+/// Its default, 15 %, suits a fat stream. The lowest layer on a weak home link is ~20 kB/s of
+/// ~1 kB packets: three resends in a second reach 15 %, which a link losing 5 % does in about
+/// one second in ten (and a lost resend is resent again); the NACKs that follow then go
+/// unanswered for up to a second, and the picture stands still until a keyframe comes. Resends
+/// pass through the pacer with the media, within the estimate, so a higher cap cannot flood
+/// the link; it only stops a NACK storm from taking all of it.
 const RESEND_RATIO_CAP: f32 = 0.5;
 
 /// Sets up the resend cache of an outgoing video stream before its first packet.
