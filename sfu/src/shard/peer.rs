@@ -29,7 +29,8 @@ const RESEND_MAX_AGE: Duration = Duration::from_secs(3);
 /// the link; it only stops a NACK storm from taking all of it.
 const RESEND_RATIO_CAP: f32 = 0.5;
 
-/// Sets up the resend cache of an outgoing video stream before its first packet.
+/// Sets up the resend cache of an outgoing video stream before its first packet (str0m made one
+/// at negotiation with its defaults; it is still empty, and is replaced).
 pub(crate) fn configure_video_resends(tx: &mut StreamTx) {
     tx.set_rtx_cache(SEND_BUFFER_VIDEO, RESEND_MAX_AGE, Some(RESEND_RATIO_CAP));
 }
@@ -99,8 +100,7 @@ impl Peer {
             .enable_h264(true)
             .enable_vp9(true)
             .enable_bwe(bandwidth_estimation.then_some(initial))
-            .set_stats_interval(Some(std::time::Duration::from_secs(1)))
-            .set_send_buffer_video(SEND_BUFFER_VIDEO);
+            .set_stats_interval(Some(std::time::Duration::from_secs(1)));
         add_opus_with_fec_and_dtx(&mut config);
         let mut rtc = config.build(now);
         for c in candidates {
