@@ -286,10 +286,10 @@ impl LayerSelector {
             fits_now[usize::from(l.spatial)][usize::from(l.temporal)] =
                 rate.saturating_mul(margin) / 100 <= budget && keyframe_fits(l);
         }
-        let fits_above = |t: Layer| {
+        let fits_above = |target: Layer| {
             (0..MAX_SPATIAL)
                 .flat_map(|s| (0..MAX_TEMPORAL).map(move |t| (s, t)))
-                .any(|(s, l)| fits_now[s][l] && Layer::new(s as u8, l as u8) > t)
+                .any(|(s, t)| fits_now[s][t] && Layer::new(s as u8, t as u8) > target)
         };
         let any_available = lowest.is_some();
 
