@@ -17,6 +17,8 @@ pub struct MediaCounters {
     pub datagrams_unroutable: u64,
     pub datagrams_rejected: u64,
     pub send_errors: u64,
+    /// Of `packets_out`, those sent as segments of a UDP GSO send.
+    pub datagrams_segmented: u64,
     pub peers: u64,
     pub layer_switches: u64,
     /// Video subscriptions paused for lack of bandwidth, now.
@@ -63,6 +65,7 @@ pub struct MediaMetrics {
     pub datagrams_unroutable: AtomicU64,
     pub datagrams_rejected: AtomicU64,
     pub send_errors: AtomicU64,
+    pub datagrams_segmented: AtomicU64,
     pub peers: AtomicU64,
     pub layer_switches: AtomicU64,
     pub paused_tracks: AtomicU64,
@@ -73,7 +76,7 @@ pub struct MediaMetrics {
 
 impl MediaMetrics {
     pub(crate) fn publish(&self, c: &MediaCounters) {
-        let pairs: [(&AtomicU64, u64); 12] = [
+        let pairs: [(&AtomicU64, u64); 13] = [
             (&self.packets_in, c.packets_in),
             (&self.bytes_in, c.bytes_in),
             (&self.packets_out, c.packets_out),
@@ -88,6 +91,7 @@ impl MediaMetrics {
             (&self.datagrams_unroutable, c.datagrams_unroutable),
             (&self.datagrams_rejected, c.datagrams_rejected),
             (&self.send_errors, c.send_errors),
+            (&self.datagrams_segmented, c.datagrams_segmented),
             (&self.peers, c.peers),
         ];
         for (a, v) in pairs {
@@ -107,7 +111,7 @@ impl MediaMetrics {
     /// Renders the counters in the Prometheus text format.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
-        let rows: [(&str, &str, &str, &AtomicU64); 12] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 13] = [
             (
                 "classroom_media_packets_received_total",
                 "counter",
@@ -173,6 +177,12 @@ impl MediaMetrics {
                 "counter",
                 "Datagrams the socket would not send",
                 &self.send_errors,
+            ),
+            (
+                "classroom_media_datagrams_segmented_total",
+                "counter",
+                "Datagrams sent as segments of a UDP GSO send (runs to one destination)",
+                &self.datagrams_segmented,
             ),
             (
                 "classroom_media_peer_connections",
