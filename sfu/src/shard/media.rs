@@ -118,7 +118,7 @@ impl Shard {
     /// Which track and spatial layer an incoming packet belongs to, and its codec, learning them
     /// on first sight of each SSRC.
     fn classify(&mut self, key: PeerKey, packet: &RtpPacket) -> Option<(TrackId, u8, Codec)> {
-        let peer = self.peers.get_mut(key.0 as usize)?.as_mut()?;
+        let peer = self.peers.get_mut(key.0 as usize)?.as_deref_mut()?;
         let PeerRole::Publish { tracks, by_ssrc } = &mut peer.role else {
             return None;
         };
@@ -216,7 +216,7 @@ impl Shard {
             let Some(peer) = self
                 .peers
                 .get_mut(sub.peer.0 as usize)
-                .and_then(Option::as_mut)
+                .and_then(Option::as_deref_mut)
             else {
                 continue;
             };

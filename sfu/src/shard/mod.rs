@@ -213,7 +213,9 @@ struct Shard {
     metrics: Arc<MediaMetrics>,
     counters: MediaCounters,
 
-    peers: Vec<Option<Peer>>,
+    /// Boxed: a `Peer` with its `Rtc` is kilobytes, and the table's spare capacity (up to half
+    /// of it after growing) would otherwise hold that much per empty slot.
+    peers: Vec<Option<Box<Peer>>>,
     free: Vec<PeerKey>,
     demux: Demuxer<PeerKey>,
     timers: BTreeSet<(Instant, PeerKey)>,
@@ -529,11 +531,13 @@ impl Shard {
     }
 
     fn peer_mut(&mut self, key: PeerKey) -> Option<&mut Peer> {
-        self.peers.get_mut(key.0 as usize).and_then(Option::as_mut)
+        self.peers
+            .get_mut(key.0 as usize)
+            .and_then(Option::as_deref_mut)
     }
 
     fn peer(&self, key: PeerKey) -> Option<&Peer> {
-        self.peers.get(key.0 as usize).and_then(Option::as_ref)
+        self.peers.get(key.0 as usize).and_then(Option::as_deref)
     }
 
     /// A new peer connection of `participant`, answering on this shard's candidates.
@@ -553,7 +557,7 @@ impl Shard {
             }
         };
         self.demux.insert(&peer.ufrag, key);
-        self.peers[key.0 as usize] = Some(peer);
+        self.peers[key.0 as usize] = Some(Box::new(peer));
         self.mark_dirty(key);
         key
     }

@@ -316,7 +316,11 @@ impl Shard {
             }
         };
 
-        let Some(peer) = self.peers.get_mut(key.0 as usize).and_then(Option::as_mut) else {
+        let Some(peer) = self
+            .peers
+            .get_mut(key.0 as usize)
+            .and_then(Option::as_deref_mut)
+        else {
             return;
         };
         let PeerRole::Subscribe {
