@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::media::ClientKind;
 use crate::signal::MaxLayer;
 
 /// Which server the load is aimed at.
@@ -60,6 +61,11 @@ pub struct Cli {
     /// client drops RTP beyond it, as a slow link would.
     #[arg(long)]
     pub pupil_cap_kbps: Option<u32>,
+    /// The WebRTC stack of the pupils that only receive: light str0m clients, or full
+    /// webrtc-rs peer connections (a second, independent implementation, heavier per pupil).
+    /// The teacher and --publishers pupils are always str0m.
+    #[arg(long, value_enum, default_value = "str0m")]
+    pub client: ClientKind,
     /// Teacher and publishing pupils send audio only.
     #[arg(long)]
     pub audio_only: bool,

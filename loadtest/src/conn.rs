@@ -23,6 +23,10 @@ pub enum ConnError {
     Sdp(String),
     #[error("candidate: {0}")]
     Candidate(String),
+    #[error("webrtc-rs: {0}")]
+    WebrtcRs(#[from] webrtc::error::Error),
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
 }
 
 /// Largest datagram read.

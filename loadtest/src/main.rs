@@ -98,6 +98,7 @@ async fn lesson(cli: Cli) -> Result<bool> {
         duration: cli.duration,
         publishers: cli.publishers.min(cli.pupils),
         cap_kbps: cli.pupil_cap_kbps,
+        client: cli.client,
         audio_only: cli.audio_only,
         max_layer: cli.max_layer,
         fps: cli.fps,

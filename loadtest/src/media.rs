@@ -61,12 +61,30 @@ pub enum MediaCmd {
     SetEncodings { active: Vec<String> },
 }
 
+/// Which WebRTC implementation a receive-only pupil runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientKind {
+    /// Light sans-IO str0m clients in RTP mode (`media.rs`): cheap enough for hundreds of
+    /// pupils beside the server on one machine.
+    #[default]
+    Str0m,
+    /// Peer connections of the independent webrtc crate, webrtc-rs 0.21 (`webrtc_pupil.rs`): a
+    /// second WebRTC stack with its own driver, interceptors (NACK, RTCP reports, TWCC) and
+    /// track queues, at about 1.5–1.8 times the generator CPU per packet.
+    WebrtcRs,
+}
+
 /// How a participant's media behaves.
 #[derive(Debug, Clone)]
 pub struct MediaOptions {
+    /// The stack of a pupil that only receives; the teacher and publishing pupils are always on
+    /// str0m.
+    pub client: ClientKind,
     pub bind_ip: IpAddr,
-    /// A receive-side token bucket in kbit/s: RTP beyond it is dropped before str0m sees it, as
-    /// a slow home link would, so the server's congestion control reacts to real loss and delay.
+    /// A receive-side token bucket in kbit/s: RTP beyond it is dropped before the WebRTC stack
+    /// sees it, as a slow home link would, so the server's congestion control reacts to real loss
+    /// and delay.
     pub cap_kbps: Option<u32>,
     pub join_started: Instant,
     /// Whether this participant counts towards `with_media` on its first video packet (or its
@@ -103,7 +121,7 @@ pub fn is_rtp(data: &[u8]) -> bool {
 
 /// A receive-side token bucket.
 #[derive(Debug)]
-struct Bucket {
+pub(crate) struct Bucket {
     bytes_per_sec: f64,
     burst: f64,
     tokens: f64,
@@ -111,7 +129,7 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn new(kbps: u32, now: Instant) -> Bucket {
+    pub(crate) fn new(kbps: u32, now: Instant) -> Bucket {
         let bytes_per_sec = f64::from(kbps) * 1000.0 / 8.0;
         // 100 ms of burst, as a home router's queue holds roughly, and never less than a
         // few full packets.
@@ -124,7 +142,7 @@ impl Bucket {
         }
     }
 
-    fn allow(&mut self, now: Instant, len: usize) -> bool {
+    pub(crate) fn allow(&mut self, now: Instant, len: usize) -> bool {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + dt * self.bytes_per_sec).min(self.burst);
@@ -437,7 +455,7 @@ struct MediaState {
 /// Errors kept per participant: a broken connection can fail on every packet.
 const MAX_ERRORS: usize = 20;
 
-fn push_capped(errors: &mut Vec<String>, e: String) {
+pub(crate) fn push_capped(errors: &mut Vec<String>, e: String) {
     if errors.len() < MAX_ERRORS {
         errors.push(e);
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::media::{self, MediaCmd, MediaOptions, MediaReport, PublishPlan};
+use crate::media::{self, ClientKind, MediaCmd, MediaOptions, MediaReport, PublishPlan};
 use crate::signal::{Identity, MaxLayer, MediaKind, Session, SignalEvent, Target};
 use crate::stats::Counters;
 
@@ -109,7 +109,10 @@ pub async fn run<T: Target>(
     }
 
     let (cmds, cmd_rx) = mpsc::channel(16);
-    let media_task = tokio::spawn(media::run(plan.media.clone(), cmd_rx));
+    let media_task = match plan.media.client {
+        ClientKind::Str0m => tokio::spawn(media::run(plan.media.clone(), cmd_rx)),
+        ClientKind::WebrtcRs => tokio::spawn(crate::webrtc_pupil::run(plan.media.clone(), cmd_rx)),
+    };
 
     if let Some(publish) = plan.publish.clone() {
         let result = publish_once(&mut session, &cmds, publish).await;

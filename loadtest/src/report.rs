@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::media::ClientKind;
 use crate::run::{Leftover, Outcome, RunConfig, Sample, Snapshot};
 use crate::stats::latency_histogram;
 
@@ -147,6 +148,9 @@ pub struct Failure {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub config: RunConfig,
+    /// The WebRTC stack of the pupils that only receive (`str0m` or `webrtc-rs`); the teacher
+    /// and publishing pupils are str0m clients either way.
+    pub client: ClientKind,
     pub ramp_s: f64,
     pub steady_s: f64,
     pub pupils_planned: usize,
@@ -522,6 +526,7 @@ pub fn summarise(cfg: &RunConfig, outcome: &Outcome) -> Summary {
 
     Summary {
         config: cfg.clone(),
+        client: cfg.client,
         ramp_s: outcome.ramp.as_secs_f64(),
         steady_s,
         pupils_planned: cfg.pupils,
@@ -651,6 +656,19 @@ pub fn table(s: &Summary) -> String {
         c.max_layer,
         c.cap_kbps
             .map_or("none".to_owned(), |k| format!("{k} kbit/s"))
+    );
+    let _ = writeln!(
+        o,
+        "receiving pupils on {}; teacher{} on str0m",
+        match s.client {
+            ClientKind::Str0m => "str0m (light sans-IO Rtc, RTP mode)",
+            ClientKind::WebrtcRs => "webrtc-rs (webrtc 0.21 peer connections)",
+        },
+        if c.publishers > 0 {
+            " and publishing pupils"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(o, "ramp {:.1} s, steady {:.1} s", s.ramp_s, s.steady_s);
     let mut rows: Vec<(&str, String)> = vec![

@@ -11,7 +11,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{oneshot, watch};
 
-use crate::media::{MediaOptions, PublishPlan};
+use crate::media::{ClientKind, MediaOptions, PublishPlan};
 use crate::participant::{self, ParticipantReport, Plan, Stop};
 use crate::proc::{self, Pid, ProcSample, ThreadSample};
 use crate::server::Gauges;
@@ -30,6 +30,9 @@ pub struct RunConfig {
     /// Pupils that also publish a camera (one small VP8 layer) and a microphone.
     pub publishers: usize,
     pub cap_kbps: Option<u32>,
+    /// The stack of the pupils that only receive (the summary reports it at the top level).
+    #[serde(skip)]
+    pub client: ClientKind,
     pub audio_only: bool,
     pub max_layer: MaxLayer,
     pub fps: u32,
@@ -159,8 +162,14 @@ async fn snapshot(cfg: &RunConfig, counters: &Counters) -> Snapshot {
     }
 }
 
-fn media_options(cfg: &RunConfig, counters: &Arc<Counters>, cap: Option<u32>) -> MediaOptions {
+fn media_options(
+    cfg: &RunConfig,
+    counters: &Arc<Counters>,
+    cap: Option<u32>,
+    client: ClientKind,
+) -> MediaOptions {
     MediaOptions {
+        client,
         bind_ip: cfg.bind_ip,
         cap_kbps: cap,
         join_started: Instant::now(),
@@ -198,6 +207,12 @@ fn spawn_pupil<T: Target>(
         max_payload: cfg.max_payload,
         audio_bitrate: 24_000,
     });
+    // Publishing pupils stay on str0m: the webrtc-rs pupil only receives.
+    let client = if publish.is_some() {
+        ClientKind::Str0m
+    } else {
+        cfg.client
+    };
     let plan = Plan {
         identity: Identity {
             id: format!("s-{i:04}"),
@@ -207,7 +222,7 @@ fn spawn_pupil<T: Target>(
         rejoin,
         publish,
         max_layer: cfg.max_layer,
-        media: media_options(cfg, counters, cfg.cap_kbps),
+        media: media_options(cfg, counters, cfg.cap_kbps, client),
     };
     let (stop, stop_rx) = watch::channel(Stop::Run);
     LivePupil {
@@ -335,7 +350,7 @@ pub async fn run<T: Target>(target: Arc<T>, cfg: &RunConfig) -> Result<Outcome, 
             audio_bitrate: 32_000,
         }),
         max_layer: MaxLayer::High,
-        media: media_options(cfg, &counters, None),
+        media: media_options(cfg, &counters, None, ClientKind::Str0m),
     };
     let (ready_tx, ready_rx) = oneshot::channel();
     let teacher = tokio::spawn(participant::run(
