@@ -15,6 +15,7 @@ use super::Shard;
 use super::peer::{PeerKey, PeerRole};
 use crate::command::{LayerName, PauseReason, ShardEvent};
 use crate::core::allocator::{Allocation, Snapshot, TrackClass, TrackDemand, allocate};
+use crate::core::pacing::{LinkState, pace_video};
 use crate::core::layer::{
     Layer, LayerBitrates, MAX_SPATIAL, SelectorInput, UPGRADE_MARGIN_PERCENT,
 };
@@ -189,6 +190,7 @@ impl Shard {
         let mut paused_now = 0u64;
         let mut next_step: Option<u64> = None;
         let mut allocated = 0u64;
+        let mut video_streams = Vec::new();
         for (track_id, allocation) in allocations {
             let budget = match allocation {
                 Allocation::Audio => {
@@ -208,6 +210,7 @@ impl Shard {
                 continue;
             };
             let cap = sub.cap;
+            video_streams.extend(sub.stream());
             let Some(selector) = sub.selector.as_mut() else {
                 continue;
             };
@@ -278,6 +281,7 @@ impl Shard {
                 );
             }
         }
+        let estimating = self.bandwidth_estimation;
         if let Some(peer) = self.peer_mut(key) {
             // Keep probing towards what the subscriber would take; padding fills up to what it
             // takes now, so the estimate can grow before an upgrade is tried.
@@ -294,6 +298,23 @@ impl Shard {
             peer.rtc
                 .bwe()
                 .set_bitrate(Bitrate::bps(minimum.min(desired)), Bitrate::bps(desired));
+            if estimating {
+                let paced = pace_video(LinkState {
+                    limited: next_step.is_some(),
+                    paused: any_paused,
+                    loss,
+                });
+                let mut api = peer.rtc.direct_api();
+                for ssrc in &video_streams {
+                    if let Some(tx) = api.stream_tx(ssrc) {
+                        tx.set_unpaced(!paced);
+                    }
+                }
+                if paced != peer.video_paced {
+                    peer.video_paced = paced;
+                    debug!(%participant, paced, estimate, ?loss, "video pacing");
+                }
+            }
         }
         self.mark_dirty(key);
         for e in events {

@@ -51,6 +51,11 @@ pub(crate) struct Subscription {
 }
 
 impl Subscription {
+    /// The outgoing stream's SSRC, once the first packet has been written to it.
+    pub fn stream(&self) -> Option<Ssrc> {
+        self.tx
+    }
+
     /// The subscriber answered a new offer: what it accepts may have changed.
     pub fn renegotiated(&mut self) {
         self.pt = None;

@@ -79,6 +79,9 @@ pub(crate) struct Peer {
     pub loss: Option<f32>,
     /// When to ask the estimator to probe for a higher layer (subscribe connections).
     pub probe: ProbePacer,
+    /// Whether this subscriber's video goes through str0m's pacer (`core::pacing`); str0m
+    /// paces video until the first allocation says otherwise.
+    pub video_paced: bool,
 }
 
 impl Peer {
@@ -119,6 +122,7 @@ impl Peer {
             rtt_ms: None,
             loss: None,
             probe: ProbePacer::default(),
+            video_paced: true,
         }
     }
 
