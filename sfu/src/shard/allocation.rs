@@ -15,10 +15,10 @@ use super::Shard;
 use super::peer::{PeerKey, PeerRole};
 use crate::command::{LayerName, PauseReason, ShardEvent};
 use crate::core::allocator::{Allocation, Snapshot, TrackClass, TrackDemand, allocate};
-use crate::core::pacing::{LinkState, pace_video};
 use crate::core::layer::{
     Layer, LayerBitrates, MAX_SPATIAL, SelectorInput, UPGRADE_MARGIN_PERCENT,
 };
+use crate::core::pacing::{LinkState, pace_video};
 use crate::core::probe::Nudge;
 use crate::ids::{ParticipantId, TrackId};
 
