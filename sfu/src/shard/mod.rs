@@ -280,9 +280,9 @@ impl Shard {
                     Ok((n, source)) => {
                         self.handle_datagram(Instant::now(), source, &buf[..n]);
                         // Whatever else is already waiting is taken in the same pass, before any
-                        // subscriber is drained: the packets of a frame then leave together (one
-                        // timeout computed per subscriber, not one per packet), and a busy loop
-                        // spends less of its time waking up.
+                        // subscriber is drained: the packets of a frame then reach each
+                        // subscriber's `Rtc` together and leave as one GSO run (`outbox`), and a
+                        // busy loop spends less of its time waking up.
                         for _ in 1..RECV_BATCH {
                             match self.socket.try_recv_from(&mut buf) {
                                 Ok((n, source)) => {

@@ -180,6 +180,8 @@ fn send_batch(
             iov_len: datagram.len(),
         };
     }
+    // Every header points into this one array: one base pointer, not a new borrow per run.
+    let first_iovec = iovecs.as_mut_ptr();
     // One cmsghdr carrying a u16 per message, 8-byte aligned: CMSG_SPACE(2) is 24 bytes here.
     let mut controls = [[0u64; 4]; BATCH];
     // SAFETY: an all-zero mmsghdr is valid (no name, no data, no control data, no flags).
@@ -195,7 +197,8 @@ fn send_batch(
         // and `controls` all outlive the calls below and are not touched in between.
         header.msg_hdr.msg_name = address.as_ptr() as *mut libc::c_void;
         header.msg_hdr.msg_namelen = address.len();
-        header.msg_hdr.msg_iov = iovecs[run.start..].as_mut_ptr();
+        // SAFETY: `run.start + run.count <= datagrams.len() <= BATCH`, inside `iovecs`.
+        header.msg_hdr.msg_iov = unsafe { first_iovec.add(run.start) };
         header.msg_hdr.msg_iovlen = run.count;
         if run.count > 1 {
             set_segment_size(&mut header.msg_hdr, control, run.segment as u16);
