@@ -23,7 +23,7 @@ loadtest=${LOADTEST_BIN:-$root/target/release/loadtest}
 duration=${DURATION:-20s}
 
 for bin in "$server" "$loadtest"; do
-  [ -x "$bin" ] || { echo "capacity: no binary at $bin (cargo build --release --bin classroom -p loadtest)"; exit 2; }
+  [ -x "$bin" ] || { echo "capacity: no binary at $bin (cargo build --release -p classroom -p loadtest)"; exit 2; }
 done
 mkdir -p "$out"
 

@@ -26,7 +26,7 @@ scenario=${SCENARIO:-video}
 duration=${DURATION:-30s}
 
 for bin in "$server" "$loadtest"; do
-  [ -x "$bin" ] || { echo "memory: no binary at $bin (cargo build --release --bin classroom -p loadtest)"; exit 2; }
+  [ -x "$bin" ] || { echo "memory: no binary at $bin (cargo build --release -p classroom -p loadtest)"; exit 2; }
 done
 case "$scenario" in
   video) extra=() ;;

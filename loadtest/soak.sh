@@ -35,7 +35,7 @@ duration=${DURATION:-10m}
 max_slope=${MAX_SLOPE_KIB_MIN:-256}
 
 for bin in "$server" "$loadtest"; do
-  [ -x "$bin" ] || { echo "soak: no binary at $bin (cargo build --release --bin classroom -p loadtest)"; exit 2; }
+  [ -x "$bin" ] || { echo "soak: no binary at $bin (cargo build --release -p classroom -p loadtest)"; exit 2; }
 done
 mkdir -p "$out"
 json=$out/soak.json
