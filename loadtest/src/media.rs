@@ -455,6 +455,20 @@ struct MediaState {
 /// Errors kept per participant: a broken connection can fail on every packet.
 const MAX_ERRORS: usize = 20;
 
+/// Counts a pupil towards `with_media` once, at its first video packet (its first audio packet
+/// when it expects no video).
+pub(crate) fn count_first_media(opts: &MediaOptions, stats: &ReceiverStats, counted: &mut bool) {
+    let got = if opts.expect_video {
+        stats.first_video.is_some()
+    } else {
+        stats.first_audio.is_some()
+    };
+    if got && !*counted {
+        *counted = true;
+        opts.counters.with_media.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 pub(crate) fn push_capped(errors: &mut Vec<String>, e: String) {
     if errors.len() < MAX_ERRORS {
         errors.push(e);
@@ -595,15 +609,7 @@ impl MediaState {
         if let Err(e) = result {
             push_capped(&mut self.errors, format!("subscribe connection: {e}"));
         }
-        let got = if self.opts.expect_video {
-            self.stats.first_video.is_some()
-        } else {
-            self.stats.first_audio.is_some()
-        };
-        if got && !self.counted_media {
-            self.counted_media = true;
-            counters.with_media.fetch_add(1, Ordering::Relaxed);
-        }
+        count_first_media(&self.opts, &self.stats, &mut self.counted_media);
     }
 
     fn deadline(&self, now: Instant) -> Instant {

@@ -35,7 +35,7 @@ use webrtc::peer_connection::{
 };
 
 use crate::conn::ConnError;
-use crate::media::{MediaCmd, MediaOptions, MediaReport, push_capped};
+use crate::media::{MediaCmd, MediaOptions, MediaReport, count_first_media, push_capped};
 use crate::stats::ReceiverStats;
 use crate::webrtc_socket::{PupilRuntime, SocketShared};
 
@@ -292,15 +292,7 @@ impl Pupil {
         counters
             .rx_bytes
             .fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
-        let got = if self.opts.expect_video {
-            self.stats.first_video.is_some()
-        } else {
-            self.stats.first_audio.is_some()
-        };
-        if got && !self.counted_media {
-            self.counted_media = true;
-            counters.with_media.fetch_add(1, Ordering::Relaxed);
-        }
+        count_first_media(&self.opts, &self.stats, &mut self.counted_media);
     }
 
     fn on_track_event(&mut self, event: TrackRemoteEvent) {
