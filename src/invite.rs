@@ -3,13 +3,7 @@
 
 use classroom_signaling::token::Role;
 
-/// The page a role's link opens.
-pub fn page_for(role: Role) -> &'static str {
-    match role {
-        Role::Teacher => "teacher.html",
-        Role::Student | Role::Observer => "pupil.html",
-    }
-}
+pub use classroom_portal::page_for;
 
 /// `{base}/teacher.html?token=...`. JWTs are base64url and dots, so the token needs no escaping.
 pub fn link(base_url: &str, role: Role, token: &str) -> String {

@@ -7,10 +7,10 @@
 pub mod config;
 pub mod invite;
 pub mod logging;
-pub mod portal;
 pub mod secret;
 pub mod server;
 pub mod web;
 
+pub use classroom_portal as portal;
 pub use config::Config;
 pub use server::{ServerHandle, start};

@@ -22,8 +22,8 @@ use classroom_sfu::{MediaMetrics, Sfu};
 use classroom_signaling::token::{Claims, Role, TokenError, TokenIssuer};
 use classroom_signaling::{Signaling, SignalingConfig};
 
-use crate::portal::purge::{self, PurgeMetrics};
-use crate::portal::{Portal, gate::LessonGate};
+use classroom_portal::purge::{self, PurgeMetrics};
+use classroom_portal::{Portal, gate::LessonGate};
 
 pub use crate::config::Config;
 use crate::config::{TlsConfig, url_for};
@@ -457,7 +457,7 @@ fn router(
         .with_state(state);
     crate::web::router()
         .merge(own)
-        .merge(crate::portal::router(portal))
+        .merge(classroom_portal::router(portal))
         .merge(signaling.router())
 }
 

@@ -11,7 +11,7 @@ use classroom_domain::{Db, Purged};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::unix_now;
+use crate::unix_now;
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]

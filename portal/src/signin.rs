@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{
+use crate::{
     ApiError, SESSION_TTL, Shared, check_signin_rate, client_ip, home_of, person_json, unix_now,
 };
 

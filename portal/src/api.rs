@@ -24,9 +24,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::warn;
 
-use super::{
+use crate::{
     ApiError, JOIN_TOKEN_TTL, ROSTER_BODY_LIMIT, SIGNIN_LINK_TTL, Session, Shared, client_ip,
-    person_json, rfc3339, unix_now,
+    page_for, person_json, rfc3339, unix_now,
 };
 
 /// Longest range `GET .../modes` answers.
@@ -664,7 +664,7 @@ async fn join(
         json!({ "lesson": lesson.id, "media_room": lesson.media_room, "role": format!("{role:?}").to_lowercase() }),
     )
     .await;
-    let page = format!("/{}?token={token}", crate::invite::page_for(role));
+    let page = format!("/{}?token={token}", page_for(role));
     ok(json!({ "token": token, "page": page, "expires_in": JOIN_TOKEN_TTL.as_secs() }))
 }
 

@@ -26,7 +26,7 @@ use classroom_auth::rate_limit::{Quota, RateLimiter};
 use classroom_auth::session::{CookiePolicy, CsrfError, CsrfKey};
 use classroom_auth::web::CsrfGuard;
 use classroom_domain::{CutoffPolicy, Db, DbError, Person, PersonRole};
-use classroom_signaling::token::TokenIssuer;
+use classroom_signaling::token::{Role, TokenIssuer};
 use serde_json::{Value, json};
 use tracing::warn;
 
@@ -308,6 +308,14 @@ pub fn home_of(role: Option<PersonRole>) -> &'static str {
         Some(PersonRole::Administrator) => "/admin.html",
         Some(PersonRole::Student) => "/lessons.html",
         None => "/",
+    }
+}
+
+/// The live page a join token of this role opens (invite links and `/api/lessons/{id}/join`).
+pub fn page_for(role: Role) -> &'static str {
+    match role {
+        Role::Teacher => "teacher.html",
+        Role::Student | Role::Observer => "pupil.html",
     }
 }
 

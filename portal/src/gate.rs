@@ -18,7 +18,7 @@ use classroom_signaling::token::Role;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use super::unix_now;
+use crate::unix_now;
 
 /// Shown to a pupil whose guardian chose in-person attendance (one string: both languages).
 pub const IN_PERSON_MESSAGE: &str = "Your guardian chose in-person attendance for today. / 保護者が今日は登校（対面）を選びました。";
