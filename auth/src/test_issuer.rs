@@ -1,5 +1,6 @@
 //! A real OpenID Connect issuer on `127.0.0.1:0` for tests (feature `test-issuer`): discovery,
-//! a JWKS with a fresh RSA-2048 key, `/authorize` that approves the configured user at once,
+//! a JWKS with a fresh RSA-2048 key (rotated on demand), `/authorize` that approves the configured
+//! user at once (with or without a verified e-mail, a `tid` or an `hd`),
 //! and `/token` that checks the client and the PKCE verifier and returns an RS256 ID token.
 //! Real HTTP, real JWKS, real signatures; tamper switches produce the bad tokens that the
 //! negative tests need.
@@ -44,6 +45,10 @@ pub struct TestUser {
     pub email: Option<String>,
     pub email_verified: bool,
     pub name: Option<String>,
+    /// Sent as Google Workspace's `hd` claim when set.
+    pub hosted_domain: Option<String>,
+    /// Sent as Entra's `tid` claim when set.
+    pub tenant_id: Option<String>,
 }
 
 impl Default for TestUser {
@@ -53,6 +58,8 @@ impl Default for TestUser {
             email: Some("sato.hanako@school.example.jp".into()),
             email_verified: true,
             name: Some("佐藤 花子".into()),
+            hosted_domain: None,
+            tenant_id: None,
         }
     }
 }
@@ -281,6 +288,12 @@ impl Shared {
         }
         if let Some(n) = &user.name {
             c["name"] = json!(n);
+        }
+        if let Some(hd) = &user.hosted_domain {
+            c["hd"] = json!(hd);
+        }
+        if let Some(tid) = &user.tenant_id {
+            c["tid"] = json!(tid);
         }
         c
     }

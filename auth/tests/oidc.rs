@@ -298,3 +298,137 @@ async fn minted_tokens_verify_directly() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_unverified_email_is_reported_but_not_trusted() {
+    bounded(async {
+        let (idp, client) = setup(TestIssuerConfig::default()).await;
+        let id = sign_in(&client).await.expect("verified sign-in");
+        assert_eq!(id.trusted_email(), TestUser::default().email.as_deref());
+
+        // An identity provider where users type their own address, and one claims a guardian's.
+        idp.set_user(TestUser {
+            subject: "self-service-42".into(),
+            email: Some("guardian@example.jp".into()),
+            email_verified: false,
+            ..TestUser::default()
+        });
+        let id = sign_in(&client).await.expect("the token itself is valid");
+        assert_eq!(id.email.as_deref(), Some("guardian@example.jp"));
+        assert!(!id.email_verified);
+        assert_eq!(id.trusted_email(), None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tenant_allow_list_admits_only_listed_tenants() {
+    bounded(async {
+        let idp = TestIssuer::start(TestIssuerConfig::default())
+            .await
+            .unwrap();
+        let mut config = idp.client_config(REDIRECT);
+        config.allowed_tenants = vec!["tenant-a".into(), "school.example.jp".into()];
+        let client = OidcClient::discover(config).await.unwrap();
+
+        // Entra: no email_verified, but the listed tenant's directory vouches for the address.
+        idp.set_user(TestUser {
+            email_verified: false,
+            tenant_id: Some("tenant-a".into()),
+            ..TestUser::default()
+        });
+        let id = sign_in(&client).await.expect("listed tenant");
+        assert_eq!(id.trusted_email(), TestUser::default().email.as_deref());
+
+        // Google Workspace domain.
+        idp.set_user(TestUser {
+            hosted_domain: Some("school.example.jp".into()),
+            ..TestUser::default()
+        });
+        sign_in(&client).await.expect("listed domain");
+
+        for (tid, hd) in [
+            (Some("tenant-b"), None),
+            (None, Some("evil.example")),
+            // A consumer account: no tenant at all, even with a verified address.
+            (None, None),
+        ] {
+            idp.set_user(TestUser {
+                tenant_id: tid.map(str::to_owned),
+                hosted_domain: hd.map(str::to_owned),
+                ..TestUser::default()
+            });
+            let err = sign_in(&client).await.unwrap_err();
+            assert!(
+                matches!(err, OidcError::TenantNotAllowed { .. }),
+                "tid {tid:?} hd {hd:?}: {err:?}"
+            );
+        }
+    })
+    .await;
+}
+
+/// Polls `f` until it holds, failing after `limit`.
+async fn until(limit: Duration, what: &str, f: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn scheduled_refresh_picks_up_a_rotated_key_without_a_miss() {
+    bounded(async {
+        let idp = TestIssuer::start(TestIssuerConfig::default())
+            .await
+            .unwrap();
+        let mut config = idp.client_config(REDIRECT);
+        config.jwks_refresh = Duration::from_millis(200);
+        // An unknown key would not be refetched for an hour: only the schedule can help.
+        config.jwks_refetch_interval = Duration::from_secs(3600);
+        let client = OidcClient::discover(config).await.unwrap();
+        sign_in(&client).await.expect("before rotation");
+        let fetched = idp.jwks_fetches();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let old_token = idp.mint(&idp.claims(Some("n1")), Tamper::None).unwrap();
+
+        idp.rotate_key().unwrap();
+        until(Duration::from_secs(10), "a scheduled JWKS fetch", || {
+            idp.jwks_fetches() > fetched
+        })
+        .await;
+        let id = sign_in(&client).await.expect("the rotated key is known");
+        assert_eq!(id.subject, TestUser::default().subject);
+        // The retired key was dropped with the refresh.
+        let err = client.verify(&old_token, "n1", now).await.unwrap_err();
+        assert!(matches!(err, OidcError::UnknownKey(Some(_))), "{err:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_refresh_task_ends_with_the_client() {
+    bounded(async {
+        let idp = TestIssuer::start(TestIssuerConfig::default())
+            .await
+            .unwrap();
+        let mut config = idp.client_config(REDIRECT);
+        config.jwks_refresh = Duration::from_millis(50);
+        let client = OidcClient::discover(config).await.unwrap();
+        until(Duration::from_secs(10), "scheduled fetches", || {
+            idp.jwks_fetches() >= 2
+        })
+        .await;
+        drop(client);
+        // One fetch may be under way when the client goes; after that, none.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let settled = idp.jwks_fetches();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(idp.jwks_fetches(), settled);
+    })
+    .await;
+}

@@ -37,6 +37,7 @@ mod verify;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::constant_time;
@@ -50,7 +51,7 @@ pub use discovery::{ProviderMetadata, discovery_url};
 pub use http::default_client;
 pub use jwks::{SigningKey, parse_key_set};
 pub use pkce::s256_challenge;
-pub use verify::{Expected, verify_id_token};
+pub use verify::{Expected, tenant_gate, verify_id_token};
 
 use crate::token::{RandomError, random_text};
 
@@ -105,6 +106,9 @@ pub enum OidcError {
     MissingClaim(&'static str),
     #[error("ID token nonce does not match the pending login")]
     NonceMismatch,
+    /// An allow-list of tenants is configured and the token's `tid` / `hd` is not on it.
+    #[error("ID token from a tenant that is not allowed ({})", tenant.as_deref().unwrap_or("none"))]
+    TenantNotAllowed { tenant: Option<String> },
     #[error(transparent)]
     Random(#[from] RandomError),
 }
@@ -137,6 +141,10 @@ pub enum ClientAuth {
     ClientSecretBasic,
 }
 
+/// Default of `OidcConfig::jwks_refresh`. Google and Entra publish a new key days before
+/// signing with it; hourly keeps up with that at one small request an hour.
+pub const DEFAULT_JWKS_REFRESH: Duration = Duration::from_secs(3600);
+
 #[derive(Clone)]
 pub struct OidcConfig {
     /// Exactly as the provider's discovery document spells it, e.g. `https://accounts.google.com`
@@ -158,6 +166,14 @@ pub struct OidcConfig {
     pub leeway: Duration,
     /// Minimum time between two JWKS fetches caused by an unknown `kid`.
     pub jwks_refetch_interval: Duration,
+    /// How often the JWKS is fetched again on a schedule, so keys the issuer publishes ahead of
+    /// a rotation are known before the first token signed with them, and retired (or revoked)
+    /// keys stop verifying. Zero turns the schedule off.
+    pub jwks_refresh: Duration,
+    /// Entra tenant ids (`tid`) or Google Workspace domains (`hd`) whose tokens are accepted.
+    /// Empty: any. A listed tenant also vouches for the token's `email` (see
+    /// `VerifiedIdentity::email_trusted`).
+    pub allowed_tenants: Vec<String>,
 }
 
 impl std::fmt::Debug for OidcConfig {
@@ -172,13 +188,16 @@ impl std::fmt::Debug for OidcConfig {
             .field("redirect_url", &self.redirect_url)
             .field("scopes", &self.scopes)
             .field("client_auth", &self.client_auth)
+            .field("allowed_tenants", &self.allowed_tenants)
+            .field("jwks_refresh", &self.jwks_refresh)
             .finish_non_exhaustive()
     }
 }
 
 impl OidcConfig {
     /// Defaults: scopes `openid email profile`, `client_secret_post`, 10 min to finish a login,
-    /// 60 s leeway, JWKS refetched at most every 10 s.
+    /// 60 s leeway, JWKS refetched for an unknown key at most every 10 s and on a schedule every
+    /// hour, every tenant accepted.
     pub fn new(
         issuer: impl Into<String>,
         client_id: impl Into<String>,
@@ -196,6 +215,8 @@ impl OidcConfig {
             login_timeout: Duration::from_secs(600),
             leeway: Duration::from_secs(60),
             jwks_refetch_interval: Duration::from_secs(10),
+            jwks_refresh: DEFAULT_JWKS_REFRESH,
+            allowed_tenants: Vec::new(),
         }
     }
 }
@@ -250,9 +271,8 @@ impl PendingLogin {
     }
 }
 
-/// A user the issuer vouched for. Match to a roster person by `email` (only when
-/// `email_verified`, or for a tenant-bound issuer whose directory the school controls) or by
-/// `subject` / the sourcedId the provider was provisioned with.
+/// A user the issuer vouched for. Identify them by `issuer` + `subject`; `email` may find the
+/// roster person only when `email_trusted` (see [`VerifiedIdentity::trusted_email`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifiedIdentity {
     pub issuer: String,
@@ -261,6 +281,10 @@ pub struct VerifiedIdentity {
     pub email: Option<String>,
     /// `false` when the claim is absent (Entra never sends it).
     pub email_verified: bool,
+    /// Whether `email` may be used to find the person: `email_verified`, or the token came from
+    /// an allow-listed tenant (`OidcConfig::allowed_tenants`), whose addresses the school's
+    /// directory assigns. Anything else is an address the user may have typed in themselves.
+    pub email_trusted: bool,
     pub name: Option<String>,
     /// Entra's UPN, e.g. `taro@school.example.jp`.
     pub preferred_username: Option<String>,
@@ -268,6 +292,13 @@ pub struct VerifiedIdentity {
     pub hosted_domain: Option<String>,
     /// Entra tenant id (`tid`).
     pub tenant_id: Option<String>,
+}
+
+impl VerifiedIdentity {
+    /// The e-mail address, only when it may be used to find the person.
+    pub fn trusted_email(&self) -> Option<&str> {
+        self.email.as_deref().filter(|_| self.email_trusted)
+    }
 }
 
 /// The callback's `code` and `state`.
@@ -317,10 +348,11 @@ struct Inner {
     keys: Mutex<KeyCache>,
 }
 
-/// A discovered provider. Cheap to clone (shared state); keep one per server.
+/// A discovered provider. Cheap to clone (shared state); keep one per server. Discovery spawns
+/// the scheduled JWKS refresh, so it must run inside a tokio runtime.
 #[derive(Clone)]
 pub struct OidcClient {
-    inner: std::sync::Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for OidcClient {
@@ -379,16 +411,16 @@ impl OidcClient {
         let authorization_endpoint =
             discovery::parse_endpoint("authorization_endpoint", &metadata.authorization_endpoint)?;
         let token_issuers = discovery::accepted_token_issuers(&config.issuer);
-        Ok(Self {
-            inner: std::sync::Arc::new(Inner {
-                config,
-                metadata,
-                authorization_endpoint,
-                token_issuers,
-                http,
-                keys: Mutex::new(KeyCache::default()),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            config,
+            metadata,
+            authorization_endpoint,
+            token_issuers,
+            http,
+            keys: Mutex::new(KeyCache::default()),
+        });
+        spawn_scheduled_refresh(&inner);
+        Ok(Self { inner })
     }
 
     pub fn config(&self) -> &OidcConfig {
@@ -533,6 +565,7 @@ impl OidcClient {
             now,
             leeway: c.leeway.as_secs(),
             max_age: c.login_timeout.as_secs().max(300),
+            allowed_tenants: &c.allowed_tenants,
         };
         // Held across the fetch on purpose: concurrent sign-ins during a rotation wait for one
         // fetch instead of each starting their own.
@@ -557,14 +590,55 @@ impl OidcClient {
     }
 
     async fn refresh_keys(&self, cache: &mut KeyCache) -> Result<(), OidcError> {
-        let url = &self.inner.metadata.jwks_uri;
-        let body: serde_json::Value = http::get_json(&self.inner.http, url).await?;
-        let keys = parse_key_set(&body).map_err(|message| OidcError::BadResponse {
-            url: url.clone(),
-            message,
-        })?;
-        cache.keys = keys;
-        cache.fetched_at = Some(Instant::now());
+        cache.store(fetch_keys(&self.inner).await?);
         Ok(())
     }
+}
+
+impl KeyCache {
+    fn store(&mut self, keys: Vec<SigningKey>) {
+        self.keys = keys;
+        self.fetched_at = Some(Instant::now());
+    }
+}
+
+async fn fetch_keys(inner: &Inner) -> Result<Vec<SigningKey>, OidcError> {
+    let url = &inner.metadata.jwks_uri;
+    let body: serde_json::Value = http::get_json(&inner.http, url).await?;
+    parse_key_set(&body).map_err(|message| OidcError::BadResponse {
+        url: url.clone(),
+        message,
+    })
+}
+
+/// Fetches the JWKS every `jwks_refresh` for as long as the client exists. The task holds only a
+/// weak reference, so dropping the last `OidcClient` ends it at its next tick. The fetch runs
+/// without the cache lock, so sign-ins meanwhile verify with the keys they have. A failed fetch
+/// keeps the old keys: an issuer that is briefly unreachable must not sign everyone out of
+/// reach; the next tick tries again.
+fn spawn_scheduled_refresh(inner: &Arc<Inner>) {
+    let every = inner.config.jwks_refresh;
+    if every.is_zero() {
+        return;
+    }
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            match fetch_keys(&inner).await {
+                Ok(keys) => {
+                    tracing::debug!(issuer = %inner.config.issuer, keys = keys.len(), "JWKS refreshed");
+                    inner.keys.lock().await.store(keys);
+                }
+                Err(e) => {
+                    tracing::warn!(issuer = %inner.config.issuer, "scheduled JWKS refresh failed, keeping the old keys: {e}");
+                }
+            }
+        }
+    });
 }

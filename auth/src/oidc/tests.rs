@@ -36,7 +36,12 @@ fn claims() -> Value {
 }
 
 fn check(token: &str) -> Result<VerifiedIdentity, OidcError> {
+    check_with_tenants(token, &[])
+}
+
+fn check_with_tenants(token: &str, tenants: &[&str]) -> Result<VerifiedIdentity, OidcError> {
     let issuers = vec![ISS.to_owned()];
+    let allowed_tenants: Vec<String> = tenants.iter().map(|t| t.to_string()).collect();
     let expected = Expected {
         issuers: &issuers,
         client_id: CLIENT,
@@ -44,6 +49,7 @@ fn check(token: &str) -> Result<VerifiedIdentity, OidcError> {
         now: NOW,
         leeway: 60,
         max_age: 600,
+        allowed_tenants: &allowed_tenants,
     };
     verify_id_token(token, &keys(), &expected)
 }
@@ -187,6 +193,75 @@ fn email_verified_may_be_a_string_or_absent() {
     .unwrap();
     assert!(!id.email_verified);
     assert_eq!(id.tenant_id.as_deref(), Some("tenant"));
+}
+
+#[test]
+fn only_a_verified_email_is_trusted() {
+    let id = check(&signed(&claims())).unwrap();
+    assert_eq!(id.trusted_email(), Some("sato@school.example.jp"));
+    for unverified in [json!(false), json!("false"), json!("yes"), Value::Null] {
+        let id = check(&with(|c| c["email_verified"] = unverified.clone())).unwrap();
+        assert!(!id.email_trusted, "email_verified: {unverified}");
+        assert_eq!(id.trusted_email(), None, "email_verified: {unverified}");
+        // The address is still reported (for the audit log), just not to be matched on.
+        assert_eq!(id.email.as_deref(), Some("sato@school.example.jp"));
+    }
+    let id = check(&with(|c| {
+        c.as_object_mut().unwrap().remove("email_verified");
+    }))
+    .unwrap();
+    assert_eq!(id.trusted_email(), None);
+    let id = check(&with(|c| c["email"] = json!("  "))).unwrap();
+    assert_eq!(id.trusted_email(), None);
+}
+
+#[test]
+fn tenant_allow_list() {
+    let entra = |tid: &str| {
+        with(|c| {
+            c.as_object_mut().unwrap().remove("email_verified");
+            c["tid"] = json!(tid);
+        })
+    };
+    // No list: any tenant, and an unverified address stays untrusted.
+    assert_eq!(check(&entra("t-b")).unwrap().trusted_email(), None);
+    // A listed tenant's directory vouches for its addresses.
+    let id = check_with_tenants(&entra("T-A"), &["t-a", "school.example.jp"]).unwrap();
+    assert_eq!(id.trusted_email(), Some("sato@school.example.jp"));
+    assert!(matches!(
+        check_with_tenants(&entra("t-b"), &["t-a"]),
+        Err(OidcError::TenantNotAllowed { tenant: Some(t) }) if t == "t-b"
+    ));
+    // No tenant claim at all: a consumer account.
+    assert!(matches!(
+        check_with_tenants(&signed(&claims()), &["t-a"]),
+        Err(OidcError::TenantNotAllowed { tenant: None })
+    ));
+    let workspace = |hd: &str| with(|c| c["hd"] = json!(hd));
+    assert!(
+        check_with_tenants(
+            &workspace("school.example.jp"),
+            &["t-a", "school.example.jp"]
+        )
+        .is_ok()
+    );
+    assert!(matches!(
+        check_with_tenants(&workspace("evil.example"), &["school.example.jp"]),
+        Err(OidcError::TenantNotAllowed { .. })
+    ));
+}
+
+#[test]
+fn oversized_subject_is_refused() {
+    assert!(check(&with(|c| c["sub"] = json!("s".repeat(255)))).is_ok());
+    assert!(matches!(
+        check(&with(|c| c["sub"] = json!("s".repeat(256)))),
+        Err(OidcError::MalformedToken(_))
+    ));
+    assert!(matches!(
+        check(&with(|c| c["sub"] = json!(""))),
+        Err(OidcError::MalformedToken(_))
+    ));
 }
 
 #[test]

@@ -36,6 +36,38 @@ pub struct Expected<'a> {
     /// Oldest acceptable `iat`, seconds before `now`: tokens come fresh from the token
     /// endpoint, so an old one is a replay.
     pub max_age: u64,
+    /// Entra tenant ids (`tid`) or Google Workspace domains (`hd`) whose tokens are accepted;
+    /// empty accepts every tenant the issuer signs for. See [`tenant_gate`].
+    pub allowed_tenants: &'a [String],
+}
+
+/// OpenID Connect Core §2: `sub` is at most 255 ASCII characters. It is stored as the key of a
+/// person's binding, so anything longer is refused rather than kept.
+const MAX_SUBJECT_LEN: usize = 255;
+
+/// Whether the token's tenant is allowed, and whether that listing vouches for its `email`.
+///
+/// With an allow-list, a token from any other tenant (or from none: a consumer Google account
+/// has no `hd`) is refused outright. A listed tenant's directory is run by the school, so its
+/// addresses are trusted even without `email_verified`, which Entra never sends.
+pub fn tenant_gate(
+    allowed: &[String],
+    tid: Option<&str>,
+    hd: Option<&str>,
+) -> Result<bool, OidcError> {
+    if allowed.is_empty() {
+        return Ok(false);
+    }
+    let listed = |claim: Option<&str>| {
+        claim.is_some_and(|c| allowed.iter().any(|a| a.trim().eq_ignore_ascii_case(c)))
+    };
+    if listed(tid) || listed(hd) {
+        Ok(true)
+    } else {
+        Err(OidcError::TenantNotAllowed {
+            tenant: tid.or(hd).map(str::to_owned),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -177,11 +209,29 @@ pub fn verify_id_token(
         return Err(OidcError::NonceMismatch);
     }
 
+    if claims.sub.is_empty() || claims.sub.len() > MAX_SUBJECT_LEN {
+        return Err(OidcError::MalformedToken(format!(
+            "sub must be 1 to {MAX_SUBJECT_LEN} characters"
+        )));
+    }
+    let tenant_vouches = tenant_gate(
+        expected.allowed_tenants,
+        claims.tid.as_deref(),
+        claims.hd.as_deref(),
+    )?;
+    let email_verified = claims.email_verified.unwrap_or(false);
+    let email_trusted = claims
+        .email
+        .as_deref()
+        .is_some_and(|e| !e.trim().is_empty())
+        && (email_verified || tenant_vouches);
+
     Ok(VerifiedIdentity {
         issuer: claims.iss,
         subject: claims.sub,
         email: claims.email,
-        email_verified: claims.email_verified.unwrap_or(false),
+        email_verified,
+        email_trusted,
         name: claims.name,
         preferred_username: claims.preferred_username,
         hosted_domain: claims.hd,
