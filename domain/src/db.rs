@@ -128,6 +128,7 @@ pub enum Table {
     AuditLog,
     SigninLinks,
     WebSessions,
+    ExternalIdentities,
 }
 
 impl Table {
@@ -149,6 +150,7 @@ impl Table {
             Table::AuditLog => "audit_log",
             Table::SigninLinks => "signin_links",
             Table::WebSessions => "web_sessions",
+            Table::ExternalIdentities => "external_identities",
         }
     }
 }

@@ -24,6 +24,7 @@ mod calendar;
 pub mod cutoff;
 pub mod db;
 pub mod export;
+pub mod external_identity;
 pub mod lesson;
 pub mod model;
 pub mod oneroster;
@@ -52,6 +53,10 @@ pub use db::{Backend, Db, DbError, Table, Tx};
 pub use export::{
     ExportError, LessonReport, report_for_lesson, reports_for_class, reports_for_teacher, to_csv,
     to_json,
+};
+pub use external_identity::{
+    ExternalAccount, ExternalSignIn, ExternalSignInError, bound_person, sign_in_external,
+    unbind_person,
 };
 pub use lesson::{
     Lesson, LessonError, NewLesson, create_lesson, lesson, lesson_by_media_room, lesson_teachers,
