@@ -106,7 +106,7 @@ impl SchoolConfig {
     }
 }
 
-/// An OpenID Connect relying party registration.
+/// An OpenID Connect relying party registration, and which of the issuer's accounts it trusts.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OidcSettings {
@@ -114,6 +114,51 @@ pub struct OidcSettings {
     pub issuer: String,
     pub client_id: String,
     pub client_secret: Option<Secret>,
+    /// Entra tenant ids (`tid`) or Google Workspace domains (`hd`) whose accounts may sign in;
+    /// empty: any account of the issuer. A listed tenant's directory also vouches for its
+    /// accounts' e-mail addresses, which Entra sends without `email_verified`.
+    #[serde(default)]
+    pub allowed_tenants: Vec<String>,
+    /// How often the issuer's signing keys (JWKS) are fetched again (e.g. `1h`; see
+    /// [`OidcSettings::jwks_refresh_every`]).
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: String,
+}
+
+/// Default of [`OidcSettings::jwks_refresh`]: providers publish a new key days before signing
+/// with it, so hourly is early enough, at one small request an hour.
+pub const DEFAULT_JWKS_REFRESH: &str = "1h";
+
+fn default_jwks_refresh() -> String {
+    DEFAULT_JWKS_REFRESH.to_owned()
+}
+
+impl Default for OidcSettings {
+    /// Not usable as is (no issuer): a base for the fields a caller does not set.
+    fn default() -> Self {
+        OidcSettings {
+            issuer: String::new(),
+            client_id: String::new(),
+            client_secret: None,
+            allowed_tenants: Vec::new(),
+            jwks_refresh: default_jwks_refresh(),
+        }
+    }
+}
+
+impl OidcSettings {
+    /// [`OidcSettings::jwks_refresh`] as a duration: at least a second (the issuer is not ours
+    /// to hammer), at most a day (a revoked key must stop verifying within one).
+    pub fn jwks_refresh_every(&self) -> Result<std::time::Duration, String> {
+        let text = self.jwks_refresh.trim();
+        let every = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+        if every < std::time::Duration::from_secs(1)
+            || every > std::time::Duration::from_secs(86_400)
+        {
+            return Err(format!("{text:?} must be between 1s and 24h"));
+        }
+        Ok(every)
+    }
 }
 
 /// The UDP socket all WebRTC traffic goes through.
@@ -510,6 +555,7 @@ impl Config {
                         issuer,
                         client_id,
                         client_secret,
+                        ..old.unwrap_or_default()
                     })
                 }
                 _ => {
@@ -636,6 +682,14 @@ impl Config {
             && (oidc.issuer.trim().is_empty() || oidc.client_id.trim().is_empty())
         {
             return invalid("oidc.issuer and oidc.client_id must not be empty".to_owned());
+        }
+        if let Some(oidc) = &self.oidc {
+            if let Err(e) = oidc.jwks_refresh_every() {
+                return invalid(format!("oidc.jwks_refresh {e}"));
+            }
+            if oidc.allowed_tenants.iter().any(|t| t.trim().is_empty()) {
+                return invalid("oidc.allowed_tenants must not hold empty names".to_owned());
+            }
         }
         if let Err(e) = self.purge_every() {
             return invalid(format!("purge_interval (CLASSROOM_PURGE_INTERVAL) {e}"));
@@ -770,6 +824,54 @@ mod tests {
         assert!(c.token_secret.is_some());
         assert!(c.public_url.is_some());
         assert!(c.tls.is_some());
+    }
+
+    #[test]
+    fn oidc_trust_settings() {
+        let c = Config::from_toml(
+            "[oidc]\nissuer = \"https://accounts.google.com\"\nclient_id = \"c\"\n",
+        )
+        .unwrap();
+        let oidc = c.oidc.as_ref().unwrap();
+        assert!(oidc.allowed_tenants.is_empty());
+        assert_eq!(
+            oidc.jwks_refresh_every(),
+            Ok(std::time::Duration::from_secs(3600))
+        );
+        let c = Config::from_toml(
+            "[oidc]\nissuer = \"https://accounts.google.com\"\nclient_id = \"c\"\n\
+             allowed_tenants = [\"school.example.jp\"]\njwks_refresh = \"10m\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let oidc = c.oidc.as_ref().unwrap();
+        assert_eq!(oidc.allowed_tenants, ["school.example.jp"]);
+        assert_eq!(
+            oidc.jwks_refresh_every(),
+            Ok(std::time::Duration::from_secs(600))
+        );
+        for bad in ["0s", "2d", "soon"] {
+            let mut c = c.clone();
+            if let Some(o) = c.oidc.as_mut() {
+                o.jwks_refresh = bad.to_owned();
+            }
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        let mut c = c.clone();
+        if let Some(o) = c.oidc.as_mut() {
+            o.allowed_tenants.push(" ".to_owned());
+        }
+        assert!(c.validate().is_err());
+        // The environment's issuer keeps the file's trust settings.
+        let mut c2 = Config::from_toml(
+            "[oidc]\nissuer = \"https://a.example\"\nclient_id = \"c\"\nallowed_tenants = [\"t\"]\n",
+        )
+        .unwrap();
+        c2.apply(env(&[("CLASSROOM_OIDC_ISSUER", "https://b.example")]).unwrap())
+            .unwrap();
+        let oidc = c2.oidc.unwrap();
+        assert_eq!(oidc.issuer, "https://b.example");
+        assert_eq!(oidc.allowed_tenants, ["t"]);
     }
 
     fn looks_like_toml(line: &str) -> bool {

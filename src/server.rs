@@ -108,7 +108,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     let public_url = config.public_base_url(http_addr);
     let oidc = match &config.oidc {
         Some(settings) => {
-            let oidc_config = classroom_auth::oidc::OidcConfig::new(
+            let mut oidc_config = classroom_auth::oidc::OidcConfig::new(
                 settings.issuer.trim(),
                 settings.client_id.trim(),
                 settings
@@ -117,6 +117,14 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
                     .map(|s| s.expose().to_owned()),
                 format!("{public_url}/auth/oidc/callback"),
             );
+            oidc_config.allowed_tenants = settings
+                .allowed_tenants
+                .iter()
+                .map(|t| t.trim().to_owned())
+                .collect();
+            oidc_config.jwks_refresh = settings
+                .jwks_refresh_every()
+                .map_err(|e| anyhow!("oidc.jwks_refresh: {e}"))?;
             match classroom_auth::oidc::OidcClient::discover(oidc_config).await {
                 Ok(client) => Some(client),
                 Err(e) => {

@@ -519,6 +519,7 @@ async fn oidc_sign_in_and_tampered_tokens(backend: Backend) -> Result<()> {
                 email: Some("T.Yamada@mizuho-es.example.jp".into()),
                 email_verified: true,
                 name: Some("山田 花子".into()),
+                ..TestUser::default()
             },
             ..TestIssuerConfig::default()
         })
@@ -528,6 +529,7 @@ async fn oidc_sign_in_and_tampered_tokens(backend: Backend) -> Result<()> {
                 issuer: issuer.issuer().to_owned(),
                 client_id: issuer.client_id().to_owned(),
                 client_secret: Some(classroom::config::Secret::new("test-secret")),
+                ..classroom::config::OidcSettings::default()
             }),
             ..Options::on(&backend)
         })

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod gate;
+pub mod next;
 pub mod purge;
 pub mod signin;
 

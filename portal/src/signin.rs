@@ -9,14 +9,17 @@ use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use classroom_auth::oidc::{PendingLogin, parse_callback};
+use classroom_auth::oidc::{OidcError, PendingLogin, VerifiedIdentity, parse_callback};
 use classroom_auth::session;
 use classroom_auth::token::{self, MintedToken};
-use classroom_domain::{Action, AuditEntry, Person, SignInLinkError, audit};
+use classroom_domain::{
+    Action, AuditEntry, ExternalAccount, ExternalSignInError, Person, SignInLinkError, audit,
+};
 use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::next::safe_next;
 use crate::{
     ApiError, SESSION_TTL, Shared, check_signin_rate, client_ip, home_of, person_json, unix_now,
 };
@@ -267,19 +270,6 @@ struct StartQuery {
     next: Option<String>,
 }
 
-/// Only same-origin paths.
-fn safe_next(next: Option<&str>) -> Option<String> {
-    let n = next?;
-    if !n.starts_with('/')
-        || n.starts_with("//")
-        || n.contains('\\')
-        || n.starts_with("/signin.html")
-    {
-        return None;
-    }
-    Some(n.to_owned())
-}
-
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
@@ -385,47 +375,79 @@ async fn oidc_callback(
         Ok(id) => id,
         Err(e) => {
             info!("OIDC sign-in refused: {e}");
+            let (reason, code) = match &e {
+                OidcError::TenantNotAllowed { .. } => {
+                    ("tenant_not_allowed".to_owned(), "tenant_not_allowed")
+                }
+                _ => (e.to_string(), "oidc_failed"),
+            };
             audit_failure(
                 &portal,
                 ip,
                 None,
-                json!({ "method": "oidc", "reason": e.to_string() }),
+                json!({ "method": "oidc", "reason": reason }),
             )
             .await;
-            return clear(signin_error("oidc_failed"));
+            return clear(signin_error(code));
         }
     };
-    let Some(email) = identity.email.as_deref().filter(|e| !e.trim().is_empty()) else {
-        audit_failure(
-            &portal,
-            ip,
-            None,
-            json!({ "method": "oidc", "reason": "no email", "sub": identity.subject }),
-        )
-        .await;
-        return clear(signin_error("no_account"));
-    };
-    if let Err(e) = check_signin_rate(&portal, ip, &format!("account:{}", email.to_lowercase())) {
+    if let Err(e) = check_signin_rate(
+        &portal,
+        ip,
+        &format!("account:{} {}", identity.issuer, identity.subject),
+    ) {
         return clear(e.into_response());
     }
-    let matches: Vec<Person> = match classroom_domain::people_by_email(&portal.db, email).await {
-        Ok(people) => people.into_iter().filter(|p| p.enabled).collect(),
-        Err(e) => return clear(ApiError::from(e).into_response()),
+    let account = ExternalAccount {
+        issuer: &identity.issuer,
+        subject: &identity.subject,
+        trusted_email: identity.trusted_email(),
     };
-    let [person] = matches.as_slice() else {
-        let reason = if matches.is_empty() {
-            "no_account"
-        } else {
-            "ambiguous_account"
-        };
-        audit_failure(
-            &portal,
-            ip,
-            None,
-            json!({ "method": "oidc", "reason": reason, "email": email }),
-        )
-        .await;
-        return clear(signin_error(reason));
+    let signed_in = match classroom_domain::sign_in_external(&portal.db, &account, unix_now()).await
+    {
+        Ok(s) => s,
+        Err(ExternalSignInError::Db(e)) => return clear(ApiError::from(e).into_response()),
+        Err(e) => {
+            let (reason, code) = refusal(&e, &identity);
+            info!(sub = %identity.subject, "OIDC sign-in refused: {e}");
+            audit_failure(&portal, ip, None, refusal_detail(reason, &identity)).await;
+            return clear(signin_error(code));
+        }
     };
-    clear(finish(&portal, &person.id, ip, "oidc", next).await)
+    clear(finish(&portal, &signed_in.person().id, ip, "oidc", next).await)
+}
+
+/// The audit reason and the sign-in page's error code for an account that found nobody.
+fn refusal(e: &ExternalSignInError, identity: &VerifiedIdentity) -> (&'static str, &'static str) {
+    match e {
+        ExternalSignInError::UntrustedEmail if identity.email.is_some() => {
+            ("email_unverified", "email_unverified")
+        }
+        ExternalSignInError::UntrustedEmail => ("no_email", "no_account"),
+        ExternalSignInError::NoAccount => ("no_account", "no_account"),
+        ExternalSignInError::Ambiguous => ("ambiguous_account", "ambiguous_account"),
+        ExternalSignInError::BoundToAnother => ("bound_to_another_account", "account_bound"),
+        ExternalSignInError::Disabled | ExternalSignInError::Db(_) => {
+            ("account_disabled", "account_disabled")
+        }
+    }
+}
+
+/// Longest claimed address kept in the audit log (RFC 5321's limit): the token is the issuer's,
+/// but at some issuers the user typed the address.
+const MAX_AUDITED_EMAIL: usize = 320;
+
+fn refusal_detail(reason: &str, identity: &VerifiedIdentity) -> serde_json::Value {
+    let email: Option<String> = identity
+        .email
+        .as_deref()
+        .map(|e| e.chars().take(MAX_AUDITED_EMAIL).collect());
+    json!({
+        "method": "oidc",
+        "reason": reason,
+        "issuer": identity.issuer,
+        "sub": identity.subject,
+        "email": email,
+        "email_verified": identity.email_verified,
+    })
 }
