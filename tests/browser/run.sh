@@ -5,6 +5,7 @@
 #               admitted from it (school prepared with `classroom roster import` / `signin-link`)
 #   shaped.mjs  a pupil on a shaped "home" link gets a smaller simulcast layer than an unshaped
 #               pupil, and both keep decoding
+# First, without a browser: next.test.mjs, the sign-in page's check of `?next=` (plain node --test).
 #
 # All run inside a network namespace made for this run. Outside one, Chromium offers the
 # machine's outward address as its ICE candidate and the test would depend on that network;
@@ -94,6 +95,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# ---- page scripts' unit tests: plain Node, no browser, no namespace ----
+command -v node >/dev/null || { log "missing node (scripts/test installs what is needed)"; exit 2; }
+log "page script unit tests (node --test)"
+(cd "$here" && timeout 60 node --test next.test.mjs)
 
 # ---- prerequisites ----
 if [ "$(id -u)" -ne 0 ]; then

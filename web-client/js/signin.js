@@ -3,22 +3,16 @@
 // `?error=CODE`. Someone already signed in is sent on to `next` or their role's home page.
 
 import { getMe } from './api.js';
+import { safeNext } from './next.js';
 import { t, hasText, translatePage } from './i18n.js';
 import { byId, errorText, markReady, markFailed, showMessage, state } from './portal.js';
 
 state.page = 'signin';
 
-/** Only same-origin paths: `next` comes from the URL, so it must not send anyone elsewhere. */
-export function safeNext(value) {
-  if (!value || !value.startsWith('/') || value.startsWith('//') || value.includes('\\')) return null;
-  if (value.startsWith('/signin.html')) return null; // no loop back here
-  return value;
-}
-
 async function main() {
   translatePage();
   const params = new URLSearchParams(window.location.search);
-  const next = safeNext(params.get('next'));
+  const next = safeNext(params.get('next'), window.location.origin);
   const oidc = byId('btn-oidc');
   oidc.href = `/auth/oidc/start${next ? `?next=${encodeURIComponent(next)}` : ''}`;
 

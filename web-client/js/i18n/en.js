@@ -56,6 +56,10 @@ export default {
   'signin.error.state_mismatch': 'The sign-in took too long or was started in another tab. Please try again.',
   'signin.error.expired': 'The sign-in took too long. Please try again.',
   'signin.error.internal': 'The server had a problem signing you in. Please try again later.',
+  'signin.error.email_unverified': 'Your identity provider has not confirmed this account’s e-mail address, so it cannot be matched to the school’s roster. Please confirm the address there, or contact the school.',
+  'signin.error.tenant_not_allowed': 'This account does not belong to a school that signs in here. Please sign in with your school account.',
+  'signin.error.account_bound': 'Another account is already connected to this person. Please sign in with that account, or contact the school.',
+  'signin.error.no_account': 'Your account was found at the identity provider, but not in this school’s roster. Please contact the school.',
   'signin.error.other': 'Sign-in did not work ({code}). Please try again, or contact the school.',
 
   'guardian.title': 'Attendance – Classroom',
