@@ -55,6 +55,10 @@ pub struct Config {
     /// How often expired web sessions and spent sign-in links are deleted (a duration such as
     /// `1h` or `15m`; see [`Config::purge_every`]).
     pub purge_interval: String,
+    /// Reverse proxies whose forwarded header names the client.
+    pub proxy: ProxySettings,
+    /// The audit log.
+    pub audit: AuditSettings,
 }
 
 /// Default of [`Config::purge_interval`]: sessions last 12 hours and links minutes, so an hourly
@@ -75,7 +79,63 @@ impl Default for Config {
             school: SchoolConfig::default(),
             oidc: None,
             purge_interval: DEFAULT_PURGE_INTERVAL.to_owned(),
+            proxy: ProxySettings::default(),
+            audit: AuditSettings::default(),
         }
+    }
+}
+
+/// Reverse proxies in front of the web server (`[proxy]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxySettings {
+    /// Networks (CIDR, e.g. `10.0.0.0/8`; a bare address is one host) of the proxies whose
+    /// forwarded header is believed. Empty: none, the TCP peer is the client.
+    pub trusted: Vec<String>,
+    /// The header those proxies write the client's address into.
+    pub header: classroom_auth::ForwardedHeader,
+}
+
+impl ProxySettings {
+    /// The parsed networks; the error names the entry that is not a network.
+    pub fn trusted_proxies(&self) -> Result<classroom_auth::TrustedProxies, String> {
+        classroom_auth::TrustedProxies::parse(&self.trusted, self.header).map_err(|e| e.to_string())
+    }
+}
+
+/// The audit log (`[audit]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// How long entries are kept before the purge deletes them (e.g. `400d`).
+    pub retention: String,
+}
+
+/// Default of [`AuditSettings::retention`]: a whole school year (April to March) plus a month,
+/// so the year's events can still be looked into at the year-end review and after the spring
+/// holidays, and the log stays bounded.
+pub const DEFAULT_AUDIT_RETENTION: &str = "400d";
+
+/// Shortest retention accepted: a shorter one would delete events before anyone looked.
+pub const MIN_AUDIT_RETENTION: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            retention: DEFAULT_AUDIT_RETENTION.to_owned(),
+        }
+    }
+}
+
+impl AuditSettings {
+    /// [`AuditSettings::retention`] as a duration, at least [`MIN_AUDIT_RETENTION`].
+    pub fn retention(&self) -> Result<std::time::Duration, String> {
+        let text = self.retention.trim();
+        let retention = humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))?;
+        if retention < MIN_AUDIT_RETENTION {
+            return Err(format!("{text:?} is shorter than the minimum of 7 days"));
+        }
+        Ok(retention)
     }
 }
 
@@ -317,6 +377,8 @@ pub struct Overrides {
     pub oidc_client_id: Option<String>,
     pub oidc_client_secret: Option<Secret>,
     pub purge_interval: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub audit_retention: Option<String>,
 }
 
 impl Overrides {
@@ -393,6 +455,14 @@ impl Overrides {
             oidc_client_id: text("CLASSROOM_OIDC_CLIENT_ID")?,
             oidc_client_secret: text("CLASSROOM_OIDC_CLIENT_SECRET")?.map(Secret),
             purge_interval: text("CLASSROOM_PURGE_INTERVAL")?,
+            trusted_proxies: text("CLASSROOM_TRUSTED_PROXIES")?.map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            }),
+            audit_retention: text("CLASSROOM_AUDIT_RETENTION")?,
         })
     }
 
@@ -419,6 +489,8 @@ impl Overrides {
             oidc_client_id: self.oidc_client_id.or(lower.oidc_client_id),
             oidc_client_secret: self.oidc_client_secret.or(lower.oidc_client_secret),
             purge_interval: self.purge_interval.or(lower.purge_interval),
+            trusted_proxies: self.trusted_proxies.or(lower.trusted_proxies),
+            audit_retention: self.audit_retention.or(lower.audit_retention),
         }
     }
 }
@@ -444,6 +516,8 @@ impl Config {
             school: SchoolConfig::default(),
             oidc: None,
             purge_interval: DEFAULT_PURGE_INTERVAL.to_owned(),
+            proxy: ProxySettings::default(),
+            audit: AuditSettings::default(),
         }
     }
 
@@ -530,9 +604,17 @@ impl Config {
             oidc_client_id,
             oidc_client_secret,
             purge_interval,
+            trusted_proxies,
+            audit_retention,
         } = overrides;
         if let Some(v) = purge_interval {
             self.purge_interval = v;
+        }
+        if let Some(v) = trusted_proxies {
+            self.proxy.trusted = v;
+        }
+        if let Some(v) = audit_retention {
+            self.audit.retention = v;
         }
         if let Some(v) = database_url {
             self.database_url = Some(v);
@@ -693,6 +775,12 @@ impl Config {
         }
         if let Err(e) = self.purge_every() {
             return invalid(format!("purge_interval (CLASSROOM_PURGE_INTERVAL) {e}"));
+        }
+        if let Err(e) = self.proxy.trusted_proxies() {
+            return invalid(format!("proxy.trusted (CLASSROOM_TRUSTED_PROXIES): {e}"));
+        }
+        if let Err(e) = self.audit.retention() {
+            return invalid(format!("audit.retention (CLASSROOM_AUDIT_RETENTION) {e}"));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid(format!(
@@ -1054,6 +1142,63 @@ mod tests {
         ok.media.bind = addr("0.0.0.0:50000");
         ok.media.announce = vec!["203.0.113.7".parse().unwrap()];
         ok.validate().unwrap();
+    }
+
+    #[test]
+    fn trusted_proxies_and_audit_retention() {
+        let c = Config::default();
+        assert!(
+            c.proxy.trusted_proxies().unwrap().is_empty(),
+            "trust nobody"
+        );
+        assert_eq!(
+            c.audit.retention(),
+            Ok(std::time::Duration::from_secs(400 * 86_400))
+        );
+        let c = Config::from_toml(
+            "[proxy]\ntrusted = [\"127.0.0.1/32\", \"10.0.0.0/8\", \"::1\"]\nheader = \"forwarded\"\n\
+             [audit]\nretention = \"30d\"",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let proxies = c.proxy.trusted_proxies().unwrap();
+        assert!(proxies.trusts("10.9.8.7".parse().unwrap()));
+        assert!(proxies.trusts("::1".parse().unwrap()));
+        assert!(!proxies.trusts("192.0.2.1".parse().unwrap()));
+        assert_eq!(proxies.header(), classroom_auth::ForwardedHeader::Forwarded);
+        assert_eq!(
+            c.audit.retention(),
+            Ok(std::time::Duration::from_secs(30 * 86_400))
+        );
+        assert!(Config::from_toml("[proxy]\nheader = \"x-real-ip\"").is_err());
+
+        let o = env(&[
+            ("CLASSROOM_TRUSTED_PROXIES", "127.0.0.1/32, 10.0.0.0/8"),
+            ("CLASSROOM_AUDIT_RETENTION", "2y"),
+        ])
+        .unwrap();
+        let mut c = Config::default();
+        c.apply(o).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.proxy.trusted, ["127.0.0.1/32", "10.0.0.0/8"]);
+        assert!(c.audit.retention().unwrap() > std::time::Duration::from_secs(700 * 86_400));
+
+        let check = |edit: &dyn Fn(&mut Config), needle: &str| {
+            let mut c = Config::default();
+            edit(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle:?} not in {e:?}");
+        };
+        check(
+            &|c| c.proxy.trusted = vec!["10.0.0.1/8".into()],
+            "proxy.trusted (CLASSROOM_TRUSTED_PROXIES): \"10.0.0.1/8\" has bits set",
+        );
+        check(
+            &|c| c.proxy.trusted = vec!["proxy.internal".into()],
+            "\"proxy.internal\" is not an IP address",
+        );
+        check(&|c| c.audit.retention = "forever".into(), "audit.retention");
+        check(&|c| c.audit.retention = "1d".into(), "minimum of 7 days");
     }
 
     #[test]

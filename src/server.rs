@@ -78,6 +78,14 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     let purge_every = config
         .purge_every()
         .map_err(|e| anyhow!("purge_interval: {e}"))?;
+    let audit_retention = config
+        .audit
+        .retention()
+        .map_err(|e| anyhow!("audit.retention: {e}"))?;
+    let trusted_proxies = config
+        .proxy
+        .trusted_proxies()
+        .map_err(|e| anyhow!("proxy.trusted: {e}"))?;
 
     // Everything that commonly fails (port taken, unreadable certificate) comes before the
     // media thread starts, so an error leaves nothing running.
@@ -137,17 +145,25 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         }
         None => None,
     };
-    let portal = Arc::new(Portal::new(
-        db.clone(),
-        policy,
-        csrf_key(secret.expose()),
-        &public_url,
-        issuer.clone(),
-        oidc,
-    ));
+    let portal = Arc::new(
+        Portal::new(
+            db.clone(),
+            policy,
+            csrf_key(secret.expose()),
+            &public_url,
+            issuer.clone(),
+            oidc,
+        )
+        .with_trusted_proxies(trusted_proxies),
+    );
 
     let purge_metrics = Arc::new(PurgeMetrics::default());
-    let purge_task = purge::spawn(db.clone(), purge_metrics.clone(), purge_every);
+    let purge_task = purge::spawn(
+        db.clone(),
+        purge_metrics.clone(),
+        purge_every,
+        audit_retention,
+    );
     let app = router(&signaling, sfu.metrics.clone(), portal, purge_metrics);
     let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
     let http = axum_server::Handle::new();

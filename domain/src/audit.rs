@@ -1,5 +1,6 @@
 //! The audit log: security-relevant events, append-only (MEXT's guideline asks for logging
-//! that supports detection and incident response). Nothing here updates or deletes a row.
+//! that supports detection and incident response). Nothing here updates a row; rows leave
+//! only through [`purge_audit_before`], the configured retention.
 
 use serde::Serialize;
 
@@ -133,6 +134,17 @@ pub(crate) async fn append(tx: &mut Tx, entry: &AuditEntry<'_>) -> Result<i64, D
         .bind(entry.at).bind(entry.actor).bind(entry.action.as_str()).bind(entry.subject)
         .bind(&detail).bind(entry.remote_addr).fetch_one(c).await?);
     Ok(seq)
+}
+
+/// Deletes entries written before `before` (Unix seconds); returns how many. The newest entry
+/// always stays, even when it is older: `seq` continues from it, so numbering never restarts
+/// and a gap in it still shows that rows were removed.
+pub async fn purge_audit_before(db: &Db, before: i64) -> Result<u64, DbError> {
+    let sql = "DELETE FROM audit_log WHERE at < $1 \
+               AND seq < (SELECT MAX(seq) FROM audit_log)";
+    let removed =
+        on_pool!(db, p => sqlx::query(sql).bind(before).execute(p).await?.rows_affected());
+    Ok(removed)
 }
 
 #[derive(sqlx::FromRow)]

@@ -47,7 +47,9 @@ pub use attendance_mode::{
     DayMode, MAX_RANGE_DAYS, MAX_REASON_CHARS, Mode, ModeChange, ModeRequest, SetModeError,
     history, may_change, mode_on, mode_on_as_of, modes_between, set_mode,
 };
-pub use audit::{Acting, Action, AuditEntry, AuditFilter, AuditRecord, audit, audit_log};
+pub use audit::{
+    Acting, Action, AuditEntry, AuditFilter, AuditRecord, audit, audit_log, purge_audit_before,
+};
 pub use cutoff::{CutoffDecision, CutoffPolicy, PolicyError};
 pub use db::{Backend, Db, DbError, Table, Tx};
 pub use export::{

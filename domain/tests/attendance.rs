@@ -1014,6 +1014,28 @@ async fn signin_links_and_sessions() {
         .unwrap();
         let at: Vec<i64> = latest.iter().map(|e| e.at).collect();
         assert_eq!(at, [40, 30]);
+
+        // Retention: entries before the cut-off go, except the newest, which keeps `seq` going.
+        assert_eq!(domain::purge_audit_before(db, 25).await.unwrap(), 2);
+        assert_eq!(domain::purge_audit_before(db, 1_000).await.unwrap(), 1);
+        let kept = domain::audit_log(db, &AuditFilter::default())
+            .await
+            .unwrap();
+        assert_eq!(kept.iter().map(|e| e.at).collect::<Vec<_>>(), [40]);
+        let next = domain::audit(
+            db,
+            &AuditEntry {
+                at: 50,
+                actor: None,
+                action: Action::SignInFailed,
+                subject: None,
+                detail: serde_json::json!({}),
+                remote_addr: None,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(next, kept[0].seq + 1);
         t.finish().await;
     }
 }

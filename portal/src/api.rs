@@ -2,13 +2,13 @@
 //! lobby, join tokens, exports and administration. Every handler authorises its resource.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,9 +24,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::warn;
 
+use crate::client_addr::ClientAddr;
 use crate::{
-    ApiError, JOIN_TOKEN_TTL, ROSTER_BODY_LIMIT, SIGNIN_LINK_TTL, Session, Shared, client_ip,
-    page_for, person_json, rfc3339, unix_now,
+    ApiError, JOIN_TOKEN_TTL, ROSTER_BODY_LIMIT, SIGNIN_LINK_TTL, Session, Shared, page_for,
+    person_json, rfc3339, unix_now,
 };
 
 /// Longest range `GET .../modes` answers.
@@ -238,7 +239,7 @@ struct ModeBody {
 
 async fn put_modes(
     portal: Shared,
-    peer: Option<SocketAddr>,
+    ip: IpAddr,
     headers: HeaderMap,
     pupil: String,
     body: Bytes,
@@ -251,7 +252,7 @@ async fn put_modes(
     let to = parse_date("to", Some(&body.to))?;
     let mode = Mode::parse(&body.mode)
         .ok_or_else(|| ApiError::bad_request("mode must be in_person or online"))?;
-    let remote = client_ip(peer).to_string();
+    let remote = ip.to_string();
     let acting = Acting {
         person: &s.person.id,
         at: unix_now(),
@@ -322,22 +323,22 @@ async fn pupil_modes(
 
 async fn put_child_modes(
     State(p): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(ip): ClientAddr,
     h: HeaderMap,
     Path(pupil): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    put_modes(p, Some(peer), h, pupil, body, Via::Children).await
+    put_modes(p, ip, h, pupil, body, Via::Children).await
 }
 
 async fn put_pupil_modes(
     State(p): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(ip): ClientAddr,
     h: HeaderMap,
     Path(pupil): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    put_modes(p, Some(peer), h, pupil, body, Via::Pupils).await
+    put_modes(p, ip, h, pupil, body, Via::Pupils).await
 }
 
 async fn child_history(
@@ -501,7 +502,7 @@ enum LobbyAction {
 
 async fn lobby_action(
     portal: Shared,
-    peer: Option<SocketAddr>,
+    ip: IpAddr,
     headers: HeaderMap,
     id: String,
     body: Bytes,
@@ -510,7 +511,7 @@ async fn lobby_action(
     let s = portal.require(&headers).await?;
     let lesson = staff_lesson(&portal, &s, &id).await?;
     let body: PupilBody = parse_body(&body)?;
-    let remote = client_ip(peer).to_string();
+    let remote = ip.to_string();
     let now = unix_now();
     let acting = Acting {
         person: &s.person.id,
@@ -540,32 +541,32 @@ async fn lobby_action(
 
 async fn admit(
     State(p): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(ip): ClientAddr,
     h: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    lobby_action(p, Some(peer), h, id, body, LobbyAction::Admit).await
+    lobby_action(p, ip, h, id, body, LobbyAction::Admit).await
 }
 
 async fn refuse(
     State(p): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(ip): ClientAddr,
     h: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    lobby_action(p, Some(peer), h, id, body, LobbyAction::Refuse).await
+    lobby_action(p, ip, h, id, body, LobbyAction::Refuse).await
 }
 
 async fn marks(
     State(p): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(ip): ClientAddr,
     h: HeaderMap,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    lobby_action(p, Some(peer), h, id, body, LobbyAction::Mark).await
+    lobby_action(p, ip, h, id, body, LobbyAction::Mark).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -573,14 +574,14 @@ async fn marks(
 
 async fn join(
     State(portal): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult {
     let s = portal.require(&headers).await?;
     let lesson = find_lesson(&portal, &id).await?;
     let now = unix_now();
-    let remote = client_ip(Some(peer)).to_string();
+    let remote = ip.to_string();
     let audit_join = |action: Action, detail: Value| {
         let portal = portal.clone();
         let person = s.person.id.clone();
@@ -844,7 +845,7 @@ pub fn report_json(r: &ImportReport) -> Value {
 
 async fn admin_roster(
     State(portal): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
@@ -917,7 +918,7 @@ async fn admin_roster(
         }
     };
     let report = report_json(&report);
-    let remote = client_ip(Some(peer)).to_string();
+    let remote = ip.to_string();
     let entry = AuditEntry {
         at: unix_now(),
         actor: Some(&s.person.id),

@@ -6,14 +6,15 @@
 //! state-changing requests pass the CSRF check (`X-CSRF-Token` plus same-origin) first.
 
 pub mod api;
+pub mod client_addr;
 pub mod gate;
 pub mod next;
 pub mod purge;
 pub mod signin;
+pub mod signin_limits;
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::Router;
@@ -23,7 +24,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono_tz::Tz;
 use classroom_auth::oidc::OidcClient;
-use classroom_auth::rate_limit::{Quota, RateLimiter};
 use classroom_auth::session::{CookiePolicy, CsrfError, CsrfKey};
 use classroom_auth::web::CsrfGuard;
 use classroom_domain::{CutoffPolicy, Db, DbError, Person, PersonRole};
@@ -58,10 +58,10 @@ pub struct Portal {
     pub public_url: String,
     pub tokens: TokenIssuer,
     pub oidc: Option<OidcClient>,
-    /// Sign-in attempts per client address: generous, a school is one NAT.
-    pub signin_per_ip: RateLimiter<IpAddr>,
-    /// Sign-in attempts per link or account: strict.
-    pub signin_per_key: RateLimiter<String>,
+    /// Sign-in attempts per client address and per link or account.
+    pub signin_limits: signin_limits::SigninLimits,
+    /// Whose forwarded header names the client (none by default); see [`client_addr`].
+    pub trusted_proxies: client_addr::TrustedProxies,
 }
 
 pub type Shared = Arc<Portal>;
@@ -89,9 +89,15 @@ impl Portal {
             public_url,
             tokens,
             oidc,
-            signin_per_ip: RateLimiter::new(Quota::per(300, Duration::from_secs(600)), 100_000),
-            signin_per_key: RateLimiter::new(Quota::per(10, Duration::from_secs(600)), 100_000),
+            signin_limits: signin_limits::SigninLimits::default(),
+            trusted_proxies: client_addr::TrustedProxies::default(),
         }
+    }
+
+    /// Believe the forwarded header of requests from these reverse proxies.
+    pub fn with_trusted_proxies(mut self, proxies: client_addr::TrustedProxies) -> Portal {
+        self.trusted_proxies = proxies;
+        self
     }
 
     pub fn cookies(&self) -> &CookiePolicy {
@@ -267,26 +273,6 @@ pub async fn require_csrf(State(portal): State<Shared>, req: Request, next: Next
             ApiError::new(StatusCode::FORBIDDEN, "csrf", message).into_response()
         }
     }
-}
-
-/// The client address for rate limits and the audit log.
-pub fn client_ip(peer: Option<SocketAddr>) -> IpAddr {
-    peer.map(|p| p.ip())
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-}
-
-/// Rate-limit a sign-in attempt per address and per key (link hash or account).
-pub fn check_signin_rate(portal: &Portal, ip: IpAddr, key: &str) -> Result<(), ApiError> {
-    let now = Instant::now();
-    portal
-        .signin_per_ip
-        .check(&ip, now)
-        .map_err(|l| ApiError::rate_limited(l.retry_after))?;
-    portal
-        .signin_per_key
-        .check(&key.to_owned(), now)
-        .map_err(|l| ApiError::rate_limited(l.retry_after))?;
-    Ok(())
 }
 
 /// A person as the API shows them.

@@ -1,6 +1,9 @@
 //! The periodic sweep of dead sign-in state: expired web sessions, and sign-in links that were
 //! used or expired. Nothing it deletes could still sign anyone in (the checks compare expiry at
 //! use), so the sweep only keeps the tables from growing with every sign-in.
+//!
+//! The same sweep applies the audit log's retention: entries older than it are deleted, so the
+//! log holds a bounded stretch of history however much a school (or an attacker) makes it write.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use crate::unix_now;
 pub struct PurgeMetrics {
     sessions: AtomicU64,
     signin_links: AtomicU64,
+    audit_entries: AtomicU64,
     failures: AtomicU64,
 }
 
@@ -36,15 +40,23 @@ impl PurgeMetrics {
         )
     }
 
+    /// Audit log entries removed so far for being older than the retention.
+    pub fn audit_entries_removed(&self) -> u64 {
+        self.audit_entries.load(Ordering::Relaxed)
+    }
+
     /// Prometheus text format.
     pub fn render(&self, out: &mut String) {
         let (sessions, links) = self.removed();
+        let audit = self.audit_entries_removed();
         let _ = writeln!(
             out,
-            "# HELP classroom_purged_total Expired web sessions and spent sign-in links deleted\n\
+            "# HELP classroom_purged_total Rows deleted by the purge: expired web sessions, spent \
+             sign-in links, audit entries past their retention\n\
              # TYPE classroom_purged_total counter\n\
              classroom_purged_total{{kind=\"web_session\"}} {sessions}\n\
-             classroom_purged_total{{kind=\"signin_link\"}} {links}"
+             classroom_purged_total{{kind=\"signin_link\"}} {links}\n\
+             classroom_purged_total{{kind=\"audit_entry\"}} {audit}"
         );
         let _ = writeln!(
             out,
@@ -80,16 +92,48 @@ pub async fn purge_once(db: &Db, metrics: &PurgeMetrics, now: i64) -> Option<Pur
     }
 }
 
+/// Deletes audit entries written more than `retention` before `now`, counted; errors are
+/// logged, as for [`purge_once`].
+pub async fn purge_audit(
+    db: &Db,
+    metrics: &PurgeMetrics,
+    now: i64,
+    retention: Duration,
+) -> Option<u64> {
+    let retention = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+    match classroom_domain::purge_audit_before(db, now.saturating_sub(retention)).await {
+        Ok(removed) => {
+            metrics.audit_entries.fetch_add(removed, Ordering::Relaxed);
+            if removed > 0 {
+                info!(removed, "purged audit entries past their retention");
+            }
+            Some(removed)
+        }
+        Err(e) => {
+            metrics.failures.fetch_add(1, Ordering::Relaxed);
+            warn!("purging old audit entries failed: {e}");
+            None
+        }
+    }
+}
+
 /// Sweeps at start and then every `every`, until the task is aborted (the server does that at
 /// shutdown, before closing the database).
-pub fn spawn(db: Db, metrics: Arc<PurgeMetrics>, every: Duration) -> JoinHandle<()> {
+pub fn spawn(
+    db: Db,
+    metrics: Arc<PurgeMetrics>,
+    every: Duration,
+    audit_retention: Duration,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
         // A machine that slept does not need the missed sweeps caught up one after another.
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            purge_once(&db, &metrics, unix_now()).await;
+            let now = unix_now();
+            purge_once(&db, &metrics, now).await;
+            purge_audit(&db, &metrics, now, audit_retention).await;
         }
     })
 }

@@ -1,11 +1,11 @@
 //! Sign-in and sessions: one-time links, OIDC, `/api/me`, sign-out.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -19,10 +19,10 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::client_addr::ClientAddr;
 use crate::next::safe_next;
-use crate::{
-    ApiError, SESSION_TTL, Shared, check_signin_rate, client_ip, home_of, person_json, unix_now,
-};
+use crate::signin_limits::{check_address, check_key};
+use crate::{ApiError, SESSION_TTL, Shared, home_of, person_json, unix_now};
 
 const PENDING_COOKIE: &str = "oidc_pending";
 const NEXT_COOKIE: &str = "oidc_next";
@@ -185,13 +185,15 @@ async fn link_page(Path(_token): Path<String>) -> Response {
 }
 
 /// `POST /auth/link/{token}`: spends the link, starts a session, goes to the role's home.
+///
+/// The address limit comes before anything is written: a refused attempt adds no audit row
+/// (but the first refusal of a window, see [`crate::signin_limits`]).
 async fn link_consume(
     State(portal): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     Path(link): Path<String>,
 ) -> Response {
-    let ip = client_ip(Some(peer));
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     if let Err(e) = session::check_origin(
         "POST",
@@ -202,6 +204,9 @@ async fn link_consume(
         info!("sign-in link POST refused: {e}");
         return ApiError::new(StatusCode::FORBIDDEN, "csrf", "Cross-site request refused.")
             .into_response();
+    }
+    if let Err(e) = check_address(&portal, ip, "link").await {
+        return e.into_response();
     }
     if !token::is_well_formed(&link) {
         audit_failure(
@@ -214,7 +219,7 @@ async fn link_consume(
         return signin_error("link_invalid");
     }
     let hash = token::hash_token(&link);
-    if let Err(e) = check_signin_rate(&portal, ip, &format!("link:{hash}")) {
+    if let Err(e) = check_key(&portal, ip, &format!("link:{hash}"), "link").await {
         return e.into_response();
     }
     let person = match classroom_domain::consume_signin_link(&portal.db, &hash, unix_now()).await {
@@ -315,16 +320,15 @@ async fn oidc_start(State(portal): State<Shared>, Query(q): Query<StartQuery>) -
 /// `GET /auth/oidc/callback?code&state`.
 async fn oidc_callback(
     State(portal): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(ip): ClientAddr,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
     let Some(oidc) = portal.oidc.as_ref() else {
         return ApiError::not_found("identity provider").into_response();
     };
-    let ip = client_ip(Some(peer));
-    if let Err(e) = portal.signin_per_ip.check(&ip, std::time::Instant::now()) {
-        return ApiError::rate_limited(e.retry_after).into_response();
+    if let Err(e) = check_address(&portal, ip, "oidc").await {
+        return e.into_response();
     }
     let cookie_headers: Vec<&str> = headers
         .get_all(header::COOKIE)
@@ -391,11 +395,8 @@ async fn oidc_callback(
             return clear(signin_error(code));
         }
     };
-    if let Err(e) = check_signin_rate(
-        &portal,
-        ip,
-        &format!("account:{} {}", identity.issuer, identity.subject),
-    ) {
+    let account = format!("account:{} {}", identity.issuer, identity.subject);
+    if let Err(e) = check_key(&portal, ip, &account, "oidc").await {
         return clear(e.into_response());
     }
     let account = ExternalAccount {

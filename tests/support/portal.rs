@@ -129,6 +129,8 @@ pub struct Options {
     pub cutoff: String,
     pub oidc: Option<OidcSettings>,
     pub purge_interval: Option<String>,
+    /// `proxy.trusted`: networks whose forwarded header names the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for Options {
@@ -138,6 +140,7 @@ impl Default for Options {
             cutoff: "08:00".to_owned(),
             oidc: None,
             purge_interval: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -163,6 +166,7 @@ impl PortalServer {
         if let Some(every) = options.purge_interval {
             config.purge_interval = every;
         }
+        config.proxy.trusted = options.trusted_proxies;
         let handle =
             tokio::time::timeout(Duration::from_secs(20), classroom::server::start(config))
                 .await
