@@ -24,10 +24,12 @@ mod calendar;
 pub mod cutoff;
 pub mod db;
 pub mod export;
+pub mod join;
 pub mod lesson;
 pub mod model;
 pub mod oneroster;
 pub mod provision;
+pub mod scope;
 pub mod signin;
 
 pub use access::{
@@ -46,13 +48,16 @@ pub use attendance_mode::{
     DayMode, MAX_RANGE_DAYS, MAX_REASON_CHARS, Mode, ModeChange, ModeRequest, SetModeError,
     history, may_change, mode_on, mode_on_as_of, modes_between, set_mode,
 };
-pub use audit::{Acting, Action, AuditEntry, AuditFilter, AuditRecord, audit, audit_log};
+pub use audit::{
+    Acting, Action, AuditEntry, AuditFilter, AuditRecord, audit, audit_log, audit_log_within,
+};
 pub use cutoff::{CutoffDecision, CutoffPolicy, PolicyError};
 pub use db::{Backend, Db, DbError, Table, Tx};
 pub use export::{
     ExportError, LessonReport, report_for_lesson, reports_for_class, reports_for_teacher, to_csv,
     to_json,
 };
+pub use join::{JoinRefusal, JoinRole, join_decision};
 pub use lesson::{
     Lesson, LessonError, NewLesson, create_lesson, lesson, lesson_by_media_room, lesson_teachers,
     lessons_between, lessons_of_class, lessons_of_teacher,
@@ -61,7 +66,12 @@ pub use model::{AcademicSession, Class, Enrollment, Org, Person, PersonRole};
 pub use oneroster::{
     Counts, ImportError, ImportReport, Problem, Problems, Reason, import_dir, import_zip,
 };
+pub use scope::{
+    Scope, class_school, lessons_in_scope, may_act_on_class, may_act_on_lesson, may_schedule,
+    scope_of,
+};
 pub use signin::{
-    Purged, SignInLinkError, consume_signin_link, create_session, create_signin_link,
-    delete_session, people_by_email, purge_expired, session_person,
+    Issuer, LinkRequest, MintError, MintRefusal, Purged, SignInLinkError, consume_signin_link,
+    create_session, create_signin_link, delete_session, may_mint_for, mint_signin_link,
+    people_by_email, purge_expired, session_person,
 };

@@ -6,7 +6,10 @@
 //! state-changing requests pass the CSRF check (`X-CSRF-Token` plus same-origin) first.
 
 pub mod api;
+mod errors;
+pub mod extract;
 pub mod gate;
+pub mod links;
 pub mod purge;
 pub mod signin;
 
@@ -25,10 +28,9 @@ use classroom_auth::oidc::OidcClient;
 use classroom_auth::rate_limit::{Quota, RateLimiter};
 use classroom_auth::session::{CookiePolicy, CsrfError, CsrfKey};
 use classroom_auth::web::CsrfGuard;
-use classroom_domain::{CutoffPolicy, Db, DbError, Person, PersonRole};
+use classroom_domain::{CutoffPolicy, Db, Person, PersonRole};
 use classroom_signaling::token::{Role, TokenIssuer};
 use serde_json::{Value, json};
-use tracing::warn;
 
 /// How long a web session lasts (a school day).
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -61,6 +63,8 @@ pub struct Portal {
     pub signin_per_ip: RateLimiter<IpAddr>,
     /// Sign-in attempts per link or account: strict.
     pub signin_per_key: RateLimiter<String>,
+    /// How refusals of out-of-scope requests are audited (see [`extract`]).
+    pub denials: extract::DenialLog,
 }
 
 pub type Shared = Arc<Portal>;
@@ -90,6 +94,7 @@ impl Portal {
             oidc,
             signin_per_ip: RateLimiter::new(Quota::per(300, Duration::from_secs(600)), 100_000),
             signin_per_key: RateLimiter::new(Quota::per(10, Duration::from_secs(600)), 100_000),
+            denials: extract::DenialLog::default(),
         }
     }
 
@@ -221,13 +226,6 @@ impl ApiError {
     pub fn with(mut self, extra: Value) -> ApiError {
         self.extra = Some(extra);
         self
-    }
-}
-
-impl From<DbError> for ApiError {
-    fn from(e: DbError) -> Self {
-        warn!("database error: {e}");
-        ApiError::internal()
     }
 }
 
