@@ -841,7 +841,7 @@ async fn admin_roster(
         warn!("cannot store the uploaded roster: {e}");
         ApiError::internal()
     })?;
-    let result = classroom_domain::import_zip(&portal.db, &path).await;
+    let result = classroom_domain::import_zip_within(&portal.db, &path, &admin.scope).await;
     let _ = tokio::fs::remove_file(&path).await;
     let report = match result {
         Ok(r) => r,
@@ -860,6 +860,14 @@ async fn admin_roster(
                 ),
             )
             .with(json!({ "problems": list })));
+        }
+        Err(ImportError::OutOfScope(problems)) => {
+            portal.deny(&admin.caller, "roster", "upload").await;
+            return Err(ApiError::forbidden().with(json!({ "problems": problems
+                .0
+                .iter()
+                .map(|p| json!({ "file": p.file, "line": p.line, "reason": p.reason.to_string() }))
+                .collect::<Vec<_>>() })));
         }
         Err(e @ ImportError::Zip { .. }) => {
             return Err(ApiError::new(

@@ -67,18 +67,18 @@ fn clip(s: &str) -> &str {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub person: String,
-    /// The matched route pattern, e.g. `/api/lessons/{lesson}/lobby`.
+    /// The method and matched route pattern, e.g. `GET /api/lessons/{lesson}/lobby`.
     pub route: String,
     pub remote: String,
 }
 
 impl Caller {
     fn of(parts: &Parts, person: &str) -> Caller {
-        let route = parts
+        let path = parts
             .extensions
             .get::<axum::extract::MatchedPath>()
-            .map(|m| m.as_str().to_owned())
-            .unwrap_or_else(|| parts.uri.path().to_owned());
+            .map_or_else(|| parts.uri.path(), |m| m.as_str());
+        let route = format!("{} {path}", parts.method);
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()

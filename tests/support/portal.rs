@@ -198,6 +198,11 @@ impl PortalServer {
         self.handle.http_url()
     }
 
+    /// The database URL the server uses (for the command line run beside it).
+    pub fn database_url(&self) -> String {
+        self._database.url.clone()
+    }
+
     /// A one-time sign-in link for `person`, as the CLI mints it.
     pub async fn link(&self, person: &str) -> Result<String> {
         let link = classroom::portal::links::mint_signin_link(
