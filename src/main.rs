@@ -355,20 +355,33 @@ fn signin_link(args: SigninLinkArgs) -> anyhow::Result<()> {
     }
     small_runtime()?.block_on(async move {
         let db = classroom::server::open_db(&config).await?;
-        let result = async {
-            match classroom_domain::person(&db, &person).await? {
-                Some(p) if p.enabled => {}
-                Some(_) => bail!("{person}'s account is disabled"),
-                None => bail!("no person {person:?} in the roster (classroom roster import first)"),
+        let result =
+            async {
+                use classroom::portal::links::{LinkError, mint_signin_link};
+                use classroom_domain::{Issuer, MintError};
+                let base = config.public_base_url(config.http);
+                let now = classroom::portal::unix_now();
+                // The operator may mint for anyone; the audit log records it as the command line.
+                let link =
+                    match mint_signin_link(&db, &base, &Issuer::Cli, &person, args.ttl, now, None)
+                        .await
+                    {
+                        Ok(link) => link,
+                        Err(LinkError::Mint(MintError::UnknownPerson(_))) => {
+                            bail!(
+                                "no person {person:?} in the roster (classroom roster import first)"
+                            )
+                        }
+                        Err(LinkError::Mint(MintError::Disabled)) => {
+                            bail!("{person}'s account is disabled")
+                        }
+                        Err(e) => return Err(anyhow::Error::new(e).context("cannot mint the link")),
+                    };
+                let url = link.url;
+                println!("{url}");
+                Ok(())
             }
-            let base = config.public_base_url(config.http);
-            let (url, _) = classroom::portal::api::mint_signin_link(&db, &base, &person, args.ttl)
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-            println!("{url}");
-            Ok(())
-        }
-        .await;
+            .await;
         db.close().await;
         result
     })

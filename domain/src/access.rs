@@ -114,7 +114,7 @@ pub(crate) const ENROLLED_ON: &str = "e.class_id = l.class_id AND e.role = 'stud
 
 /// Whether `actor` may set `pupil`'s attendance mode, and in which capacity:
 /// a guardian linked to the pupil; a teacher with a `teacher` enrolment in a class the pupil is
-/// a student of; an administrator of the pupil's school (or one without a school: city-wide).
+/// a student of; an administrator of the pupil's school (see [`crate::scope::scope_of`]).
 /// Disabled accounts may do nothing. The outer `Result` is only for database failures.
 pub async fn may_set_mode(
     db: &Db,
@@ -142,10 +142,11 @@ pub async fn may_set_mode(
             });
         }
         Some(PersonRole::Teacher) => teaches_pupil(db, actor, pupil).await?,
-        Some(PersonRole::Administrator) => {
-            actor_row.primary_org_id.is_none()
-                || actor_row.primary_org_id == pupil_row.primary_org_id
-        }
+        // Only an administrator of the pupil's own school; one without a school may do
+        // nothing (no implied city-wide power: see `scope`).
+        Some(PersonRole::Administrator) => crate::scope::scope_of(db, &actor_row)
+            .await?
+            .covers_person(&pupil_row),
         _ => false,
     };
     Ok(if allowed {

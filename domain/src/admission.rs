@@ -14,7 +14,6 @@ use crate::attendance_mode::{Mode, mode_on_as_of};
 use crate::audit::{self, Acting, Action, AuditEntry};
 use crate::db::{Db, DbError, Table, dispatch, on_pool};
 use crate::lesson::Lesson;
-use crate::model::PersonRole;
 
 /// The join decision for one pupil at one lesson.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -160,7 +159,7 @@ async fn decide(
     pupil: &str,
     kind: Kind,
 ) -> Result<(), TeacherActionError> {
-    if !may_decide(db, acting.person, &lesson.id).await? {
+    if !may_decide(db, acting.person, lesson).await? {
         return Err(TeacherActionError::NotTeacher);
     }
     if !enrolled_in_lesson(db, pupil, &lesson.id).await? {
@@ -189,18 +188,14 @@ async fn decide(
     Ok(())
 }
 
-/// A teacher of the lesson, or an enabled administrator.
-pub(crate) async fn may_decide(db: &Db, person: &str, lesson: &str) -> Result<bool, DbError> {
+/// A teacher of the lesson or an administrator of its school, acting for that school (see
+/// [`crate::scope`]).
+pub(crate) async fn may_decide(db: &Db, person: &str, lesson: &Lesson) -> Result<bool, DbError> {
     let Some(p) = crate::access::person(db, person).await? else {
         return Ok(false);
     };
-    if !p.enabled {
-        return Ok(false);
-    }
-    if p.role() == Some(PersonRole::Administrator) {
-        return Ok(true);
-    }
-    crate::access::teaches_lesson(db, person, lesson).await
+    let scope = crate::scope::scope_of(db, &p).await?;
+    crate::scope::may_act_on_lesson(db, &scope, lesson).await
 }
 
 async fn insert_event(

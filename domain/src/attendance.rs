@@ -164,7 +164,7 @@ pub async fn mark(
     teacher: &str,
     at: i64,
 ) -> Result<(), TeacherActionError> {
-    if !may_decide(db, teacher, &lesson.id).await? {
+    if !may_decide(db, teacher, lesson).await? {
         return Err(TeacherActionError::NotTeacher);
     }
     if !crate::access::enrolled_in_lesson(db, pupil, &lesson.id).await? {

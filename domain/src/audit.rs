@@ -5,6 +5,7 @@
 use serde::Serialize;
 
 use crate::db::{Db, DbError, Table, Tx, dispatch, on_pool};
+use crate::scope::{Scope, placeholders};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -19,10 +20,14 @@ pub enum Action {
     RosterImported,
     JoinTokenIssued,
     JoinRefused,
+    /// A sign-in link was minted, by an administrator (`actor`) or the command line (no actor).
+    SignInLinkIssued,
+    /// A staff or administrator request for something outside the caller's schools.
+    Forbidden,
 }
 
 impl Action {
-    const ALL: [Action; 9] = [
+    const ALL: [Action; 11] = [
         Action::SignIn,
         Action::SignInFailed,
         Action::ModeChanged,
@@ -32,6 +37,8 @@ impl Action {
         Action::RosterImported,
         Action::JoinTokenIssued,
         Action::JoinRefused,
+        Action::SignInLinkIssued,
+        Action::Forbidden,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +52,8 @@ impl Action {
             Action::RosterImported => "roster_imported",
             Action::JoinTokenIssued => "join_token_issued",
             Action::JoinRefused => "join_refused",
+            Action::SignInLinkIssued => "signin_link_issued",
+            Action::Forbidden => "forbidden",
         }
     }
 
@@ -160,15 +169,56 @@ struct Row {
 
 /// Entries matching `filter`, newest first.
 pub async fn audit_log(db: &Db, filter: &AuditFilter<'_>) -> Result<Vec<AuditRecord>, DbError> {
+    read_log(db, filter, None).await
+}
+
+/// Entries matching `filter` that concern the scope's schools, newest first: their actor or
+/// subject is a person whose primary org is one of those schools. What names nobody of them
+/// (another school's events, a failed sign-in that matched no one) stays with the operator,
+/// who reads the whole log in the database.
+pub async fn audit_log_within(
+    db: &Db,
+    filter: &AuditFilter<'_>,
+    scope: &Scope,
+) -> Result<Vec<AuditRecord>, DbError> {
+    let schools: Vec<&str> = scope.schools().collect();
+    if schools.is_empty() {
+        return Ok(Vec::new());
+    }
+    read_log(db, filter, Some(&schools)).await
+}
+
+async fn read_log(
+    db: &Db,
+    filter: &AuditFilter<'_>,
+    schools: Option<&[&str]>,
+) -> Result<Vec<AuditRecord>, DbError> {
     // Unset filters bind NULL and match everything, so one statement serves every combination.
-    let sql = "SELECT seq, at, actor_id, action, subject, detail, remote_addr FROM audit_log \
-               WHERE ($1 IS NULL OR at >= $1) AND ($2 IS NULL OR action = $2) \
-               AND ($3 IS NULL OR actor_id = $3) \
-               ORDER BY seq DESC LIMIT $4";
+    let within = match schools {
+        Some(list) => format!(
+            "AND EXISTS (SELECT 1 FROM people p WHERE (p.id = a.actor_id OR p.id = a.subject) \
+             AND p.primary_org_id IN ({}))",
+            placeholders(5, list.len())
+        ),
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT a.seq, a.at, a.actor_id, a.action, a.subject, a.detail, a.remote_addr \
+         FROM audit_log a \
+         WHERE ($1 IS NULL OR a.at >= $1) AND ($2 IS NULL OR a.action = $2) \
+         AND ($3 IS NULL OR a.actor_id = $3) {within} \
+         ORDER BY a.seq DESC LIMIT $4"
+    );
     let action = filter.action.map(Action::as_str);
     let limit = i64::from(filter.limit);
-    let rows: Vec<Row> = on_pool!(db, p => sqlx::query_as(sql)
-        .bind(filter.since).bind(action).bind(filter.actor).bind(limit).fetch_all(p).await?);
+    let rows: Vec<Row> = on_pool!(db, p => {
+        let mut q = sqlx::query_as(&sql)
+            .bind(filter.since).bind(action).bind(filter.actor).bind(limit);
+        for school in schools.unwrap_or_default() {
+            q = q.bind(*school);
+        }
+        q.fetch_all(p).await?
+    });
     rows.into_iter()
         .map(|r| {
             let action = Action::parse(&r.action).ok_or_else(|| DbError::BadStoredValue {

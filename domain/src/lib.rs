@@ -25,10 +25,12 @@ pub mod cutoff;
 pub mod db;
 pub mod export;
 pub mod external_identity;
+pub mod join;
 pub mod lesson;
 pub mod model;
 pub mod oneroster;
 pub mod provision;
+pub mod scope;
 pub mod signin;
 
 pub use access::{
@@ -48,7 +50,8 @@ pub use attendance_mode::{
     history, may_change, mode_on, mode_on_as_of, modes_between, set_mode,
 };
 pub use audit::{
-    Acting, Action, AuditEntry, AuditFilter, AuditRecord, audit, audit_log, purge_audit_before,
+    Acting, Action, AuditEntry, AuditFilter, AuditRecord, audit, audit_log, audit_log_within,
+    purge_audit_before,
 };
 pub use cutoff::{CutoffDecision, CutoffPolicy, PolicyError};
 pub use db::{Backend, Db, DbError, Table, Tx};
@@ -60,6 +63,7 @@ pub use external_identity::{
     ExternalAccount, ExternalSignIn, ExternalSignInError, bound_person, sign_in_external,
     unbind_person,
 };
+pub use join::{JoinRefusal, JoinRole, join_decision};
 pub use lesson::{
     Lesson, LessonError, NewLesson, create_lesson, lesson, lesson_by_media_room, lesson_teachers,
     lessons_between, lessons_of_class, lessons_of_teacher,
@@ -67,8 +71,14 @@ pub use lesson::{
 pub use model::{AcademicSession, Class, Enrollment, Org, Person, PersonRole};
 pub use oneroster::{
     Counts, ImportError, ImportReport, Problem, Problems, Reason, import_dir, import_zip,
+    import_zip_within,
+};
+pub use scope::{
+    Scope, class_school, lessons_in_scope, may_act_on_class, may_act_on_lesson, may_schedule,
+    scope_of,
 };
 pub use signin::{
-    Purged, SignInLinkError, consume_signin_link, create_session, create_signin_link,
-    delete_session, people_by_email, purge_expired, session_person,
+    Issuer, LinkRequest, MintError, MintRefusal, Purged, SignInLinkError, consume_signin_link,
+    create_session, create_signin_link, delete_session, may_mint_for, mint_signin_link,
+    people_by_email, purge_expired, session_person,
 };

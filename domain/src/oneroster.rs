@@ -24,6 +24,9 @@ use crate::model::{
     self, AcademicSession, CLASS_TERMS, Class, Enrollment, Entity, GUARDIAN_LINKS, LinkTable, Org,
     Person, PersonRole,
 };
+use crate::scope::Scope;
+
+mod within;
 
 /// After this many problems the import stops looking for more: a wholly wrong file would
 /// otherwise produce one per row.
@@ -64,6 +67,8 @@ pub enum Reason {
     Unsupported(String),
     /// The CSV itself is malformed (wrong number of fields, ...).
     Malformed(String),
+    /// A change to something outside the uploading administrator's school(s).
+    OutOfScope(String),
 }
 
 impl fmt::Display for Reason {
@@ -88,6 +93,7 @@ impl fmt::Display for Reason {
             }
             Reason::Unsupported(what) => write!(f, "unsupported: {what}"),
             Reason::Malformed(what) => write!(f, "malformed CSV: {what}"),
+            Reason::OutOfScope(what) => write!(f, "{what} is not of your school"),
         }
     }
 }
@@ -130,6 +136,9 @@ pub enum ImportError {
     /// The roster is invalid; nothing was applied.
     #[error("{0}")]
     Invalid(Problems),
+    /// The roster would change another school's records; nothing was applied.
+    #[error("{0}")]
+    OutOfScope(Problems),
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,
@@ -208,13 +217,24 @@ impl ImportReport {
 /// Imports a OneRoster CSV bulk export from a directory of CSV files.
 pub async fn import_dir(db: &Db, dir: &Path) -> Result<ImportReport, ImportError> {
     let files = read_dir_files(dir)?;
-    import_files(db, files).await
+    import_files(db, files, None).await
 }
 
 /// Imports a OneRoster CSV bulk export from a ZIP archive (files at its top level).
 pub async fn import_zip(db: &Db, path: &Path) -> Result<ImportReport, ImportError> {
     let files = read_zip_files(path)?;
-    import_files(db, files).await
+    import_files(db, files, None).await
+}
+
+/// [`import_zip`] on behalf of a school's administrator: refused with
+/// [`ImportError::OutOfScope`] if it would change anything outside `scope`'s schools.
+pub async fn import_zip_within(
+    db: &Db,
+    path: &Path,
+    scope: &Scope,
+) -> Result<ImportReport, ImportError> {
+    let files = read_zip_files(path)?;
+    import_files(db, files, Some(scope)).await
 }
 
 /// The files this importer reads; any other file in the export is ignored.
@@ -1330,7 +1350,11 @@ async fn apply_links(
     Ok(counts)
 }
 
-async fn import_files(db: &Db, files: Files) -> Result<ImportReport, ImportError> {
+async fn import_files(
+    db: &Db,
+    files: Files,
+    within: Option<&Scope>,
+) -> Result<ImportReport, ImportError> {
     let mut tx = db.begin_write().await?;
     let stored = load_stored(&mut tx).await?;
     let mut out = Collector::default();
@@ -1338,6 +1362,14 @@ async fn import_files(db: &Db, files: Files) -> Result<ImportReport, ImportError
     if !out.problems.is_empty() {
         tx.rollback().await?;
         return Err(ImportError::Invalid(Problems(out.problems)));
+    }
+    if let Some(scope) = within {
+        let mut outside = within::check(&plan, &stored, scope);
+        if !outside.is_empty() {
+            tx.rollback().await?;
+            outside.truncate(MAX_PROBLEMS);
+            return Err(ImportError::OutOfScope(Problems(outside)));
+        }
     }
 
     // Parents before children, for the foreign keys. On error `tx` is dropped: rollback.

@@ -4,8 +4,10 @@
 //! only its hash (e.g. SHA-256 hex). A leaked database therefore holds nothing that signs anyone
 //! in, and this crate needs no cryptography of its own.
 
-use crate::db::{Db, DbError, on_pool};
-use crate::model::{Entity, Person};
+use crate::audit::{Action, AuditEntry, append};
+use crate::db::{Db, DbError, dispatch, on_pool};
+use crate::model::{Entity, Person, PersonRole};
+use crate::scope::Scope;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignInLinkError {
@@ -49,6 +51,148 @@ pub async fn create_signin_link(
     let sql = "INSERT INTO signin_links (token_hash, person_id, expires_at) VALUES ($1, $2, $3)";
     on_pool!(db, p => sqlx::query(sql).bind(token_hash).bind(person).bind(expires_at)
         .execute(p).await?.rows_affected());
+    Ok(())
+}
+
+/// Who asks for a sign-in link.
+#[derive(Debug, Clone, Copy)]
+pub enum Issuer<'a> {
+    /// An administrator through the portal: only for non-administrators of their own
+    /// school(s), never for themselves under another account.
+    Admin(&'a Scope),
+    /// The operator on the server's machine (`classroom signin-link`): may mint for anyone,
+    /// and is recorded as the command line.
+    Cli,
+}
+
+impl Issuer<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Issuer::Admin(_) => "administrator",
+            Issuer::Cli => "cli",
+        }
+    }
+}
+
+/// A sign-in link to mint; the caller made the token and passes only its hash.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkRequest<'a> {
+    pub person: &'a str,
+    pub token_hash: &'a str,
+    /// Unix seconds.
+    pub at: i64,
+    /// Unix seconds, exclusive.
+    pub expires_at: i64,
+    pub remote_addr: Option<&'a str>,
+}
+
+/// Why an administrator may not have a link for this person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MintRefusal {
+    #[error("only administrators mint sign-in links")]
+    NotAnAdministrator,
+    #[error("a link for oneself, or for another account with one's own e-mail, is not given out")]
+    Themselves,
+    #[error("links for administrators come from the operator (classroom signin-link)")]
+    Administrator,
+    #[error("the person is not of your school")]
+    OtherSchool,
+}
+
+impl MintRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MintRefusal::NotAnAdministrator => "not_an_administrator",
+            MintRefusal::Themselves => "themselves",
+            MintRefusal::Administrator => "administrator",
+            MintRefusal::OtherSchool => "other_school",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("no person {0:?} in the roster")]
+    UnknownPerson(String),
+    #[error("the account is disabled")]
+    Disabled,
+    #[error(transparent)]
+    Refused(#[from] MintRefusal),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<sqlx::Error> for MintError {
+    fn from(e: sqlx::Error) -> Self {
+        MintError::Db(e.into())
+    }
+}
+
+/// Whether `issuer` may have a sign-in link for `target`. The command line may for anyone.
+pub async fn may_mint_for(
+    db: &Db,
+    issuer: &Issuer<'_>,
+    target: &Person,
+) -> Result<Result<(), MintRefusal>, DbError> {
+    let Issuer::Admin(scope) = issuer else {
+        return Ok(Ok(()));
+    };
+    if !scope.is_admin() {
+        return Ok(Err(MintRefusal::NotAnAdministrator));
+    }
+    let Some(me) = crate::access::person(db, &scope.person).await? else {
+        return Ok(Err(MintRefusal::NotAnAdministrator));
+    };
+    let same_email = match (&me.email, &target.email) {
+        (Some(a), Some(b)) => a.trim().eq_ignore_ascii_case(b.trim()),
+        _ => false,
+    };
+    // A link handed to oneself would make one person's actions appear as another's.
+    if target.id == me.id || same_email {
+        return Ok(Err(MintRefusal::Themselves));
+    }
+    if target.role() == Some(PersonRole::Administrator) {
+        return Ok(Err(MintRefusal::Administrator));
+    }
+    if !scope.covers_person(target) {
+        return Ok(Err(MintRefusal::OtherSchool));
+    }
+    Ok(Ok(()))
+}
+
+/// Stores a sign-in link if [`may_mint_for`] allows it, and audits it with who minted it
+/// (`signin_link_issued`), in one transaction. Unknown person: `UnknownPerson`; a disabled
+/// account is only reported to an issuer who may see the person at all.
+pub async fn mint_signin_link(
+    db: &Db,
+    issuer: &Issuer<'_>,
+    req: &LinkRequest<'_>,
+) -> Result<(), MintError> {
+    let Some(target) = crate::access::person(db, req.person).await? else {
+        return Err(MintError::UnknownPerson(req.person.to_owned()));
+    };
+    may_mint_for(db, issuer, &target).await??;
+    if !target.enabled {
+        return Err(MintError::Disabled);
+    }
+    let actor = match issuer {
+        Issuer::Admin(scope) => Some(scope.person.as_str()),
+        Issuer::Cli => None,
+    };
+    let mut tx = db.begin_write().await?;
+    let sql = "INSERT INTO signin_links (token_hash, person_id, expires_at) VALUES ($1, $2, $3)";
+    dispatch!(&mut tx, c => sqlx::query(sql).bind(req.token_hash).bind(req.person)
+        .bind(req.expires_at).execute(c).await?.rows_affected());
+    let entry = AuditEntry {
+        at: req.at,
+        actor,
+        action: Action::SignInLinkIssued,
+        subject: Some(req.person),
+        detail: serde_json::json!({ "issuer": issuer.name(), "expires_at": req.expires_at }),
+        remote_addr: req.remote_addr,
+    };
+    append(&mut tx, &entry).await?;
+    tx.commit().await?;
     Ok(())
 }
 

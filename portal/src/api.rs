@@ -14,10 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{NaiveDate, TimeZone};
 use classroom_domain::{
-    Acting, Action, Admission, AuditEntry, AuditFilter, Capacity, Counts, DayMode, ImportError,
-    ImportReport, Lesson, LessonError, LessonReport, MarkStatus, Mode, ModeChange, ModeRequest,
-    NewLesson, Person, PersonRole, RefusalReason, SetModeError, TeacherActionError, audit,
-    audit_log,
+    Acting, Action, AuditEntry, AuditFilter, Capacity, Counts, DayMode, ImportError, ImportReport,
+    Issuer, JoinRefusal, JoinRole, Lesson, LessonReport, MarkStatus, MintError, Mode, ModeChange,
+    ModeRequest, NewLesson, Person, PersonRole, audit, audit_log_within,
 };
 use classroom_signaling::token::{Claims, Role};
 use serde::Deserialize;
@@ -25,6 +24,8 @@ use serde_json::{Value, json};
 use tracing::warn;
 
 use crate::client_addr::ClientAddr;
+use crate::extract::{Admin, SignedIn, Staff};
+use crate::links::LinkError;
 use crate::{
     ApiError, JOIN_TOKEN_TTL, ROSTER_BODY_LIMIT, SIGNIN_LINK_TTL, Session, Shared, page_for,
     person_json, rfc3339, unix_now,
@@ -134,19 +135,19 @@ enum Via {
 
 async fn authorise_pupil(
     portal: &Shared,
-    s: &Session,
+    who: &SignedIn,
     pupil: &str,
     via: Via,
 ) -> Result<Capacity, ApiError> {
-    match classroom_domain::may_set_mode(&portal.db, &s.person.id, pupil).await? {
+    match classroom_domain::may_set_mode(&portal.db, &who.session.person.id, pupil).await? {
         Ok(Capacity::Guardian) if via == Via::Children => Ok(Capacity::Guardian),
         Ok(Capacity::Staff) if via == Via::Pupils => Ok(Capacity::Staff),
-        Ok(_) | Err(_) => Err(ApiError::forbidden()),
+        Ok(_) | Err(_) => Err(portal.deny(&who.caller, "pupil", pupil).await),
     }
 }
 
-async fn children(State(portal): State<Shared>, headers: HeaderMap) -> ApiResult {
-    let s = portal.require(&headers).await?;
+async fn children(State(portal): State<Shared>, who: SignedIn) -> ApiResult {
+    let s = &who.session;
     if s.role() != Some(PersonRole::Guardian) {
         return Err(ApiError::forbidden());
     }
@@ -167,9 +168,8 @@ struct Range {
     to: Option<String>,
 }
 
-async fn modes(portal: Shared, headers: HeaderMap, pupil: String, q: Range, via: Via) -> ApiResult {
-    let s = portal.require(&headers).await?;
-    let capacity = authorise_pupil(&portal, &s, &pupil, via).await?;
+async fn modes(portal: Shared, who: SignedIn, pupil: String, q: Range, via: Via) -> ApiResult {
+    let capacity = authorise_pupil(&portal, &who, &pupil, via).await?;
     let now = unix_now();
     let today = portal.policy.local_date(now);
     let from = match q.from {
@@ -240,13 +240,13 @@ struct ModeBody {
 async fn put_modes(
     portal: Shared,
     ip: IpAddr,
-    headers: HeaderMap,
+    who: SignedIn,
     pupil: String,
     body: Bytes,
     via: Via,
 ) -> ApiResult {
-    let s = portal.require(&headers).await?;
-    authorise_pupil(&portal, &s, &pupil, via).await?;
+    let s = &who.session;
+    authorise_pupil(&portal, &who, &pupil, via).await?;
     let body: ModeBody = parse_body(&body)?;
     let from = parse_date("from", Some(&body.from))?;
     let to = parse_date("to", Some(&body.to))?;
@@ -265,24 +265,7 @@ async fn put_modes(
         mode,
         reason: body.reason.as_deref(),
     };
-    let changes = match classroom_domain::set_mode(&portal.db, &portal.policy, acting, &req).await {
-        Ok(c) => c,
-        Err(SetModeError::Denied(_)) => return Err(ApiError::forbidden()),
-        Err(e @ (SetModeError::BadRange | SetModeError::RangeTooLong)) => {
-            return Err(ApiError::bad_request(format!("from/to: {e}")));
-        }
-        Err(e @ SetModeError::ReasonTooLong) => {
-            return Err(ApiError::bad_request(format!("reason: {e}")));
-        }
-        Err(e @ (SetModeError::CutoffPassed(_) | SetModeError::PastDate(_))) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "cutoff_passed",
-                e.to_string(),
-            ));
-        }
-        Err(SetModeError::Db(e)) => return Err(e.into()),
-    };
+    let changes = classroom_domain::set_mode(&portal.db, &portal.policy, acting, &req).await?;
     let mut people = People::new(&portal);
     let mut out = Vec::new();
     for c in &changes {
@@ -291,9 +274,8 @@ async fn put_modes(
     ok(json!({ "changes": out }))
 }
 
-async fn history(portal: Shared, headers: HeaderMap, pupil: String, via: Via) -> ApiResult {
-    let s = portal.require(&headers).await?;
-    authorise_pupil(&portal, &s, &pupil, via).await?;
+async fn history(portal: Shared, who: SignedIn, pupil: String, via: Via) -> ApiResult {
+    authorise_pupil(&portal, &who, &pupil, via).await?;
     let changes = classroom_domain::history(&portal.db, &pupil).await?;
     let mut people = People::new(&portal);
     let mut out = Vec::new();
@@ -305,56 +287,56 @@ async fn history(portal: Shared, headers: HeaderMap, pupil: String, via: Via) ->
 
 async fn child_modes(
     State(p): State<Shared>,
-    h: HeaderMap,
+    who: SignedIn,
     Path(pupil): Path<String>,
     Query(q): Query<Range>,
 ) -> ApiResult {
-    modes(p, h, pupil, q, Via::Children).await
+    modes(p, who, pupil, q, Via::Children).await
 }
 
 async fn pupil_modes(
     State(p): State<Shared>,
-    h: HeaderMap,
+    staff: Staff,
     Path(pupil): Path<String>,
     Query(q): Query<Range>,
 ) -> ApiResult {
-    modes(p, h, pupil, q, Via::Pupils).await
+    modes(p, staff.into(), pupil, q, Via::Pupils).await
 }
 
 async fn put_child_modes(
     State(p): State<Shared>,
     ClientAddr(ip): ClientAddr,
-    h: HeaderMap,
+    who: SignedIn,
     Path(pupil): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    put_modes(p, ip, h, pupil, body, Via::Children).await
+    put_modes(p, ip, who, pupil, body, Via::Children).await
 }
 
 async fn put_pupil_modes(
     State(p): State<Shared>,
     ClientAddr(ip): ClientAddr,
-    h: HeaderMap,
+    staff: Staff,
     Path(pupil): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    put_modes(p, ip, h, pupil, body, Via::Pupils).await
+    put_modes(p, ip, staff.into(), pupil, body, Via::Pupils).await
 }
 
 async fn child_history(
     State(p): State<Shared>,
-    h: HeaderMap,
+    who: SignedIn,
     Path(pupil): Path<String>,
 ) -> ApiResult {
-    history(p, h, pupil, Via::Children).await
+    history(p, who, pupil, Via::Children).await
 }
 
 async fn pupil_history(
     State(p): State<Shared>,
-    h: HeaderMap,
+    staff: Staff,
     Path(pupil): Path<String>,
 ) -> ApiResult {
-    history(p, h, pupil, Via::Pupils).await
+    history(p, staff.into(), pupil, Via::Pupils).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -399,10 +381,10 @@ struct DateQuery {
 
 async fn lessons(
     State(portal): State<Shared>,
-    headers: HeaderMap,
+    who: SignedIn,
     Query(q): Query<DateQuery>,
 ) -> ApiResult {
-    let s = portal.require(&headers).await?;
+    let s = &who.session;
     let date = match q.date {
         Some(d) => parse_date("date", Some(&d))?,
         None => portal.policy.local_date(unix_now()),
@@ -410,10 +392,20 @@ async fn lessons(
     let (from, to) = day_bounds(&portal, date, date);
     let list = match s.role() {
         Some(PersonRole::Administrator) => {
-            classroom_domain::lessons_between(&portal.db, from, to).await?
+            let scope = who.scope(&portal).await?;
+            classroom_domain::lessons_in_scope(&portal.db, &scope, from, to).await?
         }
         Some(PersonRole::Teacher | PersonRole::PartnerLecturer) => {
-            classroom_domain::lessons_of_teacher(&portal.db, &s.person.id, from, to).await?
+            let scope = who.scope(&portal).await?;
+            let mut mine = Vec::new();
+            for l in
+                classroom_domain::lessons_of_teacher(&portal.db, &s.person.id, from, to).await?
+            {
+                if classroom_domain::may_act_on_lesson(&portal.db, &scope, &l).await? {
+                    mine.push(l);
+                }
+            }
+            mine
         }
         Some(PersonRole::Student) => {
             let mut mine = Vec::new();
@@ -439,23 +431,18 @@ async fn find_lesson(portal: &Shared, id: &str) -> Result<Lesson, ApiError> {
         .ok_or_else(|| ApiError::not_found("lesson"))
 }
 
-/// A teacher of the lesson or an administrator; the lesson.
-async fn staff_lesson(portal: &Shared, s: &Session, id: &str) -> Result<Lesson, ApiError> {
+/// The lesson, if the caller may run it: a teacher of it or an administrator of its school.
+async fn staff_lesson(portal: &Shared, staff: &Staff, id: &str) -> Result<Lesson, ApiError> {
     let lesson = find_lesson(portal, id).await?;
-    if s.is_admin() || classroom_domain::teaches_lesson(&portal.db, &s.person.id, id).await? {
+    if classroom_domain::may_act_on_lesson(&portal.db, &staff.scope, &lesson).await? {
         Ok(lesson)
     } else {
-        Err(ApiError::forbidden())
+        Err(portal.deny(&staff.caller, "lesson", id).await)
     }
 }
 
-async fn lobby(
-    State(portal): State<Shared>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
-    let s = portal.require(&headers).await?;
-    let lesson = staff_lesson(&portal, &s, &id).await?;
+async fn lobby(State(portal): State<Shared>, staff: Staff, Path(id): Path<String>) -> ApiResult {
+    let lesson = staff_lesson(&portal, &staff, &id).await?;
     let rows = classroom_domain::attendance_report(&portal.db, &lesson, unix_now()).await?;
     let pupils: Vec<Value> = rows
         .iter()
@@ -483,16 +470,6 @@ struct PupilBody {
     status: Option<String>,
 }
 
-fn teacher_error(e: TeacherActionError) -> ApiError {
-    match e {
-        TeacherActionError::NotTeacher => ApiError::forbidden(),
-        TeacherActionError::NotEnrolled => {
-            ApiError::bad_request("pupil: not enrolled in this lesson")
-        }
-        TeacherActionError::Db(e) => e.into(),
-    }
-}
-
 #[derive(Clone, Copy)]
 enum LobbyAction {
     Admit,
@@ -503,13 +480,13 @@ enum LobbyAction {
 async fn lobby_action(
     portal: Shared,
     ip: IpAddr,
-    headers: HeaderMap,
+    staff: Staff,
     id: String,
     body: Bytes,
     what: LobbyAction,
 ) -> ApiResult {
-    let s = portal.require(&headers).await?;
-    let lesson = staff_lesson(&portal, &s, &id).await?;
+    let lesson = staff_lesson(&portal, &staff, &id).await?;
+    let s = &staff.session;
     let body: PupilBody = parse_body(&body)?;
     let remote = ip.to_string();
     let now = unix_now();
@@ -535,38 +512,38 @@ async fn lobby_action(
                 .await
         }
     };
-    result.map_err(teacher_error)?;
+    result?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn admit(
     State(p): State<Shared>,
     ClientAddr(ip): ClientAddr,
-    h: HeaderMap,
+    staff: Staff,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    lobby_action(p, ip, h, id, body, LobbyAction::Admit).await
+    lobby_action(p, ip, staff, id, body, LobbyAction::Admit).await
 }
 
 async fn refuse(
     State(p): State<Shared>,
     ClientAddr(ip): ClientAddr,
-    h: HeaderMap,
+    staff: Staff,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    lobby_action(p, ip, h, id, body, LobbyAction::Refuse).await
+    lobby_action(p, ip, staff, id, body, LobbyAction::Refuse).await
 }
 
 async fn marks(
     State(p): State<Shared>,
     ClientAddr(ip): ClientAddr,
-    h: HeaderMap,
+    staff: Staff,
     Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    lobby_action(p, ip, h, id, body, LobbyAction::Mark).await
+    lobby_action(p, ip, staff, id, body, LobbyAction::Mark).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -575,10 +552,10 @@ async fn marks(
 async fn join(
     State(portal): State<Shared>,
     ClientAddr(ip): ClientAddr,
-    headers: HeaderMap,
+    who: SignedIn,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let s = portal.require(&headers).await?;
+    let s = &who.session;
     let lesson = find_lesson(&portal, &id).await?;
     let now = unix_now();
     let remote = ip.to_string();
@@ -600,53 +577,42 @@ async fn join(
             }
         }
     };
-    let role = match s.role() {
-        Some(PersonRole::Teacher | PersonRole::PartnerLecturer) => {
-            if !classroom_domain::teaches_lesson(&portal.db, &s.person.id, &lesson.id).await? {
-                return Err(ApiError::forbidden());
-            }
-            Role::Teacher
+    let scope = who.scope(&portal).await?;
+    let decision =
+        classroom_domain::join_decision(&portal.db, &s.person, &scope, &lesson, now).await?;
+    let role = match decision {
+        Ok(JoinRole::Teacher) => Role::Teacher,
+        Ok(JoinRole::Observer) => Role::Observer,
+        Ok(JoinRole::Student) => Role::Student,
+        // Staff outside the lesson (another school's, say) are refused like any out-of-scope
+        // request; pupils' refusals are the join's own audit entries.
+        Err(JoinRefusal::NotPermitted) if s.is_staff() => {
+            return Err(portal.deny(&who.caller, "lesson", &lesson.id).await);
         }
-        Some(PersonRole::Administrator) => Role::Observer,
-        Some(PersonRole::Student) => {
-            let refusal =
-                match classroom_domain::admission(&portal.db, &lesson, &s.person.id, now).await? {
-                    Admission::Admitted | Admission::AdmittedByTeacher => None,
-                    Admission::Refused {
-                        reason: RefusalReason::InPersonToday,
-                    } => {
-                        if let Err(e) =
-                            classroom_domain::request_entry(&portal.db, &lesson, &s.person.id, now)
-                                .await
-                        {
-                            return Err(teacher_error(e));
-                        }
-                        Some(ApiError::new(
-                            StatusCode::FORBIDDEN,
-                            "in_person_today",
-                            "Your guardian chose in-person attendance for today.",
-                        ))
-                    }
-                    Admission::Refused {
-                        reason: RefusalReason::RefusedByTeacher,
-                    } => Some(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "refused",
-                        "The teacher did not admit you to this lesson.",
-                    )),
-                    Admission::NotEnrolled => Some(ApiError::forbidden()),
-                };
-            if let Some(err) = refusal {
-                audit_join(
-                    Action::JoinRefused,
-                    json!({ "lesson": lesson.id, "media_room": lesson.media_room, "reason": err.code, "via": "api" }),
-                )
-                .await;
-                return Err(err);
-            }
-            Role::Student
+        Err(JoinRefusal::NotPermitted) if s.role() != Some(PersonRole::Student) => {
+            return Err(ApiError::forbidden());
         }
-        _ => return Err(ApiError::forbidden()),
+        Err(refusal) => {
+            let err = match refusal {
+                JoinRefusal::InPersonToday => ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "in_person_today",
+                    "Your guardian chose in-person attendance for today.",
+                ),
+                JoinRefusal::RefusedByTeacher => ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "refused",
+                    "The teacher did not admit you to this lesson.",
+                ),
+                JoinRefusal::NotPermitted => ApiError::forbidden(),
+            };
+            audit_join(
+                Action::JoinRefused,
+                json!({ "lesson": lesson.id, "media_room": lesson.media_room, "reason": err.code, "via": "api" }),
+            )
+            .await;
+            return Err(err);
+        }
     };
     let name = format!("{} {}", s.person.family_name, s.person.given_name);
     let claims = Claims::new(
@@ -732,13 +698,13 @@ async fn export(
     Ok(r)
 }
 
-async fn lesson_export(portal: Shared, headers: HeaderMap, id: String, csv: bool) -> ApiResult {
-    let s = portal.require(&headers).await?;
-    let lesson = staff_lesson(&portal, &s, &id).await?;
+async fn lesson_export(portal: Shared, staff: Staff, id: String, csv: bool) -> ApiResult {
+    let lesson = staff_lesson(&portal, &staff, &id).await?;
+    let s = &staff.session;
     let report = classroom_domain::report_for_lesson(&portal.db, &lesson, unix_now()).await?;
     export(
         &portal,
-        &s,
+        s,
         vec![report],
         &lesson.id,
         csv,
@@ -747,16 +713,16 @@ async fn lesson_export(portal: Shared, headers: HeaderMap, id: String, csv: bool
     .await
 }
 
-async fn lesson_csv(State(p): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> ApiResult {
-    lesson_export(p, h, id, true).await
+async fn lesson_csv(State(p): State<Shared>, staff: Staff, Path(id): Path<String>) -> ApiResult {
+    lesson_export(p, staff, id, true).await
 }
 
 async fn lesson_json_export(
     State(p): State<Shared>,
-    h: HeaderMap,
+    staff: Staff,
     Path(id): Path<String>,
 ) -> ApiResult {
-    lesson_export(p, h, id, false).await
+    lesson_export(p, staff, id, false).await
 }
 
 #[derive(Deserialize)]
@@ -766,8 +732,8 @@ struct ClassQuery {
     to: Option<String>,
 }
 
-async fn class_export(portal: Shared, headers: HeaderMap, q: ClassQuery, csv: bool) -> ApiResult {
-    let s = portal.require(&headers).await?;
+async fn class_export(portal: Shared, staff: Staff, q: ClassQuery, csv: bool) -> ApiResult {
+    let s = &staff.session;
     let class = q
         .class
         .filter(|c| !c.trim().is_empty())
@@ -779,15 +745,15 @@ async fn class_export(portal: Shared, headers: HeaderMap, q: ClassQuery, csv: bo
             "from..to must be a range of at most {MAX_EXPORT_DAYS} days"
         )));
     }
-    if !(s.is_admin() || classroom_domain::teaches_class(&portal.db, &s.person.id, &class).await?) {
-        return Err(ApiError::forbidden());
+    if !classroom_domain::may_act_on_class(&portal.db, &staff.scope, &class).await? {
+        return Err(portal.deny(&staff.caller, "class", &class).await);
     }
     let reports =
         classroom_domain::reports_for_class(&portal.db, &class, from, to, unix_now()).await?;
     let name = format!("{class}-{}-{}", fmt_date(from), fmt_date(to));
     export(
         &portal,
-        &s,
+        s,
         reports,
         &name,
         csv,
@@ -798,31 +764,22 @@ async fn class_export(portal: Shared, headers: HeaderMap, q: ClassQuery, csv: bo
 
 async fn class_csv(
     State(p): State<Shared>,
-    h: HeaderMap,
+    staff: Staff,
     Query(q): Query<ClassQuery>,
 ) -> ApiResult {
-    class_export(p, h, q, true).await
+    class_export(p, staff, q, true).await
 }
 
 async fn class_json(
     State(p): State<Shared>,
-    h: HeaderMap,
+    staff: Staff,
     Query(q): Query<ClassQuery>,
 ) -> ApiResult {
-    class_export(p, h, q, false).await
+    class_export(p, staff, q, false).await
 }
 
 // ---------------------------------------------------------------------------------------------
 // Administration
-
-async fn require_admin(portal: &Shared, headers: &HeaderMap) -> Result<Session, ApiError> {
-    let s = portal.require(headers).await?;
-    if s.is_admin() {
-        Ok(s)
-    } else {
-        Err(ApiError::forbidden())
-    }
-}
 
 fn counts_json(c: &Counts) -> Value {
     json!({ "created": c.created, "updated": c.updated, "unchanged": c.unchanged, "removed": c.removed })
@@ -846,10 +803,11 @@ pub fn report_json(r: &ImportReport) -> Value {
 async fn admin_roster(
     State(portal): State<Shared>,
     ClientAddr(ip): ClientAddr,
+    admin: Admin,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let s = require_admin(&portal, &headers).await?;
+    let s = &admin.session;
     // axum's own answer to an oversized body is plain text; the page needs the API's JSON code.
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -884,7 +842,7 @@ async fn admin_roster(
         warn!("cannot store the uploaded roster: {e}");
         ApiError::internal()
     })?;
-    let result = classroom_domain::import_zip(&portal.db, &path).await;
+    let result = classroom_domain::import_zip_within(&portal.db, &path, &admin.scope).await;
     let _ = tokio::fs::remove_file(&path).await;
     let report = match result {
         Ok(r) => r,
@@ -903,6 +861,14 @@ async fn admin_roster(
                 ),
             )
             .with(json!({ "problems": list })));
+        }
+        Err(ImportError::OutOfScope(problems)) => {
+            portal.deny(&admin.caller, "roster", "upload").await;
+            return Err(ApiError::forbidden().with(json!({ "problems": problems
+                .0
+                .iter()
+                .map(|p| json!({ "file": p.file, "line": p.line, "reason": p.reason.to_string() }))
+                .collect::<Vec<_>>() })));
         }
         Err(e @ ImportError::Zip { .. }) => {
             return Err(ApiError::new(
@@ -933,10 +899,9 @@ async fn admin_roster(
 
 async fn admin_lessons(
     State(portal): State<Shared>,
-    headers: HeaderMap,
+    admin: Admin,
     Query(q): Query<Range>,
 ) -> ApiResult {
-    require_admin(&portal, &headers).await?;
     let today = portal.policy.local_date(unix_now());
     let from = match q.from {
         Some(f) => parse_date("from", Some(&f))?,
@@ -953,7 +918,7 @@ async fn admin_lessons(
     }
     let (a, b) = day_bounds(&portal, from, to);
     let mut out = Vec::new();
-    for l in classroom_domain::lessons_between(&portal.db, a, b).await? {
+    for l in classroom_domain::lessons_in_scope(&portal.db, &admin.scope, a, b).await? {
         out.push(lesson_json(&portal, &l).await?);
     }
     ok(json!({ "lessons": out }))
@@ -974,13 +939,21 @@ fn parse_instant(field: &str, v: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("{field} must be an RFC 3339 instant")))
 }
 
-async fn admin_create_lesson(
-    State(portal): State<Shared>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    require_admin(&portal, &headers).await?;
+async fn admin_create_lesson(State(portal): State<Shared>, admin: Admin, body: Bytes) -> ApiResult {
     let body: NewLessonBody = parse_body(&body)?;
+    if classroom_domain::class_school(&portal.db, &body.class_id)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::bad_request(format!(
+            "class_id: no class {:?}",
+            body.class_id
+        )));
+    }
+    let teachers = body.teachers.as_deref();
+    if !classroom_domain::may_schedule(&portal.db, &admin.scope, &body.class_id, teachers).await? {
+        return Err(portal.deny(&admin.caller, "class", &body.class_id).await);
+    }
     let suffix = classroom_auth::token::new_token().map_err(|_| ApiError::internal())?;
     let suffix: String = suffix
         .chars()
@@ -1003,18 +976,7 @@ async fn admin_create_lesson(
         media_room: room,
         teachers: body.teachers,
     };
-    let lesson = match classroom_domain::create_lesson(&portal.db, &new, portal.timezone).await {
-        Ok(l) => l,
-        Err(LessonError::Db(e)) => return Err(e.into()),
-        Err(e @ (LessonError::MediaRoomTaken(_) | LessonError::DuplicateId(_))) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                e.to_string(),
-            ));
-        }
-        Err(e) => return Err(ApiError::bad_request(e.to_string())),
-    };
+    let lesson = classroom_domain::create_lesson(&portal.db, &new, portal.timezone).await?;
     let mut r = Json(lesson_json(&portal, &lesson).await?).into_response();
     *r.status_mut() = StatusCode::CREATED;
     Ok(r)
@@ -1025,40 +987,31 @@ struct LinkBody {
     person: String,
 }
 
-/// Mints a one-time sign-in link for `person` (shared with the CLI).
-pub async fn mint_signin_link(
-    db: &classroom_domain::Db,
-    public_url: &str,
-    person: &str,
-    ttl: std::time::Duration,
-) -> Result<(String, i64), ApiError> {
-    let link =
-        classroom_auth::token::new_sign_in_link(public_url).map_err(|_| ApiError::internal())?;
-    let expires_at = unix_now() + ttl.as_secs() as i64;
-    classroom_domain::create_signin_link(db, &link.hash, person, expires_at).await?;
-    Ok((link.url, expires_at))
-}
-
-async fn admin_signin_link(
-    State(portal): State<Shared>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    require_admin(&portal, &headers).await?;
+async fn admin_signin_link(State(portal): State<Shared>, admin: Admin, body: Bytes) -> ApiResult {
     let body: LinkBody = parse_body(&body)?;
-    match classroom_domain::person(&portal.db, &body.person).await? {
-        Some(p) if p.enabled => {}
-        Some(_) => return Err(ApiError::bad_request("person: the account is disabled")),
-        None => return Err(ApiError::not_found("person")),
-    }
-    let (url, expires_at) = mint_signin_link(
+    let minted = crate::links::mint_signin_link(
         &portal.db,
         &portal.public_url,
+        &Issuer::Admin(&admin.scope),
         &body.person,
         SIGNIN_LINK_TTL,
+        unix_now(),
+        Some(&admin.caller.remote),
     )
-    .await?;
-    ok(json!({ "url": url, "expires_at": rfc3339(expires_at) }))
+    .await;
+    match minted {
+        Ok(link) => ok(json!({ "url": link.url, "expires_at": rfc3339(link.expires_at) })),
+        Err(LinkError::Mint(MintError::Refused(why))) => {
+            let refused = ApiError::from(MintError::Refused(why));
+            portal.deny(&admin.caller, "person", &body.person).await;
+            Err(refused)
+        }
+        Err(LinkError::Mint(e)) => Err(e.into()),
+        Err(e @ LinkError::Token(_)) => {
+            warn!("{e}");
+            Err(ApiError::internal())
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -1070,10 +1023,9 @@ struct AuditQuery {
 
 async fn admin_audit(
     State(portal): State<Shared>,
-    headers: HeaderMap,
+    admin: Admin,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult {
-    require_admin(&portal, &headers).await?;
     let since = match q.since.as_deref().filter(|s| !s.is_empty()) {
         Some(s) => Some(match s.parse::<i64>() {
             Ok(n) => n,
@@ -1091,7 +1043,7 @@ async fn admin_audit(
         actor: None,
         limit: q.limit.unwrap_or(100).clamp(1, 1000),
     };
-    let events: Vec<Value> = audit_log(&portal.db, &filter)
+    let events: Vec<Value> = audit_log_within(&portal.db, &filter, &admin.scope)
         .await?
         .into_iter()
         .map(|e| {

@@ -7,7 +7,10 @@
 
 pub mod api;
 pub mod client_addr;
+mod errors;
+pub mod extract;
 pub mod gate;
+pub mod links;
 pub mod next;
 pub mod purge;
 pub mod signin;
@@ -26,10 +29,9 @@ use chrono_tz::Tz;
 use classroom_auth::oidc::OidcClient;
 use classroom_auth::session::{CookiePolicy, CsrfError, CsrfKey};
 use classroom_auth::web::CsrfGuard;
-use classroom_domain::{CutoffPolicy, Db, DbError, Person, PersonRole};
+use classroom_domain::{CutoffPolicy, Db, Person, PersonRole};
 use classroom_signaling::token::{Role, TokenIssuer};
 use serde_json::{Value, json};
-use tracing::warn;
 
 /// How long a web session lasts (a school day).
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -62,6 +64,8 @@ pub struct Portal {
     pub signin_limits: signin_limits::SigninLimits,
     /// Whose forwarded header names the client (none by default); see [`client_addr`].
     pub trusted_proxies: client_addr::TrustedProxies,
+    /// How refusals of out-of-scope requests are audited (see [`extract`]).
+    pub denials: extract::DenialLog,
 }
 
 pub type Shared = Arc<Portal>;
@@ -91,6 +95,7 @@ impl Portal {
             oidc,
             signin_limits: signin_limits::SigninLimits::default(),
             trusted_proxies: client_addr::TrustedProxies::default(),
+            denials: extract::DenialLog::default(),
         }
     }
 
@@ -228,13 +233,6 @@ impl ApiError {
     pub fn with(mut self, extra: Value) -> ApiError {
         self.extra = Some(extra);
         self
-    }
-}
-
-impl From<DbError> for ApiError {
-    fn from(e: DbError) -> Self {
-        warn!("database error: {e}");
-        ApiError::internal()
     }
 }
 

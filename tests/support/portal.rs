@@ -202,17 +202,24 @@ impl PortalServer {
         self.handle.http_url()
     }
 
-    /// A one-time sign-in link for `person`, as the CLI or an administrator mints it.
+    /// The database URL the server uses (for the command line run beside it).
+    pub fn database_url(&self) -> String {
+        self._database.url.clone()
+    }
+
+    /// A one-time sign-in link for `person`, as the CLI mints it.
     pub async fn link(&self, person: &str) -> Result<String> {
-        let (url, _) = classroom::portal::api::mint_signin_link(
+        let link = classroom::portal::links::mint_signin_link(
             self.handle.db(),
             &self.url(),
+            &classroom_domain::Issuer::Cli,
             person,
             Duration::from_secs(900),
+            now(),
+            None,
         )
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-        Ok(url)
+        .await?;
+        Ok(link.url)
     }
 
     pub async fn sign_in(&self, person: &str) -> Result<Session> {
