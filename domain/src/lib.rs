@@ -28,6 +28,7 @@ pub mod lesson;
 pub mod model;
 pub mod oneroster;
 pub mod provision;
+pub mod roster_files;
 pub mod signin;
 
 pub use access::{
@@ -61,6 +62,7 @@ pub use model::{AcademicSession, Class, Enrollment, Org, Person, PersonRole};
 pub use oneroster::{
     Counts, ImportError, ImportReport, Problem, Problems, Reason, import_dir, import_zip,
 };
+pub use roster_files::{MAX_ARCHIVE_ENTRIES, MAX_UNPACKED_BYTES, TooBig};
 pub use signin::{
     Purged, SignInLinkError, consume_signin_link, create_session, create_signin_link,
     delete_session, people_by_email, purge_expired, session_person,
