@@ -60,6 +60,14 @@ pub struct ServerHandle {
 /// Starts everything; returns once every socket is bound and the server is accepting.
 pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     config.validate()?;
+    // Always, even with PostgreSQL and a configured secret: roster uploads are stored here.
+    private_data_dir(&config)?;
+    classroom_portal::upload::remove_leftovers(&config.data_dir).with_context(|| {
+        format!(
+            "cannot remove old roster uploads in {}",
+            config.data_dir.display()
+        )
+    })?;
     let (secret, secret_source) = secret::resolve(&config)?;
     match &secret_source {
         SecretSource::Config => info!("token secret from the configuration"),
@@ -136,6 +144,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         &public_url,
         issuer.clone(),
         oidc,
+        config.data_dir.clone(),
     ));
 
     let purge_metrics = Arc::new(PurgeMetrics::default());
@@ -403,20 +412,24 @@ struct MetricsState {
 }
 
 /// Opens (creating the SQLite file under `data_dir` by default) and migrates the database.
+/// Creates the data directory first, 0700, whichever command gets here first.
 pub async fn open_db(config: &Config) -> anyhow::Result<classroom_domain::Db> {
-    if config.database_url.is_none() {
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!(
-                "cannot create the data directory {}",
-                config.data_dir.display()
-            )
-        })?;
-    }
+    private_data_dir(config)?;
     let url = config.database_url();
     let db = classroom_domain::Db::connect(&url)
         .await
         .with_context(|| format!("cannot open the database {}", redact_url(&url)))?;
     Ok(db)
+}
+
+/// Creates the data directory, 0700 (see [`crate::data_dir`]).
+pub fn private_data_dir(config: &Config) -> anyhow::Result<()> {
+    crate::data_dir::create_private(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })
 }
 
 /// A database URL without its password, for messages.

@@ -9,8 +9,10 @@ pub mod api;
 pub mod gate;
 pub mod purge;
 pub mod signin;
+pub mod upload;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -61,6 +63,8 @@ pub struct Portal {
     pub signin_per_ip: RateLimiter<IpAddr>,
     /// Sign-in attempts per link or account: strict.
     pub signin_per_key: RateLimiter<String>,
+    /// The server's private (0700) directory; roster uploads are stored here while imported.
+    pub data_dir: PathBuf,
 }
 
 pub type Shared = Arc<Portal>;
@@ -73,6 +77,7 @@ impl Portal {
         public_url: &str,
         tokens: TokenIssuer,
         oidc: Option<OidcClient>,
+        data_dir: PathBuf,
     ) -> Portal {
         let public_url = public_url.trim_end_matches('/').to_owned();
         let cookies = CookiePolicy::for_public_url(&public_url, SESSION_TTL);
@@ -90,6 +95,7 @@ impl Portal {
             oidc,
             signin_per_ip: RateLimiter::new(Quota::per(300, Duration::from_secs(600)), 100_000),
             signin_per_key: RateLimiter::new(Quota::per(10, Duration::from_secs(600)), 100_000),
+            data_dir,
         }
     }
 
