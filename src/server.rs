@@ -54,6 +54,7 @@ pub struct ServerHandle {
     http_task: Option<JoinHandle<io::Result<()>>>,
     sfu: Option<Sfu>,
     purge_task: Option<JoinHandle<()>>,
+    alive_task: Option<JoinHandle<()>>,
     gate: Arc<LessonGate>,
 }
 
@@ -83,6 +84,16 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         .policy()
         .map_err(|e| anyhow!("school.timezone / school.cutoff: {e}"))?;
     let db = open_db(&config).await?;
+    // Before anyone can join: what is open now was left open by a killed predecessor.
+    let closed = classroom_domain::close_presence_left_open(&db, unix_now())
+        .await
+        .context("cannot close the attendance a previous run left open")?;
+    if closed > 0 {
+        warn!(
+            closed,
+            "the previous run stopped without recording departures; closed those visits at its last sign of life"
+        );
+    }
     let purge_every = config
         .purge_every()
         .map_err(|e| anyhow!("purge_interval: {e}"))?;
@@ -149,6 +160,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
 
     let purge_metrics = Arc::new(PurgeMetrics::default());
     let purge_task = purge::spawn(db.clone(), purge_metrics.clone(), purge_every);
+    let alive_task = spawn_alive_records(db.clone());
     let app = router(&signaling, sfu.metrics.clone(), portal, purge_metrics);
     let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
     let http = axum_server::Handle::new();
@@ -194,7 +206,29 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         http_task: Some(http_task),
         sfu: Some(sfu),
         purge_task: Some(purge_task),
+        alive_task: Some(alive_task),
         gate,
+    })
+}
+
+/// Seconds since the epoch.
+fn unix_now() -> i64 {
+    classroom_portal::unix_now()
+}
+
+/// Records every [`classroom_domain::ALIVE_EVERY_SECS`] that the server is alive, so that a
+/// start after a crash knows when the previous run's connections ended.
+fn spawn_alive_records(db: classroom_domain::Db) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = Duration::from_secs(classroom_domain::ALIVE_EVERY_SECS);
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(e) = classroom_domain::record_alive(&db, unix_now()).await {
+                warn!("cannot record that the server is alive: {e}");
+            }
+        }
     })
 }
 
@@ -325,6 +359,9 @@ impl ServerHandle {
         if let Some(task) = self.purge_task.take() {
             task.abort();
         }
+        if let Some(task) = self.alive_task.take() {
+            task.abort();
+        }
         if tokio::time::timeout(PRESENCE_FLUSH, self.gate.flush())
             .await
             .is_err()
@@ -343,6 +380,9 @@ impl Drop for ServerHandle {
             self.http.shutdown();
         }
         if let Some(task) = self.purge_task.take() {
+            task.abort();
+        }
+        if let Some(task) = self.alive_task.take() {
             task.abort();
         }
     }
