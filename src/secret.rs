@@ -108,19 +108,10 @@ fn generate() -> Secret {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), SecretError> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder
-        .create(dir)
-        .map_err(|source| SecretError::CreateDir {
-            path: dir.to_owned(),
-            source,
-        })
+    crate::data_dir::create_private(dir).map_err(|source| SecretError::CreateDir {
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 fn write_private(path: &Path, content: &str) -> io::Result<()> {

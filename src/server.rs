@@ -54,12 +54,21 @@ pub struct ServerHandle {
     http_task: Option<JoinHandle<io::Result<()>>>,
     sfu: Option<Sfu>,
     purge_task: Option<JoinHandle<()>>,
+    alive_task: Option<JoinHandle<()>>,
     gate: Arc<LessonGate>,
 }
 
 /// Starts everything; returns once every socket is bound and the server is accepting.
 pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     config.validate()?;
+    // Always, even with PostgreSQL and a configured secret: roster uploads are stored here.
+    private_data_dir(&config)?;
+    classroom_portal::upload::remove_leftovers(&config.data_dir).with_context(|| {
+        format!(
+            "cannot remove old roster uploads in {}",
+            config.data_dir.display()
+        )
+    })?;
     let (secret, secret_source) = secret::resolve(&config)?;
     match &secret_source {
         SecretSource::Config => info!("token secret from the configuration"),
@@ -75,6 +84,16 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         .policy()
         .map_err(|e| anyhow!("school.timezone / school.cutoff: {e}"))?;
     let db = open_db(&config).await?;
+    // Before anyone can join: what is open now was left open by a killed predecessor.
+    let closed = classroom_domain::close_presence_left_open(&db, unix_now())
+        .await
+        .context("cannot close the attendance a previous run left open")?;
+    if closed > 0 {
+        warn!(
+            closed,
+            "the previous run stopped without recording departures; closed those visits at its last sign of life"
+        );
+    }
     let purge_every = config
         .purge_every()
         .map_err(|e| anyhow!("purge_interval: {e}"))?;
@@ -153,6 +172,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
             &public_url,
             issuer.clone(),
             oidc,
+            config.data_dir.clone(),
         )
         .with_trusted_proxies(trusted_proxies),
     );
@@ -164,6 +184,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         purge_every,
         audit_retention,
     );
+    let alive_task = spawn_alive_records(db.clone());
     let app = router(&signaling, sfu.metrics.clone(), portal, purge_metrics);
     let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
     let http = axum_server::Handle::new();
@@ -209,7 +230,29 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         http_task: Some(http_task),
         sfu: Some(sfu),
         purge_task: Some(purge_task),
+        alive_task: Some(alive_task),
         gate,
+    })
+}
+
+/// Seconds since the epoch.
+fn unix_now() -> i64 {
+    classroom_portal::unix_now()
+}
+
+/// Records every [`classroom_domain::ALIVE_EVERY_SECS`] that the server is alive, so that a
+/// start after a crash knows when the previous run's connections ended.
+fn spawn_alive_records(db: classroom_domain::Db) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = Duration::from_secs(classroom_domain::ALIVE_EVERY_SECS);
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(e) = classroom_domain::record_alive(&db, unix_now()).await {
+                warn!("cannot record that the server is alive: {e}");
+            }
+        }
     })
 }
 
@@ -340,6 +383,9 @@ impl ServerHandle {
         if let Some(task) = self.purge_task.take() {
             task.abort();
         }
+        if let Some(task) = self.alive_task.take() {
+            task.abort();
+        }
         if tokio::time::timeout(PRESENCE_FLUSH, self.gate.flush())
             .await
             .is_err()
@@ -358,6 +404,9 @@ impl Drop for ServerHandle {
             self.http.shutdown();
         }
         if let Some(task) = self.purge_task.take() {
+            task.abort();
+        }
+        if let Some(task) = self.alive_task.take() {
             task.abort();
         }
     }
@@ -427,20 +476,24 @@ struct MetricsState {
 }
 
 /// Opens (creating the SQLite file under `data_dir` by default) and migrates the database.
+/// Creates the data directory first, 0700, whichever command gets here first.
 pub async fn open_db(config: &Config) -> anyhow::Result<classroom_domain::Db> {
-    if config.database_url.is_none() {
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!(
-                "cannot create the data directory {}",
-                config.data_dir.display()
-            )
-        })?;
-    }
+    private_data_dir(config)?;
     let url = config.database_url();
     let db = classroom_domain::Db::connect(&url)
         .await
         .with_context(|| format!("cannot open the database {}", redact_url(&url)))?;
     Ok(db)
+}
+
+/// Creates the data directory, 0700 (see [`crate::data_dir`]).
+pub fn private_data_dir(config: &Config) -> anyhow::Result<()> {
+    crate::data_dir::create_private(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            config.data_dir.display()
+        )
+    })
 }
 
 /// A database URL without its password, for messages.

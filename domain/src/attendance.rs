@@ -47,6 +47,9 @@ impl MarkStatus {
 pub enum Presence {
     Join,
     Leave,
+    /// A departure the server never saw because it was killed; written by the next start
+    /// ([`close_presence_left_open`]) at the last instant the server was known to be alive.
+    ClosedByRestart,
 }
 
 /// A pupil's online presence during one lesson.
@@ -67,6 +70,9 @@ pub struct OnlineSummary {
     pub reconnects: u32,
     /// Whether the last interval is still open.
     pub connected: bool,
+    /// Whether the last interval was closed by a server restart rather than an observed
+    /// departure: `last_leave` is then when the server was last known alive.
+    pub closed_by_restart: bool,
 }
 
 /// Summarises presence events (in the order they were recorded) up to instant `until`.
@@ -82,6 +88,7 @@ pub fn summarise(events: &[(i64, Presence)], until: i64) -> Option<OnlineSummary
     let mut depth = 0u32;
     let mut seconds = 0i64;
     let mut joins = 0u32;
+    let mut closed_by_restart = false;
     for &(at, kind) in events {
         match kind {
             Presence::Join => {
@@ -90,7 +97,7 @@ pub fn summarise(events: &[(i64, Presence)], until: i64) -> Option<OnlineSummary
                 open.get_or_insert(at);
                 depth = depth.saturating_add(1);
             }
-            Presence::Leave => {
+            Presence::Leave | Presence::ClosedByRestart => {
                 if depth == 0 {
                     continue;
                 }
@@ -100,6 +107,7 @@ pub fn summarise(events: &[(i64, Presence)], until: i64) -> Option<OnlineSummary
                 {
                     seconds = seconds.saturating_add(at.saturating_sub(start).max(0));
                     last_leave = Some(at);
+                    closed_by_restart = kind == Presence::ClosedByRestart;
                 }
             }
         }
@@ -115,6 +123,7 @@ pub fn summarise(events: &[(i64, Presence)], until: i64) -> Option<OnlineSummary
         joins,
         reconnects: joins.saturating_sub(1),
         connected: open.is_some(),
+        closed_by_restart: open.is_none() && closed_by_restart,
     })
 }
 
@@ -143,6 +152,89 @@ async fn record_presence(
         .execute(c).await?.rows_affected());
     tx.commit().await?;
     Ok(())
+}
+
+fn presence_kind(kind: &str, by_restart: bool) -> Presence {
+    match (kind, by_restart) {
+        ("join", _) => Presence::Join,
+        (_, true) => Presence::ClosedByRestart,
+        _ => Presence::Leave,
+    }
+}
+
+/// How often a running server records that it is alive ([`record_alive`]). A visit left open
+/// by a killed server is closed at its last record, so this is how much connected time such a
+/// visit may lose: never more than this, where closing at the restart instead would add all of
+/// the downtime. One tiny write per interval.
+pub const ALIVE_EVERY_SECS: u64 = 10;
+
+/// Records that the server is alive at `at`. Called every [`ALIVE_EVERY_SECS`] by the running
+/// server, after [`close_presence_left_open`] has run at its start.
+pub async fn record_alive(db: &Db, at: i64) -> Result<(), DbError> {
+    let sql = "UPDATE server_liveness SET alive_at = $1 WHERE id = 1";
+    on_pool!(db, p => sqlx::query(sql).bind(at).execute(p).await?.rows_affected());
+    Ok(())
+}
+
+/// Closes every visit the previous run of the server left open, and starts this run's liveness
+/// record. Must run at start-up, before any pupil can join: a visit open in the database then
+/// cannot be a live connection, since connections end with the process that held them.
+///
+/// Each such visit is closed with a departure marked [`Presence::ClosedByRestart`] at the last
+/// instant the previous run recorded itself alive (or, if it never did, the visit's own last
+/// event): the pupil was connected at least until about then, and the connection died with the
+/// process soon after, at most [`ALIVE_EVERY_SECS`] later. Closing at `now` instead would count
+/// the whole downtime, possibly hours, as time in the lesson. Returns the visits closed.
+pub async fn close_presence_left_open(db: &Db, now: i64) -> Result<u64, DbError> {
+    let mut tx = db.begin_write().await?;
+    tx.lock_for_append(Table::PresenceEvents).await?;
+    let sql = "SELECT alive_at, presence_from FROM server_liveness WHERE id = 1";
+    let previous: Option<(i64, i64)> =
+        dispatch!(&mut tx, c => sqlx::query_as(sql).fetch_optional(c).await?);
+    let (alive_at, from) = match previous {
+        Some((alive_at, from)) => (Some(alive_at), from),
+        // No record yet: first start with liveness records; every row is looked at once.
+        None => (None, 0),
+    };
+    let sql = "SELECT lesson_id, pupil_id, at, kind FROM presence_events WHERE seq >= $1 \
+               ORDER BY seq";
+    let events: Vec<(String, String, i64, String)> =
+        dispatch!(&mut tx, c => sqlx::query_as(sql).bind(from).fetch_all(c).await?);
+    // (lesson, pupil) → (connections open, last event's instant), as `summarise` counts them.
+    let mut open: BTreeMap<(String, String), (u32, i64)> = BTreeMap::new();
+    for (lesson, pupil, at, kind) in events {
+        let entry = open.entry((lesson, pupil)).or_insert((0, at));
+        entry.1 = at;
+        if kind == "join" {
+            entry.0 = entry.0.saturating_add(1);
+        } else {
+            entry.0 = entry.0.saturating_sub(1);
+        }
+    }
+    let mut closed = 0u64;
+    let sql = "INSERT INTO presence_events (seq, lesson_id, pupil_id, at, kind, ended_by_restart) \
+               SELECT COALESCE(MAX(seq), 0) + 1, $1, $2, $3, 'leave', TRUE FROM presence_events";
+    for ((lesson, pupil), (depth, last_at)) in open {
+        if depth == 0 {
+            continue;
+        }
+        // Never before the visit's own last event: it may have joined after the last record.
+        let end = alive_at.map_or(last_at, |alive| alive.max(last_at));
+        for _ in 0..depth {
+            dispatch!(&mut tx, c => sqlx::query(sql).bind(&lesson).bind(&pupil).bind(end)
+                .execute(c).await?.rows_affected());
+        }
+        closed += 1;
+    }
+    let sql = "SELECT COALESCE(MAX(seq), 0) + 1 FROM presence_events";
+    let next_seq: i64 = dispatch!(&mut tx, c => sqlx::query_scalar(sql).fetch_one(c).await?);
+    let sql = "INSERT INTO server_liveness (id, alive_at, presence_from) VALUES (1, $1, $2) \
+               ON CONFLICT (id) DO UPDATE SET alive_at = excluded.alive_at, \
+               presence_from = excluded.presence_from";
+    dispatch!(&mut tx, c => sqlx::query(sql).bind(now).bind(next_seq).execute(c).await?
+        .rows_affected());
+    tx.commit().await?;
+    Ok(closed)
 }
 
 /// The latest roll-call mark of a pupil.
@@ -218,17 +310,16 @@ pub async fn attendance_report(
         on_pool!(db, p => sqlx::query_as(&sql).bind(&lesson.id).fetch_all(p).await?);
     pupils.sort_by(|a, b| (&a.3, &a.4, &a.0).cmp(&(&b.3, &b.4, &b.0)));
 
-    let sql = "SELECT pupil_id, at, kind FROM presence_events WHERE lesson_id = $1 ORDER BY seq";
-    let events: Vec<(String, i64, String)> =
+    let sql = "SELECT pupil_id, at, kind, ended_by_restart FROM presence_events \
+               WHERE lesson_id = $1 ORDER BY seq";
+    let events: Vec<(String, i64, String, bool)> =
         on_pool!(db, p => sqlx::query_as(sql).bind(&lesson.id).fetch_all(p).await?);
     let mut presence: HashMap<String, Vec<(i64, Presence)>> = HashMap::new();
-    for (pupil, at, kind) in events {
-        let kind = if kind == "join" {
-            Presence::Join
-        } else {
-            Presence::Leave
-        };
-        presence.entry(pupil).or_default().push((at, kind));
+    for (pupil, at, kind, by_restart) in events {
+        presence
+            .entry(pupil)
+            .or_default()
+            .push((at, presence_kind(&kind, by_restart)));
     }
 
     let sql = "SELECT pupil_id, status, teacher_id, at FROM attendance_marks \
@@ -321,5 +412,20 @@ mod tests {
         // Joined after the cut-off instant: nothing counted, no negative time.
         let s = summarise(&[(200, Join)], 100).unwrap();
         assert_eq!(s.seconds_connected, 0);
+    }
+
+    #[test]
+    fn a_visit_closed_by_a_restart_says_so_until_the_next_one() {
+        use Presence::ClosedByRestart;
+        let s = summarise(&[(10, Join), (70, ClosedByRestart)], 1000).unwrap();
+        assert_eq!((s.seconds_connected, s.connected), (60, false));
+        assert_eq!((s.last_leave, s.closed_by_restart), (Some(70), true));
+        let s = summarise(&[(10, Join), (70, ClosedByRestart), (80, Join)], 1000).unwrap();
+        assert!(s.connected && !s.closed_by_restart);
+        let s = summarise(
+            &[(10, Join), (70, ClosedByRestart), (80, Join), (90, Leave)],
+            99,
+        );
+        assert!(!s.unwrap().closed_by_restart);
     }
 }

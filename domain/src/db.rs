@@ -33,6 +33,12 @@ pub enum DbError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("cannot make the database file {path} private")]
+    FileMode {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
@@ -194,6 +200,14 @@ impl Db {
     }
 
     async fn open_sqlite_with(options: SqliteConnectOptions) -> Result<Db, DbError> {
+        let path = options.get_filename();
+        // `file:...` names are sqlx's in-memory databases: nothing on disk to protect.
+        if path != Path::new(":memory:") && !path.starts_with("file:") {
+            private_sqlite_files(path).map_err(|source| DbError::FileMode {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
         let options = options
             .create_if_missing(true)
             // WAL lets the media server read rosters while an import writes.
@@ -271,6 +285,54 @@ impl Db {
             Db::Postgres(pool) => pool.close().await,
         }
     }
+}
+
+/// Makes the SQLite file at `path` and its `-wal` and `-shm` companions readable and writable
+/// by the server's user only. SQLite creates the file with 0644 less the umask, and gives the
+/// companions the main file's mode: creating the (empty, which SQLite takes for a new database)
+/// file here with 0600 therefore makes all three private, whichever command opens it first and
+/// whatever its umask. Files an earlier version left open to others are narrowed to the owner's bits.
+fn private_sqlite_files(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        let mut companions = vec![path.to_owned()];
+        for suffix in ["-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            companions.push(name.into());
+        }
+        for file in companions {
+            let mode = match std::fs::metadata(&file) {
+                Ok(meta) => meta.permissions().mode() & 0o777,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            if mode & 0o077 != 0 {
+                let private = mode & 0o700;
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(private))?;
+                tracing::warn!(
+                    path = %file.display(),
+                    from = format!("{mode:o}"),
+                    to = format!("{private:o}"),
+                    "the database file was readable by other users; narrowed"
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 impl Tx {

@@ -30,6 +30,7 @@ pub mod lesson;
 pub mod model;
 pub mod oneroster;
 pub mod provision;
+pub mod roster_files;
 pub mod scope;
 pub mod signin;
 
@@ -42,8 +43,8 @@ pub use admission::{
     request_entry,
 };
 pub use attendance::{
-    Mark, MarkStatus, OnlineSummary, Presence, ReportRow, attendance_report, mark, record_join,
-    record_leave, summarise,
+    ALIVE_EVERY_SECS, Mark, MarkStatus, OnlineSummary, Presence, ReportRow, attendance_report,
+    close_presence_left_open, mark, record_alive, record_join, record_leave, summarise,
 };
 pub use attendance_mode::{
     DayMode, MAX_RANGE_DAYS, MAX_REASON_CHARS, Mode, ModeChange, ModeRequest, SetModeError,
@@ -77,6 +78,7 @@ pub use scope::{
     Scope, class_school, lessons_in_scope, may_act_on_class, may_act_on_lesson, may_schedule,
     scope_of,
 };
+pub use roster_files::{MAX_ARCHIVE_ENTRIES, MAX_UNPACKED_BYTES, TooBig};
 pub use signin::{
     Issuer, LinkRequest, MintError, MintRefusal, Purged, SignInLinkError, consume_signin_link,
     create_session, create_signin_link, delete_session, may_mint_for, mint_signin_link,

@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -24,6 +23,7 @@ use crate::model::{
     self, AcademicSession, CLASS_TERMS, Class, Enrollment, Entity, GUARDIAN_LINKS, LinkTable, Org,
     Person, PersonRole,
 };
+use crate::roster_files::{self, Files, TooBig};
 use crate::scope::Scope;
 
 mod within;
@@ -31,10 +31,6 @@ mod within;
 /// After this many problems the import stops looking for more: a wholly wrong file would
 /// otherwise produce one per row.
 const MAX_PROBLEMS: usize = 200;
-
-/// A roster file larger than this is refused rather than read into memory. Generous: a large
-/// city's users.csv is a few megabytes.
-const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Why a row (or a whole file) was rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +147,12 @@ pub enum ImportError {
         #[source]
         source: zip::result::ZipError,
     },
+    /// Refused before parsing: too much to unpack, or too many entries. Nothing was applied.
+    #[error("{path}: {what}")]
+    TooBig { path: PathBuf, what: TooBig },
+    /// The task reading or checking the files ended without an answer (it panicked).
+    #[error("the roster check stopped unexpectedly")]
+    Interrupted,
     /// A database error; the transaction was rolled back, so nothing was applied.
     #[error(transparent)]
     Db(#[from] DbError),
@@ -216,13 +218,17 @@ impl ImportReport {
 
 /// Imports a OneRoster CSV bulk export from a directory of CSV files.
 pub async fn import_dir(db: &Db, dir: &Path) -> Result<ImportReport, ImportError> {
-    let files = read_dir_files(dir)?;
+    let dir = dir.to_owned();
+    let files = off_runtime(move || roster_files::read_dir(&dir, &FILES)).await??;
     import_files(db, files, None).await
 }
 
-/// Imports a OneRoster CSV bulk export from a ZIP archive (files at its top level).
+/// Imports a OneRoster CSV bulk export from a ZIP archive (files at its top level). At most
+/// [`roster_files::MAX_UNPACKED_BYTES`] are unpacked, from an archive of at most
+/// [`roster_files::MAX_ARCHIVE_ENTRIES`] entries.
 pub async fn import_zip(db: &Db, path: &Path) -> Result<ImportReport, ImportError> {
-    let files = read_zip_files(path)?;
+    let path = path.to_owned();
+    let files = off_runtime(move || roster_files::read_zip(&path, &FILES)).await??;
     import_files(db, files, None).await
 }
 
@@ -233,8 +239,19 @@ pub async fn import_zip_within(
     path: &Path,
     scope: &Scope,
 ) -> Result<ImportReport, ImportError> {
-    let files = read_zip_files(path)?;
+    let path = path.to_owned();
+    let files = off_runtime(move || roster_files::read_zip(&path, &FILES)).await??;
     import_files(db, files, Some(scope)).await
+}
+
+/// Runs blocking work (file reads, decompression, parsing a large CSV) on tokio's blocking
+/// pool: on an async worker it would stall every connection that worker serves.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ImportError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| ImportError::Interrupted)
 }
 
 /// The files this importer reads; any other file in the export is ignored.
@@ -247,68 +264,6 @@ const FILES: [&str; 7] = [
     "classes.csv",
     "enrollments.csv",
 ];
-
-type Files = HashMap<&'static str, Vec<u8>>;
-
-fn read_dir_files(dir: &Path) -> Result<Files, ImportError> {
-    let mut files = HashMap::new();
-    for name in FILES {
-        let path = dir.join(name);
-        let io_err = |source| ImportError::Io {
-            path: path.clone(),
-            source,
-        };
-        match std::fs::metadata(&path) {
-            Ok(meta) if meta.len() > MAX_FILE_BYTES => {
-                return Err(io_err(std::io::Error::other("file too large")));
-            }
-            Ok(_) => {
-                files.insert(name, std::fs::read(&path).map_err(io_err)?);
-            }
-            // Absence is judged later against the manifest, where it can be reported as a problem.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(e)),
-        }
-    }
-    Ok(files)
-}
-
-fn read_zip_files(path: &Path) -> Result<Files, ImportError> {
-    let zip_err = |source| ImportError::Zip {
-        path: path.to_owned(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(|source| ImportError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut archive = zip::ZipArchive::new(file).map_err(zip_err)?;
-    let mut files = HashMap::new();
-    for name in FILES {
-        let mut entry = match archive.by_name(name) {
-            Ok(entry) => entry,
-            Err(zip::result::ZipError::FileNotFound) => continue,
-            Err(e) => return Err(zip_err(e)),
-        };
-        if entry.size() > MAX_FILE_BYTES {
-            return Err(ImportError::Io {
-                path: path.join(name),
-                source: std::io::Error::other("file too large"),
-            });
-        }
-        let mut data = Vec::new();
-        // take() bounds the read even if the archive lies about the entry's size.
-        (&mut entry)
-            .take(MAX_FILE_BYTES)
-            .read_to_end(&mut data)
-            .map_err(|source| ImportError::Io {
-                path: path.join(name),
-                source,
-            })?;
-        files.insert(name, data);
-    }
-    Ok(files)
-}
 
 // ---- Rows as they appear in the CSV files. Only the columns used are declared; serde skips the
 // ---- rest. Required columns are `String`, optional ones `Option<String>` (csv reads an empty
@@ -1357,8 +1312,12 @@ async fn import_files(
 ) -> Result<ImportReport, ImportError> {
     let mut tx = db.begin_write().await?;
     let stored = load_stored(&mut tx).await?;
-    let mut out = Collector::default();
-    let plan = plan(&files, &stored, &mut out);
+    let (plan, out, stored) = off_runtime(move || {
+        let mut out = Collector::default();
+        let plan = plan(&files, &stored, &mut out);
+        (plan, out, stored)
+    })
+    .await?;
     if !out.problems.is_empty() {
         tx.rollback().await?;
         return Err(ImportError::Invalid(Problems(out.problems)));

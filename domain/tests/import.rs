@@ -409,3 +409,136 @@ async fn not_a_roster_directory_is_an_error() {
         t.finish().await;
     }
 }
+
+/// Writes a ZIP at `path`: the sample roster's files (deflated) but those in `replaced`, then
+/// whatever `more` adds.
+fn sample_zip_with(
+    path: &Path,
+    replaced: &[&str],
+    more: impl FnOnce(&mut zip::ZipWriter<std::fs::File>, zip::write::SimpleFileOptions),
+) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut zip = zip::ZipWriter::new(file);
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for entry in std::fs::read_dir(fixture_dir()).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().into_string().unwrap();
+        if replaced.contains(&name.as_str()) {
+            continue;
+        }
+        zip.start_file(name, options).unwrap();
+        std::io::Write::write_all(&mut zip, &std::fs::read(entry.path()).unwrap()).unwrap();
+    }
+    more(&mut zip, options);
+    zip.finish().unwrap();
+}
+
+/// Appends `bytes` zero bytes to the entry being written, a MiB at a time.
+fn zeros(zip: &mut zip::ZipWriter<std::fs::File>, bytes: u64) {
+    let chunk = vec![0u8; 1024 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        std::io::Write::write_all(zip, &chunk[..n]).unwrap();
+        left -= n as u64;
+    }
+}
+
+/// Where a roster comes from.
+enum Source<'p> {
+    Zip(&'p Path),
+    Dir(&'p Path),
+}
+use Source::{Dir, Zip};
+
+/// Imports `source` on every backend; expects it refused as too big, with nothing written.
+async fn expect_too_big(test: &str, source: Source<'_>, want: classroom_domain::TooBig) {
+    for t in backends(test).await {
+        let result = match source {
+            Zip(path) => import_zip(&t.db, path).await,
+            Dir(path) => import_dir(&t.db, path).await,
+        };
+        match result {
+            Err(ImportError::TooBig { what, .. }) => assert_eq!(what, want, "{}", t.name),
+            other => panic!("{}: expected {want:?}, got {other:?}", t.name),
+        }
+        assert_eq!(row_counts(&t.db).await, [0; 7], "{}", t.name);
+        t.finish().await;
+    }
+}
+
+/// The bomb: 254 KB of deflated zeros that unpack to 256 MiB. Refused from the sizes
+/// the archive declares, before anything is unpacked.
+#[tokio::test]
+async fn zip_bomb_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bomb.zip");
+    sample_zip_with(&path, &["users.csv"], |zip, options| {
+        zip.start_file("users.csv", options).unwrap();
+        zeros(zip, 256 * 1024 * 1024);
+    });
+    assert!(std::fs::metadata(&path).unwrap().len() < 1024 * 1024);
+    expect_too_big("zip_bomb", Zip(&path), classroom_domain::TooBig::Unpacked).await;
+    let err = classroom_domain::TooBig::Unpacked.to_string();
+    assert_eq!(err, "the archive unpacks to more than 32 MiB");
+}
+
+/// The cap is on all files together: two files under it that together exceed it are refused.
+#[tokio::test]
+async fn files_together_over_the_cap_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("two-halves.zip");
+    let half = classroom_domain::MAX_UNPACKED_BYTES / 2 + 1;
+    sample_zip_with(&path, &["users.csv", "enrollments.csv"], |zip, options| {
+        zip.start_file("users.csv", options).unwrap();
+        zeros(zip, half);
+        zip.start_file("enrollments.csv", options).unwrap();
+        zeros(zip, half);
+    });
+    expect_too_big("two_halves", Zip(&path), classroom_domain::TooBig::Unpacked).await;
+}
+
+/// A directory is read within the same budget (its files are measured as read, not by size).
+#[tokio::test]
+async fn directory_over_the_cap_is_refused() {
+    let dir = sample_copy();
+    edit(dir.path(), "users.csv", |mut d| {
+        d.resize(classroom_domain::MAX_UNPACKED_BYTES as usize + 1, b'\n');
+        d
+    });
+    expect_too_big(
+        "dir_cap",
+        Dir(dir.path()),
+        classroom_domain::TooBig::Unpacked,
+    )
+    .await;
+}
+
+/// An entry-count bomb: the sample roster plus thousands of empty entries, each of which the
+/// ZIP reader would hold in memory. Refused before the archive is opened.
+#[tokio::test]
+async fn entry_count_bomb_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("entries.zip");
+    sample_zip_with(&path, &[], |zip, options| {
+        let stored = options.compression_method(zip::CompressionMethod::Stored);
+        for i in 0..5000 {
+            zip.start_file(format!("pad/{i:05}"), stored).unwrap();
+        }
+    });
+    expect_too_big("entry_bomb", Zip(&path), classroom_domain::TooBig::Entries).await;
+
+    // The same roster with a few extra entries (an exporter's other files) imports.
+    let ok_path = dir.path().join("some-extra.zip");
+    sample_zip_with(&ok_path, &[], |zip, options| {
+        for name in ["demographics.csv", "lineItems.csv", "__MACOSX/._users.csv"] {
+            zip.start_file(name, options).unwrap();
+        }
+    });
+    for t in backends("entry_ok").await {
+        let report = import_zip(&t.db, &ok_path).await.unwrap();
+        assert_eq!(report.people, created(16), "{}", t.name);
+        t.finish().await;
+    }
+}

@@ -6,9 +6,8 @@ use std::net::IpAddr;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,6 +25,7 @@ use tracing::warn;
 use crate::client_addr::ClientAddr;
 use crate::extract::{Admin, SignedIn, Staff};
 use crate::links::LinkError;
+use crate::upload::UploadError;
 use crate::{
     ApiError, JOIN_TOKEN_TTL, ROSTER_BODY_LIMIT, SIGNIN_LINK_TTL, Session, Shared, page_for,
     person_json, rfc3339, unix_now,
@@ -62,10 +62,8 @@ pub fn routes() -> Router<Shared> {
         )
         .route("/api/attendance.csv", get(class_csv))
         .route("/api/attendance.json", get(class_json))
-        .route(
-            "/api/admin/roster",
-            post(admin_roster).layer(DefaultBodyLimit::max(ROSTER_BODY_LIMIT)),
-        )
+        // Streamed to a file with its own limit (ROSTER_BODY_LIMIT), never buffered whole.
+        .route("/api/admin/roster", post(admin_roster))
         .route(
             "/api/admin/lessons",
             get(admin_lessons).post(admin_create_lesson),
@@ -805,24 +803,9 @@ async fn admin_roster(
     ClientAddr(ip): ClientAddr,
     admin: Admin,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult {
     let s = &admin.session;
-    // axum's own answer to an oversized body is plain text; the page needs the API's JSON code.
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!(
-                    "The roster ZIP is larger than {} MiB.",
-                    ROSTER_BODY_LIMIT / (1024 * 1024)
-                ),
-            )
-        } else {
-            ApiError::bad_request(format!("cannot read the upload: {}", e.body_text()))
-        }
-    })?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -835,15 +818,25 @@ async fn admin_roster(
             "body must be a ZIP (Content-Type: application/zip)",
         ));
     }
-    // The importer reads a file; the upload goes to a private temporary one.
-    let token = classroom_auth::token::new_token().map_err(|_| ApiError::internal())?;
-    let path = std::env::temp_dir().join(format!("classroom-roster-{token}.zip"));
-    tokio::fs::write(&path, &body).await.map_err(|e| {
-        warn!("cannot store the uploaded roster: {e}");
-        ApiError::internal()
-    })?;
-    let result = classroom_domain::import_zip_within(&portal.db, &path, &admin.scope).await;
-    let _ = tokio::fs::remove_file(&path).await;
+    let upload = crate::upload::store(&portal.data_dir, body, ROSTER_BODY_LIMIT)
+        .await
+        .map_err(|e| match e {
+            UploadError::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "The roster ZIP is larger than {} MiB.",
+                    ROSTER_BODY_LIMIT / (1024 * 1024)
+                ),
+            ),
+            UploadError::Body(e) => ApiError::bad_request(format!("cannot read the upload: {e}")),
+            UploadError::Io(e) => {
+                warn!("cannot store the uploaded roster: {e}");
+                ApiError::internal()
+            }
+        })?;
+    let result = classroom_domain::import_zip_within(&portal.db, upload.path(), &admin.scope).await;
+    drop(upload);
     let report = match result {
         Ok(r) => r,
         Err(ImportError::Invalid(problems)) => {
@@ -870,13 +863,15 @@ async fn admin_roster(
                 .map(|p| json!({ "file": p.file, "line": p.line, "reason": p.reason.to_string() }))
                 .collect::<Vec<_>>() })));
         }
-        Err(e @ ImportError::Zip { .. }) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "roster_invalid",
-                "not a readable ZIP archive",
-            )
-            .with(json!({ "problems": [{ "file": "", "line": 0, "reason": e.to_string() }] })));
+        // The server's own path of the upload stays out of the answer: the reason is enough.
+        Err(ImportError::Zip { source, .. }) => {
+            return Err(archive_refused("not a readable ZIP archive", source));
+        }
+        Err(ImportError::TooBig { what, .. }) => {
+            return Err(archive_refused(
+                &format!("{what}; nothing was applied"),
+                what,
+            ));
         }
         Err(e) => {
             warn!("roster import failed: {e}");
@@ -895,6 +890,12 @@ async fn admin_roster(
     };
     audit(&portal.db, &entry).await?;
     ok(json!({ "report": report }))
+}
+
+/// `422 roster_invalid` for an archive refused as a whole, with the reason as its one problem.
+fn archive_refused(message: &str, reason: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "roster_invalid", message)
+        .with(json!({ "problems": [{ "file": "", "line": 0, "reason": reason.to_string() }] }))
 }
 
 async fn admin_lessons(

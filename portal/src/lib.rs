@@ -15,7 +15,9 @@ pub mod next;
 pub mod purge;
 pub mod signin;
 pub mod signin_limits;
+pub mod upload;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -66,6 +68,8 @@ pub struct Portal {
     pub trusted_proxies: client_addr::TrustedProxies,
     /// How refusals of out-of-scope requests are audited (see [`extract`]).
     pub denials: extract::DenialLog,
+    /// The server's private (0700) directory; roster uploads are stored here while imported.
+    pub data_dir: PathBuf,
 }
 
 pub type Shared = Arc<Portal>;
@@ -78,6 +82,7 @@ impl Portal {
         public_url: &str,
         tokens: TokenIssuer,
         oidc: Option<OidcClient>,
+        data_dir: PathBuf,
     ) -> Portal {
         let public_url = public_url.trim_end_matches('/').to_owned();
         let cookies = CookiePolicy::for_public_url(&public_url, SESSION_TTL);
@@ -96,6 +101,7 @@ impl Portal {
             signin_limits: signin_limits::SigninLimits::default(),
             trusted_proxies: client_addr::TrustedProxies::default(),
             denials: extract::DenialLog::default(),
+            data_dir,
         }
     }
 
