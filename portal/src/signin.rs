@@ -186,8 +186,8 @@ async fn link_page(Path(_token): Path<String>) -> Response {
 
 /// `POST /auth/link/{token}`: spends the link, starts a session, goes to the role's home.
 ///
-/// The address limit comes before anything is written: a refused attempt adds no audit row
-/// (but the first refusal of a window, see [`crate::signin_limits`]).
+/// The address limit comes before anything is written, malformed links included: refused
+/// attempts add no audit rows beyond one per address per window ([`crate::signin_limits`]).
 async fn link_consume(
     State(portal): State<Shared>,
     ClientAddr(ip): ClientAddr,
