@@ -26,8 +26,7 @@ pub const MIN_SECRET_LEN: usize = 16;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// TCP address of the web server: pages, `/ws`, `/healthz`, `/metrics`. Port 0 picks a free
-    /// port.
+    /// TCP address of the web server: pages, `/ws`, `/healthz`. Port 0 picks a free port.
     pub http: SocketAddr,
     /// The UDP media plane.
     pub media: MediaSettings,
@@ -55,6 +54,36 @@ pub struct Config {
     /// How often expired web sessions and spent sign-in links are deleted (a duration such as
     /// `1h` or `15m`; see [`Config::purge_every`]).
     pub purge_interval: String,
+    /// Where `/metrics` is served, and the token that guards it.
+    pub metrics: MetricsSettings,
+}
+
+/// `/metrics` tells whoever reads it how many lessons run and how busy the server is: it has its
+/// own address, loopback unless configured otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// TCP address of the metrics listener (plain HTTP: `/metrics`, `/healthz`). Port 0 picks a
+    /// free port.
+    pub listen: SocketAddr,
+    /// A bearer token. When set, `/metrics` is also served on the public port, and every request
+    /// for it, on either address, must carry `Authorization: Bearer <token>`.
+    pub token: Option<Secret>,
+}
+
+/// Default of [`MetricsSettings::listen`]: loopback, where a Prometheus or node exporter on the
+/// same machine reaches it and nobody else does; 9464 is the port commonly used for
+/// Prometheus exporters of applications.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            listen: DEFAULT_METRICS_LISTEN,
+            token: None,
+        }
+    }
 }
 
 /// Default of [`Config::purge_interval`]: sessions last 12 hours and links minutes, so an hourly
@@ -75,6 +104,7 @@ impl Default for Config {
             school: SchoolConfig::default(),
             oidc: None,
             purge_interval: DEFAULT_PURGE_INTERVAL.to_owned(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -272,6 +302,8 @@ pub struct Overrides {
     pub oidc_client_id: Option<String>,
     pub oidc_client_secret: Option<Secret>,
     pub purge_interval: Option<String>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_token: Option<Secret>,
 }
 
 impl Overrides {
@@ -348,6 +380,11 @@ impl Overrides {
             oidc_client_id: text("CLASSROOM_OIDC_CLIENT_ID")?,
             oidc_client_secret: text("CLASSROOM_OIDC_CLIENT_SECRET")?.map(Secret),
             purge_interval: text("CLASSROOM_PURGE_INTERVAL")?,
+            metrics_listen: parsed(
+                "CLASSROOM_METRICS_LISTEN",
+                text("CLASSROOM_METRICS_LISTEN")?,
+            )?,
+            metrics_token: text("CLASSROOM_METRICS_TOKEN")?.map(Secret),
         })
     }
 
@@ -374,6 +411,8 @@ impl Overrides {
             oidc_client_id: self.oidc_client_id.or(lower.oidc_client_id),
             oidc_client_secret: self.oidc_client_secret.or(lower.oidc_client_secret),
             purge_interval: self.purge_interval.or(lower.purge_interval),
+            metrics_listen: self.metrics_listen.or(lower.metrics_listen),
+            metrics_token: self.metrics_token.or(lower.metrics_token),
         }
     }
 }
@@ -399,6 +438,10 @@ impl Config {
             school: SchoolConfig::default(),
             oidc: None,
             purge_interval: DEFAULT_PURGE_INTERVAL.to_owned(),
+            metrics: MetricsSettings {
+                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                token: None,
+            },
         }
     }
 
@@ -485,7 +528,15 @@ impl Config {
             oidc_client_id,
             oidc_client_secret,
             purge_interval,
+            metrics_listen,
+            metrics_token,
         } = overrides;
+        if let Some(v) = metrics_listen {
+            self.metrics.listen = v;
+        }
+        if let Some(v) = metrics_token {
+            self.metrics.token = Some(v);
+        }
         if let Some(v) = purge_interval {
             self.purge_interval = v;
         }
@@ -637,6 +688,17 @@ impl Config {
         {
             return invalid("oidc.issuer and oidc.client_id must not be empty".to_owned());
         }
+        if let Some(token) = &self.metrics.token {
+            check_secret(token.expose()).map_err(|m| {
+                ConfigError::Invalid(format!("metrics.token (CLASSROOM_METRICS_TOKEN) {m}"))
+            })?;
+        }
+        if self.metrics.listen == self.http && self.http.port() != 0 {
+            return invalid(format!(
+                "metrics.listen and http are both {}; /metrics needs an address of its own",
+                self.http
+            ));
+        }
         if let Err(e) = self.purge_every() {
             return invalid(format!("purge_interval (CLASSROOM_PURGE_INTERVAL) {e}"));
         }
@@ -739,6 +801,8 @@ mod tests {
         assert_eq!(c.log.format, LogFormat::Human);
         assert_eq!(c.log.level, "info");
         assert_eq!(c.purge_every(), Ok(std::time::Duration::from_secs(3600)));
+        assert_eq!(c.metrics.listen, addr("127.0.0.1:9464"));
+        assert!(c.metrics.token.is_none());
         c.validate().unwrap();
         Config::for_tests().validate().unwrap();
         let o = env(&[("CLASSROOM_PURGE_INTERVAL", "15m")]).unwrap();
@@ -770,6 +834,31 @@ mod tests {
         assert!(c.token_secret.is_some());
         assert!(c.public_url.is_some());
         assert!(c.tls.is_some());
+        assert!(c.metrics.token.is_some());
+    }
+
+    #[test]
+    fn metrics_settings_from_file_env_and_checks() {
+        let mut c =
+            Config::from_toml("[metrics]\nlisten = \"0.0.0.0:9100\"\ntoken = \"0123456789abcdef\"")
+                .unwrap();
+        assert_eq!(c.metrics.listen, addr("0.0.0.0:9100"));
+        c.validate().unwrap();
+        c.apply(
+            env(&[
+                ("CLASSROOM_METRICS_LISTEN", "127.0.0.1:9200"),
+                ("CLASSROOM_METRICS_TOKEN", "fedcba9876543210fedcba"),
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.metrics.listen, addr("127.0.0.1:9200"));
+        assert_eq!(
+            c.metrics.token.as_ref().map(Secret::expose),
+            Some("fedcba9876543210fedcba")
+        );
+        let e = env(&[("CLASSROOM_METRICS_LISTEN", "9464")]).unwrap_err();
+        assert!(e.to_string().contains("CLASSROOM_METRICS_LISTEN"), "{e}");
     }
 
     fn looks_like_toml(line: &str) -> bool {
@@ -936,6 +1025,8 @@ mod tests {
             "IPv6",
         );
         check(&|c| c.token_secret = Some("short".into()), "too short");
+        check(&|c| c.metrics.token = Some("short".into()), "metrics.token");
+        check(&|c| c.metrics.listen = c.http, "metrics.listen");
         check(&|c| c.public_url = Some("example.org".into()), "http://");
         check(&|c| c.public_url = Some("https://".into()), "no host");
         check(

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod invite;
 pub mod logging;
+mod observe;
 pub mod secret;
 pub mod server;
 pub mod web;
