@@ -198,6 +198,11 @@ impl PortalServer {
         self.handle.http_url()
     }
 
+    /// The metrics listener, e.g. `http://127.0.0.1:9464`.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}", self.handle.metrics_addr)
+    }
+
     /// A one-time sign-in link for `person`, as the CLI or an administrator mints it.
     pub async fn link(&self, person: &str) -> Result<String> {
         let (url, _) = classroom::portal::api::mint_signin_link(
