@@ -26,8 +26,7 @@ pub const MIN_SECRET_LEN: usize = 16;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// TCP address of the web server: pages, `/ws`, `/healthz`, `/metrics`. Port 0 picks a free
-    /// port.
+    /// TCP address of the web server: pages, `/ws`, `/healthz`. Port 0 picks a free port.
     pub http: SocketAddr,
     /// The UDP media plane.
     pub media: MediaSettings,
@@ -59,6 +58,36 @@ pub struct Config {
     pub proxy: ProxySettings,
     /// The audit log.
     pub audit: AuditSettings,
+    /// Where `/metrics` is served, and the token that guards it.
+    pub metrics: MetricsSettings,
+}
+
+/// `/metrics` tells whoever reads it how many lessons run and how busy the server is: it has its
+/// own address, loopback unless configured otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// TCP address of the metrics listener (plain HTTP: `/metrics`, `/healthz`). Port 0 picks a
+    /// free port.
+    pub listen: SocketAddr,
+    /// A bearer token. When set, `/metrics` is also served on the public port, and every request
+    /// for it, on either address, must carry `Authorization: Bearer <token>`.
+    pub token: Option<Secret>,
+}
+
+/// Default of [`MetricsSettings::listen`]: loopback, where a Prometheus or node exporter on the
+/// same machine reaches it and nobody else does; 9464 is the port commonly used for
+/// Prometheus exporters of applications.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            listen: DEFAULT_METRICS_LISTEN,
+            token: None,
+        }
+    }
 }
 
 /// Default of [`Config::purge_interval`]: sessions last 12 hours and links minutes, so an hourly
@@ -81,6 +110,7 @@ impl Default for Config {
             purge_interval: DEFAULT_PURGE_INTERVAL.to_owned(),
             proxy: ProxySettings::default(),
             audit: AuditSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -379,6 +409,8 @@ pub struct Overrides {
     pub purge_interval: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
     pub audit_retention: Option<String>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub metrics_token: Option<Secret>,
 }
 
 impl Overrides {
@@ -463,6 +495,11 @@ impl Overrides {
                     .collect()
             }),
             audit_retention: text("CLASSROOM_AUDIT_RETENTION")?,
+            metrics_listen: parsed(
+                "CLASSROOM_METRICS_LISTEN",
+                text("CLASSROOM_METRICS_LISTEN")?,
+            )?,
+            metrics_token: text("CLASSROOM_METRICS_TOKEN")?.map(Secret),
         })
     }
 
@@ -491,6 +528,8 @@ impl Overrides {
             purge_interval: self.purge_interval.or(lower.purge_interval),
             trusted_proxies: self.trusted_proxies.or(lower.trusted_proxies),
             audit_retention: self.audit_retention.or(lower.audit_retention),
+            metrics_listen: self.metrics_listen.or(lower.metrics_listen),
+            metrics_token: self.metrics_token.or(lower.metrics_token),
         }
     }
 }
@@ -518,6 +557,10 @@ impl Config {
             purge_interval: DEFAULT_PURGE_INTERVAL.to_owned(),
             proxy: ProxySettings::default(),
             audit: AuditSettings::default(),
+            metrics: MetricsSettings {
+                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                token: None,
+            },
         }
     }
 
@@ -606,7 +649,15 @@ impl Config {
             purge_interval,
             trusted_proxies,
             audit_retention,
+            metrics_listen,
+            metrics_token,
         } = overrides;
+        if let Some(v) = metrics_listen {
+            self.metrics.listen = v;
+        }
+        if let Some(v) = metrics_token {
+            self.metrics.token = Some(v);
+        }
         if let Some(v) = purge_interval {
             self.purge_interval = v;
         }
@@ -773,6 +824,17 @@ impl Config {
                 return invalid("oidc.allowed_tenants must not hold empty names".to_owned());
             }
         }
+        if let Some(token) = &self.metrics.token {
+            check_secret(token.expose()).map_err(|m| {
+                ConfigError::Invalid(format!("metrics.token (CLASSROOM_METRICS_TOKEN) {m}"))
+            })?;
+        }
+        if self.metrics.listen == self.http && self.http.port() != 0 {
+            return invalid(format!(
+                "metrics.listen and http are both {}; /metrics needs an address of its own",
+                self.http
+            ));
+        }
         if let Err(e) = self.purge_every() {
             return invalid(format!("purge_interval (CLASSROOM_PURGE_INTERVAL) {e}"));
         }
@@ -881,6 +943,8 @@ mod tests {
         assert_eq!(c.log.format, LogFormat::Human);
         assert_eq!(c.log.level, "info");
         assert_eq!(c.purge_every(), Ok(std::time::Duration::from_secs(3600)));
+        assert_eq!(c.metrics.listen, addr("127.0.0.1:9464"));
+        assert!(c.metrics.token.is_none());
         c.validate().unwrap();
         Config::for_tests().validate().unwrap();
         let o = env(&[("CLASSROOM_PURGE_INTERVAL", "15m")]).unwrap();
@@ -912,6 +976,31 @@ mod tests {
         assert!(c.token_secret.is_some());
         assert!(c.public_url.is_some());
         assert!(c.tls.is_some());
+        assert!(c.metrics.token.is_some());
+    }
+
+    #[test]
+    fn metrics_settings_from_file_env_and_checks() {
+        let mut c =
+            Config::from_toml("[metrics]\nlisten = \"0.0.0.0:9100\"\ntoken = \"0123456789abcdef\"")
+                .unwrap();
+        assert_eq!(c.metrics.listen, addr("0.0.0.0:9100"));
+        c.validate().unwrap();
+        c.apply(
+            env(&[
+                ("CLASSROOM_METRICS_LISTEN", "127.0.0.1:9200"),
+                ("CLASSROOM_METRICS_TOKEN", "fedcba9876543210fedcba"),
+            ])
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.metrics.listen, addr("127.0.0.1:9200"));
+        assert_eq!(
+            c.metrics.token.as_ref().map(Secret::expose),
+            Some("fedcba9876543210fedcba")
+        );
+        let e = env(&[("CLASSROOM_METRICS_LISTEN", "9464")]).unwrap_err();
+        assert!(e.to_string().contains("CLASSROOM_METRICS_LISTEN"), "{e}");
     }
 
     #[test]
@@ -1126,6 +1215,8 @@ mod tests {
             "IPv6",
         );
         check(&|c| c.token_secret = Some("short".into()), "too short");
+        check(&|c| c.metrics.token = Some("short".into()), "metrics.token");
+        check(&|c| c.metrics.listen = c.http, "metrics.listen");
         check(&|c| c.public_url = Some("example.org".into()), "http://");
         check(&|c| c.public_url = Some("https://".into()), "no host");
         check(

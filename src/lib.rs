@@ -8,6 +8,7 @@ pub mod config;
 pub mod data_dir;
 pub mod invite;
 pub mod logging;
+mod observe;
 pub mod secret;
 pub mod server;
 pub mod web;

@@ -89,9 +89,12 @@ struct ConfigArgs {
 struct ServeArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Web server address (pages, /ws, /healthz, /metrics).
+    /// Web server address (pages, /ws, /healthz).
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
+    /// Address of the metrics listener (/metrics, /healthz).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// UDP address of the media socket.
     #[arg(long, value_name = "ADDR")]
     media_bind: Option<SocketAddr>,
@@ -229,6 +232,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         &args.config,
         Overrides {
             http: args.http,
+            metrics_listen: args.metrics_listen,
             media_bind: args.media_bind,
             media_announce: args.announce,
             public_url: args.public_url,

@@ -1,24 +1,20 @@
-//! The whole server in one process: the media plane (UDP), the signaling plane and the web
-//! server (pages, `/ws`, `/healthz`, `/metrics`), started together and stopped in order.
+//! The whole server in one process: the media plane (UDP), the signaling plane, the web server
+//! (pages, `/ws`, `/healthz`) and the metrics listener (`/metrics`, see `observe`), started
+//! together and stopped in order.
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use axum::Router;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use axum_server::tls_rustls::RustlsConfig;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use classroom_sfu::{MediaMetrics, Sfu};
+use classroom_sfu::{MediaHold, Sfu};
 use classroom_signaling::token::{Claims, Role, TokenError, TokenIssuer};
 use classroom_signaling::{Signaling, SignalingConfig};
 
@@ -27,6 +23,7 @@ use classroom_portal::{Portal, gate::LessonGate};
 
 pub use crate::config::Config;
 use crate::config::{TlsConfig, url_for};
+use crate::observe::Observed;
 use crate::secret::{self, SecretSource};
 
 /// How long open HTTP requests get to finish once shutdown starts.
@@ -45,6 +42,8 @@ pub struct ServerHandle {
     pub media_addr: SocketAddr,
     /// The media addresses given to browsers.
     pub media_announced: Vec<SocketAddr>,
+    /// Where `/metrics` is served (plain HTTP; the real port when the configuration said 0).
+    pub metrics_addr: SocketAddr,
     public_url: String,
     tls: bool,
     issuer: TokenIssuer,
@@ -52,6 +51,8 @@ pub struct ServerHandle {
     db: classroom_domain::Db,
     http: axum_server::Handle,
     http_task: Option<JoinHandle<io::Result<()>>>,
+    metrics_http: axum_server::Handle,
+    metrics_task: Option<JoinHandle<io::Result<()>>>,
     sfu: Option<Sfu>,
     purge_task: Option<JoinHandle<()>>,
     alive_task: Option<JoinHandle<()>>,
@@ -116,6 +117,15 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         Some(tls) => Some(load_tls(tls).await?),
         None => None,
     };
+    let metrics_listener =
+        std::net::TcpListener::bind(config.metrics.listen).with_context(|| {
+            format!(
+                "cannot listen on {} (metrics.listen)",
+                config.metrics.listen
+            )
+        })?;
+    metrics_listener.set_nonblocking(true)?;
+    let metrics_addr = metrics_listener.local_addr()?;
 
     let mut sfu = classroom_sfu::start(config.media.to_media_config())
         .context("cannot start the media plane")?;
@@ -185,7 +195,26 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         audit_retention,
     );
     let alive_task = spawn_alive_records(db.clone());
-    let app = router(&signaling, sfu.metrics.clone(), portal, purge_metrics);
+    let observed = Observed::new(
+        sfu.metrics.clone(),
+        signaling.clone(),
+        purge_metrics,
+        config.metrics.token.as_ref().map(|t| t.expose()),
+    );
+    let app = router(&signaling, &observed, portal);
+    let metrics_http = axum_server::Handle::new();
+    let metrics_task = tokio::spawn(
+        axum_server::from_tcp(metrics_listener)
+            .handle(metrics_http.clone())
+            .serve(observed.metrics_routes::<()>().into_make_service()),
+    );
+    if !metrics_addr.ip().is_loopback() && config.metrics.token.is_none() {
+        warn!(
+            %metrics_addr,
+            "/metrics is served without a token on an address other machines can reach; set \
+             metrics.token or listen on loopback"
+        );
+    }
     let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
     let http = axum_server::Handle::new();
     let http_task = match tls {
@@ -214,6 +243,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         tls = config.tls.is_some(),
         media = %sfu.local_addr,
         announced = ?sfu.announced,
+        metrics = %metrics_addr,
         %public_url,
         "classroom is running"
     );
@@ -221,6 +251,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         http_addr,
         media_addr: sfu.local_addr,
         media_announced: sfu.announced.clone(),
+        metrics_addr,
         public_url,
         tls: config.tls.is_some(),
         issuer,
@@ -228,6 +259,8 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         db,
         http,
         http_task: Some(http_task),
+        metrics_http,
+        metrics_task: Some(metrics_task),
         sfu: Some(sfu),
         purge_task: Some(purge_task),
         alive_task: Some(alive_task),
@@ -305,6 +338,16 @@ impl ServerHandle {
         Ok(crate::invite::link(&self.public_url, claims.role, &token))
     }
 
+    /// A test hook: blocks the media thread until the returned guard is dropped, as a thread stuck
+    /// in a slow call would (`/healthz` then fails). Not reachable from the network.
+    pub async fn hold_media_thread(&self) -> anyhow::Result<MediaHold> {
+        let sfu = self
+            .sfu
+            .as_ref()
+            .ok_or_else(|| anyhow!("the media plane has stopped"))?;
+        Ok(sfu.hold().await?)
+    }
+
     /// The database the server uses (rosters, lessons, attendance, sessions).
     pub fn db(&self) -> &classroom_domain::Db {
         &self.db
@@ -355,6 +398,7 @@ impl ServerHandle {
         // Stop accepting first, so nobody joins between the goodbyes and the end. Upgraded
         // WebSockets are not HTTP connections any more and stay open for the goodbye.
         self.http.graceful_shutdown(Some(HTTP_DRAIN));
+        self.metrics_http.graceful_shutdown(Some(HTTP_DRAIN));
         self.signaling.shutdown().await;
         let mut result = Ok(());
         if let Some(task) = self.http_task.take() {
@@ -367,6 +411,14 @@ impl ServerHandle {
                     result = Err(anyhow!("the web server did not stop within {HTTP_DRAIN:?}"));
                 }
             }
+        }
+        if let Some(task) = self.metrics_task.take()
+            && tokio::time::timeout(HTTP_DRAIN + Duration::from_secs(1), task)
+                .await
+                .is_err()
+        {
+            self.metrics_http.shutdown();
+            warn!("the metrics listener did not stop within {HTTP_DRAIN:?}");
         }
         if let Some(sfu) = self.sfu.take() {
             let joined = tokio::task::spawn_blocking(move || sfu.shutdown());
@@ -402,6 +454,9 @@ impl Drop for ServerHandle {
     fn drop(&mut self) {
         if self.http_task.is_some() {
             self.http.shutdown();
+        }
+        if self.metrics_task.is_some() {
+            self.metrics_http.shutdown();
         }
         if let Some(task) = self.purge_task.take() {
             task.abort();
@@ -466,15 +521,6 @@ async fn load_tls(tls: &TlsConfig) -> anyhow::Result<RustlsConfig> {
         })
 }
 
-#[derive(Clone)]
-struct MetricsState {
-    media: Arc<MediaMetrics>,
-    signaling: Signaling,
-    purge: Arc<PurgeMetrics>,
-    started: Instant,
-    started_at: SystemTime,
-}
-
 /// Opens (creating the SQLite file under `data_dir` by default) and migrates the database.
 /// Creates the data directory first, 0700, whichever command gets here first.
 pub async fn open_db(config: &Config) -> anyhow::Result<classroom_domain::Db> {
@@ -515,91 +561,11 @@ fn csrf_key(secret: &str) -> classroom_auth::session::CsrfKey {
     classroom_auth::session::CsrfKey::from_secret(derived.as_bytes())
 }
 
-fn router(
-    signaling: &Signaling,
-    media: Arc<MediaMetrics>,
-    portal: Arc<Portal>,
-    purge: Arc<PurgeMetrics>,
-) -> Router {
-    let state = MetricsState {
-        media,
-        signaling: signaling.clone(),
-        purge,
-        started: Instant::now(),
-        started_at: SystemTime::now(),
-    };
-    let own = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
-        .with_state(state);
+fn router(signaling: &Signaling, observed: &Observed, portal: Arc<Portal>) -> Router {
     crate::web::router()
-        .merge(own)
+        .merge(observed.public_routes())
         .merge(classroom_portal::router(portal))
         .merge(signaling.router())
-}
-
-async fn metrics(State(state): State<MetricsState>) -> impl IntoResponse {
-    let mut out = String::with_capacity(8 * 1024);
-    state.media.render(&mut out);
-    state.signaling.render_metrics(&mut out);
-    state.purge.render(&mut out);
-    render_process(&mut out, state.started, state.started_at);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
-}
-
-fn render_process(out: &mut String, started: Instant, started_at: SystemTime) {
-    let version = env!("CARGO_PKG_VERSION");
-    let _ = writeln!(
-        out,
-        "# HELP classroom_build_info Version of the running server\n\
-         # TYPE classroom_build_info gauge\n\
-         classroom_build_info{{version=\"{version}\"}} 1"
-    );
-    let _ = writeln!(
-        out,
-        "# HELP classroom_uptime_seconds Seconds since the server started\n\
-         # TYPE classroom_uptime_seconds gauge\n\
-         classroom_uptime_seconds {:.3}",
-        started.elapsed().as_secs_f64()
-    );
-    let start_time = started_at
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    let _ = writeln!(
-        out,
-        "# HELP process_start_time_seconds Start time of the process since the epoch\n\
-         # TYPE process_start_time_seconds gauge\n\
-         process_start_time_seconds {start_time:.3}"
-    );
-    if let Some(rss) = resident_memory_bytes() {
-        let _ = writeln!(
-            out,
-            "# HELP process_resident_memory_bytes Resident memory size\n\
-             # TYPE process_resident_memory_bytes gauge\n\
-             process_resident_memory_bytes {rss}"
-        );
-    }
-}
-
-/// Linux only; elsewhere the metric is left out rather than reported as 0.
-fn resident_memory_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
 }
 
 #[cfg(test)]

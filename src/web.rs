@@ -16,6 +16,14 @@ use rust_embed::RustEmbed;
 #[folder = "web-client/"]
 struct Assets;
 
+/// The pages run only their own files: scripts and styles from this server and never inline
+/// (an injected `<script>` or `onclick=` does not run), requests and the WebSocket only to this
+/// server (`'self'` covers `ws:`/`wss:` of the same host), no plugins, no `<base>` rewriting, and
+/// no framing by another site (clickjacking the teacher's controls). `data:` images: the pages'
+/// empty favicon. The sign-in link page (`classroom-portal`) sends the same policy's core.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; img-src 'self' data:; \
+    object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
 /// `GET /` and `GET /<file>` for every embedded file. Routes registered elsewhere (`/ws`,
 /// `/healthz`) take precedence over the wildcard.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
@@ -64,6 +72,10 @@ fn serve(path: &str, request: &HeaderMap) -> Response {
     headers.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
     );
     if let Ok(v) = HeaderValue::from_str(&etag) {
         headers.insert(header::ETAG, v);
@@ -126,6 +138,44 @@ mod tests {
             "text/javascript; charset=utf-8"
         );
         assert_eq!(content_type("image/png"), "image/png");
+    }
+
+    #[test]
+    fn pages_need_no_inline_code_or_styles() {
+        // The policy forbids inline scripts, styles and handlers: a page that used one would
+        // break in the browser without a sound from any server test.
+        for path in Assets::iter().filter(|p| p.ends_with(".html")) {
+            let file = Assets::get(&path).expect("listed file");
+            let html = String::from_utf8_lossy(&file.data).to_ascii_lowercase();
+            for tag in html.split("<script").skip(1) {
+                let open = tag.split('>').next().unwrap_or_default();
+                assert!(open.contains("src="), "{path}: an inline <script>");
+            }
+            assert!(!html.contains("<style"), "{path}: a <style> element");
+            assert!(!html.contains(" style="), "{path}: a style attribute");
+            assert!(!html.contains("javascript:"), "{path}: a javascript: URL");
+            // `onclick="…"` and the like: an attribute name of letters after "on", then `=`.
+            let handler = html.split_whitespace().find(|word| {
+                word.split_once('=').is_some_and(|(name, _)| {
+                    name.len() > 2
+                        && name.starts_with("on")
+                        && name.chars().all(|c| c.is_ascii_lowercase())
+                })
+            });
+            assert_eq!(handler, None, "{path}: an inline event handler");
+        }
+        for path in Assets::iter().filter(|p| p.ends_with(".js")) {
+            let file = Assets::get(&path).expect("listed file");
+            let js = String::from_utf8_lossy(&file.data);
+            for banned in ["eval(", "new Function(", "setAttribute('style'"] {
+                assert!(!js.contains(banned), "{path}: {banned}");
+            }
+        }
+        let page = serve("teacher.html", &HeaderMap::new());
+        let csp = page.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     }
 
     #[test]

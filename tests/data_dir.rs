@@ -70,6 +70,7 @@ fn cli(
     c.env("CLASSROOM_DATA_DIR", data_dir)
         .env("CLASSROOM_HTTP", "127.0.0.1:0")
         .env("CLASSROOM_MEDIA_BIND", "127.0.0.1:0")
+        .env("CLASSROOM_METRICS_LISTEN", "127.0.0.1:0")
         .env("CLASSROOM_LOG_LEVEL", "warn")
         .env_remove("CLASSROOM_TOKEN_SECRET")
         .stdin(Stdio::null())

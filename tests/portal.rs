@@ -629,6 +629,7 @@ fn cli(data_dir: &std::path::Path, database_url: &str) -> tokio::process::Comman
     c.env("CLASSROOM_DATA_DIR", data_dir)
         .env("CLASSROOM_HTTP", "127.0.0.1:0")
         .env("CLASSROOM_MEDIA_BIND", "127.0.0.1:0")
+        .env("CLASSROOM_METRICS_LISTEN", "127.0.0.1:0")
         .env("CLASSROOM_DATABASE_URL", database_url)
         .env("CLASSROOM_LOG_LEVEL", "warn")
         .kill_on_drop(true);
@@ -860,7 +861,7 @@ async fn admin_roster_upload_and_refusals(backend: Backend) -> Result<()> {
     .await
 }
 
-/// `classroom_purged_total{kind=...}` from /metrics.
+/// `classroom_purged_total{kind=...}` from /metrics on the metrics address `base`.
 async fn purged(base: &str, kind: &str) -> Result<u64> {
     let text = client()
         .get(format!("{base}/metrics"))
@@ -885,6 +886,7 @@ async fn expired_sign_in_state_is_purged(backend: Backend) -> Result<()> {
         })
         .await?;
         let base = server.url();
+        let metrics = server.metrics_url();
         let db = server.handle.db();
         // A live session (its link is now used), an expired session and an expired link, and an
         // unused link that is still valid.
@@ -898,8 +900,8 @@ async fn expired_sign_in_state_is_purged(backend: Backend) -> Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let (sessions, links) = (
-                purged(&base, "web_session").await?,
-                purged(&base, "signin_link").await?,
+                purged(&metrics, "web_session").await?,
+                purged(&metrics, "signin_link").await?,
             );
             if sessions >= 1 && links >= 2 {
                 break;

@@ -285,7 +285,7 @@ async fn audit_rows_past_the_retention_are_purged(backend: Backend) -> Result<()
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let purged = purged_audit_entries(&server.url()).await?;
+            let purged = purged_audit_entries(&server.metrics_url()).await?;
             if purged == Some(3) {
                 break;
             }

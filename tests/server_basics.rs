@@ -228,7 +228,7 @@ async fn web_client_is_served_with_its_types() -> Result<()> {
 #[tokio::test]
 async fn metrics_cover_media_signaling_and_process() -> Result<()> {
     let server = start().await?;
-    let reply = get(server.http_addr, "/metrics", &[]).await?;
+    let reply = get(server.metrics_addr, "/metrics", &[]).await?;
     assert_eq!(reply.status, 200);
     assert!(reply.header("content-type").starts_with("text/plain"));
     let text = reply.text();
@@ -584,6 +584,8 @@ fn serve_prints_demo_links_and_stops_on_sigterm() -> Result<()> {
             "--http",
             "127.0.0.1:0",
             "--media-bind",
+            "127.0.0.1:0",
+            "--metrics-listen",
             "127.0.0.1:0",
             "--data-dir",
             "state",

@@ -42,6 +42,10 @@ pub struct Cli {
     /// PID of the server process, to sample its CPU and memory (automatic with --spawn-server).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// The server's metrics listener (its `metrics.listen`), to read `/metrics` from; the
+    /// server's default is 127.0.0.1:9464 (automatic with --spawn-server).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     #[arg(long, default_value = "load-lesson")]
     pub room: String,
     /// Pupils that receive the lesson.

@@ -11,7 +11,7 @@ use loadtest::cli::{Cli, TargetKind};
 use loadtest::janus::Janus;
 use loadtest::report;
 use loadtest::run::{self, RunConfig};
-use loadtest::server::{self, SpawnedServer};
+use loadtest::server::SpawnedServer;
 use loadtest::signal::Classroom;
 
 /// Raises the soft open-file limit to the hard one. Every pupil holds a TCP socket and one or
@@ -111,7 +111,7 @@ async fn lesson(cli: Cli) -> Result<bool> {
         },
         server_media_port: spawned.as_ref().map(|s| s.media.port()),
         metrics: match cli.target {
-            TargetKind::Classroom => server::http_addr(&url),
+            TargetKind::Classroom => cli.metrics.or(spawned.as_ref().map(|s| s.metrics)),
             TargetKind::Janus => None,
         },
         settle: cli.settle,

@@ -1,4 +1,5 @@
-//! Starting the classroom server for a run (`--spawn-server`) and reading its `/metrics`.
+//! Starting the classroom server for a run (`--spawn-server`) and reading its `/metrics` (served
+//! on the server's metrics listener, not on its public port).
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -27,6 +28,8 @@ pub enum ServerError {
 pub struct SpawnedServer {
     child: Child,
     pub http: SocketAddr,
+    /// The metrics listener (`/metrics`).
+    pub metrics: SocketAddr,
     /// The media plane's UDP socket (for its drop counter).
     pub media: SocketAddr,
     pub secret: String,
@@ -53,6 +56,10 @@ impl SpawnedServer {
         }
         let dir = tempfile::tempdir()?;
         let http = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+        let mut metrics = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()?));
+        while metrics == http {
+            metrics.set_port(free_tcp_port()?);
+        }
         let media = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
         let secret: String = (0..40)
             .map(|_| char::from(b'a' + rand::random::<u8>() % 26))
@@ -67,6 +74,8 @@ impl SpawnedServer {
             .arg(http.to_string())
             .arg("--media-bind")
             .arg(media.to_string())
+            .arg("--metrics-listen")
+            .arg(metrics.to_string())
             .arg("--data-dir")
             .arg(dir.path())
             .env("CLASSROOM_TOKEN_SECRET", &secret)
@@ -79,6 +88,7 @@ impl SpawnedServer {
         let server = SpawnedServer {
             child,
             http,
+            metrics,
             media,
             secret,
             log,
@@ -138,15 +148,6 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String, ServerErro
         )));
     }
     Ok(body.to_owned())
-}
-
-/// The HTTP address behind a `ws://host:port/ws` URL.
-pub fn http_addr(ws_url: &str) -> Option<SocketAddr> {
-    let rest = ws_url.strip_prefix("ws://")?;
-    let hostport = rest.split('/').next()?;
-    std::net::ToSocketAddrs::to_socket_addrs(hostport)
-        .ok()?
-        .next()
 }
 
 /// The server's own counts of what is open (`/metrics` gauges). A leak of sessions or peer
@@ -210,9 +211,5 @@ mod tests {
         assert_eq!(g.participants, Some(3.0));
         assert!(!g.all_closed());
         assert!(Gauges::parse("classroom_participants 0\n").all_closed());
-        assert_eq!(
-            http_addr("ws://127.0.0.1:8080/ws"),
-            Some(SocketAddr::from(([127, 0, 0, 1], 8080)))
-        );
     }
 }

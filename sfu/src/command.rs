@@ -142,6 +142,13 @@ pub enum ShardCommand {
     Leave { participant: ParticipantId },
     /// Close every peer connection and stop the media thread.
     Shutdown,
+    /// A test hook: the media thread says so on `held`, then blocks until `release` is dropped
+    /// (at most [`crate::hold::MAX_HOLD`]), as a thread stuck in a slow call would. Only the
+    /// library API sends it ([`crate::Sfu::hold`]); no client message leads to it.
+    Hold {
+        held: oneshot::Sender<()>,
+        release: std::sync::mpsc::Receiver<()>,
+    },
 }
 
 /// Why a subscriber receives no video of a track.

@@ -14,8 +14,11 @@ pub mod command;
 pub mod config;
 pub mod core;
 pub mod error;
+pub mod heartbeat;
+pub mod hold;
 pub mod ids;
 pub mod metrics;
+mod sdp_error;
 pub mod shard;
 
 pub use command::{
@@ -24,6 +27,8 @@ pub use command::{
 };
 pub use config::MediaConfig;
 pub use error::SfuError;
+pub use heartbeat::Heartbeat;
+pub use hold::MediaHold;
 pub use ids::{ParticipantId, RoomId, TrackId};
 pub use metrics::MediaMetrics;
 pub use shard::{Sfu, start};

@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::heartbeat::Heartbeat;
+
 /// Counters owned by one shard, bumped per packet.
 #[derive(Debug, Default, Clone)]
 pub struct MediaCounters {
@@ -72,6 +74,8 @@ pub struct MediaMetrics {
     pub estimate_buckets: [AtomicU64; ESTIMATE_BUCKETS.len()],
     pub estimate_count: AtomicU64,
     pub estimate_sum: AtomicU64,
+    /// The media thread's sign of life (`/healthz`).
+    pub heartbeat: Heartbeat,
 }
 
 impl MediaMetrics {
@@ -230,6 +234,14 @@ impl MediaMetrics {
             "classroom_media_subscriber_estimate_bps_sum {}\nclassroom_media_subscriber_estimate_bps_count {}",
             load(&self.estimate_sum),
             load(&self.estimate_count)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP classroom_media_heartbeat_age_seconds Time since the media thread last showed it is running (/healthz fails above {})\n\
+             # TYPE classroom_media_heartbeat_age_seconds gauge\n\
+             classroom_media_heartbeat_age_seconds {:.3}",
+            crate::heartbeat::STALL_AFTER.as_secs(),
+            self.heartbeat.age().as_secs_f64()
         );
     }
 }

@@ -8,6 +8,7 @@ pub mod protocol;
 pub mod sdp_check;
 pub mod session;
 pub mod token;
+pub mod track_limits;
 
 mod registry;
 mod ws;

@@ -57,6 +57,15 @@ pub fn sections(sdp: &str) -> Result<Vec<Section>, String> {
     if out.is_empty() {
         return Err("the SDP has no media sections".into());
     }
+    // Checks against the track list find a mid's first section; a second one with the same mid
+    // would go unchecked.
+    for (i, section) in out.iter().enumerate() {
+        if let Some(mid) = &section.mid
+            && out[..i].iter().any(|s| s.mid.as_ref() == Some(mid))
+        {
+            return Err(format!("mid {mid} is used by two m= sections"));
+        }
+    }
     Ok(out)
 }
 
@@ -91,5 +100,8 @@ mod tests {
         );
         assert!(sections(&many).unwrap_err().contains("at most"));
         assert!(sections("v=0\r\n").is_err());
+        let twice = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n";
+        assert!(sections(twice).unwrap_err().contains("mid 1"));
     }
 }

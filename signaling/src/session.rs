@@ -3,6 +3,7 @@
 //! The session is generic over a stream and a sink of [`Frame`]s, so tests can drive it with
 //! channels; `ws.rs` adapts axum's WebSocket to it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use crate::protocol::{
 use crate::registry::Outbound;
 use crate::sdp_check;
 use crate::token::{Claims, Permission, TokenError};
+use crate::track_limits;
 
 /// A WebSocket frame as the session sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -518,13 +520,15 @@ pub(crate) fn check_publish(
     sdp: &str,
     tracks: &[WireTrackSpec],
 ) -> Result<(), Refusal> {
-    let sections = sdp_check::sections(sdp).map_err(|e| refusal(ErrorCode::BadSdp, e))?;
+    let mut mids = HashSet::with_capacity(tracks.len());
+    if let Some(t) = tracks.iter().find(|t| !mids.insert(t.mid.as_str())) {
+        return Err(refusal(
+            ErrorCode::BadRequest,
+            format!("mid {} is listed twice in `tracks`", t.mid),
+        ));
+    }
     for t in tracks {
-        let needed = match t.source {
-            Source::Microphone => Permission::PublishAudio,
-            Source::Camera => Permission::PublishVideo,
-            Source::Screen => Permission::PublishScreen,
-        };
+        let needed = source_permission(t.source);
         if !claims.allows(needed) {
             return Err(Refusal {
                 code: ErrorCode::PermissionDenied,
@@ -532,6 +536,17 @@ pub(crate) fn check_publish(
                 message: format!("this token does not allow {needed}"),
             });
         }
+    }
+    // The listed tracks are the whole published set after this offer (see `track_limits`).
+    if let Err(over) = track_limits::check(claims.role, tracks) {
+        return Err(Refusal {
+            code: ErrorCode::PermissionDenied,
+            permission: Some(source_permission(over.source)),
+            message: over.message(claims.role),
+        });
+    }
+    let sections = sdp_check::sections(sdp).map_err(|e| refusal(ErrorCode::BadSdp, e))?;
+    for t in tracks {
         let Some(section) = sections
             .iter()
             .find(|s| s.mid.as_deref() == Some(t.mid.as_str()))
@@ -580,6 +595,14 @@ pub(crate) fn check_publish(
         }
     }
     Ok(())
+}
+
+fn source_permission(s: Source) -> Permission {
+    match s {
+        Source::Microphone => Permission::PublishAudio,
+        Source::Camera => Permission::PublishVideo,
+        Source::Screen => Permission::PublishScreen,
+    }
 }
 
 fn source_kind(s: Source) -> Kind {
@@ -684,5 +707,60 @@ mod tests {
         assert_eq!(r.code, ErrorCode::BadRequest);
         let r = check_publish(&student, "garbage", &ok).unwrap_err();
         assert_eq!(r.code, ErrorCode::BadSdp);
+    }
+
+    #[test]
+    fn publish_checks_hold_each_role_to_its_tracks() {
+        let offer = |kinds: &[&str]| {
+            let mut sdp = String::from("v=0\r\n");
+            for (mid, kind) in kinds.iter().enumerate() {
+                sdp.push_str(&format!(
+                    "m={kind} 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:{mid}\r\na=sendonly\r\n"
+                ));
+            }
+            sdp
+        };
+        let student = Claims::new("r", "s", "S", Role::Student, Duration::from_secs(60));
+        let teacher = Claims::new("r", "t", "T", Role::Teacher, Duration::from_secs(60));
+
+        let two_cameras = [
+            spec("0", Source::Microphone),
+            spec("1", Source::Camera),
+            spec("2", Source::Camera),
+        ];
+        let sdp = offer(&["audio", "video", "video"]);
+        for claims in [&student, &teacher] {
+            let r = check_publish(claims, &sdp, &two_cameras).unwrap_err();
+            assert_eq!(
+                (r.code, r.permission),
+                (ErrorCode::PermissionDenied, Some(Permission::PublishVideo)),
+                "{}",
+                claims.role
+            );
+            assert!(r.message.contains("one camera"), "{}", r.message);
+        }
+        let camera_and_screen = [
+            spec("0", Source::Microphone),
+            spec("1", Source::Camera),
+            spec("2", Source::Screen),
+        ];
+        assert_eq!(check_publish(&teacher, &sdp, &camera_and_screen), Ok(()));
+
+        let two_mics = [spec("0", Source::Microphone), spec("1", Source::Microphone)];
+        let r = check_publish(&student, &offer(&["audio", "audio"]), &two_mics).unwrap_err();
+        assert_eq!(r.permission, Some(Permission::PublishAudio));
+
+        // A mid listed twice would count one section twice.
+        let twice = [spec("0", Source::Microphone), spec("0", Source::Microphone)];
+        let r = check_publish(&student, &offer(&["audio"]), &twice).unwrap_err();
+        assert_eq!(r.code, ErrorCode::BadRequest);
+
+        // Sixteen cameras (the most sections an offer may have) are refused by the limit, not
+        // by the size of the offer.
+        let cameras: Vec<WireTrackSpec> = (0..16)
+            .map(|mid| spec(&mid.to_string(), Source::Camera))
+            .collect();
+        let r = check_publish(&student, &offer(&["video"; 16]), &cameras).unwrap_err();
+        assert_eq!(r.code, ErrorCode::PermissionDenied);
     }
 }

@@ -207,7 +207,12 @@ impl PortalServer {
         self._database.url.clone()
     }
 
-    /// A one-time sign-in link for `person`, as the CLI mints it.
+    /// The metrics listener, e.g. `http://127.0.0.1:9464`.
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}", self.handle.metrics_addr)
+    }
+
+    /// A one-time sign-in link for `person`, as the CLI or an administrator mints it.
     pub async fn link(&self, person: &str) -> Result<String> {
         let link = classroom::portal::links::mint_signin_link(
             self.handle.db(),

@@ -312,6 +312,7 @@ impl Shard {
                 next_metrics = now + METRICS_INTERVAL;
                 self.counters.peers = self.demux.len() as u64;
                 self.metrics.publish(&self.counters);
+                self.metrics.heartbeat.beat();
             }
             // Everything this pass produced leaves before the loop waits again.
             self.flush_outbox();
@@ -354,6 +355,13 @@ impl Shard {
             }
             ShardCommand::Leave { participant } => self.leave(participant),
             ShardCommand::Shutdown => {}
+            ShardCommand::Hold { held, release } => {
+                warn!("the media thread is held (test hook)");
+                let _ = held.send(());
+                // Blocking on purpose: this stands for a media thread stuck in a slow call.
+                let _ = release.recv_timeout(crate::hold::MAX_HOLD);
+                info!("the media thread is released");
+            }
         }
     }
 

@@ -17,6 +17,7 @@ use crate::core::allocator::TrackClass;
 use crate::core::throttle::{Throttle, keyframe_request_interval};
 use crate::error::SfuError;
 use crate::ids::{ParticipantId, TrackId};
+use crate::sdp_error;
 
 /// The rids a publisher sends on `mid`, lowest resolution first. Clients list them lowest first
 /// (`q`, `h`, `f`); the well-known names are ordered by meaning in case one does not.
@@ -62,8 +63,8 @@ impl Shard {
             .ok_or(SfuError::UnknownParticipant)?;
         let room = member.room.clone();
         let existing_peer = member.publisher;
-        let offer =
-            SdpOffer::from_sdp_string(offer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let offer = SdpOffer::from_sdp_string(offer)
+            .map_err(|e| SfuError::BadSdp(sdp_error::parse_failure(offer, &e.to_string())))?;
 
         let key = match existing_peer {
             Some(k) => k,
@@ -108,11 +109,10 @@ impl Shard {
         specs: &[TrackSpec],
     ) -> Result<String, SfuError> {
         let peer = self.peer_mut(key).ok_or(SfuError::UnknownParticipant)?;
-        let answer = peer
-            .rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| SfuError::Negotiation(e.to_string()))?;
+        let answer =
+            peer.rtc.sdp_api().accept_offer(offer).map_err(|e| {
+                SfuError::Negotiation(sdp_error::negotiation_failure(&e.to_string()))
+            })?;
         for spec in specs {
             let mid = Mid::from(spec.mid.as_str());
             let media = peer.rtc.media(mid).ok_or_else(|| {
@@ -417,8 +417,8 @@ impl Shard {
             ));
         };
         // Parse before taking the pending offer, so a garbled answer can be retried.
-        let answer =
-            SdpAnswer::from_sdp_string(answer).map_err(|e| SfuError::BadSdp(e.to_string()))?;
+        let answer = SdpAnswer::from_sdp_string(answer)
+            .map_err(|e| SfuError::BadSdp(sdp_error::parse_failure(answer, &e.to_string())))?;
         let pending_offer = pending
             .take()
             .ok_or_else(|| SfuError::BadRequest("no subscriber offer is pending".into()))?;
@@ -427,7 +427,9 @@ impl Shard {
             // The client applied an answer we cannot: the two sides no longer agree on the
             // connection. Drop it; the participant is told (connection lost) and rejoins.
             self.close_peer(key);
-            return Err(SfuError::Negotiation(e.to_string()));
+            return Err(SfuError::Negotiation(sdp_error::negotiation_failure(
+                &e.to_string(),
+            )));
         }
         for track in self.tracks.values_mut() {
             for sub in track.subscriptions.iter_mut().filter(|s| s.peer == key) {
