@@ -59,7 +59,8 @@ pub use lesson::{
 };
 pub use model::{AcademicSession, Class, Enrollment, Org, Person, PersonRole};
 pub use oneroster::{
-    Counts, ImportError, ImportReport, Problem, Problems, Reason, import_dir, import_zip,
+    Counts, ImportError, ImportReport, Problem, Problems, Reason, RosterSummary, check_files,
+    check_zip, import_dir, import_zip,
 };
 pub use signin::{
     Purged, SignInLinkError, consume_signin_link, create_session, create_signin_link,
