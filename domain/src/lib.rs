@@ -71,8 +71,8 @@ pub use lesson::{
 };
 pub use model::{AcademicSession, Class, Enrollment, Org, Person, PersonRole};
 pub use oneroster::{
-    Counts, ImportError, ImportReport, Problem, Problems, Reason, import_dir, import_zip,
-    import_zip_within,
+    Counts, ImportError, ImportReport, Problem, Problems, Reason, RosterSummary, check_files,
+    check_zip, import_dir, import_zip, import_zip_within,
 };
 pub use scope::{
     Scope, class_school, lessons_in_scope, may_act_on_class, may_act_on_lesson, may_schedule,

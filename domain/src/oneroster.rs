@@ -685,6 +685,7 @@ fn check_unique(
 }
 
 /// Everything already stored, loaded inside the import's transaction.
+#[derive(Default)]
 struct Stored {
     orgs: HashMap<String, Org>,
     sessions: HashMap<String, AcademicSession>,
@@ -1233,6 +1234,62 @@ fn plan(files: &Files, stored: &Stored, out: &mut Collector) -> Plan {
         }
     }
     plan
+}
+
+/// What a roster holds, as [`check_files`] or [`check_zip`] found it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RosterSummary {
+    pub orgs: usize,
+    pub academic_sessions: usize,
+    pub people: usize,
+    pub guardian_links: usize,
+    pub classes: usize,
+    pub class_terms: usize,
+    pub enrollments: usize,
+    pub warnings: Vec<Problem>,
+}
+
+/// Parses and checks a roster held in memory, as an import into an empty database would, without
+/// one: every reference must resolve within the files. Names other than the roster's files are
+/// ignored. The import and this share every parsing and checking step, so the fuzz targets (and
+/// anyone wanting a dry run) exercise the real reader.
+pub fn check_files(files: &[(&str, &[u8])]) -> Result<RosterSummary, Problems> {
+    let files: Files = files
+        .iter()
+        .filter_map(|(name, data)| {
+            let known = FILES.iter().find(|f| *f == name)?;
+            Some((*known, data.to_vec()))
+        })
+        .collect();
+    check(&files)
+}
+
+/// [`check_files`] for a roster ZIP archive held in memory.
+pub fn check_zip(archive: &[u8]) -> Result<RosterSummary, ImportError> {
+    let files = roster_files::read_zip_from(
+        std::io::Cursor::new(archive),
+        Path::new("roster.zip"),
+        &FILES,
+    )?;
+    check(&files).map_err(ImportError::Invalid)
+}
+
+fn check(files: &Files) -> Result<RosterSummary, Problems> {
+    let mut out = Collector::default();
+    let plan = plan(files, &Stored::default(), &mut out);
+    if !out.problems.is_empty() {
+        return Err(Problems(out.problems));
+    }
+    Ok(RosterSummary {
+        orgs: plan.orgs.len(),
+        academic_sessions: plan.sessions.len(),
+        people: plan.people.len(),
+        guardian_links: plan.guardian_links.len(),
+        classes: plan.classes.len(),
+        class_terms: plan.class_terms.len(),
+        enrollments: plan.enrollments.len(),
+        warnings: out.warnings,
+    })
 }
 
 fn unknown(column: &str, id: &str, target: &'static str) -> Reason {

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::path::Path;
 
 use crate::oneroster::ImportError;
@@ -96,11 +96,21 @@ pub(crate) fn read_dir(dir: &Path, names: &[&'static str]) -> Result<Files, Impo
 
 /// Reads the files in `names` at the top level of the ZIP archive at `path`.
 pub(crate) fn read_zip(path: &Path, names: &[&'static str]) -> Result<Files, ImportError> {
+    let file = File::open(path).map_err(io_error(path))?;
+    read_zip_from(file, path, names)
+}
+
+/// [`read_zip`] from any seekable source (an archive held in memory, for checks without a file);
+/// `path` only names it in errors.
+pub(crate) fn read_zip_from<R: Read + Seek>(
+    mut file: R,
+    path: &Path,
+    names: &[&'static str],
+) -> Result<Files, ImportError> {
     let zip_err = |source| ImportError::Zip {
         path: path.to_owned(),
         source,
     };
-    let mut file = File::open(path).map_err(io_error(path))?;
     if central_headers_at_most(&mut file, MAX_ARCHIVE_ENTRIES)
         .map_err(io_error(path))?
         .is_none()
@@ -151,7 +161,7 @@ const CENTRAL_HEADER: [u8; 4] = *b"PK\x01\x02";
 /// there are more. The ZIP reader parses an entry only where this signature is, so the count
 /// bounds what it will hold, whatever the end-of-directory record claims (and whichever of
 /// several such records it settles on).
-fn central_headers_at_most(file: &mut File, limit: usize) -> io::Result<Option<usize>> {
+fn central_headers_at_most<R: Read>(file: &mut R, limit: usize) -> io::Result<Option<usize>> {
     let mut buf = vec![0u8; 64 * 1024];
     // The last three bytes of the previous chunk, so a signature across two reads is seen.
     let mut carry = 0usize;
