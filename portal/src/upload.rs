@@ -112,6 +112,37 @@ pub fn remove_leftovers(dir: &Path) -> io::Result<usize> {
 mod tests {
     use super::*;
 
+    fn names(dir: &Path) -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn stored_private_bounded_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let upload = store(dir.path(), Body::from(vec![7u8; 10]), 10)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(upload.path()).unwrap(), vec![7u8; 10]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(upload.path())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        drop(upload);
+        assert!(names(dir.path()).is_empty());
+
+        let refused = store(dir.path(), Body::from(vec![7u8; 11]), 10).await;
+        assert!(matches!(refused, Err(UploadError::TooLarge { limit: 10 })));
+        assert!(names(dir.path()).is_empty(), "a refused upload is removed");
+    }
+
     #[test]
     fn only_our_leftovers_are_removed() {
         let dir = tempfile::tempdir().unwrap();
