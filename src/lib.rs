@@ -5,6 +5,7 @@
 //! configuration. The binary (`classroom serve`, `classroom invite`) is a thin shell around it.
 
 pub mod config;
+pub mod http_timeouts;
 pub mod invite;
 pub mod logging;
 pub mod secret;
