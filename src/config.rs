@@ -60,6 +60,8 @@ pub struct Config {
     pub audit: AuditSettings,
     /// Where `/metrics` is served, and the token that guards it.
     pub metrics: MetricsSettings,
+    /// How long and how many connections may be held before they prove useful.
+    pub connections: ConnectionSettings,
 }
 
 /// `/metrics` tells whoever reads it how many lessons run and how busy the server is: it has its
@@ -111,6 +113,7 @@ impl Default for Config {
             proxy: ProxySettings::default(),
             audit: AuditSettings::default(),
             metrics: MetricsSettings::default(),
+            connections: ConnectionSettings::default(),
         }
     }
 }
@@ -166,6 +169,90 @@ impl AuditSettings {
             return Err(format!("{text:?} is shorter than the minimum of 7 days"));
         }
         Ok(retention)
+    }
+}
+
+/// Bounds on what a client can make the server hold: sockets that never join, participants who
+/// stop reading, HTTP requests that never finish. Durations are humantime strings (`10s`,
+/// `500ms`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionSettings {
+    /// A `/ws` socket must join within this long of opening.
+    pub join_timeout: String,
+    /// `/ws` sockets one client address (an IPv6 /64) may hold open without having joined.
+    pub max_unjoined_per_address: usize,
+    /// Messages from the room queued for one participant; one more drops the participant.
+    pub outbox_messages: usize,
+    /// A participant whose socket takes no message for this long is dropped.
+    pub send_timeout: String,
+    /// An HTTP request's head (request line and headers) must arrive within this long, counted
+    /// from the connection's start or its previous response.
+    pub http_header_timeout: String,
+    /// An HTTP connection on which no byte moves either way for this long is closed.
+    pub http_idle_timeout: String,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings {
+            join_timeout: "10s".to_owned(),
+            max_unjoined_per_address: 32,
+            outbox_messages: 256,
+            send_timeout: "10s".to_owned(),
+            http_header_timeout: "10s".to_owned(),
+            http_idle_timeout: "60s".to_owned(),
+        }
+    }
+}
+
+/// [`ConnectionSettings`] checked and parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub join_timeout: std::time::Duration,
+    pub max_unjoined_per_address: usize,
+    pub outbox_messages: usize,
+    pub send_timeout: std::time::Duration,
+    pub http_header_timeout: std::time::Duration,
+    pub http_idle_timeout: std::time::Duration,
+}
+
+impl ConnectionSettings {
+    /// The settings as values, or a message naming the key that is wrong.
+    pub fn limits(&self) -> Result<ConnectionLimits, String> {
+        use std::time::Duration;
+        // Shorter than this and a slow but honest network is cut off; longer and the bound
+        // means little.
+        let duration = |key: &str, text: &str| -> Result<Duration, String> {
+            let text = text.trim();
+            let d = humantime::parse_duration(text)
+                .map_err(|e| format!("connections.{key} {text:?}: {e}"))?;
+            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                return Err(format!(
+                    "connections.{key} {text:?} must be between 100ms and 1h"
+                ));
+            }
+            Ok(d)
+        };
+        let count = |key: &str, n: usize, min: usize| -> Result<usize, String> {
+            if n < min {
+                return Err(format!("connections.{key} must be at least {min}"));
+            }
+            Ok(n)
+        };
+        Ok(ConnectionLimits {
+            join_timeout: duration("join_timeout", &self.join_timeout)?,
+            max_unjoined_per_address: count(
+                "max_unjoined_per_address",
+                self.max_unjoined_per_address,
+                1,
+            )?,
+            // A join alone queues a few messages (offer, quality reports) before the first read.
+            outbox_messages: count("outbox_messages", self.outbox_messages, 16)?,
+            send_timeout: duration("send_timeout", &self.send_timeout)?,
+            http_header_timeout: duration("http_header_timeout", &self.http_header_timeout)?,
+            http_idle_timeout: duration("http_idle_timeout", &self.http_idle_timeout)?,
+        })
     }
 }
 
@@ -561,6 +648,7 @@ impl Config {
                 listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
                 token: None,
             },
+            connections: ConnectionSettings::default(),
         }
     }
 
@@ -844,6 +932,9 @@ impl Config {
         if let Err(e) = self.audit.retention() {
             return invalid(format!("audit.retention (CLASSROOM_AUDIT_RETENTION) {e}"));
         }
+        if let Err(e) = self.connections.limits() {
+            return invalid(e);
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid(format!(
                 "log.level {:?} is not a tracing filter (try \"info\" or \"info,classroom_sfu=debug\"): {e}",
@@ -945,6 +1036,16 @@ mod tests {
         assert_eq!(c.purge_every(), Ok(std::time::Duration::from_secs(3600)));
         assert_eq!(c.metrics.listen, addr("127.0.0.1:9464"));
         assert!(c.metrics.token.is_none());
+        let limits = c.connections.limits().unwrap();
+        assert_eq!(limits.join_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(limits.max_unjoined_per_address, 32);
+        assert_eq!(limits.outbox_messages, 256);
+        assert_eq!(limits.send_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(
+            limits.http_header_timeout,
+            std::time::Duration::from_secs(10)
+        );
+        assert_eq!(limits.http_idle_timeout, std::time::Duration::from_secs(60));
         c.validate().unwrap();
         Config::for_tests().validate().unwrap();
         let o = env(&[("CLASSROOM_PURGE_INTERVAL", "15m")]).unwrap();
@@ -1228,6 +1329,22 @@ mod tests {
         check(&|c| c.purge_interval = "soon".into(), "purge_interval");
         check(&|c| c.purge_interval = "0s".into(), "purge_interval");
         check(&|c| c.purge_interval = "2days".into(), "purge_interval");
+        check(
+            &|c| c.connections.join_timeout = "never".into(),
+            "connections.join_timeout",
+        );
+        check(
+            &|c| c.connections.send_timeout = "0s".into(),
+            "connections.send_timeout",
+        );
+        check(
+            &|c| c.connections.max_unjoined_per_address = 0,
+            "connections.max_unjoined_per_address",
+        );
+        check(
+            &|c| c.connections.outbox_messages = 2,
+            "connections.outbox_messages",
+        );
 
         let mut ok = Config::default();
         ok.media.bind = addr("0.0.0.0:50000");

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod data_dir;
+pub mod http_timeouts;
 pub mod invite;
 pub mod logging;
 mod observe;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use axum::Router;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -22,7 +22,8 @@ use classroom_portal::purge::{self, PurgeMetrics};
 use classroom_portal::{Portal, gate::LessonGate};
 
 pub use crate::config::Config;
-use crate::config::{TlsConfig, url_for};
+use crate::config::{ConnectionLimits, TlsConfig, url_for};
+use crate::http_timeouts::{IdleAcceptor, limit_request_heads};
 use crate::observe::Observed;
 use crate::secret::{self, SecretSource};
 
@@ -106,6 +107,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         .proxy
         .trusted_proxies()
         .map_err(|e| anyhow!("proxy.trusted: {e}"))?;
+    let limits = config.connections.limits().map_err(|e| anyhow!(e))?;
 
     // Everything that commonly fails (port taken, unreadable certificate) comes before the
     // media thread starts, so an error leaves nothing running.
@@ -135,7 +137,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         .ok_or_else(|| anyhow!("the media plane's events were already taken"))?;
     let gate = LessonGate::new(db.clone());
     let signaling = Signaling::with_gate(
-        SignalingConfig::default(),
+        signaling_config(&limits, trusted_proxies.clone()),
         issuer.clone(),
         gate.clone(),
         sfu.commands.clone(),
@@ -217,17 +219,20 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     }
     let make_service = app.into_make_service_with_connect_info::<SocketAddr>();
     let http = axum_server::Handle::new();
+    let idle = IdleAcceptor::new(limits.http_idle_timeout);
     let http_task = match tls {
-        Some(tls) => tokio::spawn(
-            axum_server::from_tcp_rustls(listener, tls)
-                .handle(http.clone())
-                .serve(make_service),
-        ),
-        None => tokio::spawn(
-            axum_server::from_tcp(listener)
-                .handle(http.clone())
-                .serve(make_service),
-        ),
+        Some(tls) => {
+            // Idle time counts from the TCP accept, so a stalled TLS handshake is bounded too.
+            let acceptor = RustlsAcceptor::new(tls).acceptor(idle);
+            let mut server = axum_server::from_tcp(listener).acceptor(acceptor);
+            limit_request_heads(server.http_builder(), limits.http_header_timeout);
+            tokio::spawn(server.handle(http.clone()).serve(make_service))
+        }
+        None => {
+            let mut server = axum_server::from_tcp(listener).acceptor(idle);
+            limit_request_heads(server.http_builder(), limits.http_header_timeout);
+            tokio::spawn(server.handle(http.clone()).serve(make_service))
+        }
     };
 
     if !is_secure_context(&public_url) {
@@ -519,6 +524,20 @@ async fn load_tls(tls: &TlsConfig) -> anyhow::Result<RustlsConfig> {
                 tls.key.display()
             )
         })
+}
+
+fn signaling_config(
+    limits: &ConnectionLimits,
+    trusted_proxies: classroom_auth::TrustedProxies,
+) -> SignalingConfig {
+    SignalingConfig {
+        trusted_proxies,
+        join_timeout: limits.join_timeout,
+        max_unjoined_per_address: limits.max_unjoined_per_address,
+        outbox_capacity: limits.outbox_messages,
+        send_timeout: limits.send_timeout,
+        ..SignalingConfig::default()
+    }
 }
 
 /// Opens (creating the SQLite file under `data_dir` by default) and migrates the database.

@@ -74,11 +74,11 @@ pub use oneroster::{
     Counts, ImportError, ImportReport, Problem, Problems, Reason, RosterSummary, check_files,
     check_zip, import_dir, import_zip, import_zip_within,
 };
+pub use roster_files::{MAX_ARCHIVE_ENTRIES, MAX_UNPACKED_BYTES, TooBig};
 pub use scope::{
     Scope, class_school, lessons_in_scope, may_act_on_class, may_act_on_lesson, may_schedule,
     scope_of,
 };
-pub use roster_files::{MAX_ARCHIVE_ENTRIES, MAX_UNPACKED_BYTES, TooBig};
 pub use signin::{
     Issuer, LinkRequest, MintError, MintRefusal, Purged, SignInLinkError, consume_signin_link,
     create_session, create_signin_link, delete_session, may_mint_for, mint_signin_link,

@@ -10,7 +10,9 @@ pub mod session;
 pub mod token;
 pub mod track_limits;
 
+mod outbox;
 mod registry;
+mod unjoined;
 mod ws;
 
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use gate::{OpenGate, RoomGate};
 use protocol::{ErrorCode, GoodbyeReason, QualityEntry, QualityLabel, ServerMessage};
 use registry::{Outbound, Registry};
 use token::TokenIssuer;
+use unjoined::UnjoinedSockets;
 
 /// Limits of the signaling plane.
 #[derive(Debug, Clone)]
@@ -34,6 +37,18 @@ pub struct SignalingConfig {
     pub max_message_bytes: usize,
     /// A socket silent this long is closed (clients ping every 10 s).
     pub idle_timeout: Duration,
+    /// A socket that has not joined this long after opening is closed, pings or not.
+    pub join_timeout: Duration,
+    /// Sockets one client address (an IPv6 /64) may hold open without having joined.
+    pub max_unjoined_per_address: usize,
+    /// Messages from the room (fan-out, media events) queued for one participant; a participant
+    /// whose queue overflows is dropped.
+    pub outbox_capacity: usize,
+    /// A participant whose socket does not take a message within this long is dropped.
+    pub send_timeout: Duration,
+    /// Reverse proxies whose forwarded header names the client (the unjoined-socket cap counts
+    /// clients, not the proxy in front of them all).
+    pub trusted_proxies: classroom_auth::TrustedProxies,
 }
 
 impl Default for SignalingConfig {
@@ -41,6 +56,31 @@ impl Default for SignalingConfig {
         SignalingConfig {
             max_message_bytes: protocol::MAX_MESSAGE_BYTES,
             idle_timeout: Duration::from_secs(30),
+            join_timeout: Duration::from_secs(10),
+            max_unjoined_per_address: 32,
+            outbox_capacity: 256,
+            send_timeout: Duration::from_secs(10),
+            trusted_proxies: classroom_auth::TrustedProxies::default(),
+        }
+    }
+}
+
+/// Why a participant was dropped for not keeping up, as counted in `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlowDrop {
+    /// More messages from the room waited than its queue holds.
+    QueueFull,
+    /// Its socket did not take a message within the send timeout.
+    SendTimeout,
+}
+
+impl SlowDrop {
+    const ALL: [SlowDrop; 2] = [SlowDrop::QueueFull, SlowDrop::SendTimeout];
+
+    fn label(self) -> &'static str {
+        match self {
+            SlowDrop::QueueFull => "queue_full",
+            SlowDrop::SendTimeout => "send_timeout",
         }
     }
 }
@@ -58,9 +98,11 @@ pub(crate) struct Inner {
     session_ended: Notify,
     joins: AtomicU64,
     errors: [AtomicU64; ERROR_CODES.len()],
+    unjoined: Arc<UnjoinedSockets>,
+    slow_drops: [AtomicU64; SlowDrop::ALL.len()],
 }
 
-const ERROR_CODES: [ErrorCode; 15] = [
+const ERROR_CODES: [ErrorCode; 16] = [
     ErrorCode::BadJson,
     ErrorCode::UnknownType,
     ErrorCode::BadRequest,
@@ -75,6 +117,7 @@ const ERROR_CODES: [ErrorCode; 15] = [
     ErrorCode::BadSdp,
     ErrorCode::Replaced,
     ErrorCode::Timeout,
+    ErrorCode::TooManyConnections,
     ErrorCode::Internal,
 ];
 
@@ -82,6 +125,12 @@ impl Inner {
     fn count_error(&self, code: ErrorCode) {
         if let Some(i) = ERROR_CODES.iter().position(|c| *c == code) {
             self.errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn count_slow_drop(&self, why: SlowDrop) {
+        if let Some(i) = SlowDrop::ALL.iter().position(|w| *w == why) {
+            self.slow_drops[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -114,6 +163,8 @@ impl Signaling {
         events: mpsc::UnboundedReceiver<ShardEvent>,
     ) -> Signaling {
         let inner = Arc::new(Inner {
+            unjoined: UnjoinedSockets::new(config.max_unjoined_per_address),
+            slow_drops: Default::default(),
             config,
             tokens,
             gate,
@@ -141,7 +192,7 @@ impl Signaling {
         S: futures_util::Stream<Item = session::Frame> + Unpin,
         K: futures_util::Sink<session::Frame> + Unpin,
     {
-        session::run(self.inner.clone(), stream, sink).await;
+        session::run(self.inner.clone(), stream, sink, None).await;
     }
 
     /// Tells every participant the server is going away and waits (bounded) for their sessions
@@ -211,6 +262,18 @@ impl Signaling {
             let _ = writeln!(
                 out,
                 "classroom_signaling_errors_total{{code=\"{label}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP classroom_signaling_slow_drops_total Participants dropped for not reading their socket fast enough, by reason\n# TYPE classroom_signaling_slow_drops_total counter"
+        );
+        for (why, n) in SlowDrop::ALL.iter().zip(&self.inner.slow_drops) {
+            let _ = writeln!(
+                out,
+                "classroom_signaling_slow_drops_total{{reason=\"{}\"}} {}",
+                why.label(),
                 n.load(Ordering::Relaxed)
             );
         }

@@ -175,6 +175,8 @@ pub enum ErrorCode {
     BadSdp,
     Replaced,
     Timeout,
+    /// The client's address already holds as many unjoined sockets as it may.
+    TooManyConnections,
     Internal,
 }
 
@@ -189,6 +191,7 @@ impl ErrorCode {
                 | ErrorCode::NotAdmitted
                 | ErrorCode::Replaced
                 | ErrorCode::Timeout
+                | ErrorCode::TooManyConnections
         )
     }
 }

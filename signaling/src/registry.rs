@@ -4,10 +4,10 @@
 //! copies the member list out of the room, then sends to each member's outbox.
 
 use dashmap::DashMap;
-use tokio::sync::mpsc;
 
 use classroom_sfu::{ParticipantId, RoomId};
 
+use crate::outbox::Outbox;
 use crate::protocol::{GoodbyeReason, ParticipantInfo, ServerMessage, TrackInfo};
 
 /// What a session's writer receives from elsewhere.
@@ -21,7 +21,7 @@ pub(crate) enum Outbound {
 struct Entry {
     room: RoomId,
     info: ParticipantInfo,
-    outbox: mpsc::UnboundedSender<Outbound>,
+    outbox: Outbox,
 }
 
 #[derive(Default)]
@@ -53,7 +53,7 @@ impl Registry {
         id: ParticipantId,
         room: &RoomId,
         info: ParticipantInfo,
-        outbox: mpsc::UnboundedSender<Outbound>,
+        outbox: Outbox,
     ) -> Admission {
         let (members, tracks) = {
             let mut state = self.rooms.entry(room.clone()).or_default();
@@ -104,9 +104,10 @@ impl Registry {
         Some(entry.room)
     }
 
+    /// Never waits: a participant whose queue is full is dropped by its session instead.
     pub fn send(&self, id: ParticipantId, out: Outbound) {
         if let Some(e) = self.participants.get(&id) {
-            let _ = e.outbox.send(out);
+            e.outbox.push(out);
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -18,8 +18,8 @@ use classroom_sfu::{
     TrackId, TrackKind, TrackSource, TrackSpec,
 };
 
-use crate::Inner;
 use crate::gate::Entrant;
+use crate::outbox::{self, Outbox};
 use crate::protocol::{
     self, ClientMessage, ErrorCode, GoodbyeReason, Kind, LayerWire, ParticipantInfo, ServerMessage,
     Source, TrackInfo, WireTrackSpec,
@@ -28,6 +28,8 @@ use crate::registry::Outbound;
 use crate::sdp_check;
 use crate::token::{Claims, Permission, TokenError};
 use crate::track_limits;
+use crate::unjoined::UnjoinedSlot;
+use crate::{Inner, SlowDrop};
 
 /// A WebSocket frame as the session sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +46,8 @@ const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_GOING_AWAY: u16 = 1001;
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_TOO_BIG: u16 = 1009;
+/// "Try Again Later" (IANA WebSocket close code registry).
+const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
 struct Joined {
     id: ParticipantId,
@@ -56,32 +60,58 @@ struct Joined {
 enum Flow {
     Continue,
     Close(u16, &'static str),
+    /// End at once, without a goodbye the client would not read anyway.
+    Drop(SlowDrop),
+}
+
+/// Why nothing more can be written to the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Broken {
+    /// The client did not take a frame within the send timeout.
+    SendTimeout,
+    /// The socket is gone.
+    Closed,
 }
 
 struct Session<K> {
     inner: Arc<Inner>,
     sink: K,
-    outbox: mpsc::UnboundedSender<Outbound>,
+    outbox: Outbox,
     joined: Option<Joined>,
+    /// Counts this socket against its address's unjoined sockets until it joins.
+    unjoined: Option<UnjoinedSlot>,
+    /// Set by the first failed write; later writes are skipped and the session ends.
+    broken: Option<Broken>,
 }
 
-/// Runs a session until the client leaves, the socket closes, or the server shuts down.
-pub(crate) async fn run<S, K>(inner: Arc<Inner>, mut stream: S, sink: K)
-where
+/// Runs a session until the client leaves, the socket closes, the client falls behind, or the
+/// server shuts down. `unjoined` is the socket's place under its address's cap, given back on
+/// join.
+pub(crate) async fn run<S, K>(
+    inner: Arc<Inner>,
+    mut stream: S,
+    sink: K,
+    unjoined: Option<UnjoinedSlot>,
+) where
     S: Stream<Item = Frame> + Unpin,
     K: Sink<Frame> + Unpin,
 {
-    let (outbox, mut inbox) = mpsc::unbounded_channel();
+    let (outbox, mut inbox, overflow) = outbox::outbox(inner.config.outbox_capacity);
     let mut shutdown = inner.shutdown.subscribe();
     let idle = inner.config.idle_timeout;
+    let join_timeout = inner.config.join_timeout;
     inner.sessions.fetch_add(1, Ordering::Relaxed);
     let mut s = Session {
         inner: inner.clone(),
         sink,
         outbox,
         joined: None,
+        unjoined,
+        broken: None,
     };
     let mut deadline = Instant::now() + idle;
+    // Pings keep a socket from being idle, not from having to join.
+    let join_deadline = Instant::now() + join_timeout;
     loop {
         let flow = tokio::select! {
             frame = stream.next() => match frame {
@@ -102,6 +132,7 @@ where
                 }
                 None => Flow::Continue,
             },
+            () = overflow.overflowed() => Flow::Drop(SlowDrop::QueueFull),
             _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
                 s.send(&ServerMessage::Goodbye { reason: GoodbyeReason::ServerShutdown }).await;
                 Flow::Close(CLOSE_GOING_AWAY, "server shutdown")
@@ -111,10 +142,29 @@ where
                 s.send(&ServerMessage::Goodbye { reason: GoodbyeReason::Timeout }).await;
                 Flow::Close(CLOSE_POLICY, "idle")
             },
+            _ = tokio::time::sleep_until(join_deadline), if s.joined.is_none() => {
+                s.send(&ServerMessage::error(None, ErrorCode::Timeout, format!("no join within {join_timeout:?}"))).await;
+                s.send(&ServerMessage::Goodbye { reason: GoodbyeReason::Timeout }).await;
+                Flow::Close(CLOSE_POLICY, "join timeout")
+            },
         };
-        if let Flow::Close(code, reason) = flow {
-            let _ = s.sink.send(Frame::Close(code, reason.to_owned())).await;
-            break;
+        let flow = match s.broken {
+            Some(Broken::SendTimeout) => Flow::Drop(SlowDrop::SendTimeout),
+            Some(Broken::Closed) => break,
+            None => flow,
+        };
+        match flow {
+            Flow::Continue => {}
+            Flow::Close(code, reason) => {
+                s.write(Frame::Close(code, reason.to_owned())).await;
+                break;
+            }
+            Flow::Drop(why) => {
+                inner.count_slow_drop(why);
+                let who = s.joined.as_ref().map(|j| j.id.to_string());
+                info!(participant = ?who, reason = why.label(), "dropped a client that does not keep up with its messages");
+                break;
+            }
         }
     }
     s.leave().await;
@@ -122,9 +172,49 @@ where
     inner.session_ended.notify_waiters();
 }
 
+/// Tells a socket over its address's cap of unjoined sockets why it is closed; no session is
+/// started for it.
+pub(crate) async fn refuse_crowded<K>(inner: &Inner, mut sink: K, limit: usize)
+where
+    K: Sink<Frame> + Unpin,
+{
+    inner.count_error(ErrorCode::TooManyConnections);
+    let refusal = ServerMessage::error(
+        None,
+        ErrorCode::TooManyConnections,
+        format!(
+            "this address already has {limit} connections that have not joined; join or close \
+             one of them first"
+        ),
+    );
+    let frames = async {
+        sink.send(Frame::Text(refusal.to_json())).await?;
+        sink.send(Frame::Close(
+            CLOSE_TRY_AGAIN_LATER,
+            "too many connections".to_owned(),
+        ))
+        .await
+    };
+    let _ = tokio::time::timeout(inner.config.send_timeout, frames).await;
+}
+
 impl<K: Sink<Frame> + Unpin> Session<K> {
     async fn send(&mut self, msg: &ServerMessage) {
-        let _ = self.sink.send(Frame::Text(msg.to_json())).await;
+        self.write(Frame::Text(msg.to_json())).await;
+    }
+
+    /// Writes one frame within the send timeout; a client that does not take it in time is
+    /// dropped rather than allowed to hold its session (and its queue) open.
+    async fn write(&mut self, frame: Frame) {
+        if self.broken.is_some() {
+            return;
+        }
+        let send_timeout = self.inner.config.send_timeout;
+        match tokio::time::timeout(send_timeout, self.sink.send(frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => self.broken = Some(Broken::Closed),
+            Err(_) => self.broken = Some(Broken::SendTimeout),
+        }
     }
 
     async fn fail(
@@ -279,6 +369,8 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             .inner
             .registry
             .admit(pid, &room, me.clone(), self.outbox.clone());
+        // Joined: the socket no longer counts against its address's unjoined ones.
+        self.unjoined = None;
         if let Some(old) = admission.replaced {
             self.inner
                 .registry
@@ -661,7 +753,113 @@ pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::token::Role;
+    use crate::token::{Role, TokenIssuer};
+    use crate::{Signaling, SignalingConfig};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::sync::mpsc;
+
+    /// A socket whose peer takes nothing: every write waits for ever.
+    struct StuckSink;
+
+    impl Sink<Frame> for StuckSink {
+        type Error = ();
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Pending
+        }
+        fn start_send(self: Pin<&mut Self>, _: Frame) -> Result<(), ()> {
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Pending
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Pending
+        }
+    }
+
+    fn signaling(config: SignalingConfig) -> Signaling {
+        // The media plane is never reached by these sessions: nothing joins.
+        let (sfu, _) = mpsc::channel(1);
+        let (_, events) = mpsc::unbounded_channel();
+        Signaling::new(
+            config,
+            TokenIssuer::new(b"unit-tests-secret-0123"),
+            sfu,
+            events,
+        )
+    }
+
+    fn metrics(signaling: &Signaling) -> String {
+        let mut out = String::new();
+        signaling.render_metrics(&mut out);
+        out
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_takes_nothing_ends_its_session_at_the_send_timeout() {
+        let signaling = signaling(SignalingConfig {
+            send_timeout: Duration::from_millis(200),
+            ..SignalingConfig::default()
+        });
+        // One ping to answer, then a client that keeps the socket open and reads nothing.
+        let frames = futures_util::stream::iter([Frame::Text(r#"{"type":"ping"}"#.into())])
+            .chain(futures_util::stream::pending());
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            signaling.run_session(Box::pin(frames), StuckSink),
+        )
+        .await
+        .expect("the session ends although its socket never takes the pong");
+        assert!(
+            metrics(&signaling)
+                .contains("classroom_signaling_slow_drops_total{reason=\"send_timeout\"} 1"),
+            "{}",
+            metrics(&signaling)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_session_that_never_joins_ends_at_the_join_deadline() {
+        let signaling = signaling(SignalingConfig {
+            join_timeout: Duration::from_millis(200),
+            ..SignalingConfig::default()
+        });
+        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = futures_util::sink::unfold(written.clone(), |written, frame: Frame| async {
+            written.lock().unwrap().push(frame);
+            Ok::<_, ()>(written)
+        });
+        // Pings are answered but do not count as joining.
+        let pings =
+            futures_util::stream::iter((0..3).map(|_| Frame::Text(r#"{"type":"ping"}"#.into())))
+                .chain(futures_util::stream::pending());
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            signaling.run_session(Box::pin(pings), Box::pin(sink)),
+        )
+        .await
+        .expect("the session ends at the join deadline, pings or not");
+        let written = written.lock().unwrap().clone();
+        let texts: Vec<&str> = written
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts.iter().filter(|t| t.contains("pong")).count(), 3);
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.contains(r#""code":"timeout""#) && t.contains("no join within")),
+            "{texts:?}"
+        );
+        assert_eq!(
+            written.last(),
+            Some(&Frame::Close(CLOSE_POLICY, "join timeout".into()))
+        );
+    }
 
     const OFFER: &str = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\n\
         m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=sendonly\r\n";

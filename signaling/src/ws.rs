@@ -1,15 +1,18 @@
 //! axum's WebSocket, adapted to the session's [`Frame`] stream and sink.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt, future};
 
 use crate::Inner;
 use crate::session::{self, Frame};
+use crate::unjoined::{TooManyUnjoined, UnjoinedSlot};
 
 /// Frames beyond this are cut by the WebSocket layer itself (close 1009) before being buffered;
 /// between the protocol limit and this one the session answers `message_too_large`.
@@ -26,14 +29,29 @@ pub(crate) fn router(inner: Arc<Inner>) -> axum::Router {
         .with_state(inner)
 }
 
-async fn upgrade(State(inner): State<Arc<Inner>>, ws: WebSocketUpgrade) -> Response {
+/// The address a `/ws` client is counted under: the TCP peer, or the client a trusted reverse
+/// proxy names (the portal's rule, `classroom_auth::client_addr`).
+fn client_address(inner: &Inner, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    classroom_auth::client_addr::resolve(peer.ip(), headers, &inner.config.trusted_proxies)
+}
+
+async fn upgrade(
+    State(inner): State<Arc<Inner>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // Taken before the upgrade so that simultaneous upgrades cannot all slip under the cap.
+    let place = inner
+        .unjoined
+        .try_acquire(client_address(&inner, peer, &headers));
     ws.max_message_size(WEBSOCKET_HARD_LIMIT)
         .max_frame_size(WEBSOCKET_HARD_LIMIT)
         .read_buffer_size(WEBSOCKET_READ_BUFFER)
-        .on_upgrade(move |socket| serve(inner, socket))
+        .on_upgrade(move |socket| serve(inner, socket, place))
 }
 
-async fn serve(inner: Arc<Inner>, socket: WebSocket) {
+async fn serve(inner: Arc<Inner>, socket: WebSocket, place: Result<UnjoinedSlot, TooManyUnjoined>) {
     let (sink, stream) = socket.split();
     let stream = stream
         .take_while(|m| future::ready(m.is_ok()))
@@ -58,5 +76,10 @@ async fn serve(inner: Arc<Inner>, socket: WebSocket) {
             })),
         }))
     });
-    session::run(inner, Box::pin(stream), Box::pin(sink)).await;
+    match place {
+        Ok(slot) => session::run(inner, Box::pin(stream), Box::pin(sink), Some(slot)).await,
+        Err(TooManyUnjoined { limit }) => {
+            session::refuse_crowded(&inner, Box::pin(sink), limit).await
+        }
+    }
 }
