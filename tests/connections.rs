@@ -304,7 +304,7 @@ async fn a_client_that_stops_reading_is_dropped_and_the_lesson_keeps_its_media()
         .await;
         ensure!(drained.is_ok(), "the frozen pupil's socket is still open");
 
-        let metrics = reqwest::get(format!("{}/metrics", server.handle.http_url()))
+        let metrics = reqwest::get(format!("http://{}/metrics", server.handle.metrics_addr))
             .await?
             .text()
             .await?;
