@@ -201,8 +201,12 @@ impl Db {
 
     async fn open_sqlite_with(options: SqliteConnectOptions) -> Result<Db, DbError> {
         let path = options.get_filename();
-        // `file:...` names are sqlx's in-memory databases: nothing on disk to protect.
-        if path != Path::new(":memory:") && !path.starts_with("file:") {
+        // `file:...` names are sqlx's in-memory databases: nothing on disk to protect. (A string
+        // test: `Path::starts_with` compares whole components, so it never matched them.)
+        let in_memory = path
+            .to_str()
+            .is_some_and(|p| p == ":memory:" || p.starts_with("file:"));
+        if !in_memory {
             private_sqlite_files(path).map_err(|source| DbError::FileMode {
                 path: path.to_owned(),
                 source,
