@@ -8,17 +8,17 @@
 //! `CLASSROOM_TEST_POSTGRES_URL` is set, on a fresh PostgreSQL database. File modes are about
 //! files, so they run on SQLite only.
 
+#[macro_use]
 #[path = "support/portal.rs"]
 mod portal;
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use futures_util::{SinkExt, StreamExt};
-use portal::{Backend, Session, TestDatabase, school_date};
+use portal::{Backend, Session, TestDatabase, bounded, school_date};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -28,31 +28,6 @@ const LIMIT: Duration = Duration::from_secs(90);
 
 /// What a process may peak at while refusing a bomb. The server idles at about 25 MB.
 const MEMORY_CEILING_BYTES: u64 = 100 * 1024 * 1024;
-
-async fn bounded<F: Future<Output = Result<()>>>(f: F) -> Result<()> {
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .context("test timed out")?
-}
-
-macro_rules! on_both_databases {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() -> anyhow::Result<()> {
-                super::$test(super::Backend::Sqlite).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() -> anyhow::Result<()> {
-                match super::Backend::postgres(stringify!($test)) {
-                    Some(backend) => super::$test(backend).await,
-                    None => Ok(()),
-                }
-            }
-        }
-    )*};
-}
 
 on_both_databases!(
     roster_bombs_are_refused_in_little_memory,
@@ -210,7 +185,7 @@ enum First {
 /// token secret 0600; a server started afterwards keeps them so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_are_private_whichever_command_comes_first() -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         for first in [First::Serve, First::RosterImport, First::SigninLink] {
             let dir = tempfile::tempdir()?;
             let data = dir.path().join("state/data");
@@ -355,7 +330,7 @@ fn cli_import_peak(data: &Path, database_url: &str, zip: &Path) -> Result<(bool,
 }
 
 async fn roster_bombs_are_refused_in_little_memory(backend: Backend) -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
         std::fs::create_dir(&data)?;
@@ -493,7 +468,7 @@ async fn online_now(teacher: &Session, lesson: &str, pupil: &str) -> Result<bool
 }
 
 async fn presence_is_closed_after_sigkill(backend: Backend) -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         let dir = tempfile::tempdir()?;
         let data = dir.path().join("data");
         std::fs::create_dir(&data)?;

@@ -7,46 +7,21 @@
 //! a fresh PostgreSQL database. Roster: t-001 is t.yamada@mizuho-es.example.jp (a teacher, home
 //! `/lobby.html`), g-001 g.nakagawa@home.example.jp (a guardian).
 
+#[macro_use]
 #[path = "support/portal.rs"]
 mod portal;
 
-use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use classroom::config::{OidcSettings, Secret};
 use classroom_auth::test_issuer::{TestIssuer, TestIssuerConfig, TestUser};
 use classroom_domain::{Action, AuditFilter, Table, audit_log};
-use portal::{Backend, Options, PortalServer, Session, client, location, set_cookie};
+use portal::{Backend, Options, PortalServer, Session, bounded, client, location, set_cookie};
 use reqwest::StatusCode;
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(90);
-
-async fn bounded<F: Future<Output = Result<()>>>(f: F) -> Result<()> {
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .context("test timed out")?
-}
-
-macro_rules! on_both_databases {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() -> anyhow::Result<()> {
-                super::$test(super::Backend::Sqlite).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() -> anyhow::Result<()> {
-                match super::Backend::postgres(stringify!($test)) {
-                    Some(backend) => super::$test(backend).await,
-                    None => Ok(()),
-                }
-            }
-        }
-    )*};
-}
 
 on_both_databases!(
     unverified_email_is_refused_and_audited,
@@ -156,7 +131,7 @@ async fn failed_sign_ins(server: &PortalServer) -> Result<Vec<Value>> {
 
 /// An identity provider where people set their own address: someone claims a teacher's.
 async fn unverified_email_is_refused_and_audited(backend: Backend) -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         let (issuer, server) = start(&backend, &[]).await?;
         let base = server.url();
         issuer.set_user(user("self-service-7", TEACHER_EMAIL, false));
@@ -195,7 +170,7 @@ async fn unverified_email_is_refused_and_audited(backend: Backend) -> Result<()>
 async fn bound_account_keeps_its_person_and_its_address_cannot_be_taken(
     backend: Backend,
 ) -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         let (issuer, server) = start(&backend, &[]).await?;
         let base = server.url();
         issuer.set_user(user("teacher-sub", TEACHER_EMAIL, true));
@@ -234,7 +209,7 @@ async fn bound_account_keeps_its_person_and_its_address_cannot_be_taken(
 }
 
 async fn tenant_allow_list_admits_only_listed_tenants(backend: Backend) -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         let (issuer, server) = start(&backend, &["tenant-a", "mizuho-es.example.jp"]).await?;
         let base = server.url();
 
@@ -285,7 +260,7 @@ async fn tenant_allow_list_admits_only_listed_tenants(backend: Backend) -> Resul
 /// site, at the teacher's home page, never elsewhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_values_stay_on_the_site() -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         #[derive(serde::Deserialize)]
         struct Cases {
             refused: Vec<String>,

@@ -7,17 +7,17 @@
 //! `CLASSROOM_TEST_POSTGRES_URL` is set, on a fresh PostgreSQL database created and dropped for
 //! it (`<test>::postgres`; without the variable that variant passes with a note).
 
+#[macro_use]
 #[path = "support/portal.rs"]
 mod portal;
 
-use std::future::Future;
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use futures_util::{SinkExt, StreamExt};
 use portal::{
-    Backend, Options, PortalServer, Session, TestDatabase, client, location, school_date,
+    Backend, Options, PortalServer, Session, TestDatabase, bounded, client, location, school_date,
     set_cookie,
 };
 use reqwest::StatusCode;
@@ -26,32 +26,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-async fn bounded<F: Future<Output = Result<()>>>(f: F) -> Result<()> {
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .context("test timed out")?
-}
-
-/// `mod $test { sqlite, postgres }`: the test body `$test(backend)` once per database.
-macro_rules! on_both_databases {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() -> anyhow::Result<()> {
-                super::$test(super::Backend::Sqlite).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() -> anyhow::Result<()> {
-                match super::Backend::postgres(stringify!($test)) {
-                    Some(backend) => super::$test(backend).await,
-                    None => Ok(()),
-                }
-            }
-        }
-    )*};
-}
 
 on_both_databases!(
     guardian_modes_cutoff_and_authorisation,
@@ -74,7 +48,7 @@ fn ids(list: &Value) -> Vec<String> {
 }
 
 async fn guardian_modes_cutoff_and_authorisation(backend: Backend) -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         let server = PortalServer::start(Options {
             cutoff: "00:00".to_owned(),
             ..Options::on(&backend)
@@ -216,7 +190,7 @@ async fn guardian_modes_cutoff_and_authorisation(backend: Backend) -> Result<()>
 }
 
 async fn join_tokens_lobby_and_admission(backend: Backend) -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         let server = PortalServer::start(Options::on(&backend)).await?;
         let lesson = server.lesson_id.clone();
         let today = school_date(0);
@@ -374,7 +348,7 @@ async fn ws_join(
 }
 
 async fn gate_refuses_in_person_token_and_records_presence(backend: Backend) -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         let server = PortalServer::start(Options::on(&backend)).await?;
         let lesson = server.lesson_id.clone();
         let today = school_date(0);
@@ -512,7 +486,7 @@ async fn gate_refuses_in_person_token_and_records_presence(backend: Backend) -> 
 
 async fn oidc_sign_in_and_tampered_tokens(backend: Backend) -> Result<()> {
     use classroom_auth::test_issuer::{Tamper, TestIssuer, TestIssuerConfig, TestUser};
-    bounded(async {
+    bounded(LIMIT, async {
         let issuer = TestIssuer::start(TestIssuerConfig {
             user: TestUser {
                 subject: "entra-oid-1".into(),
@@ -647,7 +621,7 @@ async fn run_cli(data_dir: &std::path::Path, database_url: &str, args: &[&str]) 
 }
 
 async fn acknowledged_change_survives_sigkill(backend: Backend) -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         let dir = tempfile::tempdir()?;
         let data = dir.path();
         let database = TestDatabase::create(&backend, data).await?;
@@ -745,7 +719,7 @@ fn roster_with_new_pupil() -> Result<Vec<(String, String)>> {
 }
 
 async fn admin_roster_upload_and_refusals(backend: Backend) -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         let server = PortalServer::start(Options::on(&backend)).await?;
         let lesson = server.lesson_id.clone();
         let admin = server.sign_in("a-001").await?;
@@ -879,7 +853,7 @@ async fn purged(base: &str, kind: &str) -> Result<u64> {
 }
 
 async fn expired_sign_in_state_is_purged(backend: Backend) -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         let server = PortalServer::start(Options {
             purge_interval: Some("1s".to_owned()),
             ..Options::on(&backend)

@@ -9,15 +9,15 @@
 //!
 //! Each runs on SQLite and, with `CLASSROOM_TEST_POSTGRES_URL` set, on PostgreSQL.
 
+#[macro_use]
 #[path = "support/portal.rs"]
 mod portal;
 
-use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use classroom_domain::{Action, AuditEntry, AuditFilter, AuditRecord, Db};
-use portal::{Backend, Options, PortalServer, client, location, now, set_cookie};
+use portal::{Backend, Options, PortalServer, bounded, client, location, now, set_cookie};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -25,32 +25,6 @@ use serde_json::json;
 const PER_ADDRESS: usize = 300;
 const LIMIT: Duration = Duration::from_secs(120);
 const PROXY: &str = "127.0.0.1/32";
-
-async fn bounded<F: Future<Output = Result<()>>>(f: F) -> Result<()> {
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .context("test timed out")?
-}
-
-/// `mod $test { sqlite, postgres }`: the test body `$test(backend)` once per database.
-macro_rules! on_both_databases {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() -> anyhow::Result<()> {
-                super::$test(super::Backend::Sqlite).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() -> anyhow::Result<()> {
-                match super::Backend::postgres(stringify!($test)) {
-                    Some(backend) => super::$test(backend).await,
-                    None => Ok(()),
-                }
-            }
-        }
-    )*};
-}
 
 on_both_databases!(
     clients_behind_a_trusted_proxy_are_limited_apart,
@@ -126,7 +100,7 @@ async fn attempts_until_limited(
 }
 
 async fn clients_behind_a_trusted_proxy_are_limited_apart(backend: Backend) -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         let server = PortalServer::start(Options {
             trusted_proxies: vec![PROXY.to_owned()],
             ..Options::on(&backend)
@@ -173,7 +147,7 @@ async fn clients_behind_a_trusted_proxy_are_limited_apart(backend: Backend) -> R
 }
 
 async fn forwarded_header_from_an_untrusted_peer_is_ignored(backend: Backend) -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         // A proxy is configured, but the test client (127.0.0.1) is not it.
         let server = PortalServer::start(Options {
             trusted_proxies: vec!["10.0.0.0/8".to_owned()],
@@ -199,7 +173,7 @@ async fn forwarded_header_from_an_untrusted_peer_is_ignored(backend: Backend) ->
 }
 
 async fn refused_attempts_add_no_audit_rows(backend: Backend) -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         let server = PortalServer::start(Options::on(&backend)).await?;
         let http = client();
         let mut limited = 0;
@@ -254,7 +228,7 @@ async fn purged_audit_entries(base: &str) -> Result<Option<u64>> {
 }
 
 async fn audit_rows_past_the_retention_are_purged(backend: Backend) -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         let server = PortalServer::start(Options {
             purge_interval: Some("1s".to_owned()),
             ..Options::on(&backend)

@@ -7,44 +7,19 @@
 //!
 //! SQLite always; PostgreSQL too when `CLASSROOM_TEST_POSTGRES_URL` is set.
 
+#[macro_use]
 #[path = "support/portal.rs"]
 mod portal;
 
-use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use classroom_domain::{AuditFilter, AuditRecord, Db, Table};
-use portal::{Backend, Options, PortalServer, Session, school_date};
+use portal::{Backend, Options, PortalServer, Session, bounded, school_date};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-async fn bounded<F: Future<Output = Result<()>>>(f: F) -> Result<()> {
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .context("test timed out")?
-}
-
-macro_rules! on_both_databases {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() -> anyhow::Result<()> {
-                super::$test(super::Backend::Sqlite).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() -> anyhow::Result<()> {
-                match super::Backend::postgres(stringify!($test)) {
-                    Some(backend) => super::$test(backend).await,
-                    None => Ok(()),
-                }
-            }
-        }
-    )*};
-}
 
 on_both_databases!(
     cross_school_requests_are_refused_and_change_nothing,
@@ -298,7 +273,7 @@ fn lesson_ids(body: &Value) -> Vec<String> {
 }
 
 async fn cross_school_requests_are_refused_and_change_nothing(backend: Backend) -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         let server = start(&backend).await?;
         let db = server.handle.db();
         let lesson_a = server.lesson_id.clone();
@@ -547,7 +522,7 @@ async fn cross_school_requests_are_refused_and_change_nothing(backend: Backend) 
 }
 
 async fn signin_links_follow_one_policy(backend: Backend) -> Result<()> {
-    bounded(async {
+    bounded(LIMIT, async {
         let server = start(&backend).await?;
         let db = server.handle.db();
         let admin_a = server.sign_in("a-001").await?;

@@ -15,6 +15,38 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use serde_json::{Value, json};
 
+/// Runs a test body within `limit`: every portal test is bounded in time.
+pub async fn bounded<F: std::future::Future<Output = Result<()>>>(
+    limit: Duration,
+    f: F,
+) -> Result<()> {
+    tokio::time::timeout(limit, f)
+        .await
+        .context("test timed out")?
+}
+
+/// `mod $test { sqlite, postgres }`: the test body `$test(backend)` once per database (the
+/// PostgreSQL one only with `CLASSROOM_TEST_POSTGRES_URL`).
+#[allow(unused_macros)]
+macro_rules! on_both_databases {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() -> anyhow::Result<()> {
+                super::$test(super::Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() -> anyhow::Result<()> {
+                match super::Backend::postgres(stringify!($test)) {
+                    Some(backend) => super::$test(backend).await,
+                    None => Ok(()),
+                }
+            }
+        }
+    )*};
+}
+
 pub const LESSON_ROOM: &str = "lesson-p5-1-today";
 pub const CLASS: &str = "class-p5-1";
 pub const SECRET: &str = "classroom-tests-only-secret-0123456789abcdef";
