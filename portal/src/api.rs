@@ -10,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use chrono::{NaiveDate, TimeZone};
 use classroom_domain::{
     Acting, Action, AuditEntry, AuditFilter, Capacity, Counts, DayMode, ImportError, ImportReport,
@@ -51,9 +51,18 @@ pub fn routes() -> Router<Shared> {
         .route("/api/pupils/{pupil}/history", get(pupil_history))
         .route("/api/lessons", get(lessons))
         .route("/api/lessons/{lesson}/lobby", get(lobby))
-        .route("/api/lessons/{lesson}/admit", post(admit))
-        .route("/api/lessons/{lesson}/refuse", post(refuse))
-        .route("/api/lessons/{lesson}/marks", post(marks))
+        .route(
+            "/api/lessons/{lesson}/admit",
+            lobby_route(LobbyAction::Admit),
+        )
+        .route(
+            "/api/lessons/{lesson}/refuse",
+            lobby_route(LobbyAction::Refuse),
+        )
+        .route(
+            "/api/lessons/{lesson}/marks",
+            lobby_route(LobbyAction::Mark),
+        )
         .route("/api/lessons/{lesson}/join", post(join))
         .route("/api/lessons/{lesson}/attendance.csv", get(lesson_csv))
         .route(
@@ -514,34 +523,15 @@ async fn lobby_action(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn admit(
-    State(p): State<Shared>,
-    ClientAddr(ip): ClientAddr,
-    staff: Staff,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    lobby_action(p, ip, staff, id, body, LobbyAction::Admit).await
-}
-
-async fn refuse(
-    State(p): State<Shared>,
-    ClientAddr(ip): ClientAddr,
-    staff: Staff,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    lobby_action(p, ip, staff, id, body, LobbyAction::Refuse).await
-}
-
-async fn marks(
-    State(p): State<Shared>,
-    ClientAddr(ip): ClientAddr,
-    staff: Staff,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    lobby_action(p, ip, staff, id, body, LobbyAction::Mark).await
+/// `POST /api/lessons/{lesson}/<what>`: the three lobby actions share their extractors.
+fn lobby_route(what: LobbyAction) -> MethodRouter<Shared> {
+    post(
+        move |State(p): State<Shared>,
+              ClientAddr(ip): ClientAddr,
+              staff: Staff,
+              Path(id): Path<String>,
+              body: Bytes| lobby_action(p, ip, staff, id, body, what),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
