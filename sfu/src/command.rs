@@ -68,11 +68,26 @@ impl LayerName {
     }
 }
 
+/// Who receives a track. The control plane decides it from the lesson's rules (speaking policy,
+/// the floor, camera privacy, last-N); the media plane applies it to every packet, whatever the
+/// publisher's client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Audience {
+    /// Every subscriber of the room.
+    Everyone,
+    /// Only subscribers that joined as teachers (`ShardCommand::Join::teacher`).
+    Teachers,
+    /// No one: the track is withheld.
+    Nobody,
+}
+
 /// A client's statement of what one `m=` section of its publish offer carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackSpec {
     pub mid: String,
     pub source: TrackSource,
+    /// Who receives it from its first packet on; a later `SetAudience` changes it.
+    pub audience: Audience,
 }
 
 /// A track as the room sees it.
@@ -138,6 +153,8 @@ pub enum ShardCommand {
         answer: String,
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
+    /// Who receives a published track from now on. Takes effect from the next packet.
+    SetAudience { track: TrackId, audience: Audience },
     /// The participant left or its socket closed; everything it had goes.
     Leave { participant: ParticipantId },
     /// Close every peer connection and stop the media thread.
@@ -191,6 +208,13 @@ pub enum ShardEvent {
         track: TrackId,
         mid: String,
         active: Vec<String>,
+    },
+    /// Who is speaking in a room changed: participants whose audible microphone (audience not
+    /// `Nobody`) carries speech by its RFC 6464 audio level, smoothed with hysteresis, loudest
+    /// first. Sent only on a change.
+    ActiveSpeakers {
+        room: RoomId,
+        speakers: Vec<ParticipantId>,
     },
     /// Periodic link report of one participant's subscribe connection.
     ConnectionQuality {

@@ -22,6 +22,7 @@ mod sdp_error;
 pub mod shard;
 
 pub use command::{
+    Audience,
     LayerName, PauseReason, PublishedTrack, ShardCommand, ShardEvent, SubscribedTrack, TrackKind,
     TrackSource, TrackSpec,
 };

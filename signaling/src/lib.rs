@@ -371,6 +371,10 @@ async fn relay_media_events(inner: Arc<Inner>, mut events: mpsc::UnboundedReceiv
                 };
                 inner.registry.send(participant, Outbound::Send(msg));
             }
+            ShardEvent::ActiveSpeakers { room, speakers } => {
+                // Told to the room by the moderation work (issue 12).
+                let _ = (room, speakers);
+            }
             ShardEvent::ConnectionQuality {
                 participant,
                 rtt_ms,

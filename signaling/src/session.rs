@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use classroom_sfu::{
-    LayerName, ParticipantId, PublishedTrack, RoomId, SfuError, ShardCommand, SubscribedTrack,
+    Audience, LayerName, ParticipantId, PublishedTrack, RoomId, SfuError, ShardCommand, SubscribedTrack,
     TrackId, TrackKind, TrackSource, TrackSpec,
 };
 
@@ -442,6 +442,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             .map(|t| TrackSpec {
                 mid: t.mid.clone(),
                 source: source_to_sfu(t.source),
+                audience: Audience::Everyone,
             })
             .collect();
         let (reply, answer) = oneshot::channel();

@@ -353,6 +353,10 @@ impl Shard {
                 let result = self.subscriber_answer(participant, &answer);
                 let _ = reply.send(result);
             }
+            ShardCommand::SetAudience { track, audience } => {
+                // Applied per packet by the moderation work (issue 12); accepted for now.
+                let _ = (track, audience);
+            }
             ShardCommand::Leave { participant } => self.leave(participant),
             ShardCommand::Shutdown => {}
             ShardCommand::Hold { held, release } => {
