@@ -217,6 +217,8 @@ async fn audiences_inner() -> Result<()> {
     // The camera shown to the class: the classmate's picture starts at a keyframe the
     // publisher was asked for.
     let requests_before = publisher.keyframe_requests(Source::Camera);
+    // What the classmate was told while the camera was withheld from it.
+    let mut told_while_withheld = classmate.signal.history();
     let shown = Instant::now();
     server
         .handle
@@ -243,6 +245,7 @@ async fn audiences_inner() -> Result<()> {
 
     // Back to teachers only, and to the class again: the stream continues gaplessly at a
     // keyframe.
+    let told_before_hiding = classmate.signal.history().len();
     let hidden = Instant::now();
     server
         .handle
@@ -261,6 +264,13 @@ async fn audiences_inner() -> Result<()> {
         .last()
         .cloned()
         .context("the classmate had video")?;
+    told_while_withheld.extend(
+        classmate
+            .signal
+            .history()
+            .into_iter()
+            .skip(told_before_hiding),
+    );
     let reshown = Instant::now();
     server
         .handle
@@ -281,10 +291,10 @@ async fn audiences_inner() -> Result<()> {
     );
     ensure_contiguous(&resumed, "resumed video")?;
 
-    // Withholding is not a weak network: the classmate was never told its video paused.
-    let paused: Vec<_> = classmate
-        .signal
-        .history()
+    // Withholding is not a weak network: while withheld, the classmate was never told its video
+    // paused. (Once shown, a link that carried only audio so far may well start paused until
+    // the estimate grows: that report is true.)
+    let paused: Vec<_> = told_while_withheld
         .into_iter()
         .filter(|e| {
             support::is_type(e, "track_quality")
