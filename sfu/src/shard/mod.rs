@@ -10,6 +10,7 @@ mod media;
 mod negotiate;
 mod outbox;
 mod peer;
+mod recovery;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -313,6 +314,7 @@ impl Shard {
                 self.counters.peers = self.demux.len() as u64;
                 self.metrics.publish(&self.counters);
                 self.metrics.heartbeat.beat();
+                self.reap_disconnected(now);
             }
             // Everything this pass produced leaves before the loop waits again.
             self.flush_outbox();
@@ -353,6 +355,10 @@ impl Shard {
                 let result = self.subscriber_answer(participant, &answer);
                 let _ = reply.send(result);
             }
+            ShardCommand::Reoffer {
+                participant,
+                ice_restart,
+            } => self.reoffer(participant, ice_restart),
             ShardCommand::SetAudience { track, audience } => {
                 // Applied per packet by the moderation work (issue 12); accepted for now.
                 let _ = (track, audience);
@@ -528,10 +534,20 @@ impl Shard {
                     self.allocate_connected(key, Instant::now());
                 }
             }
-            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+            Event::IceConnectionStateChange(state) => {
+                // Not dropped at once: the client restarts ICE or comes back from a new
+                // address (`recovery`); only a long outage closes the connection.
                 if let Some(peer) = self.peer_mut(key) {
-                    debug!(participant = %peer.participant, "ICE disconnected");
-                    peer.rtc.disconnect();
+                    debug!(participant = %peer.participant, ?state, "ICE state");
+                    match state {
+                        IceConnectionState::Disconnected => {
+                            peer.recovery.liveness.disconnected(Instant::now())
+                        }
+                        IceConnectionState::Connected | IceConnectionState::Completed => {
+                            peer.recovery.liveness.connected()
+                        }
+                        _ => {}
+                    }
                 }
             }
             Event::RtpPacket(packet) => self.on_rtp(key, packet),
