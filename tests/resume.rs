@@ -10,7 +10,7 @@ use anyhow::{Context, Result, ensure};
 use classroom::server::Config;
 use classroom_signaling::token::{Role, TokenIssuer};
 use serde_json::{Value, json};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use support::signal::Signal;
 use support::{CONNECT_TIMEOUT, MediaPump, PumpConfig, REPLY_TIMEOUT, Source, TEST_TIMEOUT};
 use support::{TestClient, TestServer, is_type};
