@@ -30,6 +30,8 @@ const REOPEN_TIMEOUT_MS = 4000;
 // again every RESTART_RETRY_MS while it stays down.
 const ICE_RESTART_AFTER_MS = 2000;
 const RESTART_RETRY_MS = 5000;
+// With a media connection down, the socket gets this long to answer a ping.
+const SOCKET_PROBE_MS = 2000;
 // Errors after which reconnecting cannot help: the page says why and stops.
 const FINAL_CODES = ['invalid_token', 'token_expired', 'not_admitted', 'replaced', 'message_too_large'];
 const RESUME_REFUSED = ['resume_invalid', 'resume_expired', 'resume_used'];
@@ -522,8 +524,8 @@ export class Session extends EventTarget {
     this.reconnecting = true;
     this.joined = false;
     this.#emit('reconnecting', {});
-    for (let attempt = 0; !this.ended; attempt += 1) {
-      await this.#backoff(attempt);
+    for (this.attempt = 0; !this.ended; this.attempt += 1) {
+      await this.#backoff(this.attempt);
       if (this.ended) return;
       let joined;
       try {
@@ -640,6 +642,7 @@ export class Session extends EventTarget {
     // While the socket is down the restart waits for the resume, which checks again.
     if (this.joined) {
       this.iceRestarts[which] += 1;
+      this.signal.probe(SOCKET_PROBE_MS);
       if (which === 'publish') {
         const task = this.publishQueue.then(() => {
           if (this.publishPc === pc && pc.signalingState === 'stable') return this.#negotiatePublish({ iceRestart: true });
@@ -660,6 +663,8 @@ export class Session extends EventTarget {
   /** The device is back online: try at once instead of waiting out the backoff. */
   #online() {
     if (this.reconnecting) {
+      // The network is back: try at once, and then with short waits again.
+      this.attempt = -1;
       this.wakeReconnect?.();
       return;
     }
