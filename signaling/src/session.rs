@@ -181,8 +181,8 @@ pub(crate) async fn run<S, K>(
             Flow::Drop(why) => {
                 inner.count_slow_drop(why);
                 let who = s.joined.as_ref().map(|j| j.id.to_string());
+                // Not parked: a device that stopped reading is not coming back by itself.
                 info!(participant = ?who, reason = why.label(), "dropped a client that does not keep up with its messages");
-                s.park = true;
                 break;
             }
         }

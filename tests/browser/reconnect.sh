@@ -92,6 +92,10 @@ ip netns exec "$srv_ns" ip addr add "$addr/24" dev vrs0
 ip netns exec "$srv_ns" ip link set vrs0 up
 # Chromium picks its host candidate by routing towards the internet: this makes it 10.225.0.1.
 ip netns exec "$srv_ns" ip route add default dev vrs0 src "$addr"
+# The address move adds the new address before removing the old one; without promotion,
+# removing the subnet's first address would take the second with it.
+ip netns exec "$pupil_ns" sysctl -qw net.ipv4.conf.all.promote_secondaries=1
+ip netns exec "$pupil_ns" sysctl -qw net.ipv4.conf.default.promote_secondaries=1
 ip netns exec "$pupil_ns" ip addr add "$pupil_addr/24" dev vrs1
 ip netns exec "$pupil_ns" ip link set vrs1 up
 ip netns exec "$pupil_ns" ip route add default via "$addr" dev vrs1 src "$pupil_addr"

@@ -30,8 +30,6 @@ const REOPEN_TIMEOUT_MS = 4000;
 // again every RESTART_RETRY_MS while it stays down.
 const ICE_RESTART_AFTER_MS = 2000;
 const RESTART_RETRY_MS = 5000;
-// With a media connection down, the socket gets this long to answer a ping.
-const SOCKET_PROBE_MS = 2000;
 // Errors after which reconnecting cannot help: the page says why and stops.
 const FINAL_CODES = ['invalid_token', 'token_expired', 'not_admitted', 'replaced', 'message_too_large'];
 const RESUME_REFUSED = ['resume_invalid', 'resume_expired', 'resume_used'];
@@ -94,6 +92,7 @@ export class Session extends EventTarget {
     this.restartTimers = { publish: null, subscribe: null };
     this.iceRestarts = { publish: 0, subscribe: 0 };
     this.reconnectingPeers = new Set(); // participant ids the server says are reconnecting
+    this.renewing = false; // a fresh socket is resuming beside the current one
     if (typeof window !== 'undefined') window.addEventListener('online', () => this.#online());
   }
 
@@ -293,7 +292,11 @@ export class Session extends EventTarget {
 
   async #negotiatePublish({ iceRestart = false } = {}) {
     const pc = this.publishPc;
-    await pc.setLocalDescription(await pc.createOffer(iceRestart ? { iceRestart: true } : undefined));
+    // An offer whose request was lost with the socket is still pending: it is sent again as it
+    // is. Rolling it back would make Chromium rebuild the senders, which then stay silent.
+    if (pc.signalingState !== 'have-local-offer') {
+      await pc.setLocalDescription(await pc.createOffer(iceRestart ? { iceRestart: true } : undefined));
+    }
     // Mids exist only once the offer is set locally, so the track list is built after it.
     const tracks = [];
     for (const [source, t] of this.transceivers) {
@@ -318,7 +321,8 @@ export class Session extends EventTarget {
         this.simulcastAccepted = false;
       }
     } catch (err) {
-      if (pc.signalingState === 'have-local-offer') {
+      const lost = ['connection_lost', 'not_connected', 'timeout'].includes(err.code);
+      if (!lost && pc.signalingState === 'have-local-offer') {
         await pc.setLocalDescription({ type: 'rollback' }).catch((e) => console.warn('classroom: rollback failed', e));
       }
       throw err;
@@ -592,9 +596,12 @@ export class Session extends EventTarget {
       this.#emit('participantjoined', { participant });
     }
     if (resumed) {
-      // The connections were kept; those that lost their path get new ICE credentials.
-      this.#watchMedia('publish');
-      this.#watchMedia('subscribe');
+      // The connections were kept; those that lost their path get new ICE credentials now:
+      // after an outage long enough to lose the socket, waiting would only add to it.
+      for (const which of ['publish', 'subscribe']) {
+        clearTimeout(this.restartTimers[which]);
+        this.#restartIce(which, { renew: false });
+      }
     }
     this.#emit('reconnected', { resumed });
   }
@@ -636,16 +643,19 @@ export class Session extends EventTarget {
     this.restartTimers[which] = setTimeout(() => this.#restartIce(which), wait);
   }
 
-  #restartIce(which) {
+  #restartIce(which, { renew = true } = {}) {
     const pc = which === 'publish' ? this.publishPc : this.subscribePc;
     if (this.ended || !pc || !['failed', 'disconnected'].includes(pc.connectionState)) return;
     // While the socket is down the restart waits for the resume, which checks again.
-    if (this.joined) {
+    if (this.joined && renew && this.resume && !this.renewing) {
+      // A media path that broke usually means the socket's did too (a new address strands the
+      // old TCP connection silently): resume on a fresh socket at once, which restarts ICE.
+      this.#renewSocket();
+    } else if (this.joined && !this.renewing) {
       this.iceRestarts[which] += 1;
-      this.signal.probe(SOCKET_PROBE_MS);
       if (which === 'publish') {
         const task = this.publishQueue.then(() => {
-          if (this.publishPc === pc && pc.signalingState === 'stable') return this.#negotiatePublish({ iceRestart: true });
+          if (this.publishPc === pc && pc.signalingState !== 'closed') return this.#negotiatePublish({ iceRestart: true });
           return undefined;
         });
         this.publishQueue = task.catch((err) => console.warn('classroom: ICE restart of the sending connection failed', err));
@@ -658,6 +668,33 @@ export class Session extends EventTarget {
       }
     }
     this.restartTimers[which] = setTimeout(() => this.#restartIce(which), RESTART_RETRY_MS);
+  }
+
+  /**
+   * Resumes on a new socket beside the current one; the server hands the participant over
+   * quietly. If that fails, the current socket stays (or, if it died meanwhile, the reconnect
+   * loop takes over).
+   */
+  async #renewSocket() {
+    this.renewing = true;
+    const old = this.signal;
+    let joined = null;
+    try {
+      joined = await this.#connect({ v: PROTOCOL_VERSION, type: 'resume', token: this.resume.token }, REOPEN_TIMEOUT_MS);
+    } catch (err) {
+      if (RESUME_REFUSED.includes(err.code)) this.resume = null;
+      if (this.signal !== old) this.signal.close();
+      this.signal = old;
+    } finally {
+      this.renewing = false;
+    }
+    if (joined) {
+      old.close();
+      this.reconnects += 1;
+      this.#afterRejoin(joined);
+    } else if (old.closed && !this.ended && !this.reconnecting) {
+      this.#onClose();
+    }
   }
 
   /** The device is back online: try at once instead of waiting out the backoff. */

@@ -126,21 +126,6 @@ export class SignalChannel {
     }, PING_INTERVAL_MS);
   }
 
-  /**
-   * Checks that the socket still carries messages: a media connection that lost its path often
-   * means the socket lost it too, and waiting for the next keep-alive would take up to 20 s.
-   * No pong within `timeoutMs` counts as a lost connection.
-   */
-  probe(timeoutMs) {
-    this.request({ type: 'ping' }, timeoutMs)
-      .then(() => { this.lastPong = Date.now(); })
-      .catch((err) => {
-        if (err.code !== 'timeout') return;
-        this.ws?.close(4000, 'probe timeout');
-        this.#closed(4000, 'probe timeout');
-      });
-  }
-
   close(code = 1000, reason = '') {
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(code, reason);
   }

@@ -537,6 +537,7 @@ impl Shard {
             Event::IceConnectionStateChange(state) => {
                 // Not dropped at once: the client restarts ICE or comes back from a new
                 // address (`recovery`); only a long outage closes the connection.
+                let mut back = false;
                 if let Some(peer) = self.peer_mut(key) {
                     debug!(participant = %peer.participant, ?state, "ICE state");
                     match state {
@@ -544,10 +545,14 @@ impl Shard {
                             peer.recovery.liveness.disconnected(Instant::now())
                         }
                         IceConnectionState::Connected | IceConnectionState::Completed => {
-                            peer.recovery.liveness.connected()
+                            back = peer.recovery.liveness.is_disconnected();
+                            peer.recovery.liveness.connected();
                         }
                         _ => {}
                     }
+                }
+                if back {
+                    self.path_back(key);
                 }
             }
             Event::RtpPacket(packet) => self.on_rtp(key, packet),

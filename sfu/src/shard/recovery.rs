@@ -8,9 +8,11 @@ use tracing::debug;
 
 use super::Shard;
 use super::peer::{PeerKey, PeerRole};
-use crate::command::{ShardEvent, SubscribedTrack};
+use str0m::media::KeyframeRequestKind;
+
+use crate::command::{ShardEvent, SubscribedTrack, TrackKind};
 use crate::core::liveness::Liveness;
-use crate::ids::ParticipantId;
+use crate::ids::{ParticipantId, TrackId};
 
 /// What one peer connection keeps for recovery.
 #[derive(Debug, Default)]
@@ -75,6 +77,47 @@ impl Shard {
         let old = std::mem::replace(&mut peer.ufrag, ufrag.clone());
         debug!(participant = %peer.participant, "ICE restarted");
         self.demux.rename(&old, &ufrag, key);
+    }
+
+    /// A connection's path is back after an outage: the pictures it carries need a keyframe
+    /// now, rather than when the decoders behind it notice and ask.
+    pub(super) fn path_back(&mut self, key: PeerKey) {
+        let Some(peer) = self.peer(key) else {
+            return;
+        };
+        debug!(participant = %peer.participant, "ICE path back; asking for keyframes");
+        let wanted: Vec<(TrackId, u8)> = match &peer.role {
+            PeerRole::Subscribe { tracks, .. } => tracks
+                .values()
+                .filter_map(|t| {
+                    let track = self.tracks.get(t)?;
+                    let spatial = track
+                        .subscriptions
+                        .iter()
+                        .find(|s| s.peer == key)
+                        .and_then(|s| s.selector.as_ref())
+                        .and_then(|sel| sel.decision().current)
+                        .map(|l| l.spatial)
+                        .unwrap_or(0);
+                    Some((*t, spatial))
+                })
+                .collect(),
+            PeerRole::Publish { tracks, .. } => tracks
+                .values()
+                .filter_map(|t| self.tracks.get(t).map(|track| (*t, track.rids.len())))
+                .flat_map(|(t, layers)| (0..layers.max(1) as u8).map(move |s| (t, s)))
+                .collect(),
+        };
+        let now = Instant::now();
+        for (track, spatial) in wanted {
+            let video = self
+                .tracks
+                .get(&track)
+                .is_some_and(|t| t.info.source.kind() == TrackKind::Video);
+            if video {
+                self.request_keyframe(track, spatial, KeyframeRequestKind::Pli, now);
+            }
+        }
     }
 
     /// Closes connections that stayed ICE-disconnected past `core::liveness::ICE_FAILURE_LIMIT`.
