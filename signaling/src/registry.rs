@@ -11,6 +11,9 @@ use crate::outbox::Outbox;
 use crate::protocol::{GoodbyeReason, ParticipantInfo, ServerMessage, TrackInfo};
 
 /// What a session's writer receives from elsewhere.
+// The size is `ServerMessage::Joined`'s, which a session writes itself and never queues here;
+// boxing every queued message to save the space would cost an allocation per fan-out instead.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Outbound {
     Send(ServerMessage),
