@@ -191,6 +191,9 @@ pub struct ConnectionSettings {
     pub http_header_timeout: String,
     /// An HTTP connection on which no byte moves either way for this long is closed.
     pub http_idle_timeout: String,
+    /// A participant whose socket drops without `leave` keeps its place this long for a
+    /// `resume` (`0s`: leaves at once).
+    pub resume_grace: String,
 }
 
 impl Default for ConnectionSettings {
@@ -202,6 +205,7 @@ impl Default for ConnectionSettings {
             send_timeout: "10s".to_owned(),
             http_header_timeout: "10s".to_owned(),
             http_idle_timeout: "60s".to_owned(),
+            resume_grace: "30s".to_owned(),
         }
     }
 }
@@ -215,6 +219,7 @@ pub struct ConnectionLimits {
     pub send_timeout: std::time::Duration,
     pub http_header_timeout: std::time::Duration,
     pub http_idle_timeout: std::time::Duration,
+    pub resume_grace: std::time::Duration,
 }
 
 impl ConnectionSettings {
@@ -252,6 +257,19 @@ impl ConnectionSettings {
             send_timeout: duration("send_timeout", &self.send_timeout)?,
             http_header_timeout: duration("http_header_timeout", &self.http_header_timeout)?,
             http_idle_timeout: duration("http_idle_timeout", &self.http_idle_timeout)?,
+            resume_grace: {
+                let text = self.resume_grace.trim();
+                let d = humantime::parse_duration(text)
+                    .map_err(|e| format!("connections.resume_grace {text:?}: {e}"))?;
+                // The media plane closes a connection after 90 s without ICE
+                // (`core::liveness`); a longer grace would keep a place with no media behind it.
+                if d > Duration::from_secs(60) {
+                    return Err(format!(
+                        "connections.resume_grace {text:?} must be at most 60s"
+                    ));
+                }
+                d
+            },
         })
     }
 }
@@ -498,6 +516,7 @@ pub struct Overrides {
     pub audit_retention: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
     pub metrics_token: Option<Secret>,
+    pub resume_grace: Option<String>,
 }
 
 impl Overrides {
@@ -587,6 +606,7 @@ impl Overrides {
                 text("CLASSROOM_METRICS_LISTEN")?,
             )?,
             metrics_token: text("CLASSROOM_METRICS_TOKEN")?.map(Secret),
+            resume_grace: text("CLASSROOM_RESUME_GRACE")?,
         })
     }
 
@@ -617,6 +637,7 @@ impl Overrides {
             audit_retention: self.audit_retention.or(lower.audit_retention),
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             metrics_token: self.metrics_token.or(lower.metrics_token),
+            resume_grace: self.resume_grace.or(lower.resume_grace),
         }
     }
 }
@@ -739,7 +760,11 @@ impl Config {
             audit_retention,
             metrics_listen,
             metrics_token,
+            resume_grace,
         } = overrides;
+        if let Some(v) = resume_grace {
+            self.connections.resume_grace = v;
+        }
         if let Some(v) = metrics_listen {
             self.metrics.listen = v;
         }
@@ -1046,12 +1071,19 @@ mod tests {
             std::time::Duration::from_secs(10)
         );
         assert_eq!(limits.http_idle_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(limits.resume_grace, std::time::Duration::from_secs(30));
         c.validate().unwrap();
         Config::for_tests().validate().unwrap();
         let o = env(&[("CLASSROOM_PURGE_INTERVAL", "15m")]).unwrap();
         let mut c = Config::default();
         c.apply(o).unwrap();
         assert_eq!(c.purge_every(), Ok(std::time::Duration::from_secs(900)));
+        let o = env(&[("CLASSROOM_RESUME_GRACE", "5s")]).unwrap();
+        c.apply(o).unwrap();
+        assert_eq!(
+            c.connections.limits().unwrap().resume_grace,
+            std::time::Duration::from_secs(5)
+        );
     }
 
     #[test]
@@ -1344,6 +1376,10 @@ mod tests {
         check(
             &|c| c.connections.outbox_messages = 2,
             "connections.outbox_messages",
+        );
+        check(
+            &|c| c.connections.resume_grace = "5m".into(),
+            "connections.resume_grace",
         );
 
         let mut ok = Config::default();

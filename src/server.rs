@@ -552,6 +552,7 @@ fn signaling_config(
         max_unjoined_per_address: limits.max_unjoined_per_address,
         outbox_capacity: limits.outbox_messages,
         send_timeout: limits.send_timeout,
+        resume_grace: limits.resume_grace,
         ..SignalingConfig::default()
     }
 }

@@ -153,6 +153,13 @@ pub enum ShardCommand {
         answer: String,
         reply: oneshot::Sender<Result<(), SfuError>>,
     },
+    /// The participant's socket was replaced (a resume): it may have missed the pending
+    /// subscriber offer, so send it again; with `ice_restart`, (then) offer fresh ICE
+    /// credentials, because the client's subscribe connection lost its path.
+    Reoffer {
+        participant: ParticipantId,
+        ice_restart: bool,
+    },
     /// Who receives a published track from now on. Takes effect from the next packet.
     SetAudience { track: TrackId, audience: Audience },
     /// The participant left or its socket closed; everything it had goes.

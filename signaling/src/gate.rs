@@ -40,6 +40,14 @@ pub trait RoomGate: Send + Sync + 'static {
 
     /// `who` left, for whatever reason (leave, closed socket, replaced, timeout, shutdown).
     fn left(&self, who: &Entrant);
+
+    /// `who`'s connection dropped; their place is kept for the resume grace period. Either
+    /// [`RoomGate::back`] or [`RoomGate::left`] follows. Must not block.
+    fn away(&self, _who: &Entrant) {}
+
+    /// `who` resumed within the grace period: one presence with a gap, not a second visit.
+    /// Must not block.
+    fn back(&self, _who: &Entrant) {}
 }
 
 /// A gate that lets every valid token in and records nothing: rooms without lessons (the demo

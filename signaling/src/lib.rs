@@ -5,12 +5,14 @@
 
 pub mod gate;
 pub mod protocol;
+pub mod resume;
 pub mod sdp_check;
 pub mod session;
 pub mod token;
 pub mod track_limits;
 
 mod outbox;
+mod parked;
 mod registry;
 mod unjoined;
 mod ws;
@@ -46,6 +48,9 @@ pub struct SignalingConfig {
     pub outbox_capacity: usize,
     /// A participant whose socket does not take a message within this long is dropped.
     pub send_timeout: Duration,
+    /// A participant whose socket drops without `leave` keeps its place this long, so a
+    /// `resume` brings it back as the same participant (zero: leave at once).
+    pub resume_grace: Duration,
     /// Reverse proxies whose forwarded header names the client (the unjoined-socket cap counts
     /// clients, not the proxy in front of them all).
     pub trusted_proxies: classroom_auth::TrustedProxies,
@@ -60,6 +65,7 @@ impl Default for SignalingConfig {
             max_unjoined_per_address: 32,
             outbox_capacity: 256,
             send_timeout: Duration::from_secs(10),
+            resume_grace: Duration::from_secs(30),
             trusted_proxies: classroom_auth::TrustedProxies::default(),
         }
     }
@@ -100,9 +106,16 @@ pub(crate) struct Inner {
     errors: [AtomicU64; ERROR_CODES.len()],
     unjoined: Arc<UnjoinedSockets>,
     slow_drops: [AtomicU64; SlowDrop::ALL.len()],
+    /// Participants whose socket dropped, kept for the resume grace.
+    parked: parked::Parked,
+    /// Resume credentials already spent.
+    resumes: resume::Ledger,
+    /// Numbers sessions, so a registry entry knows which socket owns it.
+    next_session: AtomicU64,
+    resumed: AtomicU64,
 }
 
-const ERROR_CODES: [ErrorCode; 16] = [
+const ERROR_CODES: [ErrorCode; 19] = [
     ErrorCode::BadJson,
     ErrorCode::UnknownType,
     ErrorCode::BadRequest,
@@ -118,6 +131,9 @@ const ERROR_CODES: [ErrorCode; 16] = [
     ErrorCode::Replaced,
     ErrorCode::Timeout,
     ErrorCode::TooManyConnections,
+    ErrorCode::ResumeInvalid,
+    ErrorCode::ResumeExpired,
+    ErrorCode::ResumeUsed,
     ErrorCode::Internal,
 ];
 
@@ -176,6 +192,10 @@ impl Signaling {
             session_ended: Notify::new(),
             joins: AtomicU64::new(0),
             errors: Default::default(),
+            parked: Default::default(),
+            resumes: Default::default(),
+            next_session: AtomicU64::new(1),
+            resumed: AtomicU64::new(0),
         });
         tokio::spawn(relay_media_events(inner.clone(), events));
         Signaling { inner }
@@ -199,6 +219,10 @@ impl Signaling {
     /// to end.
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
+        // Their sockets are gone already; record them as gone too.
+        for who in self.inner.parked.take_all() {
+            parked::depart(&self.inner, who).await;
+        }
         let deadline = tokio::time::Instant::now() + session::SHUTDOWN_GRACE;
         while self.inner.sessions.load(Ordering::Relaxed) > 0 {
             let ended = self.inner.session_ended.notified();
@@ -249,6 +273,12 @@ impl Signaling {
         let _ = writeln!(
             out,
             "# HELP classroom_joins_total Successful joins\n# TYPE classroom_joins_total counter\nclassroom_joins_total {joins}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP classroom_resumes_total Participants that resumed within the grace period\n# TYPE classroom_resumes_total counter\nclassroom_resumes_total {}\n# HELP classroom_participants_reconnecting Participants within their resume grace period\n# TYPE classroom_participants_reconnecting gauge\nclassroom_participants_reconnecting {}",
+            self.inner.resumed.load(Ordering::Relaxed),
+            self.inner.parked.len()
         );
         let _ = writeln!(
             out,

@@ -23,6 +23,21 @@ pub enum ClientMessage {
         id: Option<String>,
         token: String,
     },
+    /// Instead of `join`: back into the room with the credential of the last `joined`.
+    Resume {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        v: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        token: String,
+    },
+    /// Asks for a new subscriber offer with fresh ICE credentials.
+    IceRestart {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        v: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
     Publish {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         v: Option<u32>,
@@ -64,6 +79,8 @@ impl ClientMessage {
     pub fn version(&self) -> Option<u32> {
         match self {
             ClientMessage::Join { v, .. }
+            | ClientMessage::Resume { v, .. }
+            | ClientMessage::IceRestart { v, .. }
             | ClientMessage::Publish { v, .. }
             | ClientMessage::SubscriberAnswer { v, .. }
             | ClientMessage::SetTrackQuality { v, .. }
@@ -75,6 +92,8 @@ impl ClientMessage {
     pub fn id(&self) -> Option<&str> {
         match self {
             ClientMessage::Join { id, .. }
+            | ClientMessage::Resume { id, .. }
+            | ClientMessage::IceRestart { id, .. }
             | ClientMessage::Publish { id, .. }
             | ClientMessage::SubscriberAnswer { id, .. }
             | ClientMessage::SetTrackQuality { id, .. }
@@ -137,6 +156,13 @@ pub enum Kind {
     Video,
 }
 
+/// A resume credential as `joined` carries it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ResumeWire {
+    pub token: String,
+    pub expires_at_ms: u64,
+}
+
 /// A participant as others see it.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 pub struct ParticipantInfo {
@@ -177,6 +203,12 @@ pub enum ErrorCode {
     Timeout,
     /// The client's address already holds as many unjoined sockets as it may.
     TooManyConnections,
+    /// A resume credential that is forged, garbled, or not a resume credential.
+    ResumeInvalid,
+    /// A resume credential past its expiry.
+    ResumeExpired,
+    /// A resume credential that was already used once.
+    ResumeUsed,
     Internal,
 }
 
@@ -192,6 +224,9 @@ impl ErrorCode {
                 | ErrorCode::Replaced
                 | ErrorCode::Timeout
                 | ErrorCode::TooManyConnections
+                | ErrorCode::ResumeInvalid
+                | ErrorCode::ResumeExpired
+                | ErrorCode::ResumeUsed
         )
     }
 }
@@ -208,11 +243,25 @@ pub enum ServerMessage {
         permissions: Vec<crate::token::Permission>,
         participants: Vec<ParticipantInfo>,
         tracks: Vec<TrackInfo>,
+        /// The credential for the next `resume`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<ResumeWire>,
+        /// This answers a `resume` that found the participant still in the room.
+        #[serde(default)]
+        resumed: bool,
     },
     ParticipantJoined {
         participant: ParticipantInfo,
     },
     ParticipantLeft {
+        participant_id: String,
+    },
+    /// The participant's socket dropped; its place is kept for the resume grace period.
+    ParticipantReconnecting {
+        participant_id: String,
+    },
+    /// The participant resumed within the grace period, with the same participant id.
+    ParticipantReconnected {
         participant_id: String,
     },
     TrackPublished {
@@ -313,8 +362,10 @@ pub struct DecodeError {
     pub id: Option<String>,
 }
 
-const CLIENT_TYPES: [&str; 6] = [
+const CLIENT_TYPES: [&str; 8] = [
     "join",
+    "resume",
+    "ice_restart",
     "publish",
     "subscriber_answer",
     "set_track_quality",

@@ -11,18 +11,28 @@ use crate::outbox::Outbox;
 use crate::protocol::{GoodbyeReason, ParticipantInfo, ServerMessage, TrackInfo};
 
 /// What a session's writer receives from elsewhere.
+// The size is `ServerMessage::Joined`'s, which a session writes itself and never queues here;
+// boxing every queued message to save the space would cost an allocation per fan-out instead.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Outbound {
     Send(ServerMessage),
     /// Say goodbye for this reason and close.
     Close(GoodbyeReason),
+    /// Another socket resumed this participant: close without departing.
+    Detach,
 }
 
 struct Entry {
     room: RoomId,
     info: ParticipantInfo,
     outbox: Outbox,
+    /// The session that owns this participant; [`DETACHED`] while it is parked.
+    session: u64,
 }
+
+/// No session owns the participant (its socket dropped; it is parked).
+const DETACHED: u64 = 0;
 
 #[derive(Default)]
 struct RoomState {
@@ -54,6 +64,7 @@ impl Registry {
         room: &RoomId,
         info: ParticipantInfo,
         outbox: Outbox,
+        session: u64,
     ) -> Admission {
         let (members, tracks) = {
             let mut state = self.rooms.entry(room.clone()).or_default();
@@ -77,6 +88,7 @@ impl Registry {
                 room: room.clone(),
                 info,
                 outbox,
+                session,
             },
         );
         Admission {
@@ -84,6 +96,70 @@ impl Registry {
             tracks,
             replaced,
         }
+    }
+
+    /// The participant of `identity` in `room` whose socket is live (not parked).
+    pub fn find_live(&self, room: &RoomId, identity: &str) -> Option<ParticipantId> {
+        let members = self.rooms.get(room)?.members.clone();
+        members.into_iter().find(|m| {
+            self.participants
+                .get(m)
+                .is_some_and(|e| e.session != DETACHED && e.info.identity == identity)
+        })
+    }
+
+    /// Parks a participant if `session` still owns it; false when another socket took it over.
+    pub fn detach(&self, id: ParticipantId, session: u64) -> bool {
+        match self.participants.get_mut(&id) {
+            Some(mut e) if e.session == session => {
+                e.session = DETACHED;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Gives the participant a new socket; returns the previous outbox and a snapshot of the
+    /// room without the participant's own entry and tracks.
+    pub fn reattach(
+        &self,
+        id: ParticipantId,
+        outbox: Outbox,
+        session: u64,
+    ) -> Option<(Outbox, Admission)> {
+        let (room, old) = {
+            let mut e = self.participants.get_mut(&id)?;
+            e.session = session;
+            let old = std::mem::replace(&mut e.outbox, outbox);
+            (e.room.clone(), old)
+        };
+        let (members, tracks) = {
+            let state = self.rooms.get(&room)?;
+            (state.members.clone(), state.tracks.clone())
+        };
+        let mine = id.to_string();
+        let others = members
+            .into_iter()
+            .filter(|m| *m != id)
+            .filter_map(|m| self.participants.get(&m).map(|e| e.info.clone()))
+            .collect();
+        let tracks = tracks
+            .into_iter()
+            .filter(|t| t.participant_id != mine)
+            .collect();
+        Some((
+            old,
+            Admission {
+                others,
+                tracks,
+                replaced: None,
+            },
+        ))
+    }
+
+    /// The participant's own entry as others see it.
+    pub fn info(&self, id: ParticipantId) -> Option<ParticipantInfo> {
+        self.participants.get(&id).map(|e| e.info.clone())
     }
 
     /// Removes a participant; returns its room.

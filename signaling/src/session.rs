@@ -14,17 +14,19 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use classroom_sfu::{
-    Audience, LayerName, ParticipantId, PublishedTrack, RoomId, SfuError, ShardCommand, SubscribedTrack,
-    TrackId, TrackKind, TrackSource, TrackSpec,
+    Audience, LayerName, ParticipantId, PublishedTrack, RoomId, SfuError, ShardCommand,
+    SubscribedTrack, TrackId, TrackKind, TrackSource, TrackSpec,
 };
 
 use crate::gate::Entrant;
 use crate::outbox::{self, Outbox};
+use crate::parked::Departure;
 use crate::protocol::{
-    self, ClientMessage, ErrorCode, GoodbyeReason, Kind, LayerWire, ParticipantInfo, ServerMessage,
-    Source, TrackInfo, WireTrackSpec,
+    self, ClientMessage, ErrorCode, GoodbyeReason, Kind, LayerWire, ParticipantInfo, ResumeWire,
+    ServerMessage, Source, TrackInfo, WireTrackSpec,
 };
 use crate::registry::Outbound;
+use crate::resume::ResumeError;
 use crate::sdp_check;
 use crate::token::{Claims, Permission, TokenError};
 use crate::track_limits;
@@ -82,6 +84,10 @@ struct Session<K> {
     unjoined: Option<UnjoinedSlot>,
     /// Set by the first failed write; later writes are skipped and the session ends.
     broken: Option<Broken>,
+    /// Which registry entry this session owns (see `Registry::detach`).
+    serial: u64,
+    /// The socket went away without `leave`: keep the participant for the resume grace.
+    park: bool,
 }
 
 /// Runs a session until the client leaves, the socket closes, the client falls behind, or the
@@ -108,6 +114,8 @@ pub(crate) async fn run<S, K>(
         joined: None,
         unjoined,
         broken: None,
+        serial: inner.next_session.fetch_add(1, Ordering::Relaxed),
+        park: false,
     };
     let mut deadline = Instant::now() + idle;
     // Pings keep a socket from being idle, not from having to join.
@@ -115,7 +123,7 @@ pub(crate) async fn run<S, K>(
     loop {
         let flow = tokio::select! {
             frame = stream.next() => match frame {
-                None | Some(Frame::Close(..)) => break,
+                None | Some(Frame::Close(..)) => { s.park = true; break }
                 Some(frame) => {
                     deadline = Instant::now() + idle;
                     s.on_frame(frame).await
@@ -130,6 +138,12 @@ pub(crate) async fn run<S, K>(
                     s.send(&ServerMessage::Goodbye { reason }).await;
                     Flow::Close(CLOSE_POLICY, "goodbye")
                 }
+                Some(Outbound::Detach) => {
+                    // The participant lives on in the session that resumed it.
+                    s.joined = None;
+                    s.send(&ServerMessage::Goodbye { reason: GoodbyeReason::Replaced }).await;
+                    Flow::Close(CLOSE_POLICY, "resumed elsewhere")
+                }
                 None => Flow::Continue,
             },
             () = overflow.overflowed() => Flow::Drop(SlowDrop::QueueFull),
@@ -140,6 +154,8 @@ pub(crate) async fn run<S, K>(
             _ = tokio::time::sleep_until(deadline) => {
                 s.send(&ServerMessage::error(None, ErrorCode::Timeout, format!("no message for {} s", idle.as_secs()))).await;
                 s.send(&ServerMessage::Goodbye { reason: GoodbyeReason::Timeout }).await;
+                // A silent socket is usually a dropped link: keep the place for a resume.
+                s.park = true;
                 Flow::Close(CLOSE_POLICY, "idle")
             },
             _ = tokio::time::sleep_until(join_deadline), if s.joined.is_none() => {
@@ -150,7 +166,10 @@ pub(crate) async fn run<S, K>(
         };
         let flow = match s.broken {
             Some(Broken::SendTimeout) => Flow::Drop(SlowDrop::SendTimeout),
-            Some(Broken::Closed) => break,
+            Some(Broken::Closed) => {
+                s.park = true;
+                break;
+            }
             None => flow,
         };
         match flow {
@@ -162,12 +181,17 @@ pub(crate) async fn run<S, K>(
             Flow::Drop(why) => {
                 inner.count_slow_drop(why);
                 let who = s.joined.as_ref().map(|j| j.id.to_string());
+                // Not parked: a device that stopped reading is not coming back by itself.
                 info!(participant = ?who, reason = why.label(), "dropped a client that does not keep up with its messages");
                 break;
             }
         }
     }
-    s.leave().await;
+    if s.park && !*shutdown.borrow() {
+        s.park();
+    } else {
+        s.leave().await;
+    }
     inner.sessions.fetch_sub(1, Ordering::Relaxed);
     inner.session_ended.notify_waiters();
 }
@@ -310,6 +334,19 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
                 }
                 self.join(id, &token).await
             }
+            ClientMessage::Resume { v, token, .. } => {
+                if v.is_none() {
+                    return self
+                        .fail(
+                            id,
+                            ErrorCode::UnsupportedVersion,
+                            "resume must carry \"v\": 1",
+                        )
+                        .await;
+                }
+                self.resume(id, &token).await
+            }
+            ClientMessage::IceRestart { .. } => self.ice_restart(id).await,
             ClientMessage::Ping { .. } => {
                 self.send(&ServerMessage::Pong { id }).await;
                 Flow::Continue
@@ -357,6 +394,171 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             info!(room = %entrant.room, identity = %entrant.identity, role = %entrant.role, "not admitted");
             return self.fail(id, ErrorCode::NotAdmitted, refusal.message).await;
         }
+        // Resume credentials from this join are good for the lesson, not the short link.
+        let until = unix_now().saturating_add(crate::resume::LESSON_BOUND.as_secs());
+        self.enter(id, claims, entrant, until).await
+    }
+
+    /// `resume`: back as the same participant when its place is still kept (parked, or held by
+    /// another socket of the same person), else as a new participant of the same identity.
+    async fn resume(&mut self, id: Option<String>, token: &str) -> Flow {
+        if self.joined.is_some() {
+            return self
+                .fail(
+                    id,
+                    ErrorCode::AlreadyJoined,
+                    "this connection has already joined",
+                )
+                .await;
+        }
+        let verified = self
+            .inner
+            .tokens
+            .verify_resume(token)
+            .and_then(|c| self.inner.resumes.spend(&c).map(|()| c));
+        let resume = match verified {
+            Ok(c) => c,
+            Err(e) => {
+                let (code, message) = match e {
+                    ResumeError::Expired => (
+                        ErrorCode::ResumeExpired,
+                        "the resume credential has expired; join with a link".to_owned(),
+                    ),
+                    ResumeError::Used => (
+                        ErrorCode::ResumeUsed,
+                        "this resume credential was already used; use the newest one or join"
+                            .to_owned(),
+                    ),
+                    e => (ErrorCode::ResumeInvalid, e.to_string()),
+                };
+                return self.fail(id, code, message).await;
+            }
+        };
+        let claims = resume.as_join_claims();
+        let entrant = Entrant {
+            room: claims.room.clone(),
+            identity: claims.sub.clone(),
+            role: claims.role,
+        };
+        // The door is checked again: attendance may have changed since the join.
+        if let Err(refusal) = self.inner.gate.admit(&entrant).await {
+            info!(room = %entrant.room, identity = %entrant.identity, role = %entrant.role, "not admitted on resume");
+            return self.fail(id, ErrorCode::NotAdmitted, refusal.message).await;
+        }
+        let room = RoomId::from(claims.room.as_str());
+        let parked = self.inner.parked.take(&room, &claims.sub);
+        let pid = match &parked {
+            Some(p) => Some(p.id),
+            None => self.inner.registry.find_live(&room, &claims.sub),
+        };
+        let reattached = pid.and_then(|pid| {
+            self.inner
+                .registry
+                .reattach(pid, self.outbox.clone(), self.serial)
+                .map(|r| (pid, r))
+        });
+        let Some((pid, (old_outbox, snapshot))) = reattached else {
+            // The place is gone (grace over, or a server restart): enter anew, same identity.
+            return self.enter(id, claims, entrant, resume.exp).await;
+        };
+        self.unjoined = None;
+        if parked.is_none() {
+            // A second socket resuming while the first still lives: the first goes quietly.
+            old_outbox.push(Outbound::Detach);
+        }
+        let Some(me) = self.inner.registry.info(pid) else {
+            return self.enter(id, claims, entrant, resume.exp).await;
+        };
+        let grant = self.grant(&claims, resume.exp);
+        self.send(&ServerMessage::Joined {
+            id,
+            participant: me,
+            room: claims.room.clone(),
+            permissions: claims.perms.clone(),
+            participants: snapshot.others,
+            tracks: snapshot.tracks,
+            resume: grant,
+            resumed: true,
+        })
+        .await;
+        info!(participant = %pid, room = %room, identity = %claims.sub, "resumed");
+        self.inner.resumed.fetch_add(1, Ordering::Relaxed);
+        if parked.is_some() {
+            self.inner.registry.broadcast(
+                &room,
+                pid,
+                &ServerMessage::ParticipantReconnected {
+                    participant_id: pid.to_string(),
+                },
+            );
+            self.inner.gate.back(&entrant);
+        }
+        self.joined = Some(Joined {
+            id: pid,
+            room,
+            claims,
+            entrant,
+        });
+        // The old socket may have taken an offer the client never saw.
+        let cmd = ShardCommand::Reoffer {
+            participant: pid,
+            ice_restart: false,
+        };
+        if self.inner.sfu.send(cmd).await.is_err() {
+            return self
+                .fail(None, ErrorCode::Internal, "the media plane is not running")
+                .await;
+        }
+        Flow::Continue
+    }
+
+    /// A fresh resume credential, or none if it could not be signed (the client then rejoins
+    /// with its link when the socket drops).
+    fn grant(&self, claims: &Claims, until: u64) -> Option<ResumeWire> {
+        match self.inner.tokens.issue_resume(claims, until) {
+            Ok(g) => Some(ResumeWire {
+                token: g.token,
+                expires_at_ms: g.expires_at_ms,
+            }),
+            Err(e) => {
+                warn!("no resume credential: {e}");
+                None
+            }
+        }
+    }
+
+    async fn ice_restart(&mut self, id: Option<String>) -> Flow {
+        let Some(joined) = &self.joined else {
+            return self.fail(id, ErrorCode::NotJoined, "join first").await;
+        };
+        let cmd = ShardCommand::Reoffer {
+            participant: joined.id,
+            ice_restart: true,
+        };
+        if self.inner.sfu.send(cmd).await.is_err() {
+            return self
+                .fail(id, ErrorCode::Internal, "the media plane is not running")
+                .await;
+        }
+        Flow::Continue
+    }
+
+    /// Admits `claims` as a new participant of its room.
+    async fn enter(
+        &mut self,
+        id: Option<String>,
+        claims: Claims,
+        entrant: Entrant,
+        until: u64,
+    ) -> Flow {
+        // A place kept for this person is given up: they are back as someone new.
+        if let Some(old) = self
+            .inner
+            .parked
+            .take(&RoomId::from(claims.room.as_str()), &claims.sub)
+        {
+            crate::parked::depart(&self.inner, old).await;
+        }
         let pid = ParticipantId(self.inner.next_participant.fetch_add(1, Ordering::Relaxed));
         let room = RoomId::from(claims.room.as_str());
         let me = ParticipantInfo {
@@ -365,10 +567,10 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             name: claims.name.clone(),
             role: claims.role,
         };
-        let admission = self
-            .inner
-            .registry
-            .admit(pid, &room, me.clone(), self.outbox.clone());
+        let admission =
+            self.inner
+                .registry
+                .admit(pid, &room, me.clone(), self.outbox.clone(), self.serial);
         // Joined: the socket no longer counts against its address's unjoined ones.
         self.unjoined = None;
         if let Some(old) = admission.replaced {
@@ -384,6 +586,8 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             permissions: claims.perms.clone(),
             participants: admission.others,
             tracks: admission.tracks,
+            resume: self.grant(&claims, until),
+            resumed: false,
         })
         .await;
         let subscribe = claims.allows(Permission::Subscribe);
@@ -571,23 +775,37 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
         let Some(joined) = self.joined.take() else {
             return;
         };
-        let pid = joined.id;
-        let _ = self
-            .inner
-            .sfu
-            .send(ShardCommand::Leave { participant: pid })
-            .await;
-        if let Some(room) = self.inner.registry.remove(pid) {
-            self.inner.registry.broadcast(
-                &room,
-                pid,
-                &ServerMessage::ParticipantLeft {
-                    participant_id: pid.to_string(),
-                },
-            );
+        if !self.inner.registry.detach(joined.id, self.serial) {
+            // Another socket resumed this participant; it is theirs now.
+            return;
         }
-        self.inner.gate.left(&joined.entrant);
-        info!(participant = %pid, room = %joined.room, "left");
+        let who = Departure {
+            id: joined.id,
+            room: joined.room,
+            entrant: joined.entrant,
+        };
+        crate::parked::depart(&self.inner, who).await;
+    }
+
+    /// The socket dropped without `leave`: keep the participant for the resume grace.
+    fn park(&mut self) {
+        let Some(joined) = self.joined.take() else {
+            return;
+        };
+        if !self.inner.registry.detach(joined.id, self.serial) {
+            return;
+        }
+        let who = Departure {
+            id: joined.id,
+            room: joined.room,
+            entrant: joined.entrant,
+        };
+        if self.inner.config.resume_grace.is_zero() {
+            let inner = self.inner.clone();
+            tokio::spawn(async move { crate::parked::depart(&inner, who).await });
+        } else {
+            crate::parked::park(&self.inner, who);
+        }
     }
 }
 
@@ -746,6 +964,13 @@ pub(crate) fn subscribed_info(t: &SubscribedTrack) -> TrackInfo {
         kind: kind_from_sfu(t.source.kind()),
         source: source_from_sfu(t.source),
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Bounded wait used by shutdown.

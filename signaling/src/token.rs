@@ -143,8 +143,8 @@ pub enum TokenError {
 /// Signs and verifies join tokens with one shared secret.
 #[derive(Clone)]
 pub struct TokenIssuer {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    pub(crate) encoding: EncodingKey,
+    pub(crate) decoding: DecodingKey,
     validation: Validation,
 }
 

@@ -1,5 +1,5 @@
 // What both pages do around a session: read the invite token, join, report the connection's
-// state to the user, offer a reconnect when it ends, and leave when the tab goes away.
+// state to the user while the session gets back in by itself, and leave when the tab goes away.
 
 import { Session } from './session.js';
 import { AudioPlayer } from './media.js';
@@ -34,15 +34,39 @@ export function startSession({ onJoined = () => {}, onEnded = () => {} } = {}) {
     showBanner(errorText(ev.detail.error));
   });
 
+  // Nothing to press: the session restarts a failed media connection and reconnects a dropped
+  // socket by itself; the page only says what is going on.
   session.addEventListener('connectionstate', (ev) => {
-    const { which, state } = ev.detail;
-    if (state === 'failed') {
-      showBanner(`The ${which === 'publish' ? 'sending' : 'receiving'} media connection failed. The network may block it.`, {
-        actionLabel: 'Reconnect',
-        onAction: () => window.location.reload(),
-      });
-    }
+    const { state } = ev.detail;
+    if (state === 'failed' || state === 'disconnected') setStatus('Reconnecting…', 'warn');
+    else if (state === 'connected' && session.joined) setStatus(`Connected as ${session.self?.name ?? ''}`, 'ok');
   });
+  session.addEventListener('reconnecting', () => {
+    setStatus('Reconnecting…', 'warn');
+    showBanner('The connection dropped. Reconnecting… / 再接続しています…', { kind: 'info' });
+  });
+  session.addEventListener('reconnected', () => {
+    hideBanner();
+    setStatus(`Connected as ${session.self?.name ?? ''}`, 'ok');
+  });
+  // A classmate's tile says so while their connection comes back (teacher page: pupils' tiles).
+  const markTile = (participantId, reconnecting) => {
+    for (const tile of document.querySelectorAll('.tile[data-participant-id]')) {
+      if (tile.dataset.participantId !== participantId) continue;
+      tile.classList.toggle('reconnecting', reconnecting);
+      let note = tile.querySelector('.tile-reconnecting');
+      if (reconnecting && !note) {
+        note = document.createElement('span');
+        note.className = 'tile-reconnecting';
+        note.textContent = 'reconnecting…';
+        tile.append(note);
+      } else if (!reconnecting) {
+        note?.remove();
+      }
+    }
+  };
+  session.addEventListener('participantreconnecting', (ev) => markTile(ev.detail.participant.participant_id, true));
+  session.addEventListener('participantreconnected', (ev) => markTile(ev.detail.participant.participant_id, false));
 
   session.addEventListener('ended', (ev) => {
     const { reason, error } = ev.detail;

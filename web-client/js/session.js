@@ -20,6 +20,20 @@ export const SOURCE_PERMISSION = {
 // The server puts everything on one UDP port and bundles it, so one transport is all we need.
 const PC_CONFIG = { bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
 
+// Reconnecting (docs/PROTOCOL.md, `resume`): waits between attempts, the last one repeated, each
+// stretched by up to a third at random so a class does not come back in lockstep after a restart.
+const BACKOFF_MS = [500, 1000, 2000, 4000];
+// An attempt whose socket does not open within this long is abandoned for the next one: a link
+// that has just come back answers fast, and a dead one must not hold the page for long.
+const REOPEN_TIMEOUT_MS = 4000;
+// A media connection disconnected this long gets an ICE restart (a failed one at once), then
+// again every RESTART_RETRY_MS while it stays down.
+const ICE_RESTART_AFTER_MS = 2000;
+const RESTART_RETRY_MS = 5000;
+// Errors after which reconnecting cannot help: the page says why and stops.
+const FINAL_CODES = ['invalid_token', 'token_expired', 'not_admitted', 'replaced', 'message_too_large'];
+const RESUME_REFUSED = ['resume_invalid', 'resume_expired', 'resume_used'];
+
 /**
  * Events (all CustomEvent, payload in `detail`):
  *   participantjoined {participant}   participantleft {participant}
@@ -29,7 +43,10 @@ const PC_CONFIG = { bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
  *   trackquality {trackId, layer, paused, reason}   the layer we receive of a video changed
  *   connectionquality {participants}  link quality entries (ours only, unless we teach)
  *   error {error}                     something failed but the session goes on
- *   ended {reason, error?}            the session is over (goodbye, fatal error, lost socket)
+ *   reconnecting {}                   the socket dropped; getting back in by itself
+ *   reconnected {resumed}             back in (resumed: same participant, media kept)
+ *   participantreconnecting {participant}   participantreconnected {participant}
+ *   ended {reason, error?}            the session is over (left, replaced, refused for good)
  */
 export class Session extends EventTarget {
   constructor({ token, url = defaultSignalUrl() }) {
@@ -66,31 +83,55 @@ export class Session extends EventTarget {
     this.goodbyeReason = null;
     this.fatalError = null;
     this.ended = false;
+    // Getting back in: the credential of the latest `joined`, and the reconnect loop's state.
+    this.resume = null; // {token, expires_at_ms}
+    this.everJoined = false;
+    this.reconnecting = false;
+    this.reconnects = 0;
+    this.wakeReconnect = null;
+    this.restartTimers = { publish: null, subscribe: null };
+    this.iceRestarts = { publish: 0, subscribe: 0 };
+    this.reconnectingPeers = new Set(); // participant ids the server says are reconnecting
+    this.renewing = false; // a fresh socket is resuming beside the current one
+    if (typeof window !== 'undefined') window.addEventListener('online', () => this.#online());
   }
 
   /** Connects and joins; resolves with the `joined` message, rejects with a ProtocolError. */
   async join() {
-    this.signal = new SignalChannel(this.url, {
-      onMessage: (msg) => this.#onMessage(msg),
-      onClose: (info) => this.#onClose(info),
-    });
     let joined;
     try {
-      await this.signal.open();
-      joined = await this.signal.request({ v: PROTOCOL_VERSION, type: 'join', token: this.token });
+      joined = await this.#connect({ v: PROTOCOL_VERSION, type: 'join', token: this.token });
     } catch (err) {
       // Kept for `ended`, which the closing socket triggers and which the page reports.
       this.fatalError = err;
       this.signal.close();
       throw err;
     }
+    this.#entered(joined);
+    for (const p of joined.participants || []) this.participants.set(p.participant_id, p);
+    return joined;
+  }
+
+  /** Opens a fresh socket and sends `request` (join or resume) on it. */
+  async #connect(request, openTimeoutMs) {
+    const signal = new SignalChannel(this.url, {
+      // A replaced socket's late messages and close are not ours any more.
+      onMessage: (msg) => { if (this.signal === signal) this.#onMessage(msg); },
+      onClose: (info) => { if (this.signal === signal) this.#onClose(info); },
+    });
+    this.signal = signal;
+    await signal.open(openTimeoutMs);
+    return signal.request(request);
+  }
+
+  #entered(joined) {
     this.joined = true;
+    this.everJoined = true;
     this.self = joined.participant;
     this.room = joined.room;
     this.permissions = new Set(joined.permissions || []);
-    for (const p of joined.participants || []) this.participants.set(p.participant_id, p);
+    if (joined.resume?.token) this.resume = joined.resume;
     this.signal.startKeepalive();
-    return joined;
   }
 
   /** Whether the token allows `permission` (e.g. `publish_video`). */
@@ -169,6 +210,11 @@ export class Session extends EventTarget {
         readyState: track.readyState,
         muted: track.muted,
       })),
+      reconnecting: this.reconnecting,
+      reconnects: this.reconnects,
+      iceRestarts: { ...this.iceRestarts },
+      reconnectingPeers: [...this.reconnectingPeers],
+      hasResume: Boolean(this.resume),
     };
   }
 
@@ -235,15 +281,22 @@ export class Session extends EventTarget {
   #ensurePublishPc() {
     if (!this.publishPc) {
       const pc = new RTCPeerConnection(PC_CONFIG);
-      pc.addEventListener('connectionstatechange', () => this.#emit('connectionstate', { which: 'publish', state: pc.connectionState }));
+      pc.addEventListener('connectionstatechange', () => {
+        this.#emit('connectionstate', { which: 'publish', state: pc.connectionState });
+        this.#watchMedia('publish');
+      });
       this.publishPc = pc;
     }
     return this.publishPc;
   }
 
-  async #negotiatePublish() {
+  async #negotiatePublish({ iceRestart = false } = {}) {
     const pc = this.publishPc;
-    await pc.setLocalDescription(await pc.createOffer());
+    // An offer whose request was lost with the socket is still pending: it is sent again as it
+    // is. Rolling it back would make Chromium rebuild the senders, which then stay silent.
+    if (pc.signalingState !== 'have-local-offer') {
+      await pc.setLocalDescription(await pc.createOffer(iceRestart ? { iceRestart: true } : undefined));
+    }
     // Mids exist only once the offer is set locally, so the track list is built after it.
     const tracks = [];
     for (const [source, t] of this.transceivers) {
@@ -268,7 +321,8 @@ export class Session extends EventTarget {
         this.simulcastAccepted = false;
       }
     } catch (err) {
-      if (pc.signalingState === 'have-local-offer') {
+      const lost = ['connection_lost', 'not_connected', 'timeout'].includes(err.code);
+      if (!lost && pc.signalingState === 'have-local-offer') {
         await pc.setLocalDescription({ type: 'rollback' }).catch((e) => console.warn('classroom: rollback failed', e));
       }
       throw err;
@@ -323,7 +377,10 @@ export class Session extends EventTarget {
   #ensureSubscribePc() {
     if (!this.subscribePc) {
       const pc = new RTCPeerConnection(PC_CONFIG);
-      pc.addEventListener('connectionstatechange', () => this.#emit('connectionstate', { which: 'subscribe', state: pc.connectionState }));
+      pc.addEventListener('connectionstatechange', () => {
+        this.#emit('connectionstate', { which: 'subscribe', state: pc.connectionState });
+        this.#watchMedia('subscribe');
+      });
       this.subscribePc = pc;
     }
     return this.subscribePc;
@@ -391,7 +448,17 @@ export class Session extends EventTarget {
         this.participants.set(msg.participant.participant_id, msg.participant);
         this.#emit('participantjoined', { participant: msg.participant });
         break;
+      case 'participant_reconnecting':
+      case 'participant_reconnected': {
+        const back = msg.type === 'participant_reconnected';
+        if (back) this.reconnectingPeers.delete(msg.participant_id);
+        else this.reconnectingPeers.add(msg.participant_id);
+        const participant = this.participants.get(msg.participant_id) || { participant_id: msg.participant_id };
+        this.#emit(back ? 'participantreconnected' : 'participantreconnecting', { participant });
+        break;
+      }
       case 'participant_left': {
+        this.reconnectingPeers.delete(msg.participant_id);
         const participant = this.participants.get(msg.participant_id) || { participant_id: msg.participant_id };
         this.participants.delete(msg.participant_id);
         this.connectionQuality.delete(msg.participant_id);
@@ -428,7 +495,7 @@ export class Session extends EventTarget {
         break;
       case 'error': {
         const err = new ProtocolError(msg.code, msg.message, msg.permission);
-        // Codes after which the server closes the socket; `ended` reports them.
+        // Codes after which the server closes the socket; `ended` reports the final ones.
         if (['invalid_token', 'token_expired', 'replaced', 'timeout', 'message_too_large'].includes(msg.code)) {
           this.fatalError = err;
         } else {
@@ -442,13 +509,217 @@ export class Session extends EventTarget {
   }
 
   #onClose() {
-    if (this.ended) return;
-    this.#end();
+    if (this.ended || this.reconnecting) return;
+    const final = ['left', 'replaced'].includes(this.goodbyeReason)
+      || FINAL_CODES.includes(this.fatalError?.code);
+    if (!this.everJoined || final) {
+      this.#end();
+      return;
+    }
+    // The link dropped, the server restarted, or the socket went silent: back in by ourselves.
+    this.goodbyeReason = null;
+    this.fatalError = null;
+    this.#reconnect();
+  }
+
+  // ---- getting back in -----------------------------------------------------------------------
+
+  async #reconnect() {
+    this.reconnecting = true;
+    this.joined = false;
+    this.#emit('reconnecting', {});
+    for (this.attempt = 0; !this.ended; this.attempt += 1) {
+      await this.#backoff(this.attempt);
+      if (this.ended) return;
+      let joined;
+      try {
+        joined = await this.#rejoin();
+      } catch (err) {
+        this.signal?.close();
+        if (FINAL_CODES.includes(err.code)) {
+          this.reconnecting = false;
+          this.fatalError = err;
+          this.#end();
+          return;
+        }
+        continue; // unreachable, timed out, or the server is still starting: try again
+      }
+      this.reconnecting = false;
+      this.reconnects += 1;
+      this.#afterRejoin(joined);
+      return;
+    }
+  }
+
+  /** Waits before attempt `n`; the `online` event cuts the wait short. */
+  #backoff(n) {
+    const base = BACKOFF_MS[Math.min(n, BACKOFF_MS.length - 1)];
+    const ms = base * (1 + Math.random() / 3);
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done() { clearTimeout(timer); resolve(); }
+      this.wakeReconnect = done;
+    }).finally(() => { this.wakeReconnect = null; });
+  }
+
+  /** `resume` with the latest credential; the invite's token when the server refuses it. */
+  async #rejoin() {
+    if (this.resume && !(this.resume.expires_at_ms <= Date.now())) {
+      const token = this.resume.token;
+      try {
+        return await this.#connect({ v: PROTOCOL_VERSION, type: 'resume', token }, REOPEN_TIMEOUT_MS);
+      } catch (err) {
+        if (!RESUME_REFUSED.includes(err.code)) throw err;
+        console.info('classroom: resume refused, joining with the invite instead', err.code);
+        this.resume = null;
+        this.signal?.close();
+      }
+    }
+    return this.#connect({ v: PROTOCOL_VERSION, type: 'join', token: this.token }, REOPEN_TIMEOUT_MS);
+  }
+
+  #afterRejoin(joined) {
+    const resumed = Boolean(joined.resumed) && joined.participant?.participant_id === this.self?.participant_id;
+    this.#entered(joined);
+    if (!resumed) this.#startOver();
+    // Whoever came or went meanwhile.
+    const now = new Map((joined.participants || []).map((p) => [p.participant_id, p]));
+    for (const [id, participant] of [...this.participants]) {
+      if (now.has(id)) continue;
+      this.participants.delete(id);
+      this.reconnectingPeers.delete(id);
+      this.#emit('participantleft', { participant });
+    }
+    for (const [id, participant] of now) {
+      if (this.participants.has(id)) continue;
+      this.participants.set(id, participant);
+      this.#emit('participantjoined', { participant });
+    }
+    if (resumed) {
+      // The connections were kept; those that lost their path get new ICE credentials now:
+      // after an outage long enough to lose the socket, waiting would only add to it.
+      for (const which of ['publish', 'subscribe']) {
+        clearTimeout(this.restartTimers[which]);
+        this.#restartIce(which, { renew: false });
+      }
+    }
+    this.#emit('reconnected', { resumed });
+  }
+
+  /**
+   * We are a new participant (our place was not kept: a long outage or a server restart): new
+   * connections, and what we were sending is published again.
+   */
+  #startOver() {
+    for (const trackId of [...this.remoteTracks.keys()]) this.#removeRemoteTrack(trackId);
+    this.midToTrackId.clear();
+    this.subscribePc?.close();
+    this.subscribePc = null;
+    this.subscribeQueue = Promise.resolve();
+    const sending = [...this.transceivers]
+      .filter(([, t]) => t.direction === 'sendonly' && t.sender.track)
+      .map(([source, t]) => [source, t.sender.track, this.sendInfo.get(source)?.plan ?? {}]);
+    this.publishPc?.close();
+    this.publishPc = null;
+    this.transceivers.clear();
+    this.sendInfo.clear();
+    this.localTracks.clear();
+    this.publishQueue = Promise.resolve();
+    this.qualityCaps.clear();
+    this.trackQuality.clear();
+    this.connectionQuality.clear();
+    for (const [source, track, plan] of sending) {
+      this.setSource(source, track, plan).catch((error) => this.#emit('error', { error }));
+    }
+  }
+
+  /** Schedules an ICE restart of a media connection that is down. */
+  #watchMedia(which) {
+    const pc = which === 'publish' ? this.publishPc : this.subscribePc;
+    clearTimeout(this.restartTimers[which]);
+    this.restartTimers[which] = null;
+    if (!pc || !['failed', 'disconnected'].includes(pc.connectionState)) return;
+    const wait = pc.connectionState === 'failed' ? 0 : ICE_RESTART_AFTER_MS;
+    this.restartTimers[which] = setTimeout(() => this.#restartIce(which), wait);
+  }
+
+  #restartIce(which, { renew = true } = {}) {
+    const pc = which === 'publish' ? this.publishPc : this.subscribePc;
+    if (this.ended || !pc || !['failed', 'disconnected'].includes(pc.connectionState)) return;
+    // While the socket is down the restart waits for the resume, which checks again.
+    if (this.joined && renew && this.resume && !this.renewing) {
+      // A media path that broke usually means the socket's did too (a new address strands the
+      // old TCP connection silently): resume on a fresh socket at once, which restarts ICE.
+      this.#renewSocket();
+    } else if (this.joined && !this.renewing) {
+      this.iceRestarts[which] += 1;
+      if (which === 'publish') {
+        const task = this.publishQueue.then(() => {
+          if (this.publishPc === pc && pc.signalingState !== 'closed') return this.#negotiatePublish({ iceRestart: true });
+          return undefined;
+        });
+        this.publishQueue = task.catch((err) => console.warn('classroom: ICE restart of the sending connection failed', err));
+      } else {
+        try {
+          this.signal.send({ type: 'ice_restart' });
+        } catch {
+          // The socket just closed; the resume will look again.
+        }
+      }
+    }
+    this.restartTimers[which] = setTimeout(() => this.#restartIce(which), RESTART_RETRY_MS);
+  }
+
+  /**
+   * Resumes on a new socket beside the current one; the server hands the participant over
+   * quietly. If that fails, the current socket stays (or, if it died meanwhile, the reconnect
+   * loop takes over).
+   */
+  async #renewSocket() {
+    this.renewing = true;
+    const old = this.signal;
+    let joined = null;
+    try {
+      joined = await this.#connect({ v: PROTOCOL_VERSION, type: 'resume', token: this.resume.token }, REOPEN_TIMEOUT_MS);
+    } catch (err) {
+      if (RESUME_REFUSED.includes(err.code)) this.resume = null;
+      if (this.signal !== old) this.signal.close();
+      this.signal = old;
+    } finally {
+      this.renewing = false;
+    }
+    if (joined) {
+      old.close();
+      this.reconnects += 1;
+      this.#afterRejoin(joined);
+    } else if (old.closed && !this.ended && !this.reconnecting) {
+      this.#onClose();
+    }
+  }
+
+  /** The device is back online: try at once instead of waiting out the backoff. */
+  #online() {
+    if (this.reconnecting) {
+      // The network is back: try at once, and then with short waits again.
+      this.attempt = -1;
+      this.wakeReconnect?.();
+      return;
+    }
+    for (const which of ['publish', 'subscribe']) {
+      const pc = which === 'publish' ? this.publishPc : this.subscribePc;
+      if (pc && ['failed', 'disconnected'].includes(pc.connectionState)) {
+        clearTimeout(this.restartTimers[which]);
+        this.#restartIce(which);
+      }
+    }
   }
 
   #end() {
     this.ended = true;
     this.joined = false;
+    this.wakeReconnect?.();
+    clearTimeout(this.restartTimers.publish);
+    clearTimeout(this.restartTimers.subscribe);
     for (const trackId of [...this.remoteTracks.keys()]) this.#removeRemoteTrack(trackId);
     this.publishPc?.close();
     this.subscribePc?.close();

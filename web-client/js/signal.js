@@ -115,6 +115,9 @@ export class SignalChannel {
     this.pingTimer = setInterval(() => {
       if (Date.now() - this.lastPong > PONG_DEADLINE_MS) {
         this.ws?.close(4000, 'pong timeout');
+        // A dead link may hold the closing handshake for a long time: report the loss now, so
+        // the session reconnects at once (the socket's own `close` later finds us closed).
+        this.#closed(4000, 'pong timeout');
         return;
       }
       this.request({ type: 'ping' }, PONG_DEADLINE_MS)

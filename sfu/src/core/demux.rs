@@ -54,6 +54,14 @@ impl<K: Copy + Eq + Hash> Demuxer<K> {
         self.by_ufrag.insert(ufrag.to_owned(), key);
     }
 
+    /// The peer now answers to `new` instead of `old` (an ICE restart); its addresses stay.
+    pub fn rename(&mut self, old: &str, new: &str, key: K) {
+        if self.by_ufrag.get(old) == Some(&key) {
+            self.by_ufrag.remove(old);
+        }
+        self.by_ufrag.insert(new.to_owned(), key);
+    }
+
     /// Forgets a peer: its ufrag and every address learned for it.
     pub fn remove(&mut self, ufrag: &str, key: K) {
         if self.by_ufrag.get(ufrag) == Some(&key) {
@@ -196,6 +204,25 @@ mod tests {
             dm.route(addr(5002), &binding_request("nobody:x")),
             Err(Unroutable::UnknownUfrag)
         );
+    }
+
+    #[test]
+    fn an_ice_restart_and_a_new_address_keep_routing_to_the_same_peer() {
+        let mut dm = Demuxer::default();
+        dm.insert("srvA", 1u32);
+        let dtls = [22u8, 0xfe, 0xfd, 0, 0];
+        dm.confirm(1, addr(20), &binding_request("x:srvA"));
+        dm.rename("srvA", "srvA2", 1);
+        assert_eq!(
+            dm.route(addr(20), &binding_request("srvA:x")),
+            Err(Unroutable::UnknownUfrag)
+        );
+        assert_eq!(dm.route(addr(20), &dtls), Ok(1), "learned addresses stay");
+        // Wi-Fi to LTE: a check from a new address, answered, moves media there at once.
+        assert_eq!(dm.route(addr(21), &binding_request("srvA2:y")), Ok(1));
+        dm.confirm(1, addr(21), &binding_request("y:srvA2"));
+        assert_eq!(dm.route(addr(21), &dtls), Ok(1));
+        assert_eq!(dm.len(), 1);
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod demux;
 pub mod forward;
 pub mod keyframe;
 pub mod layer;
+pub mod liveness;
 pub mod pacing;
 pub mod probe;
 pub mod rewrite;

@@ -11,6 +11,7 @@ mod moderation;
 mod negotiate;
 mod outbox;
 mod peer;
+mod recovery;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -326,6 +327,7 @@ impl Shard {
                 self.counters.peers = self.demux.len() as u64;
                 self.metrics.publish(&self.counters);
                 self.metrics.heartbeat.beat();
+                self.reap_disconnected(now);
             }
             // Everything this pass produced leaves before the loop waits again.
             self.flush_outbox();
@@ -367,6 +369,10 @@ impl Shard {
                 let _ = reply.send(result);
             }
             ShardCommand::SetAudience { track, audience } => self.set_audience(track, audience),
+            ShardCommand::Reoffer {
+                participant,
+                ice_restart,
+            } => self.reoffer(participant, ice_restart),
             ShardCommand::Leave { participant } => self.leave(participant),
             ShardCommand::Shutdown => {}
             ShardCommand::Hold { held, release } => {
@@ -538,10 +544,25 @@ impl Shard {
                     self.allocate_connected(key, Instant::now());
                 }
             }
-            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+            Event::IceConnectionStateChange(state) => {
+                // Not dropped at once: the client restarts ICE or comes back from a new
+                // address (`recovery`); only a long outage closes the connection.
+                let mut back = false;
                 if let Some(peer) = self.peer_mut(key) {
-                    debug!(participant = %peer.participant, "ICE disconnected");
-                    peer.rtc.disconnect();
+                    debug!(participant = %peer.participant, ?state, "ICE state");
+                    match state {
+                        IceConnectionState::Disconnected => {
+                            peer.recovery.liveness.disconnected(Instant::now())
+                        }
+                        IceConnectionState::Connected | IceConnectionState::Completed => {
+                            back = peer.recovery.liveness.is_disconnected();
+                            peer.recovery.liveness.connected();
+                        }
+                        _ => {}
+                    }
+                }
+                if back {
+                    self.path_back(key);
                 }
             }
             Event::RtpPacket(packet) => self.on_rtp(key, packet),

@@ -82,6 +82,8 @@ impl Shard {
                 if let Some(m) = self.members.get_mut(&participant) {
                     m.publisher = Some(key);
                 }
+                // An offer with new ICE credentials restarted ICE (`recovery`).
+                self.refresh_ufrag(key);
                 let (added, removed) = self.update_published_tracks(key, participant, &room, specs);
                 let tracks = self.published_by(key);
                 self.mark_dirty(key);
@@ -346,7 +348,12 @@ impl Shard {
             *renegotiate = true;
             return;
         }
+        let restart = std::mem::take(&mut peer.recovery.restart_wanted);
         let mut api = peer.rtc.sdp_api();
+        if restart {
+            // Keeps our candidates (one port for everything); only the credentials change.
+            api.ice_restart(true);
+        }
         let mut new_subscriptions = Vec::new();
         for track_id in &desired {
             if sent.values().any(|t| t == track_id) {
@@ -397,9 +404,13 @@ impl Shard {
                 t.subscriptions.push(sub);
             }
         }
+        let sdp = offer.to_sdp_string();
+        if let Some(peer) = self.peer_mut(key) {
+            peer.recovery.last_offer = Some((sdp.clone(), tracks.clone()));
+        }
         let _ = self.events.send(ShardEvent::SubscriberOffer {
             participant,
-            sdp: offer.to_sdp_string(),
+            sdp,
             tracks,
         });
         self.mark_dirty(key);
@@ -448,6 +459,7 @@ impl Shard {
                 sub.renegotiated();
             }
         }
+        self.refresh_ufrag(key);
         // Drain the answer's effects before the next change to the same `Rtc`.
         self.drain(key);
         if again {

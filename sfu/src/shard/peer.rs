@@ -82,6 +82,8 @@ pub(crate) struct Peer {
     /// Whether this subscriber's video goes through str0m's pacer (`core::pacing`); str0m
     /// paces video until the first allocation says otherwise.
     pub video_paced: bool,
+    /// ICE restarts, re-sent offers, how long ICE has been disconnected.
+    pub recovery: super::recovery::Recovery,
 }
 
 impl Peer {
@@ -123,6 +125,7 @@ impl Peer {
             loss: None,
             probe: ProbePacer::default(),
             video_paced: true,
+            recovery: Default::default(),
         }
     }
 

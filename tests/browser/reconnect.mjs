@@ -1,0 +1,279 @@
+// Browser test of getting back into the lesson without a click (issue 13): a teacher page and a
+// pupil page (camera and microphone on both), and then the pupil's network taken away and given
+// back, the pupil's address moved, and the server SIGKILLed and restarted. No step clicks
+// anything after the pages are set up; every recovery is timed from the moment the network (or
+// the server) is back.
+//
+// Run by reconnect.sh, which makes the namespaces and passes in:
+//   BASE_URL, CLASSROOM_BIN, SERVER_ARGS, SERVER_LOG_DIR   the server this script starts itself
+//   TEACHER_URL, PUPIL_URL (a 20 s join token), PUPIL_IDENTITY
+//   PUPIL_NS, PUPIL_DEV, PUPIL_ADDR, MOVED_ADDR, GATEWAY  the pupil's namespace and link
+//   PUPIL_CHROMIUM   a wrapper that starts Chromium in the pupil's namespace
+
+import {
+  required, delay, launch, runScenario, until, step, waitForServer, openPage, switchOn,
+  inbound, expectVideoFlowing, allowSound, JOIN_MS,
+} from './lib.mjs';
+import { spawn, execFileSync } from 'node:child_process';
+import { openSync } from 'node:fs';
+import path from 'node:path';
+
+const BASE_URL = required('BASE_URL');
+const BIN = required('CLASSROOM_BIN');
+const SERVER_ARGS = required('SERVER_ARGS').split(' ');
+const LOG_DIR = required('SERVER_LOG_DIR');
+const TEACHER_URL = required('TEACHER_URL');
+const PUPIL_URL = required('PUPIL_URL');
+const PUPIL_IDENTITY = required('PUPIL_IDENTITY');
+const PUPIL_NS = required('PUPIL_NS');
+const PUPIL_DEV = required('PUPIL_DEV');
+const PUPIL_ADDR = required('PUPIL_ADDR');
+const MOVED_ADDR = required('MOVED_ADDR');
+const GATEWAY = required('GATEWAY');
+const PUPIL_CHROMIUM = required('PUPIL_CHROMIUM');
+
+// What issue 13 demands: decoding again within 3 s of the link's return (or of an address
+// change), both pages back in the lesson within 10 s of the server's return.
+const MEDIA_BACK_MS = 3000;
+const SERVER_BACK_MS = 10000;
+// Outages: a short one the signaling socket may survive, and one past its 30 s idle limit.
+const SHORT_OUTAGE_MS = 5000;
+const LONG_OUTAGE_MS = 40000;
+// The pupil's own camera reaching the teacher again: Chromium's encoder and bandwidth estimate
+// take their time after an outage (3 to 16 s measured), so this is only bounded, not timed tightly.
+const PUPIL_UPLINK_MS = 30000;
+// New frames that count as "decoding again" (a tenth of a second of the teacher's camera).
+const NEW_FRAMES = 3;
+
+const TEACHER_CAMERA = { kind: 'video', source: 'camera', role: 'teacher' };
+const PUPIL_CAMERA = { kind: 'video', source: 'camera', role: 'student' };
+
+let server = null;
+let serverRuns = 0;
+
+function startServer() {
+  serverRuns += 1;
+  const log = openSync(path.join(LOG_DIR, `server-${serverRuns}.log`), 'a');
+  server = spawn(BIN, SERVER_ARGS, {
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info,classroom_sfu=debug' },
+    stdio: ['ignore', log, log],
+  });
+  const child = server;
+  child.on('exit', (code, signal) => {
+    if (server === child) console.log(`  (server exited: code ${code}, signal ${signal})`);
+  });
+}
+
+async function killServer() {
+  const child = server;
+  server = null;
+  if (!child || child.exitCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGKILL');
+  await exited;
+}
+
+function inPupilNs(...args) {
+  execFileSync('ip', ['netns', 'exec', PUPIL_NS, ...args], { stdio: 'inherit' });
+}
+
+function linkDown() {
+  inPupilNs('ip', 'link', 'set', PUPIL_DEV, 'down');
+}
+
+function linkUp(address) {
+  inPupilNs('ip', 'link', 'set', PUPIL_DEV, 'up');
+  // Taking the link down took its routes with it.
+  inPupilNs('ip', 'route', 'replace', 'default', 'via', GATEWAY, 'dev', PUPIL_DEV, 'src', address);
+}
+
+/** Frames decoded so far of `want`, with the track they belong to (a new participant has new ones). */
+async function frames(page, want) {
+  const s = await inbound(page, want);
+  // Track ids start again after a server restart: the connection tells the counters apart.
+  const pc = await page.evaluate(() => {
+    const c = window.classroom.subscribePc;
+    if (!c) return null;
+    c.testId ??= Math.random().toString(36).slice(2);
+    return c.testId;
+  });
+  return { pc, trackId: s.trackId ?? null, frames: s.framesDecoded ?? 0, state: s.connectionState ?? null };
+}
+
+/** Waits until `want` decodes NEW_FRAMES new frames after `base`; returns the ms since `since`. */
+async function decodingAgain(page, label, want, base, since, limitMs) {
+  const seen = await until(`${label}: ${NEW_FRAMES} new frames of ${JSON.stringify(want)}`, async () => {
+    const now = await frames(page, want);
+    const renewed = now.trackId && (now.trackId !== base.trackId || now.pc !== base.pc);
+    const fresh = renewed ? now.frames : now.frames - base.frames;
+    const state = await page.evaluate(() => window.classroom.state);
+    return {
+      ok: fresh >= NEW_FRAMES,
+      fresh,
+      now,
+      reconnecting: state.reconnecting,
+      reconnects: state.reconnects,
+      iceRestarts: state.iceRestarts,
+    };
+  }, limitMs + 30000);
+  const ms = Date.now() - since;
+  console.log(`  ${label}: decoding again ${ms} ms after the network came back (${JSON.stringify(seen)})`);
+  if (ms > limitMs) throw new Error(`${label} decoded again only after ${ms} ms (at most ${limitMs} ms allowed)`);
+  return ms;
+}
+
+/** What the page's publish connection sends, for the log. */
+function senders(page) {
+  return page.evaluate(async () => {
+    const pc = window.classroom.publishPc;
+    if (!pc) return null;
+    const out = [];
+    (await pc.getStats()).forEach((st) => {
+      if (st.type === 'outbound-rtp') out.push({ kind: st.kind, ssrc: st.ssrc, packetsSent: st.packetsSent, framesEncoded: st.framesEncoded, limit: st.qualityLimitationReason, active: st.active });
+    });
+    return {
+      state: pc.connectionState,
+      senders: pc.getSenders().map((x) => ({ track: x.track ? `${x.track.kind} ${x.track.readyState} muted=${x.track.muted} enabled=${x.track.enabled}` : null, encodings: x.getParameters().encodings })),
+      out,
+    };
+  });
+}
+
+/** The teacher page's tile of the pupil: how many, and whether it says "reconnecting". */
+function pupilTile(teacher) {
+  return teacher.evaluate((identity) => {
+    const tiles = [...document.querySelectorAll('.tile[data-identity]')].filter((t) => t.dataset.identity === identity);
+    return {
+      count: tiles.length,
+      reconnecting: tiles.some((t) => t.classList.contains('reconnecting')),
+      note: tiles[0]?.querySelector('.tile-reconnecting')?.textContent ?? null,
+      participantId: tiles[0]?.dataset.participantId ?? null,
+    };
+  }, PUPIL_IDENTITY);
+}
+
+/** Nothing on the page asks to be clicked. */
+async function noButtonToPress(page, label) {
+  const action = await page.evaluate(() => {
+    const banner = document.getElementById('banner');
+    return banner && !banner.hidden ? banner.querySelector('button')?.textContent ?? null : null;
+  });
+  if (action) throw new Error(`${label} shows a button to press: "${action}"`);
+}
+
+function tokenExpiry(url) {
+  const token = new URL(url).searchParams.get('token') ?? '';
+  const claims = JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString() || '{}');
+  return (claims.exp ?? 0) * 1000;
+}
+
+runScenario('reconnect', async (closers) => {
+  closers.push(killServer);
+  startServer();
+  await step('server answers /healthz', () => waitForServer(BASE_URL));
+
+  const near = await launch(BASE_URL);
+  closers.push(near.close);
+  const away = await launch(BASE_URL, PUPIL_CHROMIUM);
+  closers.push(away.close);
+
+  let teacher;
+  let pupil;
+  let pupilId;
+  await step('teacher and pupil are in the lesson, each seeing the other', async () => {
+    teacher = await openPage(near.context, 'teacher', TEACHER_URL);
+    await switchOn(teacher, 'teacher', '#btn-camera');
+    await switchOn(teacher, 'teacher', '#btn-mic');
+    pupil = await openPage(away.context, 'pupil', PUPIL_URL);
+    await switchOn(pupil, 'pupil', '#btn-camera');
+    await expectVideoFlowing(pupil, 'pupil', TEACHER_CAMERA);
+    await allowSound(pupil);
+    await expectVideoFlowing(teacher, 'teacher', PUPIL_CAMERA);
+    pupilId = (await pupil.evaluate(() => window.classroom.state.participantId));
+    const tile = await pupilTile(teacher);
+    if (tile.count !== 1 || tile.participantId !== pupilId) throw new Error(`teacher's tiles of the pupil: ${JSON.stringify(tile)}`);
+  });
+
+  await step(`the pupil's link is down for ${SHORT_OUTAGE_MS / 1000} s: decoding resumes within ${MEDIA_BACK_MS / 1000} s, no click`, async () => {
+    linkDown();
+    await delay(SHORT_OUTAGE_MS); // the outage itself
+    const base = await frames(pupil, TEACHER_CAMERA);
+    const back = Date.now();
+    linkUp(PUPIL_ADDR);
+    await decodingAgain(pupil, 'pupil', TEACHER_CAMERA, base, back, MEDIA_BACK_MS);
+    await noButtonToPress(pupil, 'pupil');
+    const teacherBase = await frames(teacher, PUPIL_CAMERA);
+    console.log(`  pupil's senders: ${JSON.stringify(await senders(pupil))}`);
+    await decodingAgain(teacher, 'teacher (the pupil\'s camera)', PUPIL_CAMERA, teacherBase, back, PUPIL_UPLINK_MS);
+    const tile = await until('the teacher to show the pupil once, not reconnecting', async () => {
+      const t = await pupilTile(teacher);
+      return { ...t, ok: t.count === 1 && !t.reconnecting };
+    }, 15000);
+    console.log(`  teacher's tile of the pupil: ${JSON.stringify(tile)}`);
+  });
+
+  await step('the pupil\'s 20 s join token has expired', async () => {
+    const exp = tokenExpiry(PUPIL_URL);
+    await until('the join token to expire', () => ({ ok: Date.now() > exp + 1000, left: exp - Date.now() }), 30000);
+  });
+
+  await step(`the pupil's link is down for ${LONG_OUTAGE_MS / 1000} s: the teacher sees "reconnecting", then the same pupil decoding again within ${MEDIA_BACK_MS / 1000} s`, async () => {
+    const before = await pupil.evaluate(() => window.classroom.state.reconnects);
+    linkDown();
+    const downAt = Date.now();
+    const shown = await until('the teacher page to show the pupil as reconnecting', async () => {
+      const t = await pupilTile(teacher);
+      return { ...t, ok: t.reconnecting && t.count === 1 };
+    }, LONG_OUTAGE_MS - 2000);
+    console.log(`  teacher shows "${shown.note}" ${Date.now() - downAt} ms into the outage`);
+    await delay(Math.max(0, LONG_OUTAGE_MS - (Date.now() - downAt))); // the rest of the outage
+    const base = await frames(pupil, TEACHER_CAMERA);
+    const back = Date.now();
+    linkUp(PUPIL_ADDR);
+    await decodingAgain(pupil, 'pupil', TEACHER_CAMERA, base, back, MEDIA_BACK_MS);
+    await noButtonToPress(pupil, 'pupil');
+    const state = await pupil.evaluate(() => window.classroom.state);
+    if (!(state.reconnects > before)) throw new Error(`the pupil's socket was not renewed: ${JSON.stringify(state)}`);
+    const tile = await until('the teacher to show the same pupil again', async () => {
+      const t = await pupilTile(teacher);
+      return { ...t, ok: t.count === 1 && !t.reconnecting && t.participantId === pupilId };
+    }, 15000);
+    console.log(`  pupil resumed as ${state.participantId} (was ${pupilId}); teacher's tile: ${JSON.stringify(tile)}`);
+    const teacherBase = await frames(teacher, PUPIL_CAMERA);
+    console.log(`  pupil's senders: ${JSON.stringify(await senders(pupil))}`);
+    await decodingAgain(teacher, 'teacher (the pupil\'s camera)', PUPIL_CAMERA, teacherBase, back, PUPIL_UPLINK_MS);
+  });
+
+  await step(`the server is SIGKILLed and restarted: both pages are back within ${SERVER_BACK_MS / 1000} s`, async () => {
+    const before = await Promise.all([teacher, pupil].map((p) => p.evaluate(() => window.classroom.state.reconnects)));
+    const base = await frames(pupil, TEACHER_CAMERA);
+    await killServer();
+    startServer();
+    await waitForServer(BASE_URL);
+    const back = Date.now();
+    await until('teacher and pupil pages to rejoin', async () => {
+      const states = await Promise.all([teacher, pupil].map((p) => p.evaluate(() => window.classroom.state)));
+      return {
+        ok: states.every((s, i) => s.joined && s.reconnects > before[i]),
+        states: states.map((s) => ({ joined: s.joined, reconnecting: s.reconnecting, reconnects: s.reconnects, ended: s.ended })),
+      };
+    }, SERVER_BACK_MS);
+    console.log(`  both pages joined again ${Date.now() - back} ms after the server answered`);
+    await decodingAgain(pupil, 'pupil (after the restart)', TEACHER_CAMERA, base, back, SERVER_BACK_MS);
+    await noButtonToPress(teacher, 'teacher');
+    await noButtonToPress(pupil, 'pupil');
+  });
+  await step(`the pupil's address changes: decoding resumes within ${MEDIA_BACK_MS / 1000} s`, async () => {
+    const base = await frames(pupil, TEACHER_CAMERA);
+    const moved = Date.now();
+    inPupilNs('ip', 'addr', 'add', `${MOVED_ADDR}/24`, 'dev', PUPIL_DEV);
+    inPupilNs('ip', 'route', 'replace', 'default', 'via', GATEWAY, 'dev', PUPIL_DEV, 'src', MOVED_ADDR);
+    inPupilNs('ip', 'addr', 'del', `${PUPIL_ADDR}/24`, 'dev', PUPIL_DEV);
+    // Frames already in flight do not count: wait for frames the old address cannot have brought.
+    await delay(500);
+    const after = await frames(pupil, TEACHER_CAMERA);
+    await decodingAgain(pupil, 'pupil (moved)', TEACHER_CAMERA, after.trackId === base.trackId && after.pc === base.pc ? after : base, moved, MEDIA_BACK_MS);
+    await noButtonToPress(pupil, 'pupil');
+  });
+
+});
