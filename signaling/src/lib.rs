@@ -4,6 +4,7 @@
 //! through `classroom_sfu::ShardCommand`/`ShardEvent` values.
 
 pub mod gate;
+pub mod lesson;
 pub mod protocol;
 pub mod resume;
 pub mod sdp_check;
@@ -11,6 +12,7 @@ pub mod session;
 pub mod token;
 pub mod track_limits;
 
+mod lessons;
 mod outbox;
 mod parked;
 mod registry;
@@ -54,6 +56,9 @@ pub struct SignalingConfig {
     /// Reverse proxies whose forwarded header names the client (the unjoined-socket cap counts
     /// clients, not the proxy in front of them all).
     pub trusted_proxies: classroom_auth::TrustedProxies,
+    /// With class-visible cameras, pupils receive the cameras of this many most recent pupil
+    /// speakers (plus the spotlight and the floor); 1..=16, a teacher may change it per lesson.
+    pub lesson_last_n: u8,
 }
 
 impl Default for SignalingConfig {
@@ -67,6 +72,7 @@ impl Default for SignalingConfig {
             send_timeout: Duration::from_secs(10),
             resume_grace: Duration::from_secs(30),
             trusted_proxies: classroom_auth::TrustedProxies::default(),
+            lesson_last_n: 4,
         }
     }
 }
@@ -98,6 +104,7 @@ pub(crate) struct Inner {
     gate: Arc<dyn RoomGate>,
     sfu: mpsc::Sender<ShardCommand>,
     registry: Registry,
+    lessons: lessons::Lessons,
     next_participant: AtomicU64,
     shutdown: watch::Sender<bool>,
     sessions: AtomicUsize,
@@ -115,7 +122,7 @@ pub(crate) struct Inner {
     resumed: AtomicU64,
 }
 
-const ERROR_CODES: [ErrorCode; 19] = [
+const ERROR_CODES: [ErrorCode; 23] = [
     ErrorCode::BadJson,
     ErrorCode::UnknownType,
     ErrorCode::BadRequest,
@@ -134,6 +141,10 @@ const ERROR_CODES: [ErrorCode; 19] = [
     ErrorCode::ResumeInvalid,
     ErrorCode::ResumeExpired,
     ErrorCode::ResumeUsed,
+    ErrorCode::ChatTooLong,
+    ErrorCode::ChatClosed,
+    ErrorCode::RateLimited,
+    ErrorCode::NotFound,
     ErrorCode::Internal,
 ];
 
@@ -181,6 +192,7 @@ impl Signaling {
         let inner = Arc::new(Inner {
             unjoined: UnjoinedSockets::new(config.max_unjoined_per_address),
             slow_drops: Default::default(),
+            lessons: lessons::Lessons::new(config.lesson_last_n),
             config,
             tokens,
             gate,
@@ -307,6 +319,7 @@ impl Signaling {
                 n.load(Ordering::Relaxed)
             );
         }
+        self.inner.lessons.render_metrics(out);
     }
 }
 
@@ -354,6 +367,7 @@ async fn relay_media_events(inner: Arc<Inner>, mut events: mpsc::UnboundedReceiv
                 for t in tracks {
                     let track_id = t.to_string();
                     if let Some(room) = inner.registry.remove_track(&track_id) {
+                        lessons::tracks_changed(&inner, &room, participant, &[], &[t]).await;
                         inner.registry.broadcast(
                             &room,
                             participant,
@@ -402,8 +416,7 @@ async fn relay_media_events(inner: Arc<Inner>, mut events: mpsc::UnboundedReceiv
                 inner.registry.send(participant, Outbound::Send(msg));
             }
             ShardEvent::ActiveSpeakers { room, speakers } => {
-                // Told to the room by the moderation work (issue 12).
-                let _ = (room, speakers);
+                lessons::speakers(&inner, &room, &speakers).await;
             }
             ShardEvent::ConnectionQuality {
                 participant,

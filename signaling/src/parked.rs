@@ -116,6 +116,7 @@ pub(crate) async fn depart(inner: &Inner, who: Departure) {
             },
         );
     }
+    crate::lessons::leave(inner, &who.room, who.id).await;
     inner.gate.left(&who.entrant);
     info!(participant = %who.id, room = %who.room, "left");
 }

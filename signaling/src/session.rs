@@ -19,6 +19,8 @@ use classroom_sfu::{
 };
 
 use crate::gate::Entrant;
+use crate::lesson::state::Member;
+use crate::lessons;
 use crate::outbox::{self, Outbox};
 use crate::parked::Departure;
 use crate::protocol::{
@@ -359,6 +361,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             } => self.set_track_quality(id, &track_id, max_layer).await,
             ClientMessage::Publish { sdp, tracks, .. } => self.publish(id, sdp, tracks).await,
             ClientMessage::SubscriberAnswer { sdp, .. } => self.subscriber_answer(id, sdp).await,
+            ClientMessage::Lesson { action, .. } => self.lesson(id, action).await,
         }
     }
 
@@ -483,6 +486,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
         .await;
         info!(participant = %pid, room = %room, identity = %claims.sub, "resumed");
         self.inner.resumed.fetch_add(1, Ordering::Relaxed);
+        lessons::resumed(&self.inner, &room, pid).await;
         if parked.is_some() {
             self.inner.registry.broadcast(
                 &room,
@@ -594,6 +598,14 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
         let teacher = claims.allows(Permission::Teacher);
         info!(participant = %pid, room = %room, identity = %claims.sub, role = %claims.role, "joined");
         self.inner.gate.entered(&entrant);
+        let member = Member {
+            pid,
+            identity: claims.sub.clone(),
+            name: claims.name.clone(),
+            role: claims.role,
+            teacher: claims.allows(Permission::Teacher),
+        };
+        lessons::join(&self.inner, &room, member, &entrant).await;
         self.joined = Some(Joined {
             id: pid,
             room: room.clone(),
@@ -641,14 +653,19 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
                 .fail_with(id, refusal.code, refusal.permission, refusal.message)
                 .await;
         }
-        let specs = tracks
-            .iter()
-            .map(|t| TrackSpec {
+        let mut specs = Vec::with_capacity(tracks.len());
+        for t in &tracks {
+            let source = source_to_sfu(t.source);
+            let audience = lessons::audience(&self.inner, &room, pid, source).await;
+            specs.push(TrackSpec {
                 mid: t.mid.clone(),
-                source: source_to_sfu(t.source),
-                audience: Audience::Everyone,
-            })
-            .collect();
+                source,
+                audience,
+            });
+        }
+        // The audience each track started with, to correct any the lesson changed meanwhile.
+        let started: Vec<(String, Audience)> =
+            specs.iter().map(|s| (s.mid.clone(), s.audience)).collect();
         let (reply, answer) = oneshot::channel();
         let cmd = ShardCommand::Publish {
             participant: pid,
@@ -673,6 +690,18 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
                 &ServerMessage::TrackUnpublished { track_id },
             );
         }
+        let with_audience: Vec<(TrackId, TrackSource, Audience)> = answer
+            .added
+            .iter()
+            .map(|t| {
+                let audience = started
+                    .iter()
+                    .find(|(mid, _)| *mid == t.mid)
+                    .map_or(Audience::Nobody, |(_, a)| *a);
+                (t.track_id, t.source, audience)
+            })
+            .collect();
+        lessons::tracks_changed(&self.inner, &room, pid, &with_audience, &answer.removed).await;
         let added: Vec<TrackInfo> = answer
             .added
             .iter()
@@ -751,6 +780,17 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
                 .await;
         }
         Flow::Continue
+    }
+
+    async fn lesson(&mut self, id: Option<String>, action: crate::lesson::wire::Action) -> Flow {
+        let Some(joined) = &self.joined else {
+            return self.fail(id, ErrorCode::NotJoined, "join first").await;
+        };
+        let (pid, room) = (joined.id, joined.room.clone());
+        match lessons::act(&self.inner, &room, pid, action).await {
+            Ok(()) => Flow::Continue,
+            Err(r) => self.fail_with(id, r.code, r.permission, r.message).await,
+        }
     }
 
     async fn fail_sfu(&mut self, id: Option<String>, e: SfuError) -> Flow {
