@@ -5,7 +5,8 @@
 #               admitted from it (school prepared with `classroom roster import` / `signin-link`)
 #   shaped.mjs  a pupil on a shaped "home" link gets a smaller simulcast layer than an unshaped
 #               pupil, and both keep decoding
-# First, without a browser: next.test.mjs, the sign-in page's check of `?next=` (plain node --test).
+# First, without a browser (plain node --test): next.test.mjs, the sign-in page's check of `?next=`;
+# i18n.test.mjs, every locale's keys and placeholders in step and every key the pages use defined.
 #
 # All run inside a network namespace made for this run. Outside one, Chromium offers the
 # machine's outward address as its ICE candidate and the test would depend on that network;
@@ -99,7 +100,7 @@ trap 'exit 143' TERM
 # ---- page scripts' unit tests: plain Node, no browser, no namespace ----
 command -v node >/dev/null || { log "missing node (scripts/test installs what is needed)"; exit 2; }
 log "page script unit tests (node --test)"
-(cd "$here" && timeout 60 node --test next.test.mjs)
+(cd "$here" && timeout 60 node --test next.test.mjs i18n.test.mjs)
 
 # ---- prerequisites ----
 if [ "$(id -u)" -ne 0 ]; then

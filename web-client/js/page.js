@@ -5,6 +5,8 @@ import { Session } from './session.js';
 import { AudioPlayer } from './media.js';
 import { exposeForTests } from './hooks.js';
 import { byId, errorText, setStatus, showBanner, hideBanner, tokenFromUrl } from './ui.js';
+import { t, translatePage } from './i18n.js';
+import { showLanguageSwitch } from './langswitch.js';
 
 /**
  * Joins the room named by the page's invite token. Returns {session, audio}, or null when the
@@ -12,10 +14,12 @@ import { byId, errorText, setStatus, showBanner, hideBanner, tokenFromUrl } from
  * `onEnded(reason)` once the session is over.
  */
 export function startSession({ onJoined = () => {}, onEnded = () => {} } = {}) {
+  translatePage();
+  showLanguageSwitch(byId('lang-switch'));
   const token = tokenFromUrl();
   if (!token) {
-    setStatus('Not connected', 'error');
-    showBanner('This page needs an invite link. Open the link your school sent you.');
+    setStatus(t('live.status.not_connected'), 'error');
+    showBanner(t('live.needs_invite'));
     return null;
   }
 
@@ -37,8 +41,8 @@ export function startSession({ onJoined = () => {}, onEnded = () => {} } = {}) {
   session.addEventListener('connectionstate', (ev) => {
     const { which, state } = ev.detail;
     if (state === 'failed') {
-      showBanner(`The ${which === 'publish' ? 'sending' : 'receiving'} media connection failed. The network may block it.`, {
-        actionLabel: 'Reconnect',
+      showBanner(t(which === 'publish' ? 'live.media_failed_send' : 'live.media_failed_receive'), {
+        actionLabel: t('live.reconnect'),
         onAction: () => window.location.reload(),
       });
     }
@@ -46,10 +50,10 @@ export function startSession({ onJoined = () => {}, onEnded = () => {} } = {}) {
 
   session.addEventListener('ended', (ev) => {
     const { reason, error } = ev.detail;
-    setStatus('Disconnected', reason === 'left' ? 'info' : 'error');
+    setStatus(t('live.status.disconnected'), reason === 'left' ? 'info' : 'error');
     const canRetry = !['invalid_token', 'token_expired', 'left'].includes(reason);
     showBanner(errorText(error || reason), canRetry
-      ? { actionLabel: 'Reconnect', onAction: () => window.location.reload() }
+      ? { actionLabel: t('live.reconnect'), onAction: () => window.location.reload() }
       : { kind: reason === 'left' ? 'info' : 'error' });
     onEnded(reason);
   });
@@ -57,11 +61,11 @@ export function startSession({ onJoined = () => {}, onEnded = () => {} } = {}) {
   // Leaving explicitly tells the others at once instead of after the server's socket timeout.
   window.addEventListener('pagehide', () => session.leave());
 
-  setStatus('Connecting…');
+  setStatus(t('live.status.connecting'));
   session.join().then(
     (joined) => {
       hideBanner();
-      setStatus(`Connected as ${joined.participant.name}`, 'ok');
+      setStatus(t('live.status.connected', { name: joined.participant.name }), 'ok');
       byId('room').textContent = joined.room;
       onJoined(joined);
     },

@@ -28,6 +28,8 @@ const PC_CONFIG = { bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
  *   connectionstate {which: 'publish'|'subscribe', state}
  *   trackquality {trackId, layer, paused, reason}   the layer we receive of a video changed
  *   connectionquality {participants}  link quality entries (ours only, unless we teach)
+ *   lessonstate, activespeakers, chat, chathistory, chatdeleted   the lesson's moderation
+ *                                     messages as the server sent them (lesson.js keeps the state)
  *   error {error}                     something failed but the session goes on
  *   ended {reason, error?}            the session is over (goodbye, fatal error, lost socket)
  */
@@ -422,6 +424,13 @@ export class Session extends EventTarget {
       case 'connection_quality':
         for (const entry of msg.participants || []) this.connectionQuality.set(entry.participant_id, entry);
         this.#emit('connectionquality', { participants: msg.participants || [] });
+        break;
+      case 'lesson_state':
+      case 'active_speakers':
+      case 'chat':
+      case 'chat_history':
+      case 'chat_deleted':
+        this.#emit(msg.type.replace('_', ''), msg);
         break;
       case 'goodbye':
         this.goodbyeReason = msg.reason || 'goodbye';
