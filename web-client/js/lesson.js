@@ -65,7 +65,8 @@ export class Lesson extends EventTarget {
   lowerHand(participantId) { this.#send(participantId ? { type: 'lower_hand', participant_id: participantId } : { type: 'lower_hand' }); }
   /** Without an id: give our own floor back. */
   revokeFloor(participantId) { this.#send(participantId ? { type: 'revoke_floor', participant_id: participantId } : { type: 'revoke_floor' }); }
-  unmute(onError) { this.#send({ type: 'unmute' }, onError); }
+  /** Without an id: a pupil unmutes itself (open lessons only); with one: a teacher lifts a mute. */
+  unmute(participantId, onError) { this.#send(participantId ? { type: 'unmute', participant_id: participantId } : { type: 'unmute' }, onError); }
   answerCheck(checkId, option) { this.#send({ type: 'answer_check', check_id: checkId, option }); }
   /** `to`: 'all' or 'teacher'. `onError` lets the composer give the text back. */
   sendChat(to, text, onError) { this.#send({ type: 'chat', to, text }, onError); }

@@ -165,7 +165,7 @@ function ensureTile(participant) {
       tile.muteButton = h('button', {
         type: 'button', class: 'tile-mute', text: t('teacher.mute'),
         'aria-label': t('teacher.mute_who', { name: nameOf(pid) }),
-        on: { click: () => lesson.mute(pid) },
+        on: { click: () => (isMuted(pid) ? lesson.unmute(pid) : lesson.mute(pid)) },
       });
       tile.floorButton = h('button', {
         type: 'button', class: 'tile-floor', text: t('teacher.grant_mic'),
@@ -210,6 +210,10 @@ function updateCount() {
   byId('pupil-count').textContent = tiles.size ? `(${tiles.size})` : '';
 }
 
+function isMuted(participantId) {
+  return (lesson?.state?.muted ?? []).includes(participantId);
+}
+
 function holdsFloor(participantId) {
   return (lesson?.state?.floor ?? []).some((f) => f.participant_id === participantId);
 }
@@ -239,7 +243,11 @@ function renderTileState(tile) {
   const joined = Boolean(session?.joined && state);
   tile.spotlightButton.setAttribute('aria-pressed', String(spot));
   tile.spotlightButton.disabled = !joined;
-  if (tile.muteButton) tile.muteButton.disabled = !joined || muted;
+  if (tile.muteButton) {
+    tile.muteButton.disabled = !joined;
+    tile.muteButton.textContent = t(muted ? 'teacher.unmute' : 'teacher.mute');
+    tile.muteButton.setAttribute('aria-label', t(muted ? 'teacher.unmute_who' : 'teacher.mute_who', { name }));
+  }
   if (tile.floorButton) {
     tile.floorButton.disabled = !joined;
     tile.floorButton.textContent = t(floor ? 'teacher.take_back' : 'teacher.grant_mic');

@@ -287,6 +287,8 @@ export default {
   'teacher.with_camera': 'with camera',
   'teacher.mute': 'Mute',
   'teacher.mute_who': 'Mute {name}',
+  'teacher.unmute': 'Unmute',
+  'teacher.unmute_who': 'Unmute {name}',
   'teacher.spotlight': 'Spotlight',
   'teacher.spotlight_who': 'Spotlight {name} for the whole class',
   'teacher.spotlight_on': 'In the spotlight: {name}',

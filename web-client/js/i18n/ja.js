@@ -288,6 +288,8 @@ export default {
   'teacher.with_camera': 'カメラあり',
   'teacher.mute': 'ミュート',
   'teacher.mute_who': '{name}さんをミュート',
+  'teacher.unmute': 'ミュート解除',
+  'teacher.unmute_who': '{name}さんのミュートを解除',
   'teacher.spotlight': 'スポットライト',
   'teacher.spotlight_who': '{name}さんをクラス全員の画面に大きく表示',
   'teacher.spotlight_on': 'スポットライト中：{name}',
