@@ -29,6 +29,9 @@ pub struct GateRefusal {
 
 pub type GateFuture<'a> = Pin<Box<dyn Future<Output = Result<(), GateRefusal>> + Send + 'a>>;
 
+/// Whether a room's chat is kept.
+pub type KeepFuture<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+
 /// Decides entry to rooms and hears of arrivals and departures.
 pub trait RoomGate: Send + Sync + 'static {
     /// Whether `who` may enter their room now. A gate that cannot decide (its database is down)
@@ -40,6 +43,19 @@ pub trait RoomGate: Send + Sync + 'static {
 
     /// `who` left, for whatever reason (leave, closed socket, replaced, timeout, shutdown).
     fn left(&self, who: &Entrant);
+
+    /// Whether the chat of `who`'s room is kept beyond the lesson (a school's choice). Asked
+    /// once per room, when its lesson starts with its first participant; on doubt, `false`.
+    /// Chat is kept in memory only unless this says so.
+    fn keep_chat<'a>(&'a self, _who: &'a Entrant) -> KeepFuture<'a> {
+        Box::pin(async { false })
+    }
+
+    /// A chat message of a room whose chat is kept. Must not block: record in the background.
+    fn record_chat(&self, _room: &str, _message: &crate::lesson::wire::ChatMessage) {}
+
+    /// A teacher removed a message of a room whose chat is kept: it must go from the store too.
+    fn delete_chat(&self, _room: &str, _message_id: &str) {}
 }
 
 /// A gate that lets every valid token in and records nothing: rooms without lessons (the demo

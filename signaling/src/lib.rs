@@ -4,12 +4,14 @@
 //! through `classroom_sfu::ShardCommand`/`ShardEvent` values.
 
 pub mod gate;
+pub mod lesson;
 pub mod protocol;
 pub mod sdp_check;
 pub mod session;
 pub mod token;
 pub mod track_limits;
 
+mod lessons;
 mod outbox;
 mod registry;
 mod unjoined;
@@ -49,6 +51,9 @@ pub struct SignalingConfig {
     /// Reverse proxies whose forwarded header names the client (the unjoined-socket cap counts
     /// clients, not the proxy in front of them all).
     pub trusted_proxies: classroom_auth::TrustedProxies,
+    /// With class-visible cameras, pupils receive the cameras of this many most recent pupil
+    /// speakers (plus the spotlight and the floor); 1..=16, a teacher may change it per lesson.
+    pub lesson_last_n: u8,
 }
 
 impl Default for SignalingConfig {
@@ -61,6 +66,7 @@ impl Default for SignalingConfig {
             outbox_capacity: 256,
             send_timeout: Duration::from_secs(10),
             trusted_proxies: classroom_auth::TrustedProxies::default(),
+            lesson_last_n: 4,
         }
     }
 }
@@ -92,6 +98,7 @@ pub(crate) struct Inner {
     gate: Arc<dyn RoomGate>,
     sfu: mpsc::Sender<ShardCommand>,
     registry: Registry,
+    lessons: lessons::Lessons,
     next_participant: AtomicU64,
     shutdown: watch::Sender<bool>,
     sessions: AtomicUsize,
@@ -102,7 +109,7 @@ pub(crate) struct Inner {
     slow_drops: [AtomicU64; SlowDrop::ALL.len()],
 }
 
-const ERROR_CODES: [ErrorCode; 16] = [
+const ERROR_CODES: [ErrorCode; 20] = [
     ErrorCode::BadJson,
     ErrorCode::UnknownType,
     ErrorCode::BadRequest,
@@ -118,6 +125,10 @@ const ERROR_CODES: [ErrorCode; 16] = [
     ErrorCode::Replaced,
     ErrorCode::Timeout,
     ErrorCode::TooManyConnections,
+    ErrorCode::ChatTooLong,
+    ErrorCode::ChatClosed,
+    ErrorCode::RateLimited,
+    ErrorCode::NotFound,
     ErrorCode::Internal,
 ];
 
@@ -165,6 +176,7 @@ impl Signaling {
         let inner = Arc::new(Inner {
             unjoined: UnjoinedSockets::new(config.max_unjoined_per_address),
             slow_drops: Default::default(),
+            lessons: lessons::Lessons::new(config.lesson_last_n),
             config,
             tokens,
             gate,
@@ -277,6 +289,7 @@ impl Signaling {
                 n.load(Ordering::Relaxed)
             );
         }
+        self.inner.lessons.render_metrics(out);
     }
 }
 
@@ -324,6 +337,7 @@ async fn relay_media_events(inner: Arc<Inner>, mut events: mpsc::UnboundedReceiv
                 for t in tracks {
                     let track_id = t.to_string();
                     if let Some(room) = inner.registry.remove_track(&track_id) {
+                        lessons::tracks_changed(&inner, &room, participant, &[], &[t]).await;
                         inner.registry.broadcast(
                             &room,
                             participant,
@@ -372,8 +386,7 @@ async fn relay_media_events(inner: Arc<Inner>, mut events: mpsc::UnboundedReceiv
                 inner.registry.send(participant, Outbound::Send(msg));
             }
             ShardEvent::ActiveSpeakers { room, speakers } => {
-                // Told to the room by the moderation work (issue 12).
-                let _ = (room, speakers);
+                lessons::speakers(&inner, &room, &speakers).await;
             }
             ShardEvent::ConnectionQuality {
                 participant,

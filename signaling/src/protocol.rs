@@ -58,6 +58,14 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
     },
+    /// A lesson action (`raise_hand`, `chat`, …; see `lesson::wire::ACTION_TYPES`), decoded by
+    /// [`decode`] rather than by this enum's tag.
+    #[serde(skip)]
+    Lesson {
+        v: Option<u32>,
+        id: Option<String>,
+        action: crate::lesson::wire::Action,
+    },
 }
 
 impl ClientMessage {
@@ -68,7 +76,8 @@ impl ClientMessage {
             | ClientMessage::SubscriberAnswer { v, .. }
             | ClientMessage::SetTrackQuality { v, .. }
             | ClientMessage::Ping { v, .. }
-            | ClientMessage::Leave { v, .. } => *v,
+            | ClientMessage::Leave { v, .. }
+            | ClientMessage::Lesson { v, .. } => *v,
         }
     }
 
@@ -79,7 +88,8 @@ impl ClientMessage {
             | ClientMessage::SubscriberAnswer { id, .. }
             | ClientMessage::SetTrackQuality { id, .. }
             | ClientMessage::Ping { id, .. }
-            | ClientMessage::Leave { id, .. } => id.as_deref(),
+            | ClientMessage::Leave { id, .. }
+            | ClientMessage::Lesson { id, .. } => id.as_deref(),
         }
     }
 }
@@ -177,6 +187,14 @@ pub enum ErrorCode {
     Timeout,
     /// The client's address already holds as many unjoined sockets as it may.
     TooManyConnections,
+    /// A chat message over the length limit.
+    ChatTooLong,
+    /// A pupil wrote to the class while the teacher has closed the chat to the class.
+    ChatClosed,
+    /// Too many chat messages or actions in a short time.
+    RateLimited,
+    /// No such participant, chat message or quick check in the lesson.
+    NotFound,
     Internal,
 }
 
@@ -260,6 +278,20 @@ pub enum ServerMessage {
     },
     Goodbye {
         reason: GoodbyeReason,
+    },
+    LessonState(crate::lesson::wire::LessonState),
+    ActiveSpeakers {
+        speakers: Vec<String>,
+        recent: Vec<String>,
+    },
+    Chat {
+        message: crate::lesson::wire::ChatMessage,
+    },
+    ChatHistory {
+        messages: Vec<crate::lesson::wire::ChatMessage>,
+    },
+    ChatDeleted {
+        message_id: String,
     },
 }
 
@@ -347,6 +379,9 @@ pub fn decode(text: &str) -> Result<ClientMessage, DecodeError> {
             });
         }
     };
+    if crate::lesson::wire::ACTION_TYPES.contains(&typ.as_str()) {
+        return decode_lesson(value, &typ, id);
+    }
     if !CLIENT_TYPES.contains(&typ.as_str()) {
         return Err(DecodeError {
             code: ErrorCode::UnknownType,
@@ -359,6 +394,56 @@ pub fn decode(text: &str) -> Result<ClientMessage, DecodeError> {
         message: format!("bad `{typ}` message: {e}"),
         id,
     })
+}
+
+/// A lesson action: `v` and `id` are taken off, the rest must be exactly the action's fields.
+fn decode_lesson(
+    mut value: serde_json::Value,
+    typ: &str,
+    id: Option<String>,
+) -> Result<ClientMessage, DecodeError> {
+    let bad = |message: String, id: Option<String>| DecodeError {
+        code: ErrorCode::BadRequest,
+        message,
+        id,
+    };
+    let obj = value
+        .as_object_mut()
+        .ok_or_else(|| bad("a message must be a JSON object".into(), id.clone()))?;
+    let v = match obj.remove("v") {
+        None => None,
+        Some(n) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(n) => Some(n),
+            None => {
+                return Err(bad(
+                    format!("bad `{typ}` message: `v` must be a number"),
+                    id,
+                ));
+            }
+        },
+    };
+    if obj.get("id").is_some_and(|i| !i.is_string()) {
+        return Err(bad(
+            format!("bad `{typ}` message: `id` must be a string"),
+            id,
+        ));
+    }
+    obj.remove("id");
+    let given: Vec<String> = obj.keys().cloned().collect();
+    let action: crate::lesson::wire::Action = match serde_json::from_value(value) {
+        Ok(action) => action,
+        Err(e) => return Err(bad(format!("bad `{typ}` message: {e}"), id)),
+    };
+    // serde lets fields through on variants without any (`{"type":"raise_hand","x":1}`); every
+    // field of an action serialises, so anything given beyond those is unknown.
+    let known = serde_json::to_value(&action).unwrap_or_default();
+    if let Some(extra) = given.iter().find(|k| known.get(k.as_str()).is_none()) {
+        return Err(bad(
+            format!("bad `{typ}` message: unknown field `{extra}`"),
+            id,
+        ));
+    }
+    Ok(ClientMessage::Lesson { v, id, action })
 }
 
 #[cfg(test)]
@@ -387,6 +472,13 @@ mod tests {
                 ErrorCode::BadRequest,
             ),
             (r#"{"type":"ping","extra":true}"#, ErrorCode::BadRequest),
+            (r#"{"type":"raise_hand","extra":1}"#, ErrorCode::BadRequest),
+            (r#"{"type":"grant_floor"}"#, ErrorCode::BadRequest),
+            (
+                r#"{"type":"chat","to":"everyone","text":"x"}"#,
+                ErrorCode::BadRequest,
+            ),
+            (r#"{"type":"mute_all","v":"1"}"#, ErrorCode::BadRequest),
         ];
         for (text, code) in rows {
             assert_eq!(decode(text).map_err(|e| e.code), Err(code), "{text}");
@@ -397,6 +489,51 @@ mod tests {
                 .id
                 .as_deref(),
             Some("9")
+        );
+    }
+
+    #[test]
+    fn decodes_lesson_actions_with_id_and_version() {
+        use crate::lesson::wire::{Action, ChatTo};
+        assert_eq!(
+            decode(
+                r#"{"v":1,"type":"grant_floor","id":"4","participant_id":"PA_7","camera":true}"#
+            ),
+            Ok(ClientMessage::Lesson {
+                v: Some(1),
+                id: Some("4".into()),
+                action: Action::GrantFloor {
+                    participant_id: "PA_7".into(),
+                    camera: true
+                }
+            })
+        );
+        assert_eq!(
+            decode(r#"{"type":"chat","to":"teacher","text":"せんせい"}"#),
+            Ok(ClientMessage::Lesson {
+                v: None,
+                id: None,
+                action: Action::Chat {
+                    to: ChatTo::Teacher,
+                    text: "せんせい".into()
+                }
+            })
+        );
+        assert_eq!(
+            decode(r#"{"type":"spotlight","participant_id":null}"#).map(|m| match m {
+                ClientMessage::Lesson { action, .. } => Some(action),
+                _ => None,
+            }),
+            Ok(Some(Action::Spotlight {
+                participant_id: None
+            }))
+        );
+        assert_eq!(
+            decode(r#"{"type":"mute_all","id":"z","x":1}"#)
+                .unwrap_err()
+                .id
+                .as_deref(),
+            Some("z")
         );
     }
 

@@ -14,11 +14,13 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use classroom_sfu::{
-    Audience, LayerName, ParticipantId, PublishedTrack, RoomId, SfuError, ShardCommand, SubscribedTrack,
-    TrackId, TrackKind, TrackSource, TrackSpec,
+    Audience, LayerName, ParticipantId, PublishedTrack, RoomId, SfuError, ShardCommand,
+    SubscribedTrack, TrackId, TrackKind, TrackSource, TrackSpec,
 };
 
 use crate::gate::Entrant;
+use crate::lesson::state::Member;
+use crate::lessons;
 use crate::outbox::{self, Outbox};
 use crate::protocol::{
     self, ClientMessage, ErrorCode, GoodbyeReason, Kind, LayerWire, ParticipantInfo, ServerMessage,
@@ -322,6 +324,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             } => self.set_track_quality(id, &track_id, max_layer).await,
             ClientMessage::Publish { sdp, tracks, .. } => self.publish(id, sdp, tracks).await,
             ClientMessage::SubscriberAnswer { sdp, .. } => self.subscriber_answer(id, sdp).await,
+            ClientMessage::Lesson { action, .. } => self.lesson(id, action).await,
         }
     }
 
@@ -390,6 +393,14 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
         let teacher = claims.allows(Permission::Teacher);
         info!(participant = %pid, room = %room, identity = %claims.sub, role = %claims.role, "joined");
         self.inner.gate.entered(&entrant);
+        let member = Member {
+            pid,
+            identity: claims.sub.clone(),
+            name: claims.name.clone(),
+            role: claims.role,
+            teacher: claims.allows(Permission::Teacher),
+        };
+        lessons::join(&self.inner, &room, member, &entrant).await;
         self.joined = Some(Joined {
             id: pid,
             room: room.clone(),
@@ -437,14 +448,19 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
                 .fail_with(id, refusal.code, refusal.permission, refusal.message)
                 .await;
         }
-        let specs = tracks
-            .iter()
-            .map(|t| TrackSpec {
+        let mut specs = Vec::with_capacity(tracks.len());
+        for t in &tracks {
+            let source = source_to_sfu(t.source);
+            let audience = lessons::audience(&self.inner, &room, pid, source).await;
+            specs.push(TrackSpec {
                 mid: t.mid.clone(),
-                source: source_to_sfu(t.source),
-                audience: Audience::Everyone,
-            })
-            .collect();
+                source,
+                audience,
+            });
+        }
+        // The audience each track started with, to correct any the lesson changed meanwhile.
+        let started: Vec<(String, Audience)> =
+            specs.iter().map(|s| (s.mid.clone(), s.audience)).collect();
         let (reply, answer) = oneshot::channel();
         let cmd = ShardCommand::Publish {
             participant: pid,
@@ -469,6 +485,18 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
                 &ServerMessage::TrackUnpublished { track_id },
             );
         }
+        let with_audience: Vec<(TrackId, TrackSource, Audience)> = answer
+            .added
+            .iter()
+            .map(|t| {
+                let audience = started
+                    .iter()
+                    .find(|(mid, _)| *mid == t.mid)
+                    .map_or(Audience::Nobody, |(_, a)| *a);
+                (t.track_id, t.source, audience)
+            })
+            .collect();
+        lessons::tracks_changed(&self.inner, &room, pid, &with_audience, &answer.removed).await;
         let added: Vec<TrackInfo> = answer
             .added
             .iter()
@@ -549,6 +577,17 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
         Flow::Continue
     }
 
+    async fn lesson(&mut self, id: Option<String>, action: crate::lesson::wire::Action) -> Flow {
+        let Some(joined) = &self.joined else {
+            return self.fail(id, ErrorCode::NotJoined, "join first").await;
+        };
+        let (pid, room) = (joined.id, joined.room.clone());
+        match lessons::act(&self.inner, &room, pid, action).await {
+            Ok(()) => Flow::Continue,
+            Err(r) => self.fail_with(id, r.code, r.permission, r.message).await,
+        }
+    }
+
     async fn fail_sfu(&mut self, id: Option<String>, e: SfuError) -> Flow {
         let code = match &e {
             SfuError::BadSdp(_) | SfuError::Negotiation(_) => ErrorCode::BadSdp,
@@ -586,6 +625,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
                 },
             );
         }
+        lessons::leave(&self.inner, &joined.room, pid).await;
         self.inner.gate.left(&joined.entrant);
         info!(participant = %pid, room = %joined.room, "left");
     }
