@@ -97,7 +97,7 @@ function tamperPublishMicrophone(page) {
 /** The classmate's reception of the speaker's microphone: zeros while no such track is offered. */
 async function received(page, speakerId) {
   const s = await inbound(page, { kind: 'audio', source: 'microphone', participantId: speakerId });
-  return { found: s.found, packets: s.packetsReceived, energy: s.totalAudioEnergy, level: s.audioLevel, trackId: s.trackId ?? null };
+  return { found: Boolean(s.found), packets: s.packetsReceived ?? 0, energy: s.totalAudioEnergy ?? 0, level: s.audioLevel ?? 0, trackId: s.trackId ?? null };
 }
 
 /** Watches `QUIET_MS` of the speaker's microphone at the classmate: nothing may arrive. */
@@ -118,7 +118,7 @@ async function expectSilence(page, speakerId, what) {
 async function named(page, name) {
   if (!LESSON_SCREENSHOTS) return;
   await mkdir(LESSON_SCREENSHOTS, { recursive: true });
-  await page.screenshot({ path: path.join(LESSON_SCREENSHOTS, `${name}.png`), timeout: 5000 });
+  await page.screenshot({ path: path.join(LESSON_SCREENSHOTS, `${name}.png`), fullPage: true, timeout: 5000 });
 }
 
 const lessonState = (page) => page.evaluate(() => window.classroom?.lesson?.state ?? null);
@@ -238,6 +238,8 @@ runScenario('moderation', async (closers) => {
     }), requestsBefore), JOIN_MS);
     if (mic.pageRequests !== 1) throw new Error(`the page asked for the microphone ${mic.pageRequests} times on the grant`);
     grantSeenAt = Date.now();
+    await named(speaker, 'pupil-floor');
+    await named(teacher, 'teacher-floor');
   });
 
   await step('the classmate hears the pupil during the grant', async () => {
@@ -266,7 +268,6 @@ runScenario('moderation', async (closers) => {
     if (delayMs > HIGHLIGHT_MS) throw new Error(`the speaker was highlighted ${delayMs} ms after the grant (limit ${HIGHLIGHT_MS} ms)`);
     if (!tile.label.includes('発言中') || tile.outline === '0px') throw new Error(`the highlight is not visible or not named: ${JSON.stringify(tile)}`);
     await named(teacher, 'teacher-speaking');
-    await named(speaker, 'pupil-floor');
     await screenshots('floor');
   });
 
