@@ -62,6 +62,23 @@ pub struct Config {
     pub metrics: MetricsSettings,
     /// How long and how many connections may be held before they prove useful.
     pub connections: ConnectionSettings,
+    /// Defaults of a lesson's rules (`[lesson]`).
+    pub lesson: LessonSettings,
+}
+
+/// Defaults of every lesson's rules; the teacher changes them live (`set_lesson`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LessonSettings {
+    /// With class-visible cameras, each pupil receives the cameras of this many most recent
+    /// pupil speakers (plus the spotlight and the floor). 1 to 16.
+    pub last_n: u8,
+}
+
+impl Default for LessonSettings {
+    fn default() -> Self {
+        LessonSettings { last_n: 4 }
+    }
 }
 
 /// `/metrics` tells whoever reads it how many lessons run and how busy the server is: it has its
@@ -114,6 +131,7 @@ impl Default for Config {
             audit: AuditSettings::default(),
             metrics: MetricsSettings::default(),
             connections: ConnectionSettings::default(),
+            lesson: LessonSettings::default(),
         }
     }
 }
@@ -649,6 +667,7 @@ impl Config {
                 token: None,
             },
             connections: ConnectionSettings::default(),
+            lesson: LessonSettings::default(),
         }
     }
 
@@ -934,6 +953,12 @@ impl Config {
         }
         if let Err(e) = self.connections.limits() {
             return invalid(e);
+        }
+        if !(1..=16).contains(&self.lesson.last_n) {
+            return invalid(format!(
+                "lesson.last_n must be 1 to 16, not {}",
+                self.lesson.last_n
+            ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid(format!(
@@ -1345,6 +1370,8 @@ mod tests {
             &|c| c.connections.outbox_messages = 2,
             "connections.outbox_messages",
         );
+        check(&|c| c.lesson.last_n = 0, "lesson.last_n");
+        check(&|c| c.lesson.last_n = 17, "lesson.last_n");
 
         let mut ok = Config::default();
         ok.media.bind = addr("0.0.0.0:50000");

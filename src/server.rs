@@ -137,7 +137,10 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         .ok_or_else(|| anyhow!("the media plane's events were already taken"))?;
     let gate = LessonGate::new(db.clone());
     let signaling = Signaling::with_gate(
-        signaling_config(&limits, trusted_proxies.clone()),
+        SignalingConfig {
+            lesson_last_n: config.lesson.last_n,
+            ..signaling_config(&limits, trusted_proxies.clone())
+        },
         issuer.clone(),
         gate.clone(),
         sfu.commands.clone(),

@@ -317,6 +317,18 @@ async fn pupil_allowed_to_publish_reaches_teacher_and_classmate_inner() -> Resul
         "a student may publish audio and video by default; joined says {permissions:?}"
     );
 
+    // Pupils are heard and seen by the class only with the floor (docs/PROTOCOL.md, "Lesson"):
+    // the teacher gives it, with the camera.
+    teacher.send_json(&serde_json::json!({"type": "grant_floor",
+        "participant_id": pupil.participant_id, "camera": true}))?;
+    pupil
+        .signal
+        .expect_event(
+            |e| support::is_type(e, "lesson_state") && e["you"]["camera_to_class"] == true,
+            REPLY_TIMEOUT,
+        )
+        .await
+        .context("the pupil holds the floor")?;
     let publisher = pupil
         .publish(&[Source::Microphone, Source::Camera])
         .await

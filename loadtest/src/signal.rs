@@ -150,6 +150,11 @@ pub struct ClassroomSession {
     queued: VecDeque<SignalEvent>,
     closed: Option<String>,
     connected_at: std::time::Instant,
+    /// The teacher gives every publishing pupil the floor with camera, so that pupils' media
+    /// reach the class as they did before lessons withheld them (docs/PROTOCOL.md, "Lesson").
+    teacher: bool,
+    granted: std::collections::HashSet<String>,
+    to_grant: VecDeque<String>,
 }
 
 impl Target for Classroom {
@@ -185,6 +190,9 @@ impl Target for Classroom {
             queued: VecDeque::new(),
             closed: None,
             connected_at: std::time::Instant::now(),
+            teacher: who.teacher,
+            granted: Default::default(),
+            to_grant: VecDeque::new(),
         };
         let id = session
             .send(|id| ClientMessage::Join {
@@ -268,6 +276,12 @@ impl ClassroomSession {
             } if code.closes() => SignalEvent::Closed {
                 reason: format!("error {code:?}: {message}"),
             },
+            ServerMessage::TrackPublished { track } => {
+                if self.teacher && self.granted.insert(track.participant_id.clone()) {
+                    self.to_grant.push_back(track.participant_id.clone());
+                }
+                return Some(ServerMessage::TrackPublished { track });
+            }
             other => return Some(other),
         };
         self.queued.push_back(event);
@@ -378,6 +392,14 @@ impl Session for ClassroomSession {
                 return SignalEvent::Closed {
                     reason: reason.clone(),
                 };
+            }
+            if let Some(pid) = self.to_grant.pop_front() {
+                let grant = serde_json::json!({"type": "grant_floor", "participant_id": pid,
+                    "camera": true});
+                if let Err(e) = self.ws.send(Message::text(grant.to_string())).await {
+                    self.closed = Some(format!("grant_floor: {e}"));
+                }
+                continue;
             }
             match self.read().await {
                 Ok(msg) => {
