@@ -84,7 +84,8 @@ function fakeScreenCapture() {
 runScenario('e2e', async (closers) => {
   await step('server answers /healthz', () => waitForServer(BASE_URL));
 
-  const browser = await launch(BASE_URL);
+  // English pages: the notices below are checked by their English words (moderation.mjs checks Japanese).
+  const browser = await launch(BASE_URL, undefined, [], { locale: 'en-US' });
   closers.push(browser.close);
   const { context } = browser;
 

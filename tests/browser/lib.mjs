@@ -298,9 +298,10 @@ export async function dumpDiagnostics() {
 /**
  * A fresh Chromium profile and browser. `executablePath` may be a wrapper that starts Chromium in
  * another network namespace (run.sh makes one for the pupil on a shaped link); Playwright talks
- * to it over a pipe, so that works across namespaces.
+ * to it over a pipe, so that works across namespaces. `contextOptions` go to Playwright's context
+ * (e.g. `locale`).
  */
-export async function launch(baseUrl, executablePath = CHROMIUM, extraArgs = []) {
+export async function launch(baseUrl, executablePath = CHROMIUM, extraArgs = [], contextOptions = {}) {
   const userDataDir = await mkdtemp(path.join(tmpdir(), 'classroom-e2e-'));
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath,
@@ -310,6 +311,7 @@ export async function launch(baseUrl, executablePath = CHROMIUM, extraArgs = [])
     ignoreDefaultArgs: ['--mute-audio'],
     timeout: 30000,
     viewport: { width: 1180, height: 820 }, // a 10" iPad held landscape
+    ...contextOptions, // e.g. {locale: 'ja-JP'}: navigator.languages and Accept-Language
   });
   return {
     context,

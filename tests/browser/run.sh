@@ -5,9 +5,13 @@
 #               admitted from it (school prepared with `classroom roster import` / `signin-link`)
 #   shaped.mjs  a pupil on a shaped "home" link gets a smaller simulcast layer than an unshaped
 #               pupil, and both keep decoding
+#   moderation.mjs  the teacher runs the lesson, pages in Japanese: a raised hand reaches the
+#               teacher's queue, a pupil is heard by a classmate only while holding the floor,
+#               the teacher's grid highlights the speaker, quick check and chat
 #   reconnect   (reconnect.sh + reconnect.mjs, own namespaces and server) pages get back into the
 #               lesson by themselves: link down 5 s and 40 s, address change, server SIGKILL
-# First, without a browser: next.test.mjs, the sign-in page's check of `?next=` (plain node --test).
+# First, without a browser (plain node --test): next.test.mjs, the sign-in page's check of `?next=`;
+# i18n.test.mjs, every locale's keys and placeholders in step and every key the pages use defined.
 #
 # All run inside a network namespace made for this run. Outside one, Chromium offers the
 # machine's outward address as its ICE candidate and the test would depend on that network;
@@ -21,7 +25,9 @@
 #   CLASSROOM_BIN  server binary to test (default: build target/release/classroom)
 #   E2E_TIMEOUT    seconds for each scenario (default 240)
 #   ARTIFACT_DIR   where to keep the server log and failure screenshots (default: discarded)
-#   SCENARIOS      which scenarios to run (default "e2e portal shaped reconnect"), e.g. to repeat one
+#   SCENARIOS      which scenarios to run (default "e2e portal moderation shaped reconnect"), e.g. to repeat one
+#   LESSON_SCREENSHOTS  a directory for moderation.mjs's named screenshots (docs/LESSON.md's:
+#                  LESSON_SCREENSHOTS=docs/img SCENARIOS=moderation tests/browser/run.sh)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -101,7 +107,7 @@ trap 'exit 143' TERM
 # ---- page scripts' unit tests: plain Node, no browser, no namespace ----
 command -v node >/dev/null || { log "missing node (scripts/test installs what is needed)"; exit 2; }
 log "page script unit tests (node --test)"
-(cd "$here" && timeout 60 node --test next.test.mjs)
+(cd "$here" && timeout 60 node --test next.test.mjs i18n.test.mjs)
 
 # ---- prerequisites ----
 if [ "$(id -u)" -ne 0 ]; then
@@ -192,6 +198,16 @@ room=shaped-$$
 shaped_teacher_url=$(invite --name "Kobayashi Sensei" --role teacher --identity t-shaped --ttl 1h)
 near_url=$(invite --name "Mori Yui" --role student --identity s-near --ttl 1h)
 home_url=$(invite --name "Abe Ren" --role student --identity s-home --ttl 1h)
+# The moderation lesson: a room of its own too (its floor and hands must not meet the others').
+room=mod-$$
+mod_teacher_url=$(invite --name "田中 先生" --role teacher --identity t-mod --ttl 1h)
+mod_speaker_url=$(invite --name "佐藤 はな" --role student --identity s-mod-1 --ttl 1h)
+mod_classmate_url=$(invite --name "鈴木 けんた" --role student --identity s-mod-2 --ttl 1h)
+# Relative to where run.sh was started, as a user would expect; node runs elsewhere.
+if [ -n "${LESSON_SCREENSHOTS:-}" ]; then
+  LESSON_SCREENSHOTS=$(realpath -m "$LESSON_SCREENSHOTS")
+  export LESSON_SCREENSHOTS
+fi
 
 # The signed-in pages' school (portal.mjs): the sample OneRoster roster plus an administrator
 # (the sample has none), imported the way a school does it, and one-time sign-in links.
@@ -240,7 +256,7 @@ scenario() {
   return "$status"
 }
 status=0
-wanted=" ${SCENARIOS:-e2e portal shaped reconnect} "
+wanted=" ${SCENARIOS:-e2e portal moderation shaped reconnect} "
 want() { [[ $wanted == *" $1 "* ]]; }
 ! want e2e || scenario e2e \
   TEACHER_URL="$teacher_url" \
@@ -252,6 +268,10 @@ want() { [[ $wanted == *" $1 "* ]]; }
   GUARDIAN_LINK="$guardian_link" \
   TEACHER_LINK="$teacher_link" \
   PUPIL_LINK="$pupil_link" || status=$?
+! want moderation || scenario moderation \
+  TEACHER_URL="$mod_teacher_url" \
+  SPEAKER_URL="$mod_speaker_url" \
+  CLASSMATE_URL="$mod_classmate_url" || status=$?
 if [ "$status" -eq 0 ] && want shaped; then
   scenario shaped \
     TEACHER_URL="$shaped_teacher_url" \

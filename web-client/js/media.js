@@ -1,6 +1,8 @@
 // Local capture and remote playback: the browser-specific parts of media, kept apart from the
 // protocol so that session.js deals only in MediaStreamTracks.
 
+import { t } from './i18n.js';
+
 // Teachers are watched full screen by the whole class; pupils appear as small tiles, and many
 // of them share the school's uplink, so they send less.
 const CAMERA_CONSTRAINTS = {
@@ -11,7 +13,7 @@ const CAMERA_CONSTRAINTS = {
 /** Browsers offer cameras only to secure pages (https, or localhost); say so instead of crashing. */
 function mediaDevices() {
   if (!navigator.mediaDevices) {
-    throw Object.assign(new Error('The camera and microphone need a secure (https://) link to this page.'), { name: 'NotSupportedError' });
+    throw Object.assign(new Error(t('live.capture.insecure')), { name: 'NotSupportedError' });
   }
   return navigator.mediaDevices;
 }
@@ -32,7 +34,7 @@ export async function openMicrophone() {
 /** Must be called from a click handler: browsers allow screen capture only on a user gesture. */
 export async function openScreen() {
   if (!mediaDevices().getDisplayMedia) {
-    throw Object.assign(new Error('This browser cannot share the screen.'), { name: 'NotSupportedError' });
+    throw Object.assign(new Error(t('live.capture.no_screen')), { name: 'NotSupportedError' });
   }
   const stream = await mediaDevices().getDisplayMedia({ video: { frameRate: { ideal: 10, max: 15 } }, audio: false });
   const track = stream.getVideoTracks()[0];
@@ -106,22 +108,22 @@ export class AudioPlayer {
   }
 }
 
-/** A sentence for the user about a failed getUserMedia/getDisplayMedia. */
+/** A sentence for the user about a failed getUserMedia/getDisplayMedia; `what` is already in the page's language. */
 export function captureErrorText(err, what) {
   switch (err?.name) {
     case 'NotAllowedError':
     case 'SecurityError':
-      return `The browser did not allow the ${what}. Allow it in the browser or tablet settings, then try again.`;
+      return t('live.capture.not_allowed', { what });
     case 'NotFoundError':
     case 'OverconstrainedError':
-      return `No ${what} was found on this device.`;
+      return t('live.capture.not_found', { what });
     case 'NotReadableError':
-      return `The ${what} is in use by another app. Close that app and try again.`;
+      return t('live.capture.in_use', { what });
     case 'NotSupportedError':
       return err.message;
     case 'AbortError':
-      return `Starting the ${what} was cancelled.`;
+      return t('live.capture.aborted', { what });
     default:
-      return `Could not start the ${what}: ${err?.message || err}`;
+      return t('live.capture.failed', { what, message: err?.message || String(err) });
   }
 }

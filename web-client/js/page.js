@@ -5,6 +5,8 @@ import { Session } from './session.js';
 import { AudioPlayer } from './media.js';
 import { exposeForTests } from './hooks.js';
 import { byId, errorText, setStatus, showBanner, hideBanner, tokenFromUrl } from './ui.js';
+import { t, translatePage } from './i18n.js';
+import { showLanguageSwitch } from './langswitch.js';
 
 /**
  * Joins the room named by the page's invite token. Returns {session, audio}, or null when the
@@ -12,10 +14,12 @@ import { byId, errorText, setStatus, showBanner, hideBanner, tokenFromUrl } from
  * `onEnded(reason)` once the session is over.
  */
 export function startSession({ onJoined = () => {}, onEnded = () => {} } = {}) {
+  translatePage();
+  showLanguageSwitch(byId('lang-switch'));
   const token = tokenFromUrl();
   if (!token) {
-    setStatus('Not connected', 'error');
-    showBanner('This page needs an invite link. Open the link your school sent you.');
+    setStatus(t('live.status.not_connected'), 'error');
+    showBanner(t('live.needs_invite'));
     return null;
   }
 
@@ -38,16 +42,16 @@ export function startSession({ onJoined = () => {}, onEnded = () => {} } = {}) {
   // socket by itself; the page only says what is going on.
   session.addEventListener('connectionstate', (ev) => {
     const { state } = ev.detail;
-    if (state === 'failed' || state === 'disconnected') setStatus('Reconnecting…', 'warn');
-    else if (state === 'connected' && session.joined) setStatus(`Connected as ${session.self?.name ?? ''}`, 'ok');
+    if (state === 'failed' || state === 'disconnected') setStatus(t('live.status.reconnecting'), 'warn');
+    else if (state === 'connected' && session.joined) setStatus(t('live.status.connected', { name: session.self?.name ?? '' }), 'ok');
   });
   session.addEventListener('reconnecting', () => {
-    setStatus('Reconnecting…', 'warn');
-    showBanner('The connection dropped. Reconnecting… / 再接続しています…', { kind: 'info' });
+    setStatus(t('live.status.reconnecting'), 'warn');
+    showBanner(t('live.reconnecting_banner'), { kind: 'info' });
   });
   session.addEventListener('reconnected', () => {
     hideBanner();
-    setStatus(`Connected as ${session.self?.name ?? ''}`, 'ok');
+    setStatus(t('live.status.connected', { name: session.self?.name ?? '' }), 'ok');
   });
   // A classmate's tile says so while their connection comes back (teacher page: pupils' tiles).
   const markTile = (participantId, reconnecting) => {
@@ -58,7 +62,7 @@ export function startSession({ onJoined = () => {}, onEnded = () => {} } = {}) {
       if (reconnecting && !note) {
         note = document.createElement('span');
         note.className = 'tile-reconnecting';
-        note.textContent = 'reconnecting…';
+        note.textContent = t('live.tile_reconnecting');
         tile.append(note);
       } else if (!reconnecting) {
         note?.remove();
@@ -70,10 +74,10 @@ export function startSession({ onJoined = () => {}, onEnded = () => {} } = {}) {
 
   session.addEventListener('ended', (ev) => {
     const { reason, error } = ev.detail;
-    setStatus('Disconnected', reason === 'left' ? 'info' : 'error');
+    setStatus(t('live.status.disconnected'), reason === 'left' ? 'info' : 'error');
     const canRetry = !['invalid_token', 'token_expired', 'left'].includes(reason);
     showBanner(errorText(error || reason), canRetry
-      ? { actionLabel: 'Reconnect', onAction: () => window.location.reload() }
+      ? { actionLabel: t('live.reconnect'), onAction: () => window.location.reload() }
       : { kind: reason === 'left' ? 'info' : 'error' });
     onEnded(reason);
   });
@@ -81,11 +85,11 @@ export function startSession({ onJoined = () => {}, onEnded = () => {} } = {}) {
   // Leaving explicitly tells the others at once instead of after the server's socket timeout.
   window.addEventListener('pagehide', () => session.leave());
 
-  setStatus('Connecting…');
+  setStatus(t('live.status.connecting'));
   session.join().then(
     (joined) => {
       hideBanner();
-      setStatus(`Connected as ${joined.participant.name}`, 'ok');
+      setStatus(t('live.status.connected', { name: joined.participant.name }), 'ok');
       byId('room').textContent = joined.room;
       onJoined(joined);
     },

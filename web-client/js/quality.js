@@ -2,7 +2,10 @@
 // pupil tile for the teacher, and one for the page's own connection. The word is on the badge
 // (colour alone is not enough for everyone); the numbers are in the tooltip for whoever wants them.
 
-const LABEL = { good: 'Good', fair: 'Fair', poor: 'Poor' };
+import { t } from './i18n.js';
+
+const LABEL = { good: 'live.quality.good', fair: 'live.quality.fair', poor: 'live.quality.poor' };
+const ARIA = { good: 'live.quality.aria_good', fair: 'live.quality.aria_fair', poor: 'live.quality.aria_poor' };
 
 /** A hidden badge; it appears with the first report. */
 export function createQualityBadge() {
@@ -19,10 +22,10 @@ export function showQuality(badge, entry) {
     return;
   }
   badge.dataset.quality = entry.quality;
-  badge.textContent = LABEL[entry.quality];
+  badge.textContent = t(LABEL[entry.quality]);
   const details = qualityDetails(entry);
   badge.title = details;
-  badge.setAttribute('aria-label', `Connection ${LABEL[entry.quality].toLowerCase()}: ${details}`);
+  badge.setAttribute('aria-label', t(ARIA[entry.quality], { details }));
   badge.hidden = false;
 }
 
@@ -36,6 +39,6 @@ function qualityDetails(entry) {
       : `estimate ${Math.round(entry.estimate_kbps)} kbit/s`);
   }
   const layers = Object.values(entry.layers || {});
-  if (layers.some((l) => l === null)) parts.push('video paused');
-  return parts.join(' · ') || 'no measurements yet';
+  if (layers.some((l) => l === null)) parts.push(t('live.quality.video_paused'));
+  return parts.join(' · ') || t('live.quality.no_measurements');
 }

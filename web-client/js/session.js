@@ -42,6 +42,8 @@ const RESUME_REFUSED = ['resume_invalid', 'resume_expired', 'resume_used'];
  *   connectionstate {which: 'publish'|'subscribe', state}
  *   trackquality {trackId, layer, paused, reason}   the layer we receive of a video changed
  *   connectionquality {participants}  link quality entries (ours only, unless we teach)
+ *   lessonstate, activespeakers, chat, chathistory, chatdeleted   the lesson's moderation
+ *                                     messages as the server sent them (lesson.js keeps the state)
  *   error {error}                     something failed but the session goes on
  *   reconnecting {}                   the socket dropped; getting back in by itself
  *   reconnected {resumed}             back in (resumed: same participant, media kept)
@@ -489,6 +491,13 @@ export class Session extends EventTarget {
       case 'connection_quality':
         for (const entry of msg.participants || []) this.connectionQuality.set(entry.participant_id, entry);
         this.#emit('connectionquality', { participants: msg.participants || [] });
+        break;
+      case 'lesson_state':
+      case 'active_speakers':
+      case 'chat':
+      case 'chat_history':
+      case 'chat_deleted':
+        this.#emit(msg.type.replace('_', ''), msg);
         break;
       case 'goodbye':
         this.goodbyeReason = msg.reason || 'goodbye';

@@ -1,6 +1,8 @@
 // Small DOM helpers shared by both pages: status line, message banner, video tiles, and the
 // wording of errors. Nothing here knows about the protocol beyond error codes.
 
+import { t } from './i18n.js';
+
 export function byId(id) {
   const el = document.getElementById(id);
   if (!el) throw new Error(`page is missing #${id}`);
@@ -36,7 +38,7 @@ export function showBanner(text, { kind = 'error', actionLabel, onAction } = {})
   const close = document.createElement('button');
   close.type = 'button';
   close.className = 'banner-close';
-  close.setAttribute('aria-label', 'Dismiss');
+  close.setAttribute('aria-label', t('common.dismiss'));
   close.textContent = '×';
   close.addEventListener('click', hideBanner);
   banner.append(close);
@@ -68,30 +70,61 @@ export function createTile({ participant, label, muted = true }) {
   video.playsInline = true; // iPad Safari would otherwise take the video full screen
   video.setAttribute('playsinline', '');
   const caption = document.createElement('figcaption');
-  caption.textContent = label ?? participant.name ?? participant.identity ?? 'Guest';
+  caption.textContent = label ?? participant.name ?? participant.identity ?? t('live.guest');
   root.append(video, caption);
   return { root, video, caption };
 }
 
+// Keys written out (not built from the code) so that the i18n test can see every one is defined.
 const ERROR_TEXT = {
-  invalid_token: 'This invite link is not valid. Please ask your teacher for a new link.',
-  token_expired: 'This invite link has expired. Please ask your teacher for a new link.',
-  replaced: 'This lesson was opened in another tab or on another device, so it was closed here.',
-  timeout: 'The connection to the lesson was lost (no answer for too long).',
-  server_shutdown: 'The lesson server was restarted.',
-  connection_lost: 'The connection to the lesson was lost.',
-  connection_failed: 'Could not reach the lesson server. Check the network connection.',
-  left: 'You left the lesson.',
-  bad_sdp: 'This browser could not agree on a media format with the server.',
-  internal: 'The server had a problem. Please try again.',
+  invalid_token: 'live.error.invalid_token',
+  token_expired: 'live.error.token_expired',
+  replaced: 'live.error.replaced',
+  timeout: 'live.error.timeout',
+  server_shutdown: 'live.error.server_shutdown',
+  connection_lost: 'live.error.connection_lost',
+  connection_failed: 'live.error.connection_failed',
+  left: 'live.error.left',
+  bad_sdp: 'live.error.bad_sdp',
+  internal: 'live.error.internal',
+  chat_too_long: 'live.error.chat_too_long',
+  chat_closed: 'live.error.chat_closed',
+  rate_limited: 'live.error.rate_limited',
+  not_found: 'live.error.not_found',
+  bad_request: 'live.error.bad_request',
 };
 
 /** A sentence for the user about an error, protocol code or otherwise. */
 export function errorText(err) {
-  if (!err) return 'Something went wrong.';
+  if (!err) return t('live.error.generic');
   if (err.code === 'permission_denied') {
-    return `This invite link does not allow that (${err.permission || 'permission missing'}).`;
+    // A pupil asking for what only the teacher decides (e.g. unmuting while the lesson is "by
+    // permission"): the way forward is the hand, not a permission name.
+    if (err.permission === 'teacher') return t('live.error.teacher_only');
+    return t('live.error.permission', { permission: err.permission || '?' });
   }
-  if (typeof err === 'string') return ERROR_TEXT[err] || `The lesson ended (${err}).`;
-  return ERROR_TEXT[err.code] || err.message || String(err);
+  if (typeof err === 'string') return ERROR_TEXT[err] ? t(ERROR_TEXT[err]) : t('live.error.ended', { reason: err });
+  return ERROR_TEXT[err.code] ? t(ERROR_TEXT[err.code]) : (err.message || String(err));
+}
+
+/**
+ * A DOM element: `attrs` are attributes, except `class`, `text` (textContent: never HTML),
+ * `dataset`, `on` ({event: handler}) and non-string values for properties (hidden, disabled).
+ */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === 'class') el.className = value;
+    else if (key === 'text') el.textContent = value;
+    else if (key === 'dataset') Object.assign(el.dataset, value);
+    else if (key === 'on') for (const [ev, fn] of Object.entries(value)) el.addEventListener(ev, fn);
+    else if (key in el && typeof value !== 'string') el[key] = value;
+    else el.setAttribute(key, value === true ? '' : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
 }
