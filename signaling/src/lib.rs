@@ -9,6 +9,7 @@ pub mod sdp_check;
 pub mod session;
 pub mod token;
 pub mod track_limits;
+pub mod turn;
 
 mod outbox;
 mod registry;
@@ -49,6 +50,8 @@ pub struct SignalingConfig {
     /// Reverse proxies whose forwarded header names the client (the unjoined-socket cap counts
     /// clients, not the proxy in front of them all).
     pub trusted_proxies: classroom_auth::TrustedProxies,
+    /// TURN credentials handed out in `joined` (`ice_servers`); `None`: an empty list.
+    pub turn: Option<turn::TurnRest>,
 }
 
 impl Default for SignalingConfig {
@@ -61,6 +64,7 @@ impl Default for SignalingConfig {
             outbox_capacity: 256,
             send_timeout: Duration::from_secs(10),
             trusted_proxies: classroom_auth::TrustedProxies::default(),
+            turn: None,
         }
     }
 }
@@ -126,6 +130,17 @@ impl Inner {
         if let Some(i) = ERROR_CODES.iter().position(|c| *c == code) {
             self.errors[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// `joined.ice_servers` for `identity`.
+    fn ice_servers(&self, identity: &str) -> Vec<protocol::IceServer> {
+        let Some(turn) = &self.config.turn else {
+            return Vec::new();
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        vec![turn.ice_server(now, identity)]
     }
 
     fn count_slow_drop(&self, why: SlowDrop) {

@@ -384,6 +384,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             permissions: claims.perms.clone(),
             participants: admission.others,
             tracks: admission.tracks,
+            ice_servers: self.inner.ice_servers(&claims.sub),
         })
         .await;
         let subscribe = claims.allows(Permission::Subscribe);

@@ -41,6 +41,7 @@ export class Session extends EventTarget {
     this.self = null; // our own participant record
     this.room = null;
     this.permissions = new Set();
+    this.iceServers = []; // from `joined.ice_servers`
     this.participants = new Map(); // participant_id -> participant, everyone but us
     this.publishPc = null;
     this.subscribePc = null;
@@ -88,6 +89,8 @@ export class Session extends EventTarget {
     this.self = joined.participant;
     this.room = joined.room;
     this.permissions = new Set(joined.permissions || []);
+    // TURN relays with short-lived credentials, for networks that block the media port.
+    this.iceServers = Array.isArray(joined.ice_servers) ? joined.ice_servers : [];
     for (const p of joined.participants || []) this.participants.set(p.participant_id, p);
     this.signal.startKeepalive();
     return joined;
@@ -234,7 +237,7 @@ export class Session extends EventTarget {
 
   #ensurePublishPc() {
     if (!this.publishPc) {
-      const pc = new RTCPeerConnection(PC_CONFIG);
+      const pc = new RTCPeerConnection({ ...PC_CONFIG, iceServers: this.iceServers });
       pc.addEventListener('connectionstatechange', () => this.#emit('connectionstate', { which: 'publish', state: pc.connectionState }));
       this.publishPc = pc;
     }
@@ -322,7 +325,7 @@ export class Session extends EventTarget {
 
   #ensureSubscribePc() {
     if (!this.subscribePc) {
-      const pc = new RTCPeerConnection(PC_CONFIG);
+      const pc = new RTCPeerConnection({ ...PC_CONFIG, iceServers: this.iceServers });
       pc.addEventListener('connectionstatechange', () => this.#emit('connectionstate', { which: 'subscribe', state: pc.connectionState }));
       this.subscribePc = pc;
     }

@@ -4,6 +4,7 @@ pub mod allocator;
 pub mod bitrate;
 pub mod demux;
 pub mod forward;
+pub mod framing;
 pub mod keyframe;
 pub mod layer;
 pub mod pacing;
