@@ -5,6 +5,8 @@
 #               admitted from it (school prepared with `classroom roster import` / `signin-link`)
 #   shaped.mjs  a pupil on a shaped "home" link gets a smaller simulcast layer than an unshaped
 #               pupil, and both keep decoding
+#   transport   transport.sh, its own server and namespaces: ICE-TCP with UDP dropped, TURN over
+#               TLS through coturn, a Firefox pupil against the default configuration
 # First, without a browser: next.test.mjs, the sign-in page's check of `?next=` (plain node --test).
 #
 # All run inside a network namespace made for this run. Outside one, Chromium offers the
@@ -19,7 +21,7 @@
 #   CLASSROOM_BIN  server binary to test (default: build target/release/classroom)
 #   E2E_TIMEOUT    seconds for each scenario (default 240)
 #   ARTIFACT_DIR   where to keep the server log and failure screenshots (default: discarded)
-#   SCENARIOS      which scenarios to run (default "e2e portal shaped"), e.g. to repeat one
+#   SCENARIOS      which scenarios to run (default "e2e portal shaped transport"), e.g. to repeat one
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -238,7 +240,7 @@ scenario() {
   return "$status"
 }
 status=0
-wanted=" ${SCENARIOS:-e2e portal shaped} "
+wanted=" ${SCENARIOS:-e2e portal shaped transport} "
 want() { [[ $wanted == *" $1 "* ]]; }
 ! want e2e || scenario e2e \
   TEACHER_URL="$teacher_url" \
@@ -258,6 +260,7 @@ if [ "$status" -eq 0 ] && want shaped; then
     HOME_CHROMIUM="$work/chromium-home" \
     HOME_LINK="$home_rate, $home_loss_pct % loss" || status=$?
 fi
+! want transport || { log "scenario transport (transport.sh)"; CLASSROOM_BIN="$bin" "$here/transport.sh" || status=$?; }
 if ! kill -0 "$server_pid" 2>/dev/null; then
   log "the server exited during the test"
   status=1

@@ -220,7 +220,7 @@ if want turn; then
     --listening-port=3478 --tls-listening-port=443 --cert="$work/turn.pem" --pkey="$work/turn.key" \
     --use-auth-secret --static-auth-secret="$secret" --realm=classroom.test \
     --fingerprint --no-cli --no-tcp-relay --no-multicast-peers --min-port=49152 --max-port=49500 \
-    --pidfile="$work/turn.pid" --userdb="$work/turndb" --log-file=stdout --simple-log \
+    --pidfile="$work/turn.pid" --userdb="$work/turndb" --log-file=stdout --simple-log --verbose \
     >"$work/turn.log" 2>&1 &
   turn_pid=$!
   cat >"$work/turn.toml" <<TOML
