@@ -426,8 +426,7 @@ impl TurnSettings {
             (None, Some(p)) if !p.as_os_str().is_empty() => b"file",
             _ => return Err("set exactly one of secret and secret_file".to_owned()),
         };
-        classroom_signaling::turn::check(&self.urls, secret, self.ttl()?)
-            .map_err(|e| e.to_string())
+        classroom_signaling::turn::check(&self.urls, secret, self.ttl()?).map_err(|e| e.to_string())
     }
 
     /// The credential issuer, with the secret read from `secret_file` if that is how it is given.
@@ -1407,9 +1406,15 @@ mod tests {
         )
         .unwrap();
         c.validate().unwrap();
-        assert_eq!(c.media.to_media_config().tcp_bind, Some(addr("10.0.0.2:443")));
+        assert_eq!(
+            c.media.to_media_config().tcp_bind,
+            Some(addr("10.0.0.2:443"))
+        );
         let turn = c.turn.as_ref().unwrap();
-        assert_eq!(turn.ttl().unwrap(), std::time::Duration::from_secs(12 * 3600));
+        assert_eq!(
+            turn.ttl().unwrap(),
+            std::time::Duration::from_secs(12 * 3600)
+        );
         let e = turn.load().unwrap_err();
         assert!(e.contains("/run/turn"), "{e}");
         let mut c = Config::from_toml("[media]\ntcp = false").unwrap();
@@ -1420,7 +1425,10 @@ mod tests {
             ..Overrides::default()
         })
         .unwrap();
-        assert_eq!(c.media.to_media_config().tcp_bind, Some(addr("0.0.0.0:3478")));
+        assert_eq!(
+            c.media.to_media_config().tcp_bind,
+            Some(addr("0.0.0.0:3478"))
+        );
         let o = env(&[("CLASSROOM_MEDIA_TCP", "false")]).unwrap();
         assert_eq!(o.media_tcp, Some(false));
     }
@@ -1446,13 +1454,19 @@ mod tests {
             })
         };
         let u = &["turns:turn.example.org:443?transport=tcp"][..];
-        check(&|c| c.turn = turn(&[], Some("s"), None, "12h"), "no TURN urls");
+        check(
+            &|c| c.turn = turn(&[], Some("s"), None, "12h"),
+            "no TURN urls",
+        );
         check(
             &|c| c.turn = turn(&["stun:x:3478"], Some("s"), None, "12h"),
             "not a turn",
         );
         check(&|c| c.turn = turn(u, None, None, "12h"), "exactly one");
-        check(&|c| c.turn = turn(u, Some("s"), Some("/f"), "12h"), "exactly one");
+        check(
+            &|c| c.turn = turn(u, Some("s"), Some("/f"), "12h"),
+            "exactly one",
+        );
         check(&|c| c.turn = turn(u, Some("s"), None, "forever"), "ttl");
         check(&|c| c.turn = turn(u, Some("s"), None, "10s"), "lifetime");
         check(

@@ -312,7 +312,10 @@ fn print_banner(server: &classroom::ServerHandle) {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!("Media (UDP) offered to browsers at: {}", list(&server.media_announced));
+    println!(
+        "Media (UDP) offered to browsers at: {}",
+        list(&server.media_announced)
+    );
     if !server.media_announced_tcp.is_empty() {
         println!(
             "Media over TCP (for networks that drop UDP) at: {}",

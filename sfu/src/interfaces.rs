@@ -54,9 +54,7 @@ pub fn local_addresses(ipv6: bool) -> std::io::Result<Vec<IpAddr>> {
 fn usable(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_link_local() && !v4.is_multicast(),
-        IpAddr::V6(v6) => {
-            !v6.is_unspecified() && !v6.is_multicast() && !v6.is_unicast_link_local()
-        }
+        IpAddr::V6(v6) => !v6.is_unspecified() && !v6.is_multicast() && !v6.is_unicast_link_local(),
     }
 }
 
@@ -88,7 +86,10 @@ mod tests {
         let ordered = order(ips);
         assert_eq!(
             ordered[..2],
-            ["192.168.1.5".parse::<IpAddr>().unwrap(), "10.0.0.2".parse().unwrap()]
+            [
+                "192.168.1.5".parse::<IpAddr>().unwrap(),
+                "10.0.0.2".parse().unwrap()
+            ]
         );
         assert!(ordered[2..].iter().all(IpAddr::is_loopback));
         assert!(!usable("169.254.3.4".parse().unwrap()));

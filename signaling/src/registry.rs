@@ -12,6 +12,9 @@ use crate::protocol::{GoodbyeReason, ParticipantInfo, ServerMessage, TrackInfo};
 
 /// What a session's writer receives from elsewhere.
 #[derive(Debug)]
+// Messages move once into a bounded queue and out again; boxing each would add an allocation per
+// message to save a couple of hundred bytes per queued slot.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Outbound {
     Send(ServerMessage),
     /// Say goodbye for this reason and close.

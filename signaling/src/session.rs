@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use classroom_sfu::{
-    Audience, LayerName, ParticipantId, PublishedTrack, RoomId, SfuError, ShardCommand, SubscribedTrack,
-    TrackId, TrackKind, TrackSource, TrackSpec,
+    Audience, LayerName, ParticipantId, PublishedTrack, RoomId, SfuError, ShardCommand,
+    SubscribedTrack, TrackId, TrackKind, TrackSource, TrackSpec,
 };
 
 use crate::gate::Entrant;

@@ -141,7 +141,10 @@ mod tests {
             Err(TurnError::BadTtl)
         );
         assert_eq!(check(&urls(), b"s", day * 8), Err(TurnError::BadTtl));
-        let debug = format!("{:?}", TurnRest::new(urls(), b"hidden-secret", day).unwrap());
+        let debug = format!(
+            "{:?}",
+            TurnRest::new(urls(), b"hidden-secret", day).unwrap()
+        );
         assert!(!debug.contains("hidden"), "{debug}");
     }
 }

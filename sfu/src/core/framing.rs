@@ -205,7 +205,11 @@ mod tests {
         // (many frames merged in one read).
         for step in [1, 2, 3, 7, 100, 1499, 1502, 4000, stream.len()] {
             let mut d = Deframer::new(1500);
-            assert_eq!(feed(&mut d, &stream, step).unwrap(), payloads, "step {step}");
+            assert_eq!(
+                feed(&mut d, &stream, step).unwrap(),
+                payloads,
+                "step {step}"
+            );
             assert_eq!(d.pending(), 0);
         }
     }
@@ -234,7 +238,10 @@ mod tests {
         assert_eq!(feed(&mut d, &[0, 0, 1, 2], 4), Err(FrameError::Empty));
         // A truncated frame is simply incomplete.
         let mut d = Deframer::new(2048);
-        assert_eq!(feed(&mut d, &[0, 10, 1, 2, 3], 5).unwrap(), Vec::<Vec<u8>>::new());
+        assert_eq!(
+            feed(&mut d, &[0, 10, 1, 2, 3], 5).unwrap(),
+            Vec::<Vec<u8>>::new()
+        );
         assert_eq!(d.pending(), 5);
     }
 

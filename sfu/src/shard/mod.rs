@@ -369,8 +369,16 @@ impl Shard {
                 }) => self.handle_tcp(ready, &mut frame),
                 _ = tokio::time::sleep_until(deadline.min(next_metrics).min(next_allocation).into()) => {}
             }
-            // Under a steady stream of datagrams the socket branch is always ready; deadlines
-            // (pacing, RTCP, ICE consent) must still be met, so check them after every wakeup.
+            // Under a steady stream of datagrams the UDP branch always wins the biased select:
+            // ICE-TCP connections get a turn after every wakeup all the same. (Polling with a
+            // no-op waker is harmless: the next select polls again with the loop's own.)
+            if let Some(std::task::Poll::Ready(ready)) = self.tcp.as_mut().map(|t| {
+                t.poll_ready(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+            }) {
+                self.handle_tcp(ready, &mut frame);
+            }
+            // Deadlines (pacing, RTCP, ICE consent) must still be met, so check them after every
+            // wakeup.
             let now = Instant::now();
             if self.timers.first().is_some_and(|(t, _)| *t <= now) {
                 self.handle_timeouts(now);
@@ -522,10 +530,7 @@ impl Shard {
             return;
         }
         let destination = local_candidate_for(&self.announced_tcp, Some(local.ip()), remote);
-        loop {
-            let Some(n) = self.tcp.as_mut().and_then(|t| t.next_frame(i, frame)) else {
-                break;
-            };
+        while let Some(n) = self.tcp.as_mut().and_then(|t| t.next_frame(i, frame)) {
             self.handle_packet(
                 Instant::now(),
                 (Transport::Tcp, remote),
@@ -832,7 +837,12 @@ fn local_candidate_for(
             source
                 .ip()
                 .is_loopback()
-                .then(|| announced.iter().filter(same_family).find(|a| a.ip().is_loopback()))
+                .then(|| {
+                    announced
+                        .iter()
+                        .filter(same_family)
+                        .find(|a| a.ip().is_loopback())
+                })
                 .flatten()
         })
         .or_else(|| {
@@ -858,21 +868,42 @@ mod tests {
 
     #[test]
     fn the_candidate_a_packet_reached() {
-        let announced = [a("192.168.1.5:50000"), a("10.8.0.1:50000"), a("127.0.0.1:50000")];
+        let announced = [
+            a("192.168.1.5:50000"),
+            a("10.8.0.1:50000"),
+            a("127.0.0.1:50000"),
+        ];
         // Known local address (TCP).
         assert_eq!(
-            local_candidate_for(&announced, Some("10.8.0.1".parse().unwrap()), a("10.8.0.9:4000")),
+            local_candidate_for(
+                &announced,
+                Some("10.8.0.1".parse().unwrap()),
+                a("10.8.0.9:4000")
+            ),
             announced[1]
         );
         // A client on this machine that used one of its addresses.
-        assert_eq!(local_candidate_for(&announced, None, a("10.8.0.1:4000")), announced[1]);
-        assert_eq!(local_candidate_for(&announced, None, a("127.0.0.1:4000")), announced[2]);
+        assert_eq!(
+            local_candidate_for(&announced, None, a("10.8.0.1:4000")),
+            announced[1]
+        );
+        assert_eq!(
+            local_candidate_for(&announced, None, a("127.0.0.1:4000")),
+            announced[2]
+        );
         // Anyone else: the first non-loopback address.
-        assert_eq!(local_candidate_for(&announced, None, a("192.168.1.77:4000")), announced[0]);
+        assert_eq!(
+            local_candidate_for(&announced, None, a("192.168.1.77:4000")),
+            announced[0]
+        );
         // Behind a 1:1 NAT the local address is not announced: the public one is.
         let public = [a("203.0.113.7:50000")];
         assert_eq!(
-            local_candidate_for(&public, Some("172.31.0.4".parse().unwrap()), a("198.51.100.1:1")),
+            local_candidate_for(
+                &public,
+                Some("172.31.0.4".parse().unwrap()),
+                a("198.51.100.1:1")
+            ),
             public[0]
         );
     }

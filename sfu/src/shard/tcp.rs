@@ -123,7 +123,9 @@ impl TcpMedia {
     /// socket takes queued bytes again.
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Ready> {
         match self.listener.poll_accept(cx) {
-            Poll::Ready(Ok((stream, remote))) => return Poll::Ready(Ready::Accepted(stream, remote)),
+            Poll::Ready(Ok((stream, remote))) => {
+                return Poll::Ready(Ready::Accepted(stream, remote));
+            }
             Poll::Ready(Err(e)) => debug!("ICE-TCP accept failed: {e}"),
             Poll::Pending => {}
         }
@@ -183,10 +185,7 @@ impl TcpMedia {
 
     /// The client's and our address of connection `i`.
     pub fn addresses(&self, i: usize) -> Option<(SocketAddr, SocketAddr)> {
-        self.conns
-            .get(i)?
-            .as_ref()
-            .map(|c| (c.remote, c.local))
+        self.conns.get(i)?.as_ref().map(|c| (c.remote, c.local))
     }
 
     /// Reads once from connection `i` (readiness stays set while more waits, so a later pass
