@@ -101,6 +101,8 @@ pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
         .map(|ip| SocketAddr::new(*ip, local_addr.port()))
         .collect();
     let announced_tcp: Vec<SocketAddr> = match tcp_addr {
+        // A listener on one address of its own is reached there (unless told otherwise).
+        Some(t) if !t.ip().is_unspecified() && config.announce.is_empty() => vec![t],
         Some(t) => ips
             .iter()
             .filter(|ip| ip.is_ipv4() == t.is_ipv4() || t.ip().is_unspecified())
