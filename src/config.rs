@@ -62,6 +62,9 @@ pub struct Config {
     pub metrics: MetricsSettings,
     /// How long and how many connections may be held before they prove useful.
     pub connections: ConnectionSettings,
+    /// An external TURN server (coturn) that browsers may relay media through, with short-lived
+    /// credentials (TURN REST API). Off when unset.
+    pub turn: Option<TurnSettings>,
     /// Defaults of a lesson's rules (`[lesson]`).
     pub lesson: LessonSettings,
 }
@@ -131,6 +134,7 @@ impl Default for Config {
             audit: AuditSettings::default(),
             metrics: MetricsSettings::default(),
             connections: ConnectionSettings::default(),
+            turn: None,
             lesson: LessonSettings::default(),
         }
     }
@@ -374,15 +378,19 @@ impl OidcSettings {
     }
 }
 
-/// The UDP socket all WebRTC traffic goes through.
+/// The UDP socket all WebRTC traffic goes through, and the ICE-TCP listener beside it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MediaSettings {
     /// Address the media socket binds. Port 0 picks a free port.
     pub bind: SocketAddr,
-    /// Addresses given to browsers as ICE candidates, each with the bound port. Needed when
-    /// `bind` is a wildcard address or behind a 1:1 NAT (cloud VMs: the public address).
-    /// Empty: the bound address itself.
+    /// Offer ICE-TCP (passive TCP candidates) for networks that drop UDP.
+    pub tcp: bool,
+    /// Address of the ICE-TCP listener. Default: the address and port number of `bind`.
+    pub tcp_bind: Option<SocketAddr>,
+    /// Addresses given to browsers as ICE candidates, each with the bound port. Behind a 1:1 NAT
+    /// (cloud VMs: the public address). Empty: the bound address itself, or for a wildcard
+    /// `bind` the addresses of this machine's interfaces.
     pub announce: Vec<IpAddr>,
     /// Estimate each subscriber's bandwidth and choose simulcast layers from it (default). Off
     /// only where every subscriber is on the school's wired network.
@@ -392,20 +400,83 @@ pub struct MediaSettings {
 impl Default for MediaSettings {
     fn default() -> Self {
         MediaSettings {
-            bind: SocketAddr::from(([127, 0, 0, 1], 50000)),
+            bind: DEFAULT_MEDIA_BIND,
+            tcp: true,
+            tcp_bind: None,
             announce: Vec::new(),
             bandwidth_estimation: true,
         }
     }
 }
 
+/// Default of [`MediaSettings::bind`]: every interface, so that a browser on this machine or the
+/// LAN reaches the server without configuration (the server announces each interface's address;
+/// Firefox does not pair with a server that offers loopback only). The port answers nothing but
+/// ICE checks carrying a peer's credentials from signaling.
+pub const DEFAULT_MEDIA_BIND: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 50000);
+
 impl MediaSettings {
     pub fn to_media_config(&self) -> classroom_sfu::MediaConfig {
         classroom_sfu::MediaConfig {
             bind: self.bind,
+            tcp_bind: self.tcp.then(|| self.tcp_bind.unwrap_or(self.bind)),
             announce: self.announce.clone(),
             bandwidth_estimation: self.bandwidth_estimation,
         }
+    }
+}
+
+/// An external TURN server (`[turn]`) sharing a secret with this server: coturn with
+/// `use-auth-secret` and `static-auth-secret` (docs/NETWORK.md).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurnSettings {
+    /// `turn:` / `turns:` URLs as browsers take them, e.g.
+    /// `"turns:turn.example.org:443?transport=tcp"`.
+    pub urls: Vec<String>,
+    /// coturn's `static-auth-secret`. Exactly one of `secret` and `secret_file`.
+    pub secret: Option<Secret>,
+    /// A file holding the secret (surrounding whitespace ignored).
+    pub secret_file: Option<PathBuf>,
+    /// How long a credential handed out at `joined` is valid (e.g. `"12h"`): a whole lesson day.
+    #[serde(default = "default_turn_ttl")]
+    pub ttl: String,
+}
+
+fn default_turn_ttl() -> String {
+    "12h".to_owned()
+}
+
+impl TurnSettings {
+    /// [`TurnSettings::ttl`] as a duration.
+    pub fn ttl(&self) -> Result<std::time::Duration, String> {
+        let text = self.ttl.trim();
+        humantime::parse_duration(text).map_err(|e| format!("ttl {text:?}: {e}"))
+    }
+
+    /// Checks everything but the secret file's contents (read at start, [`TurnSettings::load`]).
+    fn check(&self) -> Result<(), String> {
+        let secret: &[u8] = match (&self.secret, &self.secret_file) {
+            (Some(s), None) => s.expose().as_bytes(),
+            (None, Some(p)) if !p.as_os_str().is_empty() => b"file",
+            _ => return Err("set exactly one of secret and secret_file".to_owned()),
+        };
+        classroom_signaling::turn::check(&self.urls, secret, self.ttl()?).map_err(|e| e.to_string())
+    }
+
+    /// The credential issuer, with the secret read from `secret_file` if that is how it is given.
+    pub fn load(&self) -> Result<classroom_signaling::turn::TurnRest, String> {
+        let secret = match (&self.secret, &self.secret_file) {
+            (Some(s), _) => s.expose().trim().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read secret_file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+            (None, None) => return Err("set exactly one of secret and secret_file".to_owned()),
+        };
+        classroom_signaling::turn::TurnRest::new(self.urls.clone(), secret.as_bytes(), self.ttl()?)
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -514,6 +585,8 @@ pub enum ConfigError {
 pub struct Overrides {
     pub http: Option<SocketAddr>,
     pub media_bind: Option<SocketAddr>,
+    pub media_tcp: Option<bool>,
+    pub media_tcp_bind: Option<SocketAddr>,
     pub media_announce: Option<Vec<IpAddr>>,
     pub media_bandwidth_estimation: Option<bool>,
     pub data_dir: Option<PathBuf>,
@@ -592,6 +665,11 @@ impl Overrides {
         Ok(Overrides {
             http: parsed("CLASSROOM_HTTP", text("CLASSROOM_HTTP")?)?,
             media_bind: parsed("CLASSROOM_MEDIA_BIND", text("CLASSROOM_MEDIA_BIND")?)?,
+            media_tcp: parsed("CLASSROOM_MEDIA_TCP", text("CLASSROOM_MEDIA_TCP")?)?,
+            media_tcp_bind: parsed(
+                "CLASSROOM_MEDIA_TCP_BIND",
+                text("CLASSROOM_MEDIA_TCP_BIND")?,
+            )?,
             media_announce,
             media_bandwidth_estimation: parsed(
                 "CLASSROOM_MEDIA_BANDWIDTH_ESTIMATION",
@@ -633,6 +711,8 @@ impl Overrides {
         Overrides {
             http: self.http.or(lower.http),
             media_bind: self.media_bind.or(lower.media_bind),
+            media_tcp: self.media_tcp.or(lower.media_tcp),
+            media_tcp_bind: self.media_tcp_bind.or(lower.media_tcp_bind),
             media_announce: self.media_announce.or(lower.media_announce),
             media_bandwidth_estimation: self
                 .media_bandwidth_estimation
@@ -668,6 +748,8 @@ impl Config {
             http: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             media: MediaSettings {
                 bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                tcp: true,
+                tcp_bind: None,
                 announce: Vec::new(),
                 bandwidth_estimation: true,
             },
@@ -688,6 +770,7 @@ impl Config {
                 token: None,
             },
             connections: ConnectionSettings::default(),
+            turn: None,
             lesson: LessonSettings::default(),
         }
     }
@@ -759,6 +842,8 @@ impl Config {
         let Overrides {
             http,
             media_bind,
+            media_tcp,
+            media_tcp_bind,
             media_announce,
             media_bandwidth_estimation,
             data_dir,
@@ -838,6 +923,12 @@ impl Config {
         if let Some(v) = media_bind {
             self.media.bind = v;
         }
+        if let Some(v) = media_tcp {
+            self.media.tcp = v;
+        }
+        if let Some(v) = media_tcp_bind {
+            self.media.tcp_bind = Some(v);
+        }
         if let Some(v) = media_announce {
             self.media.announce = v;
         }
@@ -890,12 +981,18 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         let bind = self.media.bind;
-        if bind.ip().is_unspecified() && self.media.announce.is_empty() {
+        if let Some(tcp) = self.media.tcp_bind
+            && tcp.is_ipv4() != bind.is_ipv4()
+        {
             return invalid(format!(
-                "media.bind is {bind}, which browsers cannot send to; set media.announce \
-                 (CLASSROOM_MEDIA_ANNOUNCE, --announce) to the address(es) clients reach this \
-                 server at"
+                "media.tcp_bind {tcp} and media.bind {bind} must be of one address family (the \
+                 same addresses are announced for both)"
             ));
+        }
+        if let Some(turn) = &self.turn
+            && let Err(e) = turn.check()
+        {
+            return invalid(format!("turn: {e}"));
         }
         for ip in &self.media.announce {
             if ip.is_unspecified() || ip.is_multicast() {
@@ -1078,7 +1175,7 @@ mod tests {
     fn defaults_are_documented_values() {
         let c = Config::default();
         assert_eq!(c.http, addr("127.0.0.1:8080"));
-        assert_eq!(c.media.bind, addr("127.0.0.1:50000"));
+        assert_eq!(c.media.bind, addr("0.0.0.0:50000"));
         assert!(c.media.announce.is_empty());
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert_eq!(c.log.format, LogFormat::Human);
@@ -1232,7 +1329,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.http, addr("0.0.0.0:443"));
-        assert_eq!(c.media.bind, addr("127.0.0.1:50000"));
+        assert_eq!(c.media.bind, addr("0.0.0.0:50000"));
         assert_eq!(
             c.media.announce,
             vec!["203.0.113.7".parse::<IpAddr>().unwrap()]
@@ -1356,6 +1453,44 @@ mod tests {
     }
 
     #[test]
+    fn media_tcp_and_turn_from_the_file() {
+        let c = Config::default();
+        let m = c.media.to_media_config();
+        assert_eq!(m.tcp_bind, Some(addr("0.0.0.0:50000")), "TCP beside UDP");
+        let c = Config::from_toml(
+            "[media]\nbind = \"10.0.0.2:5000\"\ntcp_bind = \"10.0.0.2:443\"\n\
+             [turn]\nurls = [\"turn:t.example.org:3478?transport=udp\"]\nsecret_file = \"/run/turn\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.media.to_media_config().tcp_bind,
+            Some(addr("10.0.0.2:443"))
+        );
+        let turn = c.turn.as_ref().unwrap();
+        assert_eq!(
+            turn.ttl().unwrap(),
+            std::time::Duration::from_secs(12 * 3600)
+        );
+        let e = turn.load().unwrap_err();
+        assert!(e.contains("/run/turn"), "{e}");
+        let mut c = Config::from_toml("[media]\ntcp = false").unwrap();
+        assert_eq!(c.media.to_media_config().tcp_bind, None);
+        c.apply(Overrides {
+            media_tcp: Some(true),
+            media_tcp_bind: Some(addr("0.0.0.0:3478")),
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.media.to_media_config().tcp_bind,
+            Some(addr("0.0.0.0:3478"))
+        );
+        let o = env(&[("CLASSROOM_MEDIA_TCP", "false")]).unwrap();
+        assert_eq!(o.media_tcp, Some(false));
+    }
+
+    #[test]
     fn validation_rejects_unusable_settings() {
         let check = |edit: &dyn Fn(&mut Config), needle: &str| {
             let mut c = Config::default();
@@ -1363,7 +1498,34 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(needle), "{needle:?} not in {e:?}");
         };
-        check(&|c| c.media.bind = addr("0.0.0.0:50000"), "media.announce");
+        check(
+            &|c| c.media.tcp_bind = Some(addr("[::]:50000")),
+            "media.tcp_bind",
+        );
+        let turn = |urls: &[&str], secret: Option<&str>, file: Option<&str>, ttl: &str| {
+            Some(TurnSettings {
+                urls: urls.iter().map(|u| u.to_string()).collect(),
+                secret: secret.map(Secret::new),
+                secret_file: file.map(PathBuf::from),
+                ttl: ttl.to_owned(),
+            })
+        };
+        let u = &["turns:turn.example.org:443?transport=tcp"][..];
+        check(
+            &|c| c.turn = turn(&[], Some("s"), None, "12h"),
+            "no TURN urls",
+        );
+        check(
+            &|c| c.turn = turn(&["stun:x:3478"], Some("s"), None, "12h"),
+            "not a turn",
+        );
+        check(&|c| c.turn = turn(u, None, None, "12h"), "exactly one");
+        check(
+            &|c| c.turn = turn(u, Some("s"), Some("/f"), "12h"),
+            "exactly one",
+        );
+        check(&|c| c.turn = turn(u, Some("s"), None, "forever"), "ttl");
+        check(&|c| c.turn = turn(u, Some("s"), None, "10s"), "lifetime");
         check(
             &|c| c.media.announce = vec!["0.0.0.0".parse().unwrap()],
             "not an address",
@@ -1410,6 +1572,7 @@ mod tests {
         check(&|c| c.lesson.last_n = 17, "lesson.last_n");
 
         let mut ok = Config::default();
+        ok.validate().unwrap();
         ok.media.bind = addr("0.0.0.0:50000");
         ok.media.announce = vec!["203.0.113.7".parse().unwrap()];
         ok.validate().unwrap();

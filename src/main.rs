@@ -98,7 +98,14 @@ struct ServeArgs {
     /// UDP address of the media socket.
     #[arg(long, value_name = "ADDR")]
     media_bind: Option<SocketAddr>,
-    /// Addresses browsers send media to (comma-separated).
+    /// TCP address of the ICE-TCP listener (default: the address and port of --media-bind).
+    #[arg(long, value_name = "ADDR")]
+    media_tcp_bind: Option<SocketAddr>,
+    /// Offer no ICE-TCP candidates (UDP only).
+    #[arg(long)]
+    no_media_tcp: bool,
+    /// Addresses browsers send media to (comma-separated). Default: every address of this
+    /// machine when the media socket binds a wildcard address.
     #[arg(long, value_name = "IP[,IP]", value_delimiter = ',')]
     announce: Option<Vec<IpAddr>>,
     /// Base URL of invite links, e.g. https://lessons.example.org.
@@ -234,6 +241,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             http: args.http,
             metrics_listen: args.metrics_listen,
             media_bind: args.media_bind,
+            media_tcp: args.no_media_tcp.then_some(false),
+            media_tcp_bind: args.media_tcp_bind,
             media_announce: args.announce,
             public_url: args.public_url,
             tls_cert: args.tls_cert,
@@ -296,6 +305,27 @@ fn print_banner(server: &classroom::ServerHandle) {
         }
     };
     println!("classroom is running at {}", server.public_url());
+    let list = |addrs: &[std::net::SocketAddr]| {
+        addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "Media (UDP) offered to browsers at: {}",
+        list(&server.media_announced)
+    );
+    if !server.media_announced_tcp.is_empty() {
+        println!(
+            "Media over TCP (for networks that drop UDP) at: {}",
+            list(&server.media_announced_tcp)
+        );
+    }
+    println!(
+        "  Browsers must reach one of these. Behind NAT, or to offer a public address, set \
+         --announce IP[,IP] (media.announce, CLASSROOM_MEDIA_ANNOUNCE); see docs/NETWORK.md."
+    );
     println!(
         "Demo lesson (room \"{DEMO_ROOM}\"), links valid for {}:",
         humantime::format_duration(DEMO_TTL)

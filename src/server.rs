@@ -43,6 +43,10 @@ pub struct ServerHandle {
     pub media_addr: SocketAddr,
     /// The media addresses given to browsers.
     pub media_announced: Vec<SocketAddr>,
+    /// The bound ICE-TCP listener, if enabled.
+    pub media_tcp_addr: Option<SocketAddr>,
+    /// The ICE-TCP addresses given to browsers.
+    pub media_announced_tcp: Vec<SocketAddr>,
     /// Where `/metrics` is served (plain HTTP; the real port when the configuration said 0).
     pub metrics_addr: SocketAddr,
     public_url: String,
@@ -108,6 +112,10 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         .trusted_proxies()
         .map_err(|e| anyhow!("proxy.trusted: {e}"))?;
     let limits = config.connections.limits().map_err(|e| anyhow!(e))?;
+    let turn = match &config.turn {
+        Some(t) => Some(t.load().map_err(|e| anyhow!("turn: {e}"))?),
+        None => None,
+    };
 
     // Everything that commonly fails (port taken, unreadable certificate) comes before the
     // media thread starts, so an error leaves nothing running.
@@ -139,6 +147,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
     let signaling = Signaling::with_gate(
         SignalingConfig {
             lesson_last_n: config.lesson.last_n,
+            turn,
             ..signaling_config(&limits, trusted_proxies.clone())
         },
         issuer.clone(),
@@ -251,6 +260,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         tls = config.tls.is_some(),
         media = %sfu.local_addr,
         announced = ?sfu.announced,
+        media_tcp = ?sfu.tcp_addr,
         metrics = %metrics_addr,
         %public_url,
         "classroom is running"
@@ -259,6 +269,8 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         http_addr,
         media_addr: sfu.local_addr,
         media_announced: sfu.announced.clone(),
+        media_tcp_addr: sfu.tcp_addr,
+        media_announced_tcp: sfu.announced_tcp.clone(),
         metrics_addr,
         public_url,
         tls: config.tls.is_some(),

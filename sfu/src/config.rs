@@ -7,8 +7,12 @@ use std::net::{IpAddr, SocketAddr};
 pub struct MediaConfig {
     /// The one UDP socket all WebRTC traffic uses. Port 0 picks a free port (tests).
     pub bind: SocketAddr,
-    /// Addresses announced as ICE candidates, with the bound port. Behind a 1:1 NAT (a cloud VM)
-    /// this is the public address; empty means the bound address itself.
+    /// The ICE-TCP listener (RFC 6544 passive candidates) for clients whose networks drop UDP;
+    /// `None`: no TCP candidates. Port 0 picks a free port (tests).
+    pub tcp_bind: Option<SocketAddr>,
+    /// Addresses announced as ICE candidates, with the bound ports. Behind a 1:1 NAT (a cloud VM)
+    /// this is the public address; empty means the bound address itself, or, for a wildcard
+    /// bind, the addresses of this machine's interfaces (`crate::interfaces`).
     pub announce: Vec<IpAddr>,
     /// Estimate each subscriber's bandwidth (GoogCC over transport-cc, with str0m's pacer) and
     /// choose simulcast layers from it. Off, every subscriber gets the best layer it asks for and
@@ -22,6 +26,7 @@ impl MediaConfig {
     pub fn loopback() -> Self {
         MediaConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tcp_bind: None,
             announce: Vec::new(),
             bandwidth_estimation: true,
         }

@@ -11,7 +11,15 @@ pub enum SfuError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
-    #[error("the media bind address {0} is unspecified and no address to announce is configured")]
+    #[error("cannot bind the ICE-TCP listener {addr}: {source}")]
+    BindTcp {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "the media bind address {0} is unspecified, no address to announce is configured, and \
+         this machine's interface addresses cannot be read"
+    )]
     NothingToAnnounce(std::net::SocketAddr),
     #[error("cannot start the media thread: {0}")]
     Thread(std::io::Error),

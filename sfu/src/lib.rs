@@ -17,6 +17,7 @@ pub mod error;
 pub mod heartbeat;
 pub mod hold;
 pub mod ids;
+pub mod interfaces;
 pub mod metrics;
 mod sdp_error;
 pub mod shard;

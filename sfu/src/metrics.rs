@@ -32,6 +32,9 @@ pub struct MediaCounters {
     pub estimate_buckets: [u64; ESTIMATE_BUCKETS.len()],
     pub estimate_count: u64,
     pub estimate_sum: u64,
+    /// ICE-TCP connections open now, and the TCP side's counters.
+    pub tcp_connections: u64,
+    pub(crate) tcp: crate::shard::TcpCounters,
 }
 
 /// Upper bounds (bits per second) of the estimate histogram: from a weak home uplink to wired.
@@ -77,6 +80,14 @@ pub struct MediaMetrics {
     pub estimate_buckets: [AtomicU64; ESTIMATE_BUCKETS.len()],
     pub estimate_count: AtomicU64,
     pub estimate_sum: AtomicU64,
+    pub tcp_connections: AtomicU64,
+    pub tcp_accepted: AtomicU64,
+    pub tcp_refused: AtomicU64,
+    pub tcp_frames_in: AtomicU64,
+    pub tcp_frames_out: AtomicU64,
+    pub tcp_dropped_out: AtomicU64,
+    pub tcp_bad_frames: AtomicU64,
+    pub tcp_unbound_closed: AtomicU64,
     /// The media thread's sign of life (`/healthz`).
     pub heartbeat: Heartbeat,
 }
@@ -114,6 +125,19 @@ impl MediaMetrics {
         self.estimate_count
             .store(c.estimate_count, Ordering::Relaxed);
         self.estimate_sum.store(c.estimate_sum, Ordering::Relaxed);
+        let tcp: [(&AtomicU64, u64); 8] = [
+            (&self.tcp_connections, c.tcp_connections),
+            (&self.tcp_accepted, c.tcp.accepted),
+            (&self.tcp_refused, c.tcp.refused),
+            (&self.tcp_frames_in, c.tcp.frames_in),
+            (&self.tcp_frames_out, c.tcp.frames_out),
+            (&self.tcp_dropped_out, c.tcp.dropped_out),
+            (&self.tcp_bad_frames, c.tcp.bad_frames),
+            (&self.tcp_unbound_closed, c.tcp.unbound_closed),
+        ];
+        for (a, v) in tcp {
+            a.store(v, Ordering::Relaxed);
+        }
     }
 
     /// Renders the counters in the Prometheus text format.
@@ -206,6 +230,63 @@ impl MediaMetrics {
             ),
         ];
         for (name, kind, help, v) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let tcp_rows: [(&str, &str, &str, &AtomicU64); 8] = [
+            (
+                "classroom_media_tcp_connections",
+                "gauge",
+                "ICE-TCP connections open",
+                &self.tcp_connections,
+            ),
+            (
+                "classroom_media_tcp_accepted_total",
+                "counter",
+                "ICE-TCP connections accepted",
+                &self.tcp_accepted,
+            ),
+            (
+                "classroom_media_tcp_refused_total",
+                "counter",
+                "ICE-TCP connections refused at the limit (in all or per IP address)",
+                &self.tcp_refused,
+            ),
+            (
+                "classroom_media_tcp_frames_received_total",
+                "counter",
+                "RFC 4571 frames received on ICE-TCP connections",
+                &self.tcp_frames_in,
+            ),
+            (
+                "classroom_media_tcp_frames_sent_total",
+                "counter",
+                "RFC 4571 frames queued to ICE-TCP connections",
+                &self.tcp_frames_out,
+            ),
+            (
+                "classroom_media_tcp_frames_dropped_total",
+                "counter",
+                "Packets for ICE-TCP connections dropped: queue full or connection gone",
+                &self.tcp_dropped_out,
+            ),
+            (
+                "classroom_media_tcp_bad_streams_total",
+                "counter",
+                "ICE-TCP connections closed for a frame out of step (too long, empty)",
+                &self.tcp_bad_frames,
+            ),
+            (
+                "classroom_media_tcp_unbound_closed_total",
+                "counter",
+                "ICE-TCP connections closed for not being bound to a peer in time",
+                &self.tcp_unbound_closed,
+            ),
+        ];
+        for (name, kind, help, v) in tcp_rows {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",

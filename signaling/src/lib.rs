@@ -11,6 +11,7 @@ pub mod sdp_check;
 pub mod session;
 pub mod token;
 pub mod track_limits;
+pub mod turn;
 
 mod lessons;
 mod outbox;
@@ -59,6 +60,8 @@ pub struct SignalingConfig {
     /// With class-visible cameras, pupils receive the cameras of this many most recent pupil
     /// speakers (plus the spotlight and the floor); 1..=16, a teacher may change it per lesson.
     pub lesson_last_n: u8,
+    /// TURN credentials handed out in `joined` (`ice_servers`); `None`: an empty list.
+    pub turn: Option<turn::TurnRest>,
 }
 
 impl Default for SignalingConfig {
@@ -73,6 +76,7 @@ impl Default for SignalingConfig {
             resume_grace: Duration::from_secs(30),
             trusted_proxies: classroom_auth::TrustedProxies::default(),
             lesson_last_n: 4,
+            turn: None,
         }
     }
 }
@@ -153,6 +157,17 @@ impl Inner {
         if let Some(i) = ERROR_CODES.iter().position(|c| *c == code) {
             self.errors[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// `joined.ice_servers` for `identity`.
+    fn ice_servers(&self, identity: &str) -> Vec<protocol::IceServer> {
+        let Some(turn) = &self.config.turn else {
+            return Vec::new();
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        vec![turn.ice_server(now, identity)]
     }
 
     fn count_slow_drop(&self, why: SlowDrop) {

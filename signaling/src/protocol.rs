@@ -249,6 +249,14 @@ impl ErrorCode {
     }
 }
 
+/// A TURN server as `RTCPeerConnection`'s `iceServers` takes it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    pub username: String,
+    pub credential: String,
+}
+
 /// What the server sends.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -267,6 +275,9 @@ pub enum ServerMessage {
         /// This answers a `resume` that found the participant still in the room.
         #[serde(default)]
         resumed: bool,
+        /// TURN servers with credentials for this participant (empty without TURN).
+        #[serde(default)]
+        ice_servers: Vec<IceServer>,
     },
     ParticipantJoined {
         participant: ParticipantInfo,

@@ -482,6 +482,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             tracks: snapshot.tracks,
             resume: grant,
             resumed: true,
+            ice_servers: self.inner.ice_servers(&claims.sub),
         })
         .await;
         info!(participant = %pid, room = %room, identity = %claims.sub, "resumed");
@@ -592,6 +593,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             tracks: admission.tracks,
             resume: self.grant(&claims, until),
             resumed: false,
+            ice_servers: self.inner.ice_servers(&claims.sub),
         })
         .await;
         let subscribe = claims.allows(Permission::Subscribe);

@@ -10,6 +10,8 @@
 #               the teacher's grid highlights the speaker, quick check and chat
 #   reconnect   (reconnect.sh + reconnect.mjs, own namespaces and server) pages get back into the
 #               lesson by themselves: link down 5 s and 40 s, address change, server SIGKILL
+#   transport   transport.sh, its own server and namespaces: ICE-TCP with UDP dropped, TURN over
+#               TLS through coturn, a Firefox pupil against the default configuration
 # First, without a browser (plain node --test): next.test.mjs, the sign-in page's check of `?next=`;
 # i18n.test.mjs, every locale's keys and placeholders in step and every key the pages use defined.
 #
@@ -25,7 +27,7 @@
 #   CLASSROOM_BIN  server binary to test (default: build target/release/classroom)
 #   E2E_TIMEOUT    seconds for each scenario (default 240)
 #   ARTIFACT_DIR   where to keep the server log and failure screenshots (default: discarded)
-#   SCENARIOS      which scenarios to run (default "e2e portal moderation shaped reconnect"), e.g. to repeat one
+#   SCENARIOS      which scenarios to run (default "e2e portal moderation shaped reconnect transport"), e.g. to repeat one
 #   LESSON_SCREENSHOTS  a directory for moderation.mjs's named screenshots (docs/LESSON.md's:
 #                  LESSON_SCREENSHOTS=docs/img SCENARIOS=moderation tests/browser/run.sh)
 set -euo pipefail
@@ -256,7 +258,7 @@ scenario() {
   return "$status"
 }
 status=0
-wanted=" ${SCENARIOS:-e2e portal moderation shaped reconnect} "
+wanted=" ${SCENARIOS:-e2e portal moderation shaped reconnect transport} "
 want() { [[ $wanted == *" $1 "* ]]; }
 ! want e2e || scenario e2e \
   TEACHER_URL="$teacher_url" \
@@ -283,6 +285,7 @@ fi
 # Its own namespaces, subnet and server (reconnect.sh): the pupil's link and the server are
 # taken away and given back.
 ! want reconnect || CLASSROOM_BIN="$bin" E2E_TIMEOUT="$limit" "$here/reconnect.sh" || status=$?
+! want transport || { log "scenario transport (transport.sh)"; CLASSROOM_BIN="$bin" "$here/transport.sh" || status=$?; }
 if ! kill -0 "$server_pid" 2>/dev/null; then
   log "the server exited during the test"
   status=1

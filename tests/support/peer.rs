@@ -194,6 +194,43 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
+/// When set, every peer connection this test binary builds afterwards has only a TCP socket
+/// (ICE-TCP, active candidates) and no UDP one. Process-wide: only for a test file whose every
+/// client goes over TCP (tests/ice_tcp.rs).
+pub static TCP_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// webrtc-rs dials a remote passive TCP candidate only when it is trickled
+/// (`add_ice_candidate`), not when it comes in a description; with [`TCP_ONLY`], this hands it
+/// the server's TCP candidates from `sdp` that way, after the description is applied.
+pub async fn trickle_tcp_candidates(pc: &Arc<dyn PeerConnection>, sdp: &str) -> Result<()> {
+    if !TCP_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for line in sdp.lines() {
+        let Some(candidate) = line.trim().strip_prefix("a=") else {
+            continue;
+        };
+        if !candidate.starts_with("candidate:")
+            || !candidate.contains(" tcp ")
+            || !candidate.contains("tcptype passive")
+            || !seen.insert(candidate.to_owned())
+        {
+            continue;
+        }
+        let init = rtc::peer_connection::transport::RTCIceCandidateInit {
+            candidate: candidate.to_owned(),
+            sdp_mid: Some("0".to_owned()),
+            sdp_mline_index: Some(0),
+            ..Default::default()
+        };
+        pc.add_ice_candidate(init)
+            .await
+            .with_context(|| format!("add {candidate}"))?;
+    }
+    Ok(())
+}
+
 /// Builds a peer connection on 127.0.0.1 with Opus and VP8. Remote tracks go to `tracks` if
 /// given.
 pub async fn build(
@@ -227,7 +264,16 @@ pub async fn build_with(
         .with_interceptor_registry(registry)
         .with_handler(handler as Arc<dyn PeerConnectionEventHandler>)
         .with_runtime(Arc::new(TokioRuntime))
-        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+        .with_udp_addrs(if TCP_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+            Vec::new()
+        } else {
+            vec!["127.0.0.1:0".to_owned()]
+        })
+        .with_tcp_addrs(if TCP_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+            vec!["127.0.0.1:0".to_owned()]
+        } else {
+            Vec::new()
+        })
         .build()
         .await
         .context("build the peer connection")?;

@@ -467,5 +467,6 @@ pub async fn apply_publish_answer(pc: &Arc<dyn PeerConnection>, reply: &Value) -
     pc.set_remote_description(answer)
         .await
         .with_context(|| format!("apply the publish_answer SDP:\n{sdp}"))?;
+    super::peer::trickle_tcp_candidates(pc, sdp).await?;
     Ok(())
 }

@@ -413,6 +413,7 @@ async fn answer_offer(
         .set_remote_description(description)
         .await
         .with_context(|| format!("apply the subscriber_offer SDP:\n{sdp}"))?;
+    super::peer::trickle_tcp_candidates(&subscribe.pc, sdp).await?;
     let answer = subscribe
         .pc
         .create_answer(None)

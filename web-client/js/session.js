@@ -60,6 +60,7 @@ export class Session extends EventTarget {
     this.self = null; // our own participant record
     this.room = null;
     this.permissions = new Set();
+    this.iceServers = []; // from `joined.ice_servers`
     this.participants = new Map(); // participant_id -> participant, everyone but us
     this.publishPc = null;
     this.subscribePc = null;
@@ -110,7 +111,6 @@ export class Session extends EventTarget {
       throw err;
     }
     this.#entered(joined);
-    for (const p of joined.participants || []) this.participants.set(p.participant_id, p);
     return joined;
   }
 
@@ -133,6 +133,9 @@ export class Session extends EventTarget {
     this.room = joined.room;
     this.permissions = new Set(joined.permissions || []);
     if (joined.resume?.token) this.resume = joined.resume;
+    // TURN relays with short-lived credentials, for networks that block the media port.
+    this.iceServers = Array.isArray(joined.ice_servers) ? joined.ice_servers : [];
+    for (const p of joined.participants || []) this.participants.set(p.participant_id, p);
     this.signal.startKeepalive();
   }
 
@@ -282,7 +285,7 @@ export class Session extends EventTarget {
 
   #ensurePublishPc() {
     if (!this.publishPc) {
-      const pc = new RTCPeerConnection(PC_CONFIG);
+      const pc = new RTCPeerConnection({ ...PC_CONFIG, iceServers: this.iceServers });
       pc.addEventListener('connectionstatechange', () => {
         this.#emit('connectionstate', { which: 'publish', state: pc.connectionState });
         this.#watchMedia('publish');
@@ -378,7 +381,7 @@ export class Session extends EventTarget {
 
   #ensureSubscribePc() {
     if (!this.subscribePc) {
-      const pc = new RTCPeerConnection(PC_CONFIG);
+      const pc = new RTCPeerConnection({ ...PC_CONFIG, iceServers: this.iceServers });
       pc.addEventListener('connectionstatechange', () => {
         this.#emit('connectionstate', { which: 'subscribe', state: pc.connectionState });
         this.#watchMedia('subscribe');

@@ -3,7 +3,9 @@
 //! A STUN binding request names its target in the USERNAME attribute (`<our ufrag>:<their
 //! ufrag>`, RFC 8445 §7.2.2), so it is routed by our ICE ufrag. Everything else (DTLS, SRTP,
 //! SRTCP) is routed by source address. Both are map lookups; no datagram is ever offered to every
-//! peer in turn.
+//! peer in turn. ICE-TCP packets are routed the same way, by the connection they came on: with one
+//! listening socket, the client's address and port name the connection, and [`Transport`] keeps a
+//! TCP connection apart from a UDP source that happens to share its address and port.
 //!
 //! An address is bound to a peer only when that peer's `Rtc` answers a STUN request sent from it
 //! ([`Demuxer::confirm`]): str0m answers only requests whose MESSAGE-INTEGRITY proves knowledge of
@@ -21,12 +23,24 @@ const STUN_HEADER: usize = 20;
 const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
 const STUN_ATTR_USERNAME: u16 = 0x0006;
 
+/// How a packet reached the media plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// A datagram on the UDP media socket.
+    Udp,
+    /// A frame on an ICE-TCP connection (RFC 6544).
+    Tcp,
+}
+
+/// A client's transport address: where its packets come from and ours go.
+pub type Route = (Transport, SocketAddr);
+
 /// Routes datagrams to peers of key type `K`.
 #[derive(Debug)]
 pub struct Demuxer<K> {
     by_ufrag: HashMap<String, K>,
-    by_addr: HashMap<SocketAddr, K>,
-    addrs_of: HashMap<K, Vec<SocketAddr>>,
+    by_addr: HashMap<Route, K>,
+    addrs_of: HashMap<K, Vec<Route>>,
 }
 
 /// Why a datagram has no peer.
@@ -74,8 +88,13 @@ impl<K: Copy + Eq + Hash> Demuxer<K> {
         }
     }
 
-    /// The peer for a datagram from `source`.
+    /// The peer for a UDP datagram from `source`.
     pub fn route(&self, source: SocketAddr, datagram: &[u8]) -> Result<K, Unroutable> {
+        self.route_via((Transport::Udp, source), datagram)
+    }
+
+    /// The peer for a packet that came by `source`.
+    pub fn route_via(&self, source: Route, datagram: &[u8]) -> Result<K, Unroutable> {
         if is_stun(datagram) {
             return stun_local_ufrag(datagram)
                 .and_then(|ufrag| self.by_ufrag.get(ufrag))
@@ -97,15 +116,26 @@ impl<K: Copy + Eq + Hash> Demuxer<K> {
         self.by_ufrag.is_empty()
     }
 
-    /// Called for every datagram a peer sends: a STUN message (an authenticated binding
+    /// Called for every UDP datagram a peer sends: a STUN message (an authenticated binding
     /// response) to `destination` binds that address to the peer.
     pub fn confirm(&mut self, key: K, destination: SocketAddr, datagram: &[u8]) {
+        self.confirm_via(key, (Transport::Udp, destination), datagram);
+    }
+
+    /// [`Demuxer::confirm`] for a packet sent by `destination`.
+    pub fn confirm_via(&mut self, key: K, destination: Route, datagram: &[u8]) {
         if is_stun(datagram) {
             self.learn(destination, key);
         }
     }
 
-    fn learn(&mut self, source: SocketAddr, key: K) {
+    /// Whether packets from `source` reach a peer now (an ICE-TCP connection that no longer
+    /// does has lost its use).
+    pub fn is_bound(&self, source: Route) -> bool {
+        self.by_addr.contains_key(&source)
+    }
+
+    fn learn(&mut self, source: Route, key: K) {
         match self.by_addr.get(&source) {
             Some(k) if *k == key => return,
             // The address moved to another peer (a reused port): take it from the old one.
@@ -290,5 +320,27 @@ mod tests {
             Ok(2),
             "removing A keeps B's address"
         );
+    }
+
+    #[test]
+    fn tcp_connections_are_apart_from_udp_sources() {
+        let mut dm = Demuxer::default();
+        dm.insert("srvA", 1u32);
+        dm.insert("srvB", 2u32);
+        let tcp = (Transport::Tcp, addr(7000));
+        let rtp = [0x80u8, 96, 0, 1];
+        assert_eq!(dm.route_via(tcp, &binding_request("srvA:x")), Ok(1));
+        assert!(!dm.is_bound(tcp));
+        dm.confirm_via(1, tcp, &binding_request("x:srvA"));
+        assert!(dm.is_bound(tcp));
+        assert_eq!(dm.route_via(tcp, &rtp), Ok(1));
+        // The same address and port over UDP is another client's (or nobody's).
+        assert_eq!(dm.route(addr(7000), &rtp), Err(Unroutable::UnknownAddress));
+        dm.confirm(2, addr(7000), &binding_request("y:srvB"));
+        assert_eq!(dm.route(addr(7000), &rtp), Ok(2));
+        assert_eq!(dm.route_via(tcp, &rtp), Ok(1));
+        dm.remove("srvA", 1);
+        assert!(!dm.is_bound(tcp));
+        assert_eq!(dm.route(addr(7000), &rtp), Ok(2));
     }
 }

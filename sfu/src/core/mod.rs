@@ -5,6 +5,7 @@ pub mod audience;
 pub mod bitrate;
 pub mod demux;
 pub mod forward;
+pub mod framing;
 pub mod keyframe;
 pub mod layer;
 pub mod liveness;

@@ -12,6 +12,9 @@ mod negotiate;
 mod outbox;
 mod peer;
 mod recovery;
+mod tcp;
+
+pub(crate) use tcp::TcpCounters;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -19,15 +22,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::net::{DatagramRecv, Protocol, Receive, TcpType};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output};
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::command::{COMMAND_QUEUE, ShardCommand, ShardEvent};
 use crate::config::MediaConfig;
-use crate::core::demux::Demuxer;
+use crate::core::demux::{Demuxer, Route, Transport};
 use crate::error::SfuError;
 use crate::ids::{ParticipantId, RoomId, TrackId};
 use crate::metrics::{MediaCounters, MediaMetrics};
@@ -52,8 +55,12 @@ pub struct Sfu {
     pub events: Option<mpsc::UnboundedReceiver<ShardEvent>>,
     /// The bound media socket.
     pub local_addr: SocketAddr,
-    /// The addresses announced to peers.
+    /// The bound ICE-TCP listener, if any.
+    pub tcp_addr: Option<SocketAddr>,
+    /// The addresses announced to peers (UDP).
     pub announced: Vec<SocketAddr>,
+    /// The ICE-TCP addresses announced to peers.
+    pub announced_tcp: Vec<SocketAddr>,
     pub metrics: Arc<MediaMetrics>,
     thread: Option<JoinHandle<()>>,
 }
@@ -79,10 +86,45 @@ pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
         addr: config.bind,
         source,
     })?;
-    let announced = announced_addrs(&config, local_addr)?;
+    let tcp_listener = match config.tcp_bind {
+        Some(addr) => Some(tcp::bind(addr).map_err(|source| SfuError::BindTcp { addr, source })?),
+        None => None,
+    };
+    let tcp_addr = match &tcp_listener {
+        Some(l) => Some(l.local_addr().map_err(|source| SfuError::BindTcp {
+            addr: config.tcp_bind.unwrap_or(local_addr),
+            source,
+        })?),
+        None => None,
+    };
+    let ips = announced_ips(&config, local_addr)?;
+    let announced: Vec<SocketAddr> = ips
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, local_addr.port()))
+        .collect();
+    let announced_tcp: Vec<SocketAddr> = match tcp_addr {
+        // A listener on one address of its own is reached there (unless told otherwise).
+        Some(t) if !t.ip().is_unspecified() && config.announce.is_empty() => vec![t],
+        Some(t) => ips
+            .iter()
+            .filter(|ip| ip.is_ipv4() == t.is_ipv4() || t.ip().is_unspecified())
+            .map(|ip| SocketAddr::new(*ip, t.port()))
+            .collect(),
+        None => Vec::new(),
+    };
+    // UDP first; TCP candidates carry a lower type preference (str0m: 90 against 126), so a
+    // browser that can use UDP does.
     let candidates: Vec<Candidate> = announced
         .iter()
         .filter_map(|a| Candidate::host(*a, "udp").ok())
+        .chain(announced_tcp.iter().filter_map(|a| {
+            Candidate::builder()
+                .tcp()
+                .host(*a)
+                .tcptype(TcpType::Passive)
+                .build()
+                .ok()
+        }))
         .collect();
 
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -90,6 +132,7 @@ pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
     let metrics = Arc::new(MediaMetrics::default());
     let shard_metrics = metrics.clone();
     let shard_announced = announced.clone();
+    let shard_announced_tcp = announced_tcp.clone();
     let thread = std::thread::Builder::new()
         .name("media-0".into())
         .spawn(move || {
@@ -111,9 +154,18 @@ pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
                         return;
                     }
                 };
+                let tcp = match tcp_listener.map(TcpListener::from_std).transpose() {
+                    Ok(t) => t.map(tcp::TcpMedia::new),
+                    Err(e) => {
+                        warn!("ICE-TCP listener unusable: {e}");
+                        return;
+                    }
+                };
                 let shard = Shard::new(
                     socket,
+                    tcp,
                     shard_announced,
+                    shard_announced_tcp,
                     candidates,
                     config.bandwidth_estimation,
                     event_tx,
@@ -123,12 +175,14 @@ pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
             });
         })
         .map_err(SfuError::Thread)?;
-    info!(%local_addr, ?announced, "media plane listening");
+    info!(%local_addr, ?tcp_addr, ?announced, ?announced_tcp, "media plane listening");
     Ok(Sfu {
         commands: cmd_tx,
         events: Some(event_rx),
         local_addr,
+        tcp_addr,
         announced,
+        announced_tcp,
         metrics,
         thread: Some(thread),
     })
@@ -153,18 +207,26 @@ fn bind_media_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-fn announced_addrs(config: &MediaConfig, local: SocketAddr) -> Result<Vec<SocketAddr>, SfuError> {
+/// The configured addresses; without any, the bound address, or for a wildcard bind every
+/// address of this machine (IPv6 ones only for an IPv6 socket).
+fn announced_ips(
+    config: &MediaConfig,
+    local: SocketAddr,
+) -> Result<Vec<std::net::IpAddr>, SfuError> {
     if !config.announce.is_empty() {
-        return Ok(config
-            .announce
-            .iter()
-            .map(|ip| SocketAddr::new(*ip, local.port()))
-            .collect());
+        return Ok(config.announce.clone());
     }
-    if local.ip().is_unspecified() {
-        return Err(SfuError::NothingToAnnounce(local));
+    if !local.ip().is_unspecified() {
+        return Ok(vec![local.ip()]);
     }
-    Ok(vec![local])
+    match crate::interfaces::local_addresses(local.is_ipv6()) {
+        Ok(ips) if !ips.is_empty() => Ok(ips),
+        Ok(_) => Err(SfuError::NothingToAnnounce(local)),
+        Err(e) => {
+            warn!("cannot list this machine's addresses: {e}");
+            Err(SfuError::NothingToAnnounce(local))
+        }
+    }
 }
 
 /// A participant as the media plane sees it.
@@ -212,7 +274,10 @@ struct Room {
 struct Shard {
     socket: UdpSocket,
     outbox: Outbox,
+    /// The ICE-TCP listener and its connections, when enabled.
+    tcp: Option<tcp::TcpMedia>,
     announced: Vec<SocketAddr>,
+    announced_tcp: Vec<SocketAddr>,
     candidates: Vec<Candidate>,
     /// Whether subscribers' bandwidth is estimated (`MediaConfig::bandwidth_estimation`).
     bandwidth_estimation: bool,
@@ -237,9 +302,12 @@ struct Shard {
 }
 
 impl Shard {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         socket: UdpSocket,
+        tcp: Option<tcp::TcpMedia>,
         announced: Vec<SocketAddr>,
+        announced_tcp: Vec<SocketAddr>,
         candidates: Vec<Candidate>,
         bandwidth_estimation: bool,
         events: mpsc::UnboundedSender<ShardEvent>,
@@ -248,7 +316,9 @@ impl Shard {
         Shard {
             socket,
             outbox: Outbox::default(),
+            tcp,
             announced,
+            announced_tcp,
             candidates,
             bandwidth_estimation,
             events,
@@ -269,6 +339,7 @@ impl Shard {
 
     async fn run(mut self, mut commands: mpsc::Receiver<ShardCommand>) {
         let mut buf = vec![0u8; RECV_BUFFER];
+        let mut frame = vec![0u8; tcp::MAX_FRAME];
         let mut next_metrics = Instant::now() + METRICS_INTERVAL;
         let mut next_allocation = Instant::now() + allocation::INTERVAL;
         let mut next_speakers = Instant::now() + moderation::SPEAKER_INTERVAL;
@@ -302,12 +373,24 @@ impl Shard {
                     }
                     Err(e) => debug!("media socket receive error: {e}"),
                 },
+                ready = std::future::poll_fn(|cx| match self.tcp.as_mut() {
+                    Some(t) => t.poll_ready(cx),
+                    None => std::task::Poll::Pending,
+                }) => self.handle_tcp(ready, &mut frame),
                 _ = tokio::time::sleep_until(
                     deadline.min(next_metrics).min(next_allocation).min(next_speakers).into()
                 ) => {}
             }
-            // Under a steady stream of datagrams the socket branch is always ready; deadlines
-            // (pacing, RTCP, ICE consent) must still be met, so check them after every wakeup.
+            // Under a steady stream of datagrams the UDP branch always wins the biased select:
+            // ICE-TCP connections get a turn after every wakeup all the same. (Polling with a
+            // no-op waker is harmless: the next select polls again with the loop's own.)
+            if let Some(std::task::Poll::Ready(ready)) = self.tcp.as_mut().map(|t| {
+                t.poll_ready(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+            }) {
+                self.handle_tcp(ready, &mut frame);
+            }
+            // Deadlines (pacing, RTCP, ICE consent) must still be met, so check them after every
+            // wakeup.
             let now = Instant::now();
             if self.timers.first().is_some_and(|(t, _)| *t <= now) {
                 self.handle_timeouts(now);
@@ -325,6 +408,12 @@ impl Shard {
             if now >= next_metrics {
                 next_metrics = now + METRICS_INTERVAL;
                 self.counters.peers = self.demux.len() as u64;
+                if let Some(t) = self.tcp.as_mut() {
+                    let demux = &self.demux;
+                    t.sweep(now, |remote| demux.is_bound((Transport::Tcp, remote)));
+                    self.counters.tcp = t.counters;
+                    self.counters.tcp_connections = t.open() as u64;
+                }
                 self.metrics.publish(&self.counters);
                 self.metrics.heartbeat.beat();
                 self.reap_disconnected(now);
@@ -388,7 +477,21 @@ impl Shard {
     fn handle_datagram(&mut self, now: Instant, source: SocketAddr, datagram: &[u8]) {
         self.counters.packets_in += 1;
         self.counters.bytes_in += datagram.len() as u64;
-        let key = match self.demux.route(source, datagram) {
+        let destination = local_candidate_for(&self.announced, None, source);
+        self.handle_packet(now, (Transport::Udp, source), destination, datagram);
+    }
+
+    /// A datagram from UDP or a frame from an ICE-TCP connection, for the peer it belongs to.
+    /// `destination` is the announced address it reached (what str0m knows as its candidate).
+    fn handle_packet(
+        &mut self,
+        now: Instant,
+        route: Route,
+        destination: SocketAddr,
+        datagram: &[u8],
+    ) {
+        let (transport, source) = route;
+        let key = match self.demux.route_via(route, datagram) {
             Ok(key) => key,
             Err(_) => {
                 self.counters.datagrams_unroutable += 1;
@@ -399,14 +502,16 @@ impl Shard {
             self.counters.datagrams_rejected += 1;
             return;
         };
-        let destination = self.local_address_for(source);
         let Some(peer) = self.peer_mut(key) else {
             return;
         };
         let input = Input::Receive(
             now,
             Receive {
-                proto: Protocol::Udp,
+                proto: match transport {
+                    Transport::Udp => Protocol::Udp,
+                    Transport::Tcp => Protocol::Tcp,
+                },
                 source,
                 destination,
                 contents,
@@ -420,14 +525,37 @@ impl Shard {
         self.drain(key);
     }
 
-    /// The announced address a client reached us on (same address family as the client).
-    fn local_address_for(&self, source: SocketAddr) -> SocketAddr {
-        self.announced
-            .iter()
-            .find(|a| a.is_ipv4() == source.is_ipv4())
-            .or(self.announced.first())
-            .copied()
-            .unwrap_or(source)
+    /// Something happened on the ICE-TCP side.
+    fn handle_tcp(&mut self, ready: tcp::Ready, frame: &mut [u8]) {
+        let Some(t) = self.tcp.as_mut() else {
+            return;
+        };
+        let i = match ready {
+            tcp::Ready::Accepted(stream, remote) => {
+                t.admit(Instant::now(), stream, remote);
+                return;
+            }
+            tcp::Ready::Writable(i) => {
+                t.write(i);
+                return;
+            }
+            tcp::Ready::Readable(i) => i,
+        };
+        let Some((remote, local)) = t.addresses(i) else {
+            return;
+        };
+        if !matches!(t.read(i), tcp::ReadOutcome::Data) {
+            return;
+        }
+        let destination = local_candidate_for(&self.announced_tcp, Some(local.ip()), remote);
+        while let Some(n) = self.tcp.as_mut().and_then(|t| t.next_frame(i, frame)) {
+            self.handle_packet(
+                Instant::now(),
+                (Transport::Tcp, remote),
+                destination,
+                &frame[..n],
+            );
+        }
     }
 
     fn handle_timeouts(&mut self, now: Instant) {
@@ -508,11 +636,19 @@ impl Shard {
                     }
                     return;
                 }
-                Output::Transmit(t) => {
+                Output::Transmit(t) if t.proto == Protocol::Udp => {
                     self.demux.confirm(key, t.destination, &t.contents);
                     self.outbox.push(t.destination, t.contents.into());
                     if self.outbox.is_full() {
                         self.flush_outbox();
+                    }
+                }
+                Output::Transmit(t) => {
+                    // Only TCP host candidates are ours besides UDP.
+                    self.demux
+                        .confirm_via(key, (Transport::Tcp, t.destination), &t.contents);
+                    if let Some(tcp) = self.tcp.as_mut() {
+                        tcp.send(t.destination, &t.contents);
                     }
                 }
                 Output::Event(e) => self.handle_event(key, e),
@@ -521,6 +657,9 @@ impl Shard {
     }
 
     fn flush_outbox(&mut self) {
+        if let Some(t) = self.tcp.as_mut() {
+            t.flush();
+        }
         if self.outbox.is_empty() {
             return;
         }
@@ -709,5 +848,96 @@ impl Shard {
         for key in 0..self.peers.len() {
             self.close_peer(PeerKey(key as u32));
         }
+    }
+}
+
+/// The announced address a client reached us on, as str0m knows its local candidates. `actual`
+/// is the address the packet arrived at when known (a TCP connection's local address); a UDP
+/// socket bound to a wildcard does not say, and then a loopback client is taken to have used
+/// loopback and any other the first announced address of its family. str0m only answers checks
+/// that name one of its candidates; which one matters for its bookkeeping, not for the route
+/// replies take (the kernel picks that).
+fn local_candidate_for(
+    announced: &[SocketAddr],
+    actual: Option<std::net::IpAddr>,
+    source: SocketAddr,
+) -> SocketAddr {
+    let same_family = |a: &&SocketAddr| a.is_ipv4() == source.is_ipv4();
+    actual
+        .and_then(|ip| announced.iter().find(|a| a.ip() == ip))
+        .or_else(|| announced.iter().find(|a| a.ip() == source.ip()))
+        .or_else(|| {
+            source
+                .ip()
+                .is_loopback()
+                .then(|| {
+                    announced
+                        .iter()
+                        .filter(same_family)
+                        .find(|a| a.ip().is_loopback())
+                })
+                .flatten()
+        })
+        .or_else(|| {
+            announced
+                .iter()
+                .filter(same_family)
+                .find(|a| !a.ip().is_loopback())
+        })
+        .or_else(|| announced.iter().find(same_family))
+        .or(announced.first())
+        .copied()
+        .unwrap_or(source)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_candidate_for;
+    use std::net::SocketAddr;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_candidate_a_packet_reached() {
+        let announced = [
+            a("192.168.1.5:50000"),
+            a("10.8.0.1:50000"),
+            a("127.0.0.1:50000"),
+        ];
+        // Known local address (TCP).
+        assert_eq!(
+            local_candidate_for(
+                &announced,
+                Some("10.8.0.1".parse().unwrap()),
+                a("10.8.0.9:4000")
+            ),
+            announced[1]
+        );
+        // A client on this machine that used one of its addresses.
+        assert_eq!(
+            local_candidate_for(&announced, None, a("10.8.0.1:4000")),
+            announced[1]
+        );
+        assert_eq!(
+            local_candidate_for(&announced, None, a("127.0.0.1:4000")),
+            announced[2]
+        );
+        // Anyone else: the first non-loopback address.
+        assert_eq!(
+            local_candidate_for(&announced, None, a("192.168.1.77:4000")),
+            announced[0]
+        );
+        // Behind a 1:1 NAT the local address is not announced: the public one is.
+        let public = [a("203.0.113.7:50000")];
+        assert_eq!(
+            local_candidate_for(
+                &public,
+                Some("172.31.0.4".parse().unwrap()),
+                a("198.51.100.1:1")
+            ),
+            public[0]
+        );
     }
 }
