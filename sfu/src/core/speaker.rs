@@ -290,7 +290,7 @@ mod tests {
         let rows = run(ms(4000), |t| {
             if t < ms(1000) {
                 Some(-25)
-            } else if t.as_millis() % 400 == 0 {
+            } else if t.as_millis().is_multiple_of(400) {
                 Some(-127)
             } else {
                 None
@@ -319,7 +319,7 @@ mod tests {
     fn the_fake_microphone_beep_is_speech() {
         // Chromium's fake microphone: a 20 ms beep every 500 ms, silence between, from 200 ms.
         let rows = run(ms(4000), |t| {
-            let beeping = t >= ms(200) && (t - ms(200)).as_millis() % 500 == 0;
+            let beeping = t >= ms(200) && (t - ms(200)).as_millis().is_multiple_of(500);
             Some(if beeping { -12 } else { -127 })
         });
         let start = first_change(&rows, ms(0), true).expect("speaking");
