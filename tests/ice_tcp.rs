@@ -11,7 +11,6 @@ use anyhow::{Context, Result, ensure};
 use classroom::config::{Secret, TurnSettings};
 use classroom::server::Config;
 use classroom_signaling::token::Role;
-use serde_json::Value;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use support::{CONNECT_TIMEOUT, MediaPump, PumpConfig, Source, TEST_TIMEOUT};
@@ -133,7 +132,9 @@ async fn the_tcp_port_closes_garbage_and_silent_connections() -> Result<()> {
 
         // An HTTP request: its first two bytes announce an 18245-byte frame.
         let mut garbage = tokio::net::TcpStream::connect(addr).await?;
-        garbage.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await?;
+        garbage
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await?;
         closed_within(garbage, Duration::from_secs(2))
             .await
             .context("garbage")?;
@@ -243,7 +244,6 @@ async fn joined_carries_turn_credentials_only_when_configured() -> Result<()> {
             ice["credential"].as_str() == Some(expected.as_str()),
             "{ice}"
         );
-        let _: Value = pupil.joined.clone();
         server.shutdown().await;
         Ok(())
     })
