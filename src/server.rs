@@ -356,6 +356,22 @@ impl ServerHandle {
         Ok(sfu.hold().await?)
     }
 
+    /// A test hook: sets who receives a published track (`TR_…`) directly on the media plane,
+    /// as the lesson's rules do, and returns once it applies. Not reachable from the network.
+    pub async fn set_track_audience(
+        &self,
+        track_id: &str,
+        audience: classroom_sfu::Audience,
+    ) -> anyhow::Result<()> {
+        let track = classroom_sfu::TrackId::parse(track_id)
+            .ok_or_else(|| anyhow!("not a track id: {track_id}"))?;
+        let sfu = self
+            .sfu
+            .as_ref()
+            .ok_or_else(|| anyhow!("the media plane has stopped"))?;
+        Ok(sfu.set_audience(track, audience).await?)
+    }
+
     /// The database the server uses (rosters, lessons, attendance, sessions).
     pub fn db(&self) -> &classroom_domain::Db {
         &self.db

@@ -22,9 +22,8 @@ mod sdp_error;
 pub mod shard;
 
 pub use command::{
-    Audience,
-    LayerName, PauseReason, PublishedTrack, ShardCommand, ShardEvent, SubscribedTrack, TrackKind,
-    TrackSource, TrackSpec,
+    Audience, LayerName, PauseReason, PublishedTrack, ShardCommand, ShardEvent, SubscribedTrack,
+    TrackKind, TrackSource, TrackSpec,
 };
 pub use config::MediaConfig;
 pub use error::SfuError;

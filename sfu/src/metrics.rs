@@ -13,6 +13,8 @@ pub struct MediaCounters {
     pub packets_out: u64,
     pub bytes_out: u64,
     pub rtp_forwarded: u64,
+    /// RTP packets not handed to a subscriber because the track's audience excludes it.
+    pub rtp_withheld: u64,
     pub nacks_received: u64,
     pub keyframe_requests_received: u64,
     pub keyframe_requests_sent: u64,
@@ -61,6 +63,7 @@ pub struct MediaMetrics {
     pub packets_out: AtomicU64,
     pub bytes_out: AtomicU64,
     pub rtp_forwarded: AtomicU64,
+    pub rtp_withheld: AtomicU64,
     pub nacks_received: AtomicU64,
     pub keyframe_requests_received: AtomicU64,
     pub keyframe_requests_sent: AtomicU64,
@@ -80,12 +83,13 @@ pub struct MediaMetrics {
 
 impl MediaMetrics {
     pub(crate) fn publish(&self, c: &MediaCounters) {
-        let pairs: [(&AtomicU64, u64); 13] = [
+        let pairs: [(&AtomicU64, u64); 14] = [
             (&self.packets_in, c.packets_in),
             (&self.bytes_in, c.bytes_in),
             (&self.packets_out, c.packets_out),
             (&self.bytes_out, c.bytes_out),
             (&self.rtp_forwarded, c.rtp_forwarded),
+            (&self.rtp_withheld, c.rtp_withheld),
             (&self.nacks_received, c.nacks_received),
             (
                 &self.keyframe_requests_received,
@@ -115,7 +119,7 @@ impl MediaMetrics {
     /// Renders the counters in the Prometheus text format.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
-        let rows: [(&str, &str, &str, &AtomicU64); 13] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 14] = [
             (
                 "classroom_media_packets_received_total",
                 "counter",
@@ -145,6 +149,12 @@ impl MediaMetrics {
                 "counter",
                 "RTP packets handed to subscribers",
                 &self.rtp_forwarded,
+            ),
+            (
+                "classroom_media_rtp_withheld_total",
+                "counter",
+                "RTP packets not handed to a subscriber because the track's audience (the lesson's rules) excludes it",
+                &self.rtp_withheld,
             ),
             (
                 "classroom_media_nacks_received_total",

@@ -80,6 +80,15 @@ impl Forwarder {
         }
     }
 
+    /// The subscriber gets this track again after a time it was withheld (`core::audience`):
+    /// the next packet starts it as a new source would, so the output continues one sequence
+    /// number after the last sent with the timestamp advanced by the real time that passed, and
+    /// video waits for a keyframe. Packets of the withheld time never take sequence numbers.
+    pub fn resume(&mut self) {
+        self.source = None;
+        self.waiting_for_keyframe = self.video;
+    }
+
     /// The SSRC forwarded now.
     pub fn source(&self) -> Option<u32> {
         self.source
@@ -216,6 +225,57 @@ mod tests {
             f.forward(&pkt(1, 52, 15_000, false, at(t0, 1070))),
             Forward::Drop(DropReason::WaitingForKeyframe)
         );
+    }
+
+    #[test]
+    fn audio_resumes_after_a_withheld_time_without_a_gap() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(false, 48_000, 500, 10_000);
+        assert_eq!(
+            f.forward(&pkt(1, 10, 0, false, at(t0, 0))),
+            send(500, 10_000)
+        );
+        assert_eq!(
+            f.forward(&pkt(1, 11, 960, false, at(t0, 20))),
+            send(501, 10_960)
+        );
+        // Withheld for 2 s: packets 12..=111 are never given to the forwarder.
+        f.resume();
+        assert_eq!(
+            f.forward(&pkt(1, 112, 97_920, false, at(t0, 2020))),
+            send(502, 10_960 + 96_000)
+        );
+        assert_eq!(
+            f.forward(&pkt(1, 113, 98_880, false, at(t0, 2040))),
+            send(503, 10_960 + 96_960)
+        );
+        // A late packet from the withheld time is not slipped in.
+        assert_eq!(
+            f.forward(&pkt(1, 111, 96_960, false, at(t0, 2041))),
+            Forward::Drop(DropReason::BeforeStart)
+        );
+    }
+
+    #[test]
+    fn video_resumes_at_a_keyframe() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::new(true, 90_000, 0, 0);
+        assert_eq!(f.forward(&pkt(1, 1, 0, true, at(t0, 0))), send(0, 0));
+        assert_eq!(
+            f.forward(&pkt(1, 2, 3000, false, at(t0, 33))),
+            send(1, 3000)
+        );
+        f.resume();
+        assert!(f.wants_keyframe());
+        assert_eq!(
+            f.forward(&pkt(1, 30, 90_000, false, at(t0, 1000))),
+            Forward::Drop(DropReason::WaitingForKeyframe)
+        );
+        assert_eq!(
+            f.forward(&pkt(1, 31, 93_000, true, at(t0, 1033))),
+            send(2, 3000 + 90_000)
+        );
+        assert!(!f.wants_keyframe());
     }
 
     #[test]

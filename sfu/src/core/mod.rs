@@ -1,6 +1,7 @@
 //! Sans-IO decisions of the media plane: no sockets, no clock, no tokio. Time comes in as values.
 
 pub mod allocator;
+pub mod audience;
 pub mod bitrate;
 pub mod demux;
 pub mod forward;
@@ -9,5 +10,6 @@ pub mod layer;
 pub mod pacing;
 pub mod probe;
 pub mod rewrite;
+pub mod speaker;
 pub mod throttle;
 pub mod vp8;

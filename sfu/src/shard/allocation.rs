@@ -159,6 +159,11 @@ impl Shard {
             if sub.unplayable.is_some() {
                 continue; // Nothing of it can be sent; it takes no bandwidth.
             }
+            if !sub.allowed {
+                // Withheld (the lesson's audience): it takes no bandwidth, and its layer is not
+                // judged, so it is never reported as paused for a weak network.
+                continue;
+            }
             demands.push(TrackDemand {
                 id: *track_id,
                 class: track.class,
@@ -347,8 +352,8 @@ impl Shard {
                 let Some(selector) = &sub.selector else {
                     continue;
                 };
-                if sub.unplayable.is_some() {
-                    continue; // It can take none of these layers.
+                if sub.unplayable.is_some() || !sub.allowed {
+                    continue; // It can take none of these layers, or may not.
                 }
                 let d = selector.decision();
                 let wanted = match (d.target, d.current) {

@@ -13,7 +13,8 @@ use str0m::stats::MediaEgressStats;
 
 use super::Shard;
 use super::peer::{PeerKey, PeerRole};
-use crate::command::{PauseReason, ShardEvent, TrackKind};
+use crate::command::{Audience, PauseReason, ShardEvent, TrackKind};
+use crate::core::audience::{self, Change};
 use crate::core::bitrate::MeteredPacket;
 use crate::core::forward::{Forward, Forwarder, IncomingPacket};
 use crate::core::keyframe::{VideoCodec, is_keyframe_start};
@@ -48,6 +49,11 @@ pub(crate) struct Subscription {
     pub unplayable: Option<Codec>,
     /// A new answer arrived: check `unplayable` again at the next packet.
     recheck: bool,
+    /// The subscriber joined as a teacher (`Audience::Teachers` admits it).
+    pub teacher: bool,
+    /// The track's audience admits this subscriber (`core::audience`): kept up to date by
+    /// `set_audience`, so the packet path reads a flag instead of looking up the member.
+    pub allowed: bool,
 }
 
 impl Subscription {
@@ -62,7 +68,13 @@ impl Subscription {
         self.recheck = true;
     }
 
-    pub fn new(peer: PeerKey, mid: Mid, kind: TrackKind) -> Self {
+    pub fn new(
+        peer: PeerKey,
+        mid: Mid,
+        kind: TrackKind,
+        teacher: bool,
+        audience: Audience,
+    ) -> Self {
         Subscription {
             peer,
             mid,
@@ -83,7 +95,26 @@ impl Subscription {
             temporal: 0,
             unplayable: None,
             recheck: false,
+            teacher,
+            allowed: audience::admits(audience, teacher),
         }
+    }
+
+    /// The track's audience changed: what this subscription must do (`core::audience`).
+    pub fn set_audience(&mut self, audience: Audience) -> Change {
+        let allowed = audience::admits(audience, self.teacher);
+        let change = audience::change(self.allowed, allowed, self.selector.is_some());
+        self.allowed = allowed;
+        match change {
+            Change::ResumeAudio => self.forwarder.resume(),
+            Change::ResumeVideoAtKeyframe => {
+                self.forwarder.resume();
+                // The keyframe it resumes at continues the PictureID sequence it saw.
+                self.munger.switch_source();
+            }
+            Change::Withhold | Change::Same => {}
+        }
+        change
     }
 }
 
@@ -213,6 +244,9 @@ impl Shard {
             marker: packet.header.marker,
             keyframe_start,
         };
+        if let Some(level) = packet.header.ext_vals.audio_level.filter(|_| !video) {
+            track.speaker.observe(level, packet.timestamp);
+        }
         let extensions = forwarded_extensions(&packet.header.ext_vals);
         // Spatial layers some subscriber waits for a keyframe of.
         let mut wants_keyframe = [false; 3];
@@ -226,6 +260,10 @@ impl Shard {
                 continue;
             };
             if !peer.connected {
+                continue;
+            }
+            if !sub.allowed {
+                self.counters.rtp_withheld += 1;
                 continue;
             }
             if let Some(selector) = &mut sub.selector {
@@ -412,11 +450,15 @@ impl Shard {
             return;
         };
         self.counters.keyframe_requests_received += 1;
-        // The subscriber lost its picture: it needs a keyframe of the layer it receives now.
-        let spatial = self
+        let sub = self
             .tracks
             .get(&track_id)
-            .and_then(|t| t.subscriptions.iter().find(|s| s.peer == key))
+            .and_then(|t| t.subscriptions.iter().find(|s| s.peer == key));
+        if sub.is_some_and(|s| !s.allowed) {
+            return; // It receives nothing of this track: no reason to disturb the publisher.
+        }
+        // The subscriber lost its picture: it needs a keyframe of the layer it receives now.
+        let spatial = sub
             .and_then(|s| s.selector.as_ref())
             .and_then(|sel| sel.decision().current)
             .map(|l| l.spatial)

@@ -7,6 +7,7 @@
 
 mod allocation;
 mod media;
+mod moderation;
 mod negotiate;
 mod outbox;
 mod peer;
@@ -193,12 +194,17 @@ struct Track {
     keyframe_throttle: [crate::core::throttle::Throttle; 3],
     /// The rids last asked of the publisher (dynacast), and since when each is unneeded.
     dynacast: allocation::Dynacast,
+    /// Who receives it (applied through each subscription's `allowed`).
+    audience: crate::command::Audience,
+    /// Microphones: whether it carries speech, from its audio level.
+    speaker: crate::core::speaker::SpeakerDetector,
 }
 
 #[derive(Debug, Default)]
 struct Room {
     members: Vec<ParticipantId>,
     tracks: Vec<TrackId>,
+    speakers: crate::core::speaker::RoomSpeakers,
 }
 
 /// Everything one media thread owns.
@@ -264,6 +270,7 @@ impl Shard {
         let mut buf = vec![0u8; RECV_BUFFER];
         let mut next_metrics = Instant::now() + METRICS_INTERVAL;
         let mut next_allocation = Instant::now() + allocation::INTERVAL;
+        let mut next_speakers = Instant::now() + moderation::SPEAKER_INTERVAL;
         loop {
             let deadline = self
                 .timers
@@ -294,7 +301,9 @@ impl Shard {
                     }
                     Err(e) => debug!("media socket receive error: {e}"),
                 },
-                _ = tokio::time::sleep_until(deadline.min(next_metrics).min(next_allocation).into()) => {}
+                _ = tokio::time::sleep_until(
+                    deadline.min(next_metrics).min(next_allocation).min(next_speakers).into()
+                ) => {}
             }
             // Under a steady stream of datagrams the socket branch is always ready; deadlines
             // (pacing, RTCP, ICE consent) must still be met, so check them after every wakeup.
@@ -307,6 +316,10 @@ impl Shard {
                 next_allocation = now + allocation::INTERVAL;
                 self.allocate_all(now);
                 self.drain_dirty();
+            }
+            if now >= next_speakers {
+                next_speakers = now + moderation::SPEAKER_INTERVAL;
+                self.report_speakers(now);
             }
             if now >= next_metrics {
                 next_metrics = now + METRICS_INTERVAL;
@@ -353,10 +366,7 @@ impl Shard {
                 let result = self.subscriber_answer(participant, &answer);
                 let _ = reply.send(result);
             }
-            ShardCommand::SetAudience { track, audience } => {
-                // Applied per packet by the moderation work (issue 12); accepted for now.
-                let _ = (track, audience);
-            }
+            ShardCommand::SetAudience { track, audience } => self.set_audience(track, audience),
             ShardCommand::Leave { participant } => self.leave(participant),
             ShardCommand::Shutdown => {}
             ShardCommand::Hold { held, release } => {

@@ -177,6 +177,14 @@ impl Shard {
                 Some(PeerRole::Publish { tracks, .. }) if tracks.contains_key(&mid)
             );
             if published {
+                // A later offer states the audience the lesson's rules give the track now.
+                let track_id = match self.peer(key).map(|p| &p.role) {
+                    Some(PeerRole::Publish { tracks, .. }) => tracks.get(&mid).copied(),
+                    _ => None,
+                };
+                if let Some(track_id) = track_id {
+                    self.set_audience(track_id, spec.audience);
+                }
                 continue;
             }
             let track_id = TrackId(self.next_track);
@@ -209,6 +217,8 @@ impl Shard {
                     subscriptions: Vec::new(),
                     keyframe_throttle,
                     dynacast: Default::default(),
+                    audience: spec.audience,
+                    speaker: Default::default(),
                 },
             );
             if let Some(PeerRole::Publish { tracks, .. }) = self.peer_mut(key).map(|p| &mut p.role)
@@ -284,6 +294,7 @@ impl Shard {
         if !member.subscribe {
             return;
         }
+        let teacher = member.teacher;
         let desired: Vec<TrackId> = self
             .rooms
             .get(&member.room)
@@ -353,7 +364,8 @@ impl Shard {
                 None,
             );
             sent.insert(mid, *track_id);
-            new_subscriptions.push((*track_id, Subscription::new(key, mid, kind)));
+            let sub = Subscription::new(key, mid, kind, teacher, track.audience);
+            new_subscriptions.push((*track_id, sub));
         }
         let gone: Vec<Mid> = sent
             .iter()
