@@ -15,9 +15,6 @@ use crate::protocol::{GoodbyeReason, ParticipantInfo, ServerMessage, TrackInfo};
 // boxing every queued message to save the space would cost an allocation per fan-out instead.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-// Messages move once into a bounded queue and out again; boxing each would add an allocation per
-// message to save a couple of hundred bytes per queued slot.
-#[allow(clippy::large_enum_variant)]
 pub(crate) enum Outbound {
     Send(ServerMessage),
     /// Say goodbye for this reason and close.

@@ -127,6 +127,10 @@ impl ChatLog {
     pub fn len(&self) -> usize {
         self.log.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.log.is_empty()
+    }
 }
 
 #[cfg(test)]

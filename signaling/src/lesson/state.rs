@@ -108,6 +108,10 @@ impl People {
     pub fn len(&self) -> usize {
         self.by_identity.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_identity.is_empty()
+    }
 }
 
 /// Who receives a pupil's microphone: everyone iff not muted and (speaking is open or the pupil
@@ -212,14 +216,15 @@ mod tests {
         let m = TrackSource::Microphone;
         let c = TrackSource::Camera;
         // (settings, person, spotlight, last-N, source, audience)
-        let rows: [(
-            &Settings,
-            &Person,
-            Option<&str>,
-            &HashSet<String>,
+        type Row<'a> = (
+            &'a Settings,
+            &'a Person,
+            Option<&'a str>,
+            &'a HashSet<String>,
             TrackSource,
             Audience,
-        ); 16] = [
+        );
+        let rows: [Row; 16] = [
             (&by_permission, &plain, None, &nobody, m, Nobody),
             (&by_permission, &floor, None, &nobody, m, Everyone),
             (&by_permission, &muted_floor, None, &nobody, m, Nobody),
