@@ -77,6 +77,17 @@ async fn within_grace() -> Result<()> {
         .expect_participant_joined(&pid, REPLY_TIMEOUT)
         .await?;
 
+    // Pupils are heard only with the floor (docs/PROTOCOL.md, "Lesson"); it is kept by identity,
+    // so the resumed pupil still holds it.
+    teacher.send_json(&json!({"type": "grant_floor", "participant_id": pid, "camera": true}))?;
+    pupil
+        .signal
+        .expect_event(
+            |e| is_type(e, "lesson_state") && e["you"]["floor"] == true,
+            REPLY_TIMEOUT,
+        )
+        .await
+        .context("the pupil holds the floor")?;
     let from_teacher = teacher
         .publish(&[Source::Microphone, Source::Camera])
         .await?;
