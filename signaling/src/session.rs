@@ -323,31 +323,24 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
                 )
                 .await;
         }
+        // The messages that open a session say which protocol the client speaks.
+        let opening = match &msg {
+            ClientMessage::Join { .. } => Some("join"),
+            ClientMessage::Resume { .. } => Some("resume"),
+            _ => None,
+        };
+        if let Some(what) = opening.filter(|_| msg.version().is_none()) {
+            return self
+                .fail(
+                    id,
+                    ErrorCode::UnsupportedVersion,
+                    format!("{what} must carry \"v\": 1"),
+                )
+                .await;
+        }
         match msg {
-            ClientMessage::Join { v, token, .. } => {
-                if v.is_none() {
-                    return self
-                        .fail(
-                            id,
-                            ErrorCode::UnsupportedVersion,
-                            "join must carry \"v\": 1",
-                        )
-                        .await;
-                }
-                self.join(id, &token).await
-            }
-            ClientMessage::Resume { v, token, .. } => {
-                if v.is_none() {
-                    return self
-                        .fail(
-                            id,
-                            ErrorCode::UnsupportedVersion,
-                            "resume must carry \"v\": 1",
-                        )
-                        .await;
-                }
-                self.resume(id, &token).await
-            }
+            ClientMessage::Join { token, .. } => self.join(id, &token).await,
+            ClientMessage::Resume { token, .. } => self.resume(id, &token).await,
             ClientMessage::IceRestart { .. } => self.ice_restart(id).await,
             ClientMessage::Ping { .. } => {
                 self.send(&ServerMessage::Pong { id }).await;

@@ -292,10 +292,8 @@ impl Lesson {
                     &me,
                     participant_id.as_deref(),
                     "lower someone else's hand",
+                    now_ms,
                 )?;
-                if who == me.identity {
-                    self.pupil_rate(&me, now_ms)?;
-                }
                 self.person(&who).hand = None;
             }
             Action::GrantFloor {
@@ -317,10 +315,8 @@ impl Lesson {
                     &me,
                     participant_id.as_deref(),
                     "take the floor from someone",
+                    now_ms,
                 )?;
-                if who == me.identity {
-                    self.pupil_rate(&me, now_ms)?;
-                }
                 self.person(&who).floor = None;
             }
             Action::Mute { participant_id } => {
@@ -600,23 +596,26 @@ impl Lesson {
 
     /// The actor's own identity when `participant_id` is absent or its own; else a teacher's
     /// target.
+    /// Whose hand or floor an action names: the sender's own (counted against its action rate),
+    /// or, for a teacher, anyone's.
     fn own_or_teacher(
-        &self,
+        &mut self,
         me: &Member,
         participant_id: Option<&str>,
         what: &str,
+        now_ms: u64,
     ) -> Result<String, Refused> {
-        let Some(id) = participant_id else {
-            return Ok(me.identity.clone());
-        };
-        let own = ParticipantId::parse(id)
-            .and_then(|pid| self.member(pid))
-            .is_some_and(|m| m.identity == me.identity);
+        let own = participant_id.is_none_or(|id| {
+            ParticipantId::parse(id)
+                .and_then(|pid| self.member(pid))
+                .is_some_and(|m| m.identity == me.identity)
+        });
         if own {
+            self.pupil_rate(me, now_ms)?;
             return Ok(me.identity.clone());
         }
         require_teacher(me, what)?;
-        self.target(id)
+        self.target(participant_id.unwrap_or_default())
     }
 
     /// Present pupils among the last-N recent speakers.
