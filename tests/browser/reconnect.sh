@@ -32,6 +32,7 @@ work=$(mktemp -d /tmp/classroom-reconnect.XXXXXX)
 test_pid=
 
 log() { echo "reconnect: $*"; }
+. "$here/common.sh"
 
 cleanup() {
   local status=$?
@@ -72,15 +73,8 @@ done
 if [ ! -d "$here/node_modules/playwright-core" ]; then
   (cd "$here" && npm ci --no-audit --no-fund)
 fi
-if [ -n "${CLASSROOM_BIN:-}" ]; then
-  bin=$CLASSROOM_BIN
-else
-  (cd "$root" && cargo build --release --bin classroom)
-  bin=$root/target/release/classroom
-fi
-[ -x "$bin" ] || { log "no server binary at $bin"; exit 2; }
+server_binary
 
-quiet_ipv6() { ip netns exec "$1" sh -c '[ ! -d /proc/sys/net/ipv6 ] || { echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6 && echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6; }'; }
 ip netns add "$srv_ns"
 ip netns add "$pupil_ns"
 quiet_ipv6 "$srv_ns"

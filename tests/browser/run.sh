@@ -64,6 +64,7 @@ server_pid=
 test_pid=
 
 log() { echo "e2e: $*"; }
+. "$here/common.sh"
 
 stop_server() {
   [ -n "$server_pid" ] || return 0
@@ -124,21 +125,10 @@ if [ ! -d "$here/node_modules/playwright-core" ]; then
   (cd "$here" && npm ci --no-audit --no-fund)
 fi
 
-if [ -n "${CLASSROOM_BIN:-}" ]; then
-  bin=$CLASSROOM_BIN
-else
-  log "building the server (cargo build --release --bin classroom)"
-  (cd "$root" && cargo build --release --bin classroom)
-  bin=$root/target/release/classroom
-fi
-[ -x "$bin" ] || { log "no server binary at $bin"; exit 2; }
+server_binary
 
 # ---- network namespace: two ends of a veth pair, both inside it ----
-# IPv6 off in every namespace of the run: otherwise each veth gains a link-local address a second
-# or two after it comes up (duplicate address detection), Chromium sees the network change under a
-# page that is loading and aborts its requests with ERR_NETWORK_CHANGED (seen in CI).
-# (A kernel without IPv6 has nothing to switch off.)
-quiet_ipv6() { ip netns exec "$1" sh -c '[ ! -d /proc/sys/net/ipv6 ] || { echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6 && echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6; }'; }
+# IPv6 off in every namespace of the run (common.sh says why).
 ip netns add "$ns"
 quiet_ipv6 "$ns"
 nsrun() { ip netns exec "$ns" "$@"; }

@@ -44,6 +44,7 @@ turn_pid=
 test_pid=
 
 log() { echo "transport: $*"; }
+. "$here/common.sh"
 
 stop_pid() {
   local pid=$1
@@ -99,16 +100,9 @@ if [ ! -d "$here/node_modules/playwright-core" ] || [ ! -d "$here/node_modules/p
   log "installing the test's npm packages (npm ci)"
   (cd "$here" && npm ci --no-audit --no-fund)
 fi
-if [ -n "${CLASSROOM_BIN:-}" ]; then
-  bin=$CLASSROOM_BIN
-else
-  (cd "$root" && cargo build --release --bin classroom)
-  bin=$root/target/release/classroom
-fi
-[ -x "$bin" ] || { log "no server binary at $bin"; exit 2; }
+server_binary
 
 # ---- namespaces ----
-quiet_ipv6() { ip netns exec "$1" sh -c '[ ! -d /proc/sys/net/ipv6 ] || { echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6 && echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6; }'; }
 nsrun() { ip netns exec "$ns" "$@"; }
 ip netns add "$ns"
 quiet_ipv6 "$ns"
