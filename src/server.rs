@@ -201,7 +201,8 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         .with_trusted_proxies(trusted_proxies),
     );
 
-    let purge_metrics = Arc::new(PurgeMetrics::default());
+    let purge_metrics =
+        Arc::new(PurgeMetrics::default().with_chat_keeper(gate.chat.metrics.clone()));
     let purge_task = purge::spawn(
         db.clone(),
         purge_metrics.clone(),

@@ -5,76 +5,21 @@ mod support;
 
 use anyhow::{Context, Result, ensure};
 use classroom_signaling::token::Role;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::{Duration, Instant};
+use support::lesson::{act, bounded, class, lists, received_after, refused, state};
 use support::signal::is_type;
-use support::{CONNECT_TIMEOUT, MediaPump, PumpConfig, REPLY_TIMEOUT, Source, TEST_TIMEOUT};
+use support::{CONNECT_TIMEOUT, MediaPump, PumpConfig, REPLY_TIMEOUT, Source};
 use support::{TestClient, TestServer};
-
-async fn bounded(test: impl Future<Output = Result<()>>) -> Result<()> {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .with_context(|| format!("the test did not finish within {TEST_TIMEOUT:?}"))?
-}
-
-/// Sends a lesson action and proves it was accepted: the ping after it is answered and no error
-/// carries the action's id (the session handles a socket's messages in order).
-async fn act(client: &TestClient, mut action: Value) -> Result<()> {
-    let id = client.signal.next_id();
-    action["id"] = json!(id);
-    client.send_json(&action)?;
-    client.ping().await?;
-    let refused = client
-        .signal
-        .take_events(|e| is_type(e, "error") && e["id"] == json!(id));
-    ensure!(refused.is_empty(), "{action} was refused: {refused:?}");
-    Ok(())
-}
-
-/// Sends a lesson action and returns the error it must get.
-async fn refused(client: &TestClient, action: Value) -> Result<Value> {
-    let reply = client.request(action.clone()).await?;
-    ensure!(
-        is_type(&reply, "error"),
-        "{action} should be refused: {reply}"
-    );
-    Ok(reply)
-}
-
-/// Waits for a `lesson_state` matching `pred`.
-async fn state(client: &TestClient, pred: impl Fn(&Value) -> bool) -> Result<Value> {
-    client
-        .signal
-        .expect_event(|e| is_type(e, "lesson_state") && pred(e), REPLY_TIMEOUT)
-        .await
-}
-
-fn lists(state: &Value, list: &str, pid: &str) -> bool {
-    state[list].as_array().is_some_and(|l| {
-        l.iter()
-            .any(|e| e == pid || e["participant_id"].as_str() == Some(pid))
-    })
-}
-
-fn received_after(client: &TestClient, track: &str, after: Instant) -> usize {
-    client
-        .subscriber
-        .received(track)
-        .iter()
-        .filter(|p| p.at > after)
-        .count()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pupils_teacher_actions_and_chat_limits_are_refused_with_documented_errors() -> Result<()> {
     bounded(async {
         let server = TestServer::start().await?;
         let url = server.ws_url();
-        let teacher =
-            TestClient::connect(&url, &server.token("t-1", "Tanaka", Role::Teacher)).await?;
-        let pupil = TestClient::connect(&url, &server.token("s-1", "Sato", Role::Student)).await?;
-        let classmate =
-            TestClient::connect(&url, &server.token("s-2", "Ito", Role::Student)).await?;
+        let (teacher, pupils) = class(&server, &["Sato", "Ito"]).await?;
+        let [pupil, classmate] =
+            <[TestClient; 2]>::try_from(pupils).map_err(|_| anyhow::anyhow!("two pupils"))?;
         let other = classmate.participant_id.clone();
 
         // Right after joined: the lesson's defaults and the chat so far.
@@ -266,17 +211,8 @@ async fn pupils_teacher_actions_and_chat_limits_are_refused_with_documented_erro
 async fn the_floor_decides_whose_audio_reaches_the_class() -> Result<()> {
     bounded(async {
         let server = TestServer::start().await?;
-        let url = server.ws_url();
-        let teacher =
-            TestClient::connect(&url, &server.token("t-1", "Tanaka", Role::Teacher)).await?;
-        let pupil = TestClient::connect(&url, &server.token("s-1", "Sato", Role::Student)).await?;
-        let mut classmates = Vec::new();
-        for i in 2..=3 {
-            classmates.push(
-                TestClient::connect(&url, &server.token(&format!("s-{i}"), "C", Role::Student))
-                    .await?,
-            );
-        }
+        let (teacher, mut classmates) = class(&server, &["Sato", "C", "C"]).await?;
+        let pupil = classmates.remove(0);
         // The teacher's voice proves each classmate's subscribe path works while the pupil's is
         // withheld.
         let teacher_pub = teacher.publish(&[Source::Microphone]).await?;
@@ -417,12 +353,9 @@ async fn the_floor_decides_whose_audio_reaches_the_class() -> Result<()> {
 async fn pupils_cameras_reach_the_class_only_when_the_teacher_shows_them() -> Result<()> {
     bounded(async {
         let server = TestServer::start().await?;
-        let url = server.ws_url();
-        let teacher =
-            TestClient::connect(&url, &server.token("t-1", "Tanaka", Role::Teacher)).await?;
-        let pupil = TestClient::connect(&url, &server.token("s-1", "Sato", Role::Student)).await?;
-        let classmate =
-            TestClient::connect(&url, &server.token("s-2", "Ito", Role::Student)).await?;
+        let (teacher, pupils) = class(&server, &["Sato", "Ito"]).await?;
+        let [pupil, classmate] =
+            <[TestClient; 2]>::try_from(pupils).map_err(|_| anyhow::anyhow!("two pupils"))?;
         let publisher = pupil.publish(&[Source::Camera]).await?;
         let video = publisher.track_id(Source::Camera)?;
         let pump = MediaPump::start(

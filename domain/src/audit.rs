@@ -24,10 +24,12 @@ pub enum Action {
     SignInLinkIssued,
     /// A staff or administrator request for something outside the caller's schools.
     Forbidden,
+    /// An administrator changed whether (and how long) the school keeps lesson chat.
+    ChatRetentionChanged,
 }
 
 impl Action {
-    const ALL: [Action; 11] = [
+    const ALL: [Action; 12] = [
         Action::SignIn,
         Action::SignInFailed,
         Action::ModeChanged,
@@ -39,6 +41,7 @@ impl Action {
         Action::JoinRefused,
         Action::SignInLinkIssued,
         Action::Forbidden,
+        Action::ChatRetentionChanged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +57,7 @@ impl Action {
             Action::JoinRefused => "join_refused",
             Action::SignInLinkIssued => "signin_link_issued",
             Action::Forbidden => "forbidden",
+            Action::ChatRetentionChanged => "chat_retention_changed",
         }
     }
 

@@ -135,6 +135,8 @@ pub enum Table {
     SigninLinks,
     WebSessions,
     ExternalIdentities,
+    ChatRetention,
+    KeptChat,
 }
 
 impl Table {
@@ -157,6 +159,8 @@ impl Table {
             Table::SigninLinks => "signin_links",
             Table::WebSessions => "web_sessions",
             Table::ExternalIdentities => "external_identities",
+            Table::ChatRetention => "chat_retention",
+            Table::KeptChat => "kept_chat",
         }
     }
 }

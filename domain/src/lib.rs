@@ -1,7 +1,8 @@
 //! Lessons, rosters and attendance for classroom: storage (SQLite or PostgreSQL), the
 //! OneRoster CSV import that fills it, and the domain rules on top: lessons, guardians' choice
 //! of attendance mode with its cut-off, who may do what, the join decision and lobby,
-//! attendance records and exports, the audit log, sign-in links and web sessions.
+//! attendance records and exports, the audit log, sign-in links and web sessions, and lesson chat
+//! a school chose to keep.
 //!
 //! Instants are `i64` Unix seconds (UTC) and are always passed in by the caller, never read
 //! from a clock here, so every rule can be tested and replayed exactly.
@@ -21,6 +22,7 @@ pub mod attendance;
 pub mod attendance_mode;
 pub mod audit;
 mod calendar;
+pub mod chat_retention;
 pub mod cutoff;
 pub mod db;
 pub mod export;
@@ -53,6 +55,11 @@ pub use attendance_mode::{
 pub use audit::{
     Acting, Action, AuditEntry, AuditFilter, AuditRecord, audit, audit_log, audit_log_within,
     purge_audit_before,
+};
+pub use chat_retention::{
+    ChatRetention, ChatRetentionError, KeptLesson, KeptMessage, NewKeptMessage, chat_retention,
+    delete_kept_message, keep_message, keeping_room, kept_chat, purge_kept_chat,
+    set_chat_retention,
 };
 pub use cutoff::{CutoffDecision, CutoffPolicy, PolicyError};
 pub use db::{Backend, Db, DbError, Table, Tx};

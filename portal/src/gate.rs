@@ -13,11 +13,13 @@ use classroom_domain::{
     Action, Admission, AuditEntry, Db, RefusalReason, audit, lesson_by_media_room, record_join,
     record_leave, request_entry,
 };
-use classroom_signaling::gate::{Entrant, GateFuture, GateRefusal, RoomGate};
+use classroom_signaling::gate::{Entrant, GateFuture, GateRefusal, KeepFuture, RoomGate};
+use classroom_signaling::lesson::wire::ChatMessage;
 use classroom_signaling::token::Role;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use crate::chat_keeper::ChatKeeper;
 use crate::unix_now;
 
 /// Shown to a pupil whose guardian chose in-person attendance (one string: both languages).
@@ -39,6 +41,8 @@ pub struct LessonGate {
     /// task each, a quick leave could be stored before its join, and the report would then show
     /// the pupil connected for good (a leave without an open visit is ignored).
     presence: mpsc::UnboundedSender<PresenceEvent>,
+    /// Chat of lessons whose school keeps it.
+    pub chat: ChatKeeper,
 }
 
 enum PresenceEvent {
@@ -58,9 +62,10 @@ impl LessonGate {
         let (presence, events) = mpsc::unbounded_channel();
         tokio::spawn(write_presence(db.clone(), events));
         Arc::new(LessonGate {
-            db,
+            db: db.clone(),
             audited: Mutex::new(HashMap::new()),
             presence,
+            chat: ChatKeeper::new(db),
         })
     }
 
@@ -72,6 +77,7 @@ impl LessonGate {
         if self.presence.send(PresenceEvent::Flush(done)).is_ok() {
             let _ = stored.await;
         }
+        self.chat.flush().await;
     }
 
     async fn decide(&self, who: &Entrant) -> Result<(), GateRefusal> {
@@ -204,5 +210,17 @@ impl RoomGate for LessonGate {
 
     fn left(&self, who: &Entrant) {
         self.record(who, false);
+    }
+
+    fn keep_chat<'a>(&'a self, who: &'a Entrant) -> KeepFuture<'a> {
+        Box::pin(self.chat.keeps(&who.room))
+    }
+
+    fn record_chat(&self, room: &str, message: &ChatMessage, identity: &str) {
+        self.chat.keep(room, message, identity);
+    }
+
+    fn delete_chat(&self, room: &str, message_id: &str) {
+        self.chat.delete(room, message_id);
     }
 }

@@ -6,6 +6,8 @@
 //! state-changing requests pass the CSRF check (`X-CSRF-Token` plus same-origin) first.
 
 pub mod api;
+pub mod chat_api;
+pub mod chat_keeper;
 pub mod client_addr;
 mod errors;
 pub mod extract;
@@ -319,9 +321,13 @@ pub fn rfc3339(at: i64) -> String {
 
 /// Every portal route, with its state applied.
 pub fn router(portal: Shared) -> Router {
-    let api = api::routes().merge(signin::protected_routes()).layer(
-        axum::middleware::from_fn_with_state(portal.clone(), require_csrf),
-    );
+    let api = api::routes()
+        .merge(chat_api::routes())
+        .merge(signin::protected_routes())
+        .layer(axum::middleware::from_fn_with_state(
+            portal.clone(),
+            require_csrf,
+        ));
     Router::new()
         .merge(api)
         .merge(signin::open_routes())

@@ -59,8 +59,15 @@ pub trait RoomGate: Send + Sync + 'static {
         Box::pin(async { false })
     }
 
-    /// A chat message of a room whose chat is kept. Must not block: record in the background.
-    fn record_chat(&self, _room: &str, _message: &crate::lesson::wire::ChatMessage) {}
+    /// A chat message of a room whose chat is kept, and its writer's identity (the token's
+    /// subject). Must not block: record in the background.
+    fn record_chat(
+        &self,
+        _room: &str,
+        _message: &crate::lesson::wire::ChatMessage,
+        _identity: &str,
+    ) {
+    }
 
     /// A teacher removed a message of a room whose chat is kept: it must go from the store too.
     fn delete_chat(&self, _room: &str, _message_id: &str) {}

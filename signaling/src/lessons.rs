@@ -146,9 +146,9 @@ async fn apply(inner: &Inner, room: &RoomId, keep_chat: bool, out: Outcome) {
                 lessons.mutes.fetch_add(u64::from(*n), Ordering::Relaxed);
                 continue;
             }
-            Event::Chat(m) => {
+            Event::Chat(m, identity) => {
                 if keep_chat {
-                    inner.gate.record_chat(&room.0, m);
+                    inner.gate.record_chat(&room.0, m, identity);
                 }
                 match m.to {
                     ChatTo::All => &lessons.chat_all,

@@ -12,6 +12,7 @@
 //! * [`media`]: recognisable Opus/VP8 payloads, a media pump that streams them like a camera and
 //!   microphone would, and the checks that compare what a subscriber got with what was sent.
 //! * [`client`]: [`TestClient`], which ties the three together for one participant.
+//! * [`lesson`]: a class of clients and the lesson's actions (hands, floor, chat, last-N).
 //! * [`server`]: [`TestServer`], the server under test started in-process — the only place the
 //!   tests touch the server's Rust API.
 //! * [`simulcast`]: a simulcast publisher (VP8 rids q/h/f with L1T3 temporal layers, plus Opus)
@@ -26,6 +27,7 @@
 
 pub mod checks;
 pub mod client;
+pub mod lesson;
 pub mod media;
 pub mod peer;
 pub mod profiles;

@@ -159,6 +159,18 @@ fn media_engine(video: VideoCodec) -> Result<MediaEngine> {
             None,
         )
         .context("register the mid extension for audio")?;
+    // RFC 6464 audio level, as browsers send it: a test publisher "speaks" or is silent by the
+    // level it writes (Publisher::set_audio_level), which the server's active-speaker detection
+    // reads.
+    engine
+        .register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: rtc::sdp::extmap::AUDIO_LEVEL_URI.to_owned(),
+            },
+            RtpCodecKind::Audio,
+            None,
+        )
+        .context("register the audio level extension")?;
     Ok(engine)
 }
 

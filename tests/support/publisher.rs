@@ -18,6 +18,7 @@ use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodingParameters, RTCRtpEncodingPar
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -26,6 +27,12 @@ use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 use webrtc::rtp_transceiver::RtpTransceiver;
+
+/// [`Publisher::set_audio_level`] value meaning "write no audio level extension".
+pub const NO_AUDIO_LEVEL: u8 = u8::MAX;
+/// Audio levels in -dBov: a pupil talking, and silence (RFC 6464's quietest value).
+pub const SPEAKING: u8 = 20;
+pub const SILENT: u8 = 127;
 
 /// One local track being published.
 pub struct PublishedTrack {
@@ -37,6 +44,11 @@ pub struct PublishedTrack {
     pub track_id: String,
     payload_type: u8,
     mid_extension: Option<u8>,
+    /// The negotiated id of the RFC 6464 audio level extension (audio tracks).
+    audio_level_extension: Option<u8>,
+    /// The level written into every packet, in -dBov (0 loudest, 127 silence), or
+    /// [`NO_AUDIO_LEVEL`]: no extension at all (the default).
+    audio_level: AtomicU8,
     local: Arc<TrackLocalStaticRTP>,
     /// Held across the write, so packets reach the wire and the log in sequence order.
     next_sequence: tokio::sync::Mutex<u16>,
@@ -225,6 +237,12 @@ impl PublishOffer {
                 .iter()
                 .find(|ext| ext.uri == rtc::sdp::extmap::SDES_MID_URI)
                 .map(|ext| ext.id as u8);
+            let audio_level_extension = parameters
+                .rtp_parameters
+                .header_extensions
+                .iter()
+                .find(|ext| ext.uri == rtc::sdp::extmap::AUDIO_LEVEL_URI)
+                .map(|ext| ext.id as u8);
             published.push(PublishedTrack {
                 source,
                 mid,
@@ -232,6 +250,8 @@ impl PublishOffer {
                 track_id,
                 payload_type,
                 mid_extension,
+                audio_level_extension,
+                audio_level: AtomicU8::new(NO_AUDIO_LEVEL),
                 local,
                 // Start close to the wrap so every stream crosses it within seconds.
                 next_sequence: tokio::sync::Mutex::new(u16::MAX - 150),
@@ -303,6 +323,21 @@ impl Publisher {
         Ok(self.track(source)?.track_id.clone())
     }
 
+    /// From the next packet on, `source`'s packets carry this RFC 6464 audio level (-dBov:
+    /// [`SPEAKING`], [`SILENT`]), or none with [`NO_AUDIO_LEVEL`]. Fails if the server did not
+    /// accept the extension for that track.
+    pub fn set_audio_level(&self, source: Source, level: u8) -> Result<()> {
+        let track = self.track(source)?;
+        if track.audio_level_extension.is_none() && level != NO_AUDIO_LEVEL {
+            bail!(
+                "the audio level extension was not negotiated for {}",
+                source.as_str()
+            );
+        }
+        track.audio_level.store(level, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Sends one RTP packet on `source`'s track with the next sequence number; returns what was
     /// sent (it is also logged, see [`Publisher::sent`]).
     pub async fn send_rtp(
@@ -328,6 +363,16 @@ impl Publisher {
             header
                 .set_extension(id, Bytes::from(track.mid.clone()))
                 .context("set the mid header extension")?;
+        }
+        let level = track.audio_level.load(Ordering::Relaxed);
+        if let Some(id) = track.audio_level_extension
+            && level != NO_AUDIO_LEVEL
+        {
+            // One byte: the voice-activity flag, then the level (RFC 6464 §3).
+            let voice = if level < SILENT { 0x80 } else { 0 };
+            header
+                .set_extension(id, Bytes::from(vec![voice | (level & 0x7f)]))
+                .context("set the audio level header extension")?;
         }
         let sent = SentPacket {
             ssrc: track.ssrc,

@@ -45,7 +45,8 @@ pub enum Event {
     FloorGranted,
     /// This many pupils were muted.
     Muted(u32),
-    Chat(ChatMessage),
+    /// A message, and its writer's identity (the token's subject) for a kept record.
+    Chat(ChatMessage, String),
     ChatDeleted(String),
     SpeakersChanged,
     QuickCheckOpened,
@@ -465,7 +466,8 @@ impl Lesson {
                         },
                     ));
                 }
-                out.events.push(Event::Chat(logged.message));
+                out.events
+                    .push(Event::Chat(logged.message, logged.identity));
                 // Chat changes no rule: no `lesson_state`.
                 return Ok(out);
             }

@@ -358,7 +358,7 @@ fn chat_limits_closing_private_questions_and_deletion() {
     let mut l = class();
     let out = chat(&mut l, P1, "all", "  こんにちは  ", NOW).unwrap();
     assert_eq!(chat_recipients(&out), [T, P1, P2, P3]);
-    let Some(Event::Chat(m)) = out.events.first() else {
+    let Some(Event::Chat(m, _)) = out.events.first() else {
         panic!("{:?}", out.events)
     };
     assert_eq!(
@@ -378,7 +378,7 @@ fn chat_limits_closing_private_questions_and_deletion() {
     // Private question: the sender and the teacher only.
     let out = chat(&mut l, P2, "teacher", "質問です", NOW).unwrap();
     assert_eq!(chat_recipients(&out), [T, P2]);
-    let Some(Event::Chat(private)) = out.events.first() else {
+    let Some(Event::Chat(private, _)) = out.events.first() else {
         panic!()
     };
     let private_id = private.message_id.clone();
