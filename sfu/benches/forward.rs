@@ -12,7 +12,7 @@
 //!   (`PacketInfo::describe`, the shard's own) and decided per subscriber by the server's down
 //!   track (`core::downtrack::DownTrack`: layer selector, forwarder, VP8 munger, payload type),
 //!   its answer written into each of N subscriber `Rtc`s with `StreamTx::write_rtp`
-//!   (`Send::rtp_write`, the shard's own), and every subscriber drained (`poll_output`
+//!   (`Outgoing::rtp_write`, the shard's own), and every subscriber drained (`poll_output`
 //!   until `Timeout`) with one `send_to` per `Transmit`, as `sfu/src/shard/mod.rs` did when
 //!   these numbers were taken (it now batches with `sendmmsg` and answers due timeouts inside
 //!   the drain; `BENCHMARKS.md` measures that on the whole server).

@@ -202,7 +202,7 @@ impl DropReason {
 
 /// The header values of a packet to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Send {
+pub struct Outgoing {
     /// Extended output sequence number.
     pub seq: u64,
     pub timestamp: u32,
@@ -212,7 +212,7 @@ pub struct Send {
     pub vp8_patch: Option<Vp8Patch>,
 }
 
-impl Send {
+impl Outgoing {
     /// The write str0m gets for this packet: the publisher's payload, shared (`Arc`), never
     /// copied; the VP8 patch is applied while str0m serialises it.
     pub fn rtp_write(
@@ -262,7 +262,7 @@ fn video_codec(codec: Codec) -> Option<VideoCodec> {
 /// Send or drop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    Send(Send),
+    Send(Outgoing),
     Drop(DropReason),
 }
 
@@ -418,7 +418,7 @@ impl DownTrack {
                     None => None,
                 };
                 Answer {
-                    verdict: Verdict::Send(Send {
+                    verdict: Verdict::Send(Outgoing {
                         seq,
                         timestamp,
                         marker,

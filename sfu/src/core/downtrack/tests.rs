@@ -423,7 +423,7 @@ fn a_codec_the_subscriber_refused_is_reported_once_and_rechecked_after_an_answer
     dt.renegotiated();
     let a = dt.on_packet(&key(11), true, |_| Negotiated::Pt(PT));
     assert_eq!(out(&a), Sent(1000, 50_000));
-    assert!(matches!(a.verdict, Verdict::Send(Send { pt: PT, .. })));
+    assert!(matches!(a.verdict, Verdict::Send(Outgoing { pt: PT, .. })));
     assert_eq!(dt.unplayable(), None);
     // The payload type is remembered.
     assert_eq!(
