@@ -8,9 +8,11 @@
 //! - `forward/*`: the server's real per-packet path with str0m `Rtc`s configured as
 //!   `sfu/src/shard/peer.rs` configures them (ICE-lite, RTP mode, BWE and pacer on), connected
 //!   in-process: one datagram from a publisher is received from the media socket, demultiplexed
-//!   (`core::demux`), handed to the publisher's `Rtc`, its `RtpPacket` event classified and
-//!   decided per subscriber (`core::forward::Forwarder`, `core::vp8`), written into each of N
-//!   subscriber `Rtc`s with `StreamTx::write_rtp`, and every subscriber drained (`poll_output`
+//!   (`core::demux`), handed to the publisher's `Rtc`, its `RtpPacket` event described once
+//!   (`PacketInfo::describe`, the shard's own) and decided per subscriber by the server's down
+//!   track (`core::downtrack::DownTrack`: layer selector, forwarder, VP8 munger, payload type),
+//!   its answer written into each of N subscriber `Rtc`s with `StreamTx::write_rtp`
+//!   (`Outgoing::rtp_write`, the shard's own), and every subscriber drained (`poll_output`
 //!   until `Timeout`) with one `send_to` per `Transmit`, as `sfu/src/shard/mod.rs` did when
 //!   these numbers were taken (it now batches with `sendmmsg` and answers due timeouts inside
 //!   the drain; `BENCHMARKS.md` measures that on the whole server).
@@ -36,12 +38,15 @@ use str0m::change::SdpAnswer;
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid, Pt};
 use str0m::net::{DatagramRecv, Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc, Vp8Descriptor};
+use str0m::rtp::{RtpPacket, RtpWrite, Ssrc};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
+use classroom_sfu::command::Audience;
 use classroom_sfu::core::demux::Demuxer;
-use classroom_sfu::core::forward::{Forward, Forwarder, IncomingPacket};
-use classroom_sfu::core::vp8::{Vp8Header, Vp8Munger};
+use classroom_sfu::core::downtrack::{
+    DownTrack, Negotiated, PacketInfo, Verdict, forwarded_extensions,
+};
+use classroom_sfu::core::layer::{KeyframeSizes, Layer, LayerBitrates, SelectorInput};
 
 /// Packets per `sendmmsg` batch in the floor.
 const BATCH: usize = 64;
@@ -715,11 +720,11 @@ fn deliver(rtc: &mut Rtc, now: Instant, datagrams: Vec<Datagram>) {
     }
 }
 
-/// The subscriber's part of the shard's per-track state (`shard/media.rs::Subscription`).
+/// The subscriber's part of the shard's per-track state (`shard/media.rs::Subscription`): the
+/// server's own down track, and the outgoing stream.
 struct Subscription {
-    forwarder: Forwarder,
-    munger: Vp8Munger,
-    pt: Pt,
+    down: DownTrack,
+    mid: Mid,
     tx: Ssrc,
 }
 
@@ -729,6 +734,8 @@ struct PathStats {
     incoming: u64,
     rtp_events: u64,
     writes: u64,
+    /// Packets the down track did not send to a subscriber (none expected: one layer, TID 0).
+    drops: u64,
     transmits: u64,
     transmit_bytes: u64,
     send_errors: u64,
@@ -864,17 +871,42 @@ impl Room {
             .iter_mut()
             .zip(&mids)
             .map(|(pair, mid)| {
-                let pt = negotiated_pt(&pair.server, *mid, Codec::Vp8).expect("subscriber VP8");
+                assert!(
+                    matches!(
+                        negotiated(&pair.server, *mid, Codec::Vp8),
+                        Negotiated::Pt(_)
+                    ),
+                    "subscriber VP8"
+                );
                 let tx = pair
                     .server
                     .direct_api()
                     .stream_tx_by_mid(*mid, None)
                     .expect("subscriber stream")
                     .ssrc();
+                let mut down = DownTrack::new(
+                    true,
+                    false,
+                    Audience::Everyone,
+                    rand::random(),
+                    rand::random(),
+                );
+                // One encoding at 1 Mbit/s and a budget far above it: the selector targets it
+                // from the start, as the allocation round would.
+                let rates = LayerBitrates([[1_000_000; 3], [0; 3], [0; 3]]);
+                if let Some(selector) = down.selector_mut() {
+                    selector.update(&SelectorInput {
+                        now,
+                        budget: 100_000_000,
+                        available: rates,
+                        peaks: rates,
+                        keyframes: KeyframeSizes::default(),
+                        cap: Layer::MAX,
+                    });
+                }
                 Subscription {
-                    forwarder: Forwarder::new(true, 90_000, rand::random(), rand::random()),
-                    munger: Vp8Munger::new(),
-                    pt,
+                    down,
+                    mid: *mid,
                     tx,
                 }
             })
@@ -1070,78 +1102,37 @@ impl Room {
         }
     }
 
-    /// `Shard::on_rtp` for a VP8 track without simulcast (the layer selector is left out: with
-    /// one layer it decides nothing per packet).
+    /// `Shard::on_rtp` for a VP8 track without simulcast: the same description of the packet,
+    /// the same down track deciding per subscriber, the same write handed to str0m.
     fn on_rtp(&mut self, packet: &RtpPacket) {
-        let Some(&(track, _spatial)) = self.by_ssrc.get(&packet.header.ssrc) else {
+        let Some(&(track, spatial)) = self.by_ssrc.get(&packet.header.ssrc) else {
             return;
         };
         let Some(&(known_pt, codec)) = self.codec_of_track.get(&track) else {
             return;
         };
-        if known_pt != packet.header.payload_type || codec != Codec::Vp8 {
+        if known_pt != packet.header.payload_type {
             return;
         }
-        let vp8 = Vp8Header::parse(&packet.payload).ok();
-        let vp8_descriptor = Vp8Descriptor::parse(&packet.payload).ok();
-        let keyframe_start = vp8.is_some_and(|h| h.keyframe);
-        let incoming = IncomingPacket {
-            ssrc: *packet.header.ssrc,
-            arrival: packet.timestamp,
-            seq: *packet.seq_no,
-            timestamp: packet.header.timestamp,
-            marker: packet.header.marker,
-            keyframe_start,
-        };
-        let e = &packet.header.ext_vals;
-        let extensions = ExtensionValues {
-            audio_level: e.audio_level,
-            voice_activity: e.voice_activity,
-            video_orientation: e.video_orientation,
-            video_content_type: e.video_content_type,
-            ..Default::default()
-        };
+        let info = PacketInfo::describe(packet, spatial, codec, true, None);
+        let extensions = forwarded_extensions(&packet.header.ext_vals);
         for (i, sub) in self.subs.iter_mut().enumerate() {
             let pair = &mut self.subscribers[i];
-            if !pair.connected {
+            let mid = sub.mid;
+            let answer = sub.down.on_packet(&info, pair.connected, |codec| {
+                negotiated(&pair.server, mid, codec)
+            });
+            let Verdict::Send(send) = answer.verdict else {
+                self.stats.drops += 1;
                 continue;
-            }
-            match sub.forwarder.forward(&incoming) {
-                Forward::Send {
-                    seq,
-                    timestamp,
-                    marker,
-                } => {
-                    let patch = match (&vp8, &vp8_descriptor) {
-                        (Some(h), Some(d)) => match sub.munger.forward(h) {
-                            Some(rewrite) => rewrite.patch(d).ok(),
-                            None => continue,
-                        },
-                        _ => None,
-                    };
-                    let mut api = pair.server.direct_api();
-                    let Some(tx) = api.stream_tx(&sub.tx) else {
-                        continue;
-                    };
-                    let mut write = RtpWrite::new(
-                        sub.pt,
-                        seq.into(),
-                        timestamp,
-                        packet.timestamp,
-                        packet.payload.clone(),
-                    )
-                    .marker(marker)
-                    .ext_vals(extensions.clone())
-                    .nackable(true);
-                    if let Some(patch) = patch {
-                        write = write.vp8_patch(patch);
-                    }
-                    tx.write_rtp(write);
-                    self.stats.writes += 1;
-                    self.dirty.push(i);
-                }
-                Forward::Drop(_) => {}
-            }
+            };
+            let mut api = pair.server.direct_api();
+            let Some(tx) = api.stream_tx(&sub.tx) else {
+                continue;
+            };
+            tx.write_rtp(send.rtp_write(packet, &extensions, true));
+            self.stats.writes += 1;
+            self.dirty.push(i);
         }
     }
 
@@ -1178,15 +1169,18 @@ impl Room {
     }
 }
 
-/// The payload type a subscriber accepted for `codec` on `mid` (`shard/media.rs`).
-fn negotiated_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Option<Pt> {
-    let remote = rtc.media(mid)?.remote_pts();
+/// What a subscriber accepted for `codec` on `mid` (`shard/media.rs::negotiated`).
+fn negotiated(rtc: &Rtc, mid: Mid, codec: Codec) -> Negotiated {
+    let Some(media) = rtc.media(mid) else {
+        return Negotiated::NotAnswered;
+    };
+    let remote = media.remote_pts();
     rtc.codec_config()
         .params()
         .iter()
         .filter(|p| p.spec().codec == codec)
         .find(|p| remote.is_empty() || remote.contains(&p.pt()))
-        .map(|p| p.pt())
+        .map_or(Negotiated::Refused, |p| Negotiated::Pt(p.pt()))
 }
 
 /// A minimal STUN header: all `Demuxer::confirm` looks at.
@@ -1244,12 +1238,13 @@ fn bench_forward(c: &mut Criterion) {
         let after = udp_buffer_errors();
         let s = &room.stats;
         eprintln!(
-            "  [forward N={n}] {} datagrams in, {} RTP events, {} writes, {} transmits \
+            "  [forward N={n}] {} datagrams in, {} RTP events, {} writes, {} drops, {} transmits \
              ({:.2} per write, {:.0} bytes avg), {} send errors, {} timer wakeups; \
              kernel UDP RcvbufErrors +{}, SndbufErrors +{}",
             s.incoming,
             s.rtp_events,
             s.writes,
+            s.drops,
             s.transmits,
             s.transmits as f64 / s.writes.max(1) as f64,
             s.transmit_bytes as f64 / s.transmits.max(1) as f64,

@@ -3,7 +3,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::core::downtrack::DropReason;
 use crate::heartbeat::Heartbeat;
+
+/// How many drop reasons are counted (`classroom_media_rtp_dropped_total{reason}`).
+const DROP_REASONS: usize = DropReason::ALL.len();
 
 /// Counters owned by one shard, bumped per packet.
 #[derive(Debug, Default, Clone)]
@@ -15,6 +19,8 @@ pub struct MediaCounters {
     pub rtp_forwarded: u64,
     /// RTP packets not handed to a subscriber because the track's audience excludes it.
     pub rtp_withheld: u64,
+    /// RTP packets not handed to a subscriber, per [`DropReason::index`].
+    pub rtp_dropped: [u64; DROP_REASONS],
     pub nacks_received: u64,
     pub keyframe_requests_received: u64,
     pub keyframe_requests_sent: u64,
@@ -49,6 +55,16 @@ pub const ESTIMATE_BUCKETS: [u64; 7] = [
 ];
 
 impl MediaCounters {
+    /// One packet not handed to one subscriber, for `reason`.
+    pub(crate) fn count_drop(&mut self, reason: DropReason) {
+        if let Some(n) = self.rtp_dropped.get_mut(reason.index()) {
+            *n += 1;
+        }
+        if reason == DropReason::Withheld {
+            self.rtp_withheld += 1;
+        }
+    }
+
     pub(crate) fn observe_estimate(&mut self, bps: u64) {
         if let Some(i) = ESTIMATE_BUCKETS.iter().position(|b| bps <= *b) {
             self.estimate_buckets[i] += 1;
@@ -67,6 +83,7 @@ pub struct MediaMetrics {
     pub bytes_out: AtomicU64,
     pub rtp_forwarded: AtomicU64,
     pub rtp_withheld: AtomicU64,
+    pub rtp_dropped: [AtomicU64; DROP_REASONS],
     pub nacks_received: AtomicU64,
     pub keyframe_requests_received: AtomicU64,
     pub keyframe_requests_sent: AtomicU64,
@@ -119,6 +136,9 @@ impl MediaMetrics {
         self.layer_switches
             .store(c.layer_switches, Ordering::Relaxed);
         self.paused_tracks.store(c.paused_tracks, Ordering::Relaxed);
+        for (a, v) in self.rtp_dropped.iter().zip(c.rtp_dropped) {
+            a.store(v, Ordering::Relaxed);
+        }
         for (a, v) in self.estimate_buckets.iter().zip(c.estimate_buckets) {
             a.store(v, Ordering::Relaxed);
         }
@@ -296,6 +316,19 @@ impl MediaMetrics {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = writeln!(
             out,
+            "# HELP classroom_media_rtp_dropped_total RTP packets not handed to a subscriber, by reason\n\
+             # TYPE classroom_media_rtp_dropped_total counter"
+        );
+        for (reason, n) in DropReason::ALL.iter().zip(&self.rtp_dropped) {
+            let _ = writeln!(
+                out,
+                "classroom_media_rtp_dropped_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                load(n)
+            );
+        }
+        let _ = writeln!(
+            out,
             "# HELP classroom_media_layer_switches_total Changes of the spatial layer (or pause) a subscriber receives\n\
              # TYPE classroom_media_layer_switches_total counter\n\
              classroom_media_layer_switches_total {}\n\
@@ -334,5 +367,34 @@ impl MediaMetrics {
             crate::heartbeat::STALL_AFTER.as_secs(),
             self.heartbeat.age().as_secs_f64()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_are_rendered_per_reason() {
+        let mut c = MediaCounters::default();
+        c.count_drop(DropReason::Withheld);
+        c.count_drop(DropReason::TemporalAboveTarget);
+        c.count_drop(DropReason::TemporalAboveTarget);
+        let m = MediaMetrics::default();
+        m.publish(&c);
+        let mut out = String::new();
+        m.render(&mut out);
+        for line in [
+            "# TYPE classroom_media_rtp_dropped_total counter",
+            "classroom_media_rtp_dropped_total{reason=\"withheld\"} 1",
+            "classroom_media_rtp_dropped_total{reason=\"temporal_above_target\"} 2",
+            "classroom_media_rtp_dropped_total{reason=\"paused\"} 0",
+            "classroom_media_rtp_withheld_total 1",
+        ] {
+            assert!(
+                out.lines().any(|l| l == line),
+                "{line} missing from:\n{out}"
+            );
+        }
     }
 }

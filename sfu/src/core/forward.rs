@@ -2,6 +2,15 @@
 //!
 //! The shard calls [`Forwarder::forward`] for every packet of the track and applies what comes
 //! back; the forwarder itself touches no `Rtc` and reads no clock (arrival times come in).
+//!
+//! When the source changes (a simulcast layer switch, a publisher that reconnects, a track given
+//! back after it was withheld) the output timestamp must advance by the time between the two
+//! pictures' capture, or the receiver plays the new picture too early or too late (a stutter, a
+//! lip-sync error). Arrival time is only a guess of that: a keyframe is large and arrives later
+//! than its capture suggests. Like LiveKit and mediasoup, the forwarder uses the publisher's
+//! RTCP sender reports where both sources have one: each maps the source's RTP clock to the
+//! publisher's NTP wall clock, the same clock for all its encodings, so the capture-time
+//! difference of any two packets follows from their RTP timestamps.
 
 use std::time::Instant;
 
@@ -19,6 +28,40 @@ pub struct IncomingPacket {
     /// The packet starts a keyframe (always false for audio).
     pub keyframe_start: bool,
     pub arrival: Instant,
+    /// The latest sender report of this packet's source (its SSRC), if one arrived.
+    pub clock: Option<SenderClock>,
+}
+
+/// One RTCP sender report: the publisher's wall clock at one RTP timestamp of one source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SenderClock {
+    /// The RTP timestamp of the report.
+    pub rtp: u32,
+    /// The NTP time of the report, in microseconds (any fixed epoch: only differences count).
+    pub ntp_micros: u64,
+}
+
+impl SenderClock {
+    /// The capture time of a packet with RTP timestamp `ts`, in microseconds on the NTP clock.
+    /// Packets within half the 32-bit range of the report (over 6 hours at 90 kHz) are placed
+    /// before or after it correctly.
+    fn capture_micros(self, ts: u32, clock_rate: u32) -> i128 {
+        let ticks = i128::from(ts.wrapping_sub(self.rtp) as i32);
+        i128::from(self.ntp_micros) + ticks * 1_000_000 / i128::from(clock_rate.max(1))
+    }
+}
+
+/// A switch aligned by sender reports is trusted only while it agrees with arrival time to
+/// within this: two reports from unrelated clocks (a publisher that reconnected from another
+/// machine) would otherwise move the timeline by anything.
+pub const SENDER_CLOCK_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What the forwarder remembers of the last packet it sent, to continue the timeline from it.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    arrival: Instant,
+    timestamp: u32,
+    clock: Option<SenderClock>,
 }
 
 /// Why a packet was not forwarded.
@@ -51,7 +94,7 @@ pub struct Forwarder {
     source: Option<u32>,
     /// A packet of another source was seen; video waits for its keyframe.
     waiting_for_keyframe: bool,
-    last_sent_arrival: Option<Instant>,
+    last_sent: Option<Sent>,
 }
 
 impl Forwarder {
@@ -63,7 +106,7 @@ impl Forwarder {
             rewriter: Rewriter::new(first_seq, first_ts),
             source: None,
             waiting_for_keyframe: video,
-            last_sent_arrival: None,
+            last_sent: None,
         }
     }
 
@@ -100,19 +143,18 @@ impl Forwarder {
                 self.waiting_for_keyframe = true;
                 return Forward::Drop(DropReason::WaitingForKeyframe);
             }
-            // Continue the timeline by the real time that passed since the last packet sent.
-            let elapsed = self
-                .last_sent_arrival
-                .map(|t| p.arrival.saturating_duration_since(t).as_secs_f64())
-                .unwrap_or(0.0);
-            let ticks = (elapsed * f64::from(self.clock_rate)).min(f64::from(u32::MAX / 2)) as u32;
+            let ticks = self.last_sent.map_or(0, |last| self.elapsed_ticks(last, p));
             self.rewriter.switch_source(p.seq, p.timestamp, ticks);
             self.source = Some(p.ssrc);
             self.waiting_for_keyframe = false;
         }
         match self.rewriter.rewrite(p.seq, p.timestamp) {
             Some((seq, timestamp)) => {
-                self.last_sent_arrival = Some(p.arrival);
+                self.last_sent = Some(Sent {
+                    arrival: p.arrival,
+                    timestamp: p.timestamp,
+                    clock: p.clock,
+                });
                 Forward::Send {
                     seq,
                     timestamp,
@@ -121,6 +163,32 @@ impl Forwarder {
             }
             None => Forward::Drop(DropReason::BeforeStart),
         }
+    }
+}
+
+impl Forwarder {
+    /// The media time between the last packet sent and `p`, the first of a new source, in
+    /// ticks of the track's clock: by capture time when both have a sender report that agrees
+    /// with arrival time, else by arrival time.
+    fn elapsed_ticks(&self, last: Sent, p: &IncomingPacket) -> u32 {
+        let rate = i128::from(self.clock_rate);
+        let by_arrival = p
+            .arrival
+            .saturating_duration_since(last.arrival)
+            .as_micros() as i128;
+        let by_capture = match (last.clock, p.clock) {
+            (Some(a), Some(b)) => Some(
+                b.capture_micros(p.timestamp, self.clock_rate)
+                    - a.capture_micros(last.timestamp, self.clock_rate),
+            ),
+            _ => None,
+        };
+        let tolerance = SENDER_CLOCK_TOLERANCE.as_micros() as i128;
+        let micros = by_capture
+            .filter(|c| (c - by_arrival).abs() <= tolerance)
+            .unwrap_or(by_arrival)
+            .max(0);
+        (micros * rate / 1_000_000).min(i128::from(u32::MAX / 2)) as u32
     }
 }
 
@@ -147,6 +215,7 @@ mod tests {
             marker: false,
             keyframe_start,
             arrival,
+            clock: None,
         }
     }
 

@@ -4,6 +4,7 @@ pub mod allocator;
 pub mod audience;
 pub mod bitrate;
 pub mod demux;
+pub mod downtrack;
 pub mod forward;
 pub mod framing;
 pub mod keyframe;

@@ -23,6 +23,7 @@
 //! [`Vp8Rewrite::patch`] turns them into str0m's fixed-size [`Vp8Patch`], which str0m applies
 //! while serialising (`RtpWrite::vp8_patch`), so the shared payload is never copied.
 
+use str0m::error::Vp8DescriptorError;
 use str0m::rtp::{Vp8Descriptor, Vp8Patch, Vp8PatchError};
 
 /// Why a payload is not a VP8 payload we can use.
@@ -70,60 +71,69 @@ pub struct Vp8Header {
     pub keyframe: bool,
 }
 
-impl Vp8Header {
-    /// Parses the descriptor at the start of an RTP payload. Never panics; any input is fine.
-    pub fn parse(p: &[u8]) -> Result<Vp8Header, Vp8Error> {
+/// A VP8 payload parsed once for every subscriber: our fields, and str0m's descriptor, which
+/// knows where each field sits and is the only way to build the [`Vp8Patch`] str0m applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Vp8Payload {
+    pub header: Vp8Header,
+    pub descriptor: Vp8Descriptor,
+}
+
+impl Vp8Payload {
+    /// One walk over the descriptor (str0m's, which validates it and records the offsets); the
+    /// few bits str0m does not expose are read at positions that walk has proven present.
+    /// Never panics; any input is fine.
+    pub fn parse(p: &[u8]) -> Result<Vp8Payload, Vp8Error> {
+        let descriptor = Vp8Descriptor::parse(p).map_err(|e| match e {
+            Vp8DescriptorError::MalformedDescriptor => Vp8Error::Malformed,
+            _ => Vp8Error::Truncated,
+        })?;
+        // str0m accepted it, so every byte read below exists; `get` keeps that a non-panic.
         let byte = |i: usize| p.get(i).copied().ok_or(Vp8Error::Truncated);
         let b0 = byte(0)?;
-        let mut h = Vp8Header {
+        let mut header = Vp8Header {
             non_reference: b0 & 0x20 != 0,
             start_of_partition: b0 & 0x10 != 0,
             partition_index: b0 & 0x07,
+            tl0_pic_idx: descriptor.tl0_pic_idx(),
+            key_idx: descriptor.key_idx(),
+            len: 1,
             ..Vp8Header::default()
         };
-        let mut i = 1;
         if b0 & 0x80 != 0 {
-            let x = byte(i)?;
-            i += 1;
-            let (has_pid, has_tl0, has_tid, has_key_idx) =
-                (x & 0x80 != 0, x & 0x40 != 0, x & 0x20 != 0, x & 0x10 != 0);
-            if has_tl0 && !has_tid {
-                return Err(Vp8Error::Malformed);
+            let x = byte(1)?;
+            let mut i = 2;
+            if let Some(value) = descriptor.picture_id() {
+                let wide = byte(i)? & 0x80 != 0;
+                i += if wide { 2 } else { 1 };
+                header.picture_id = Some(PictureId { value, wide });
             }
-            if has_pid {
-                let hi = byte(i)?;
-                i += 1;
-                let wide = hi & 0x80 != 0;
-                let value = if wide {
-                    let lo = byte(i)?;
-                    i += 1;
-                    (u16::from(hi & 0x7f) << 8) | u16::from(lo)
-                } else {
-                    u16::from(hi & 0x7f)
-                };
-                h.picture_id = Some(PictureId { value, wide });
-            }
-            if has_tl0 {
-                h.tl0_pic_idx = Some(byte(i)?);
-                i += 1;
-            }
-            if has_tid || has_key_idx {
-                let t = byte(i)?;
-                i += 1;
-                if has_tid {
-                    h.tid = Some(t >> 6);
-                    h.layer_sync = t & 0x20 != 0;
+            i += usize::from(header.tl0_pic_idx.is_some());
+            if x & 0x30 != 0 {
+                if x & 0x20 != 0 {
+                    let t = byte(i)?;
+                    header.tid = Some(t >> 6);
+                    header.layer_sync = t & 0x20 != 0;
                 }
-                if has_key_idx {
-                    h.key_idx = Some(t & 0x1f);
-                }
+                i += 1;
             }
+            header.len = i;
         }
-        // The VP8 payload must follow; its first byte carries P (0 on keyframes).
-        let payload_header = byte(i)?;
-        h.len = i;
-        h.keyframe = h.start_of_partition && h.partition_index == 0 && payload_header & 0x01 == 0;
-        Ok(h)
+        header.keyframe = descriptor.starts_keyframe(p);
+        Ok(Vp8Payload { header, descriptor })
+    }
+
+    /// str0m's patch writing `rewrite` into this payload. The PictureID keeps the width it was
+    /// sent with, which is why [`Vp8Munger`] masks 7-bit ids to 7 bits.
+    pub fn patch(&self, rewrite: &Vp8Rewrite) -> Result<Vp8Patch, Vp8PatchError> {
+        rewrite.patch(&self.descriptor)
+    }
+}
+
+impl Vp8Header {
+    /// Parses the descriptor at the start of an RTP payload ([`Vp8Payload::parse`]'s fields).
+    pub fn parse(p: &[u8]) -> Result<Vp8Header, Vp8Error> {
+        Vp8Payload::parse(p).map(|v| v.header)
     }
 
     /// Whether this packet starts a frame (S = 1 and PID = 0).
@@ -415,8 +425,64 @@ mod tests {
         }
     }
 
-    /// Random bytes never panic, and whatever parses agrees with str0m's parser and with the
-    /// keyframe detection the shard uses today.
+    /// The parser this module had before it derived its fields from str0m's walk: an
+    /// independent reading of RFC 7741 to check that derivation against.
+    fn walk(p: &[u8]) -> Result<Vp8Header, Vp8Error> {
+        let byte = |i: usize| p.get(i).copied().ok_or(Vp8Error::Truncated);
+        let b0 = byte(0)?;
+        let mut h = Vp8Header {
+            non_reference: b0 & 0x20 != 0,
+            start_of_partition: b0 & 0x10 != 0,
+            partition_index: b0 & 0x07,
+            ..Vp8Header::default()
+        };
+        let mut i = 1;
+        if b0 & 0x80 != 0 {
+            let x = byte(i)?;
+            i += 1;
+            let (has_pid, has_tl0, has_tid, has_key_idx) =
+                (x & 0x80 != 0, x & 0x40 != 0, x & 0x20 != 0, x & 0x10 != 0);
+            if has_tl0 && !has_tid {
+                return Err(Vp8Error::Malformed);
+            }
+            if has_pid {
+                let hi = byte(i)?;
+                i += 1;
+                let wide = hi & 0x80 != 0;
+                let value = if wide {
+                    let lo = byte(i)?;
+                    i += 1;
+                    (u16::from(hi & 0x7f) << 8) | u16::from(lo)
+                } else {
+                    u16::from(hi & 0x7f)
+                };
+                h.picture_id = Some(PictureId { value, wide });
+            }
+            if has_tl0 {
+                h.tl0_pic_idx = Some(byte(i)?);
+                i += 1;
+            }
+            if has_tid || has_key_idx {
+                let t = byte(i)?;
+                i += 1;
+                if has_tid {
+                    h.tid = Some(t >> 6);
+                    h.layer_sync = t & 0x20 != 0;
+                }
+                if has_key_idx {
+                    h.key_idx = Some(t & 0x1f);
+                }
+            }
+        }
+        // The VP8 payload must follow; its first byte carries P (0 on keyframes).
+        let payload_header = byte(i)?;
+        h.len = i;
+        h.keyframe = h.start_of_partition && h.partition_index == 0 && payload_header & 0x01 == 0;
+        Ok(h)
+    }
+
+    /// Random bytes never panic, and whatever parses agrees with an independent walk, with
+    /// str0m's parser and with the keyframe detection the shard uses today.
     #[test]
     fn random_bytes_agree_with_str0m() {
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
@@ -441,6 +507,7 @@ mod tests {
             }
             let p = &buf[..len];
             let ours = Vp8Header::parse(p);
+            assert_eq!(ours, walk(p), "{p:02x?}");
             let theirs = Vp8Descriptor::parse(p);
             assert_eq!(ours.is_ok(), theirs.is_ok(), "{p:02x?}");
             if let (Ok(h), Ok(d)) = (ours, theirs) {

@@ -156,10 +156,10 @@ impl Shard {
             let Some(sub) = track.subscriptions.iter().find(|s| s.peer == key) else {
                 continue;
             };
-            if sub.unplayable.is_some() {
+            if sub.unplayable().is_some() {
                 continue; // Nothing of it can be sent; it takes no bandwidth.
             }
-            if !sub.allowed {
+            if !sub.allowed() {
                 // Withheld (the lesson's audience): it takes no bandwidth, and its layer is not
                 // judged, so it is never reported as paused for a weak network.
                 continue;
@@ -216,7 +216,7 @@ impl Shard {
             };
             let cap = sub.cap;
             video_streams.extend(sub.stream());
-            let Some(selector) = sub.selector.as_mut() else {
+            let Some(selector) = sub.selector_mut() else {
                 continue;
             };
             let decision = selector.update(&SelectorInput {
@@ -349,10 +349,10 @@ impl Shard {
             // quick downswitches and new subscribers.
             let mut needed_up_to = 0usize;
             for sub in &track.subscriptions {
-                let Some(selector) = &sub.selector else {
+                let Some(selector) = sub.selector() else {
                     continue;
                 };
-                if sub.unplayable.is_some() || !sub.allowed {
+                if sub.unplayable().is_some() || !sub.allowed() {
                     continue; // It can take none of these layers, or may not.
                 }
                 let d = selector.decision();

@@ -1,59 +1,47 @@
 //! The packet path: an RTP packet from a publisher, decided per subscriber, written to each.
 //!
-//! Per packet this does map lookups and one `write_rtp` per subscriber; the payload is shared
-//! (`Arc<[u8]>`) between all subscribers and str0m's retransmission caches, never copied.
+//! Per packet this does map lookups, asks each subscriber's down track (`core::downtrack`) what
+//! to do, and applies the answer: one `write_rtp` per packet sent, a counter per packet dropped
+//! (by reason), keyframe requests and events. The payload is shared (`Arc<[u8]>`) between all
+//! subscribers and str0m's retransmission caches, never copied.
 
 use std::time::Instant;
 
 use str0m::Rtc;
 use str0m::format::Codec;
-use str0m::media::{KeyframeRequest, KeyframeRequestKind, MediaKind, Mid, Pt};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
+use str0m::media::{KeyframeRequest, KeyframeRequestKind, MediaKind, Mid, SenderFeedback};
+use str0m::rtp::{RtpPacket, Ssrc};
 use str0m::stats::MediaEgressStats;
 
 use super::Shard;
 use super::peer::{PeerKey, PeerRole};
 use crate::command::{Audience, PauseReason, ShardEvent, TrackKind};
-use crate::core::audience::{self, Change};
+use crate::core::audience::Change;
 use crate::core::bitrate::MeteredPacket;
-use crate::core::forward::{Forward, Forwarder, IncomingPacket};
-use crate::core::keyframe::{VideoCodec, is_keyframe_start};
-use crate::core::layer::{Layer, LayerSelector, SelectorConfig};
-use crate::core::vp8::{Vp8Header, Vp8Munger};
+use crate::core::downtrack::{
+    DownTrack, DropReason, Negotiated, PacketInfo, Verdict, forwarded_extensions,
+};
+use crate::core::forward::SenderClock;
+use crate::core::layer::{Layer, LayerSelector};
 use crate::ids::TrackId;
 
-/// One track flowing to one subscriber connection.
+/// One track flowing to one subscriber connection: where it goes, what the client was told,
+/// and the down track that decides each packet (`core::downtrack`).
 #[derive(Debug)]
 pub(crate) struct Subscription {
     pub peer: PeerKey,
     /// The mid of the track in the subscriber's connection.
     pub mid: Mid,
-    pub forwarder: Forwarder,
-    /// The payload type the subscriber negotiated for the codec currently forwarded.
-    pt: Option<(Codec, Pt)>,
+    /// The per-packet decision: forwarder, layer selector, VP8 munger, payload type, audience.
+    pub down: DownTrack,
     /// The SSRC of the outgoing stream, found once: a hash lookup instead of a scan by mid.
     tx: Option<Ssrc>,
     /// NACKs counted so far from this subscriber's stats (they arrive as running totals).
     nacks_seen: u64,
-    /// Video only: which layer this subscriber gets, decided from its bandwidth estimate.
-    pub selector: Option<LayerSelector>,
-    /// VP8 PictureID/TL0PICIDX continuity across layer switches and dropped temporal layers.
-    munger: Vp8Munger,
     /// The highest layer the client asked for (`set_track_quality`).
     pub cap: Layer,
-    /// The temporal layer actually forwarded; it follows the selector's at switch points.
-    temporal: u8,
     /// What the client was last told about this track: (layer, paused).
     pub reported: Option<(Option<crate::command::LayerName>, bool)>,
-    /// The codec this subscriber cannot take (its answer lacks it), once it has been told.
-    pub unplayable: Option<Codec>,
-    /// A new answer arrived: check `unplayable` again at the next packet.
-    recheck: bool,
-    /// The subscriber joined as a teacher (`Audience::Teachers` admits it).
-    pub teacher: bool,
-    /// The track's audience admits this subscriber (`core::audience`): kept up to date by
-    /// `set_audience`, so the packet path reads a flag instead of looking up the member.
-    pub allowed: bool,
 }
 
 impl Subscription {
@@ -62,10 +50,28 @@ impl Subscription {
         self.tx
     }
 
+    /// Video only: which layer this subscriber gets, decided from its bandwidth estimate.
+    pub fn selector(&self) -> Option<&LayerSelector> {
+        self.down.selector()
+    }
+
+    pub fn selector_mut(&mut self) -> Option<&mut LayerSelector> {
+        self.down.selector_mut()
+    }
+
+    /// The track's audience admits this subscriber (`core::audience`).
+    pub fn allowed(&self) -> bool {
+        self.down.allowed()
+    }
+
+    /// The codec this subscriber cannot take (its answer lacks it), once it has been told.
+    pub fn unplayable(&self) -> Option<Codec> {
+        self.down.unplayable()
+    }
+
     /// The subscriber answered a new offer: what it accepts may have changed.
     pub fn renegotiated(&mut self) {
-        self.pt = None;
-        self.recheck = true;
+        self.down.renegotiated();
     }
 
     pub fn new(
@@ -78,76 +84,39 @@ impl Subscription {
         Subscription {
             peer,
             mid,
-            forwarder: Forwarder::new(
+            down: DownTrack::new(
                 kind == TrackKind::Video,
-                clock_rate(kind),
+                teacher,
+                audience,
                 rand::random(),
                 rand::random(),
             ),
-            pt: None,
             tx: None,
             nacks_seen: 0,
-            selector: (kind == TrackKind::Video)
-                .then(|| LayerSelector::new(SelectorConfig::default())),
-            munger: Vp8Munger::new(),
             cap: Layer::MAX,
             reported: None,
-            temporal: 0,
-            unplayable: None,
-            recheck: false,
-            teacher,
-            allowed: audience::admits(audience, teacher),
         }
     }
 
     /// The track's audience changed: what this subscription must do (`core::audience`).
     pub fn set_audience(&mut self, audience: Audience) -> Change {
-        let allowed = audience::admits(audience, self.teacher);
-        let change = audience::change(self.allowed, allowed, self.selector.is_some());
-        self.allowed = allowed;
-        match change {
-            Change::ResumeAudio => self.forwarder.resume(),
-            Change::ResumeVideoAtKeyframe => {
-                self.forwarder.resume();
-                // The keyframe it resumes at continues the PictureID sequence it saw.
-                self.munger.switch_source();
-            }
-            Change::Withhold | Change::Same => {}
-        }
-        change
+        self.down.set_audience(audience)
     }
 }
 
-fn video_codec(codec: Codec) -> Option<VideoCodec> {
-    match codec {
-        Codec::Vp8 => Some(VideoCodec::Vp8),
-        Codec::Vp9 => Some(VideoCodec::Vp9),
-        Codec::H264 => Some(VideoCodec::H264),
-        _ => None,
-    }
-}
-
-/// The payload type the remote side accepted for `codec` on `mid`.
-fn negotiated_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Option<Pt> {
-    let remote = rtc.media(mid)?.remote_pts();
+/// What the subscriber's connection accepted for `codec` on `mid`: the down track asks only
+/// after a renegotiation or for a codec it has not sent yet.
+fn negotiated(rtc: &Rtc, mid: Mid, codec: Codec) -> Negotiated {
+    let Some(media) = rtc.media(mid) else {
+        return Negotiated::NotAnswered;
+    };
+    let remote = media.remote_pts();
     rtc.codec_config()
         .params()
         .iter()
         .filter(|p| p.spec().codec == codec)
         .find(|p| remote.is_empty() || remote.contains(&p.pt()))
-        .map(|p| p.pt())
-}
-
-/// Header extensions a subscriber should see as the publisher sent them. Transport-level ones
-/// (send time, transport-wide sequence numbers) are the subscriber connection's own.
-fn forwarded_extensions(e: &ExtensionValues) -> ExtensionValues {
-    ExtensionValues {
-        audio_level: e.audio_level,
-        voice_activity: e.voice_activity,
-        video_orientation: e.video_orientation,
-        video_content_type: e.video_content_type,
-        ..Default::default()
-    }
+        .map_or(Negotiated::Refused, |p| Negotiated::Pt(p.pt()))
 }
 
 impl Shard {
@@ -203,30 +172,22 @@ impl Shard {
             return;
         };
         let video = track.info.source.kind() == TrackKind::Video;
-        // Parse the VP8 descriptor once for everyone: temporal layer, keyframe, and str0m's
-        // descriptor to patch PictureID/TL0PICIDX per subscriber without copying the payload.
-        let (vp8, vp8_descriptor) = if codec == Codec::Vp8 {
-            (
-                Vp8Header::parse(&packet.payload).ok(),
-                str0m::rtp::Vp8Descriptor::parse(&packet.payload).ok(),
-            )
-        } else {
-            (None, None)
-        };
-        let temporal = vp8.and_then(|h| h.tid).unwrap_or(0);
-        let keyframe_start = match vp8 {
-            Some(h) => h.keyframe,
-            None => {
-                video && video_codec(codec).is_some_and(|c| is_keyframe_start(c, &packet.payload))
-            }
-        };
+        let ssrc = *packet.header.ssrc;
+        let clock = track
+            .sender_clocks
+            .get(usize::from(spatial))
+            .copied()
+            .flatten()
+            .filter(|(of, _)| *of == ssrc)
+            .map(|(_, clock)| clock);
+        let info = PacketInfo::describe(&packet, spatial, codec, video, clock);
         if video {
             let metered = MeteredPacket {
                 spatial,
-                temporal,
+                temporal: info.temporal,
                 bytes: packet.payload.len(),
                 rtp_timestamp: packet.header.timestamp,
-                keyframe_start,
+                keyframe_start: info.keyframe_start,
             };
             track.meter.record(metered, packet.timestamp);
         }
@@ -236,14 +197,6 @@ impl Shard {
         if first_rates {
             track.meter.tick(packet.timestamp);
         }
-        let incoming = IncomingPacket {
-            ssrc: *packet.header.ssrc,
-            arrival: packet.timestamp,
-            seq: *packet.seq_no,
-            timestamp: packet.header.timestamp,
-            marker: packet.header.marker,
-            keyframe_start,
-        };
         if let Some(level) = packet.header.ext_vals.audio_level.filter(|_| !video) {
             track.speaker.observe(level, packet.timestamp);
         }
@@ -257,133 +210,51 @@ impl Shard {
                 .get_mut(sub.peer.0 as usize)
                 .and_then(Option::as_deref_mut)
             else {
+                self.counters.count_drop(DropReason::NotConnected);
                 continue;
             };
-            if !peer.connected {
-                continue;
+            let mid = sub.mid;
+            let answer = sub.down.on_packet(&info, peer.connected, |codec| {
+                negotiated(&peer.rtc, mid, codec)
+            });
+            if let Some(layer) = answer.wants_keyframe {
+                wants_keyframe[usize::from(layer).min(2)] = true;
             }
-            if !sub.allowed {
-                self.counters.rtp_withheld += 1;
-                continue;
+            if answer.report_unplayable.is_some() {
+                sub.reported = Some((None, true));
+                let _ = self.events.send(ShardEvent::TrackQuality {
+                    participant: peer.participant,
+                    track: track_id,
+                    layer: None,
+                    paused: Some(PauseReason::CodecUnsupported),
+                });
             }
-            if let Some(selector) = &mut sub.selector {
-                let mut decision = selector.decision();
-                let on_current = decision.current.is_some_and(|c| c.spatial == spatial);
-                if !on_current {
-                    let target = decision.target.map(|t| t.spatial);
-                    if target == Some(spatial) && keyframe_start {
-                        // The keyframe the switch waited for: the subscriber moves here now.
-                        decision = selector.keyframe(spatial);
-                        sub.munger.switch_source();
-                    } else {
-                        if let Some(t) = target.filter(|_| decision.keyframe_needed) {
-                            wants_keyframe[usize::from(t).min(2)] = true;
-                        }
-                        continue;
-                    }
-                }
-                let Some(current) = decision.current else {
-                    continue;
-                };
-                // Down a temporal layer at once; up only at a frame that references nothing above
-                // the base layer, or the decoder would get frames whose references it never saw.
-                let at_switch_point =
-                    vp8.is_none_or(|h| h.starts_frame() && h.is_temporal_switch_point());
-                if current.temporal < sub.temporal || keyframe_start || at_switch_point {
-                    sub.temporal = current.temporal;
-                }
-                if temporal > sub.temporal {
-                    sub.forwarder.skip(&incoming);
-                    if let Some(h) = &vp8 {
-                        sub.munger.drop(h);
-                    }
+            let send = match answer.verdict {
+                Verdict::Send(send) => send,
+                Verdict::Drop(reason) => {
+                    self.counters.count_drop(reason);
                     continue;
                 }
-            }
-            let pt = match sub.pt {
-                Some((c, pt)) if c == codec => pt,
-                // Already found unplayable, and no answer since that could change it.
-                _ if sub.unplayable == Some(codec) && !sub.recheck => continue,
-                _ => match negotiated_pt(&peer.rtc, sub.mid, codec) {
-                    Some(pt) => {
-                        sub.pt = Some((codec, pt));
-                        sub.unplayable = None;
-                        sub.recheck = false;
-                        pt
-                    }
-                    // The offer with this track is not answered yet: nothing to judge.
-                    None if peer.rtc.media(sub.mid).is_none() => continue,
-                    // The subscriber cannot decode this codec: nothing to send it, and it is
-                    // told (once, not again after each answer that changes nothing), so the page
-                    // can say why there is no picture.
-                    None => {
-                        sub.recheck = false;
-                        if sub.unplayable != Some(codec) {
-                            sub.unplayable = Some(codec);
-                            sub.reported = Some((None, true));
-                            let _ = self.events.send(ShardEvent::TrackQuality {
-                                participant: peer.participant,
-                                track: track_id,
-                                layer: None,
-                                paused: Some(PauseReason::CodecUnsupported),
-                            });
-                        }
-                        continue;
-                    }
-                },
             };
-            match sub.forwarder.forward(&incoming) {
-                Forward::Send {
-                    seq,
-                    timestamp,
-                    marker,
-                } => {
-                    let patch = match (&vp8, &vp8_descriptor) {
-                        (Some(h), Some(d)) => match sub.munger.forward(h) {
-                            Some(rewrite) => rewrite.patch(d).ok(),
-                            // A packet of a picture dropped earlier: sending it would break
-                            // the picture sequence the decoder saw.
-                            None => continue,
-                        },
-                        _ => None,
-                    };
-                    let mut api = peer.rtc.direct_api();
-                    let tx = match sub.tx {
-                        Some(ssrc) => api.stream_tx(&ssrc),
-                        None => api.stream_tx_by_mid(sub.mid, None),
-                    };
-                    let Some(tx) = tx else {
-                        continue;
-                    };
-                    if sub.tx.is_none() && video {
-                        super::peer::configure_video_resends(tx);
-                    }
-                    sub.tx = Some(tx.ssrc());
-                    let mut write = RtpWrite::new(
-                        pt,
-                        seq.into(),
-                        timestamp,
-                        packet.timestamp,
-                        packet.payload.clone(),
-                    )
-                    .marker(marker)
-                    .ext_vals(extensions.clone())
-                    .nackable(video);
-                    if let Some(patch) = patch {
-                        write = write.vp8_patch(patch);
-                    }
-                    tx.write_rtp(write);
-                    self.counters.rtp_forwarded += 1;
-                    if !peer.dirty {
-                        peer.dirty = true;
-                        self.dirty.push(sub.peer);
-                    }
-                }
-                Forward::Drop(_) => {
-                    if sub.forwarder.wants_keyframe() {
-                        wants_keyframe[usize::from(spatial).min(2)] = true;
-                    }
-                }
+            let mut api = peer.rtc.direct_api();
+            let tx = match sub.tx {
+                Some(ssrc) => api.stream_tx(&ssrc),
+                None => api.stream_tx_by_mid(sub.mid, None),
+            };
+            let Some(tx) = tx else {
+                self.counters.count_drop(DropReason::NoOutgoingStream);
+                continue;
+            };
+            if sub.tx.is_none() && video {
+                super::peer::configure_video_resends(tx);
+            }
+            sub.tx = Some(tx.ssrc());
+            let write = send.rtp_write(&packet, &extensions, video);
+            tx.write_rtp(write);
+            self.counters.rtp_forwarded += 1;
+            if !peer.dirty {
+                peer.dirty = true;
+                self.dirty.push(sub.peer);
             }
         }
 
@@ -408,6 +279,37 @@ impl Shard {
                     self.allocate_connected(key, packet.timestamp);
                 }
             }
+        }
+    }
+
+    /// A publisher's RTCP sender report: kept per spatial layer, with the SSRC it describes,
+    /// for the down tracks to align timestamps at a layer switch (`core::forward`).
+    pub(super) fn on_sender_feedback(&mut self, key: PeerKey, feedback: &SenderFeedback) {
+        let Some(peer) = self.peer(key) else { return };
+        let PeerRole::Publish { tracks, .. } = &peer.role else {
+            return;
+        };
+        let Some(&track_id) = tracks.get(&feedback.mid) else {
+            return;
+        };
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            return;
+        };
+        let spatial = match feedback.rid {
+            Some(rid) => track.rids.iter().position(|r| *r == rid),
+            None => Some(0),
+        };
+        let info = &feedback.sender_info;
+        // An NTP time before 1970 is no clock to align by.
+        let Ok(ntp) = info.ntp_time.duration_since(std::time::UNIX_EPOCH) else {
+            return;
+        };
+        let clock = SenderClock {
+            rtp: info.rtp_time.numer() as u32,
+            ntp_micros: ntp.as_micros().min(u128::from(u64::MAX)) as u64,
+        };
+        if let Some(slot) = spatial.and_then(|s| track.sender_clocks.get_mut(s)) {
+            *slot = Some((*info.ssrc, clock));
         }
     }
 
@@ -454,15 +356,11 @@ impl Shard {
             .tracks
             .get(&track_id)
             .and_then(|t| t.subscriptions.iter().find(|s| s.peer == key));
-        if sub.is_some_and(|s| !s.allowed) {
+        if sub.is_some_and(|s| !s.allowed()) {
             return; // It receives nothing of this track: no reason to disturb the publisher.
         }
         // The subscriber lost its picture: it needs a keyframe of the layer it receives now.
-        let spatial = sub
-            .and_then(|s| s.selector.as_ref())
-            .and_then(|sel| sel.decision().current)
-            .map(|l| l.spatial)
-            .unwrap_or(0);
+        let spatial = sub.map_or(0, |s| s.down.current_spatial());
         self.request_keyframe(track_id, spatial, req.kind, Instant::now());
     }
 
@@ -489,14 +387,6 @@ impl Shard {
                 peer.loss = stats.loss;
             }
         }
-    }
-}
-
-/// RTP clock rate: 90 kHz for every video codec, 48 kHz for Opus.
-fn clock_rate(kind: TrackKind) -> u32 {
-    match kind {
-        TrackKind::Audio => 48_000,
-        TrackKind::Video => 90_000,
     }
 }
 

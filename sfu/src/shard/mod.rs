@@ -261,6 +261,8 @@ struct Track {
     audience: crate::command::Audience,
     /// Microphones: whether it carries speech, from its audio level.
     speaker: crate::core::speaker::SpeakerDetector,
+    /// Per spatial layer, the publisher's latest sender report and the SSRC it describes.
+    sender_clocks: [Option<(u32, crate::core::forward::SenderClock)>; 3],
 }
 
 #[derive(Debug, Default)]
@@ -706,6 +708,7 @@ impl Shard {
             }
             Event::RtpPacket(packet) => self.on_rtp(key, packet),
             Event::KeyframeRequest(req) => self.on_keyframe_request(key, req),
+            Event::SenderFeedback(feedback) => self.on_sender_feedback(key, &feedback),
             Event::MediaEgressStats(stats) => self.on_egress_stats(key, &stats),
             Event::EgressBitrateEstimate(estimate) => self.on_estimate(key, estimate),
             _ => {}

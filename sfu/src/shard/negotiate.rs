@@ -221,6 +221,7 @@ impl Shard {
                     dynacast: Default::default(),
                     audience: spec.audience,
                     speaker: Default::default(),
+                    sender_clocks: Default::default(),
                 },
             );
             if let Some(PeerRole::Publish { tracks, .. }) = self.peer_mut(key).map(|p| &mut p.role)

@@ -95,7 +95,7 @@ impl Shard {
                         .subscriptions
                         .iter()
                         .find(|s| s.peer == key)
-                        .and_then(|s| s.selector.as_ref())
+                        .and_then(|s| s.selector())
                         .and_then(|sel| sel.decision().current)
                         .map(|l| l.spatial)
                         .unwrap_or(0);
