@@ -143,12 +143,11 @@ mod tests {
     const QH: [bool; 3] = [true, true, false];
     const QHF: [bool; 3] = [true, true, true];
 
-    /// Rows of (ms, viewers, what is sent to the publisher), over one track of `layers`.
-    fn check(
-        dynacast: &mut Dynacast,
-        layers: usize,
-        rows: &[(u64, Vec<Viewer>, Option<[bool; 3]>)],
-    ) {
+    /// At `ms`, these viewers: what is sent to the publisher.
+    type Row = (u64, Vec<Viewer>, Option<[bool; 3]>);
+
+    /// Rows over one track of `layers`.
+    fn check(dynacast: &mut Dynacast, layers: usize, rows: &[Row]) {
         let t0 = Instant::now();
         for (i, (ms, viewers, want)) in rows.iter().enumerate() {
             let got = dynacast.update(
