@@ -1,10 +1,12 @@
 //! Sans-IO decisions of the media plane: no sockets, no clock, no tokio. Time comes in as values.
 
+pub mod allocation_round;
 pub mod allocator;
 pub mod audience;
 pub mod bitrate;
 pub mod demux;
 pub mod downtrack;
+pub mod dynacast;
 pub mod forward;
 pub mod framing;
 pub mod keyframe;

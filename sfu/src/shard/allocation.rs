@@ -1,10 +1,11 @@
-//! Per-subscriber bandwidth allocation, layer selection, dynacast and link reports.
+//! Glue for per-subscriber bandwidth allocation, layer selection, dynacast and link reports.
 //!
 //! Twice a second every subscribe connection's estimate (str0m's send-side GoogCC over TWCC,
-//! REMB as a fallback) is shared across its tracks by `core::allocator`; each video track's
-//! `LayerSelector` turns its share into a layer. The shard then asks str0m to probe towards what
-//! would be wanted next, asks publishers to stop encoding layers nobody needs (dynacast), and
-//! reports changes to the control plane.
+//! REMB as a fallback) is shared across its tracks. The decisions are made in `core`
+//! (`allocation_round`, `dynacast`); this module gathers their inputs from the peers and
+//! subscriptions, and applies their answers: layer selectors stored back, `TrackQuality`
+//! events, keyframe requests, str0m's probe targets and pacing, `SetEncodings` to publishers,
+//! and the periodic link report.
 
 use std::time::{Duration, Instant};
 
@@ -13,41 +14,18 @@ use tracing::{debug, trace};
 
 use super::Shard;
 use super::peer::{PeerKey, PeerRole};
-use crate::command::{LayerName, PauseReason, ShardEvent};
-use crate::core::allocator::{Allocation, Snapshot, TrackClass, TrackDemand, allocate};
-use crate::core::layer::{
-    Layer, LayerBitrates, MAX_SPATIAL, SelectorInput, UPGRADE_MARGIN_PERCENT,
-};
-use crate::core::pacing::{LinkState, pace_video};
-use crate::core::probe::Nudge;
+use crate::command::{PauseReason, ShardEvent};
+pub(crate) use crate::core::allocation_round::INITIAL_ESTIMATE;
+use crate::core::allocation_round::{self, Link, RoundTrack};
+pub(crate) use crate::core::dynacast::Dynacast;
+use crate::core::dynacast::Viewer;
+use crate::core::layer::{Layer, MAX_SPATIAL};
 use crate::ids::{ParticipantId, TrackId};
 
 /// How often allocations are recomputed.
 pub(crate) const INTERVAL: Duration = Duration::from_millis(500);
-/// The estimate assumed before the first feedback (libwebrtc's start rate): the lowest layer
-/// at its full frame rate beside the audio. A guess above a weak link sends it a larger layer and
-/// its keyframe: seconds of queue overflow, and GoogCC's loss-based estimate then falls for
-/// seconds more, below what the link carries (seen at 0.3 Mbit/s with 1 Mbit/s here, 20–27 %
-/// loss). str0m's first probes (3× and 6× this) find a fast link within a second or two.
-pub(crate) const INITIAL_ESTIMATE: u64 = 300_000;
-/// What a subscriber is assumed to carry when bandwidth estimation is off: every layer.
-const UNESTIMATED: u64 = 1_000_000_000;
 /// How often each participant's link is reported.
 const REPORT_INTERVAL: Duration = Duration::from_secs(3);
-/// A layer nobody needs keeps being encoded this long, so a subscriber that dips briefly does
-/// not make the publisher restart an encoder.
-const DYNACAST_GRACE: Duration = Duration::from_secs(5);
-
-/// What the publisher of a simulcast track was last asked to encode.
-#[derive(Debug, Default)]
-pub(crate) struct Dynacast {
-    /// Active spatial layers as last sent; `None` before the first decision (all active).
-    sent: Option<[bool; MAX_SPATIAL]>,
-    /// Since when each layer has been unneeded.
-    unneeded_since: [Option<Instant>; MAX_SPATIAL],
-    /// The best measured rates seen per layer, to judge layers switched off by dynacast.
-    remembered: LayerBitrates,
-}
 
 impl Shard {
     pub(super) fn on_estimate(&mut self, key: PeerKey, estimate: BweKind) {
@@ -89,12 +67,7 @@ impl Shard {
     pub(super) fn allocate_all(&mut self, now: Instant) {
         for track in self.tracks.values_mut() {
             track.meter.tick(now);
-            let rates = track.meter.rates(now);
-            for (s, row) in rates.0.iter().enumerate() {
-                if row[0] > 0 {
-                    track.dynacast.remembered.0[s] = *row;
-                }
-            }
+            track.dynacast.remember(&track.meter.rates(now));
         }
         let report = now >= self.next_report;
         if report {
@@ -127,7 +100,8 @@ impl Shard {
         }
     }
 
-    /// Decides one subscriber's layers; returns how many of its tracks are paused.
+    /// Runs one subscriber's allocation round (`core::allocation_round`) and applies it;
+    /// returns how many of its tracks are paused.
     fn allocate_subscriber(
         &mut self,
         key: PeerKey,
@@ -137,178 +111,81 @@ impl Shard {
     ) -> u64 {
         let Some(peer) = self.peer(key) else { return 0 };
         let participant = peer.participant;
-        let estimate = peer.estimate.unwrap_or(if self.bandwidth_estimation {
-            INITIAL_ESTIMATE
-        } else {
-            UNESTIMATED
-        });
         let (rtt_ms, loss, estimate_bps) = (peer.rtt_ms, peer.loss, peer.estimate);
         if let Some(e) = estimate_bps {
             self.counters.observe_estimate(e);
         }
-        tracing::trace!(%participant, estimate, ?rtt_ms, ?loss, "allocation round");
-
-        let mut demands = Vec::with_capacity(subscribed.len());
-        for track_id in subscribed {
-            let Some(track) = self.tracks.get(track_id) else {
-                continue;
-            };
-            let Some(sub) = track.subscriptions.iter().find(|s| s.peer == key) else {
-                continue;
-            };
-            if sub.unplayable().is_some() {
-                continue; // Nothing of it can be sent; it takes no bandwidth.
-            }
-            if !sub.allowed() {
-                // Withheld (the lesson's audience): it takes no bandwidth, and its layer is not
-                // judged, so it is never reported as paused for a weak network.
-                continue;
-            }
-            demands.push(TrackDemand {
-                id: *track_id,
-                class: track.class,
-                layers: track.meter.rates(now),
-                cap: sub.cap,
-            });
-        }
-        // What this subscriber would take with unlimited bandwidth: str0m probes towards it.
-        let mut desired = 0u64;
-        for d in &demands {
-            desired += match d.class {
-                TrackClass::Audio => crate::core::allocator::AUDIO_BPS,
-                _ => d
-                    .layers
-                    .layers(d.cap)
-                    .map(|(_, rate)| rate)
-                    .max()
-                    .unwrap_or(0),
-            };
-        }
-        let allocations = allocate(&Snapshot {
-            estimate,
-            tracks: demands.clone(),
-        });
+        let link = Link {
+            now,
+            estimate: estimate_bps,
+            estimating: self.bandwidth_estimation,
+            loss,
+        };
+        tracing::trace!(
+            %participant, estimate = link.usable_estimate(), ?rtt_ms, ?loss, "allocation round"
+        );
+        let mut inputs = self.round_tracks(key, subscribed, now);
+        let Some(peer) = self.peer_mut(key) else {
+            return 0;
+        };
+        let round = allocation_round::run(&link, &mut peer.probe, &mut inputs);
 
         let mut events = Vec::new();
-        let mut layers_report = Vec::new();
-        let mut any_paused = false;
-        let mut paused_now = 0u64;
-        let mut next_step: Option<u64> = None;
-        let mut allocated = 0u64;
-        let mut video_streams = Vec::new();
-        for (track_id, allocation) in allocations {
-            let budget = match allocation {
-                Allocation::Audio => {
-                    allocated += crate::core::allocator::AUDIO_BPS;
-                    continue;
-                }
-                Allocation::Video { budget, .. } => budget,
-                Allocation::Paused | Allocation::Idle => 0,
-            };
-            let Some(track) = self.tracks.get_mut(&track_id) else {
+        let mut video_streams = Vec::with_capacity(round.tracks.len());
+        for outcome in &round.tracks {
+            let Some(input) = inputs.get_mut(outcome.index) else {
                 continue;
             };
-            let layer_count = track.rids.len().max(1);
-            let available = track.meter.rates(now);
-            let keyframes = track.meter.keyframes();
+            let Some(track) = self.tracks.get_mut(&outcome.id) else {
+                continue;
+            };
             let Some(sub) = track.subscriptions.iter_mut().find(|s| s.peer == key) else {
                 continue;
             };
-            let cap = sub.cap;
             video_streams.extend(sub.stream());
-            let Some(selector) = sub.selector_mut() else {
+            let Some(decision) = outcome.decision else {
                 continue;
             };
-            let decision = selector.update(&SelectorInput {
-                now,
-                budget,
-                available,
-                peaks: track.meter.peak_rates(now),
-                keyframes,
-                cap,
-            });
-            trace!(
-                %participant, track = %track_id, budget, current = ?decision.current,
-                target = ?decision.target, "layer decision"
-            );
-            let current_rate = decision.current.and_then(|l| available.get(l)).unwrap_or(0);
-            allocated += current_rate;
-            if next_step.is_none() {
-                // The first track, in priority order, that could go up decides how far str0m
-                // should probe (with padding) before the allocator can try it.
-                let higher = match decision.current {
-                    Some(cur) => available
-                        .targets(cap)
-                        .filter(|(l, _)| *l > cur)
-                        .min_by_key(|(l, _)| *l),
-                    None => available.lowest(cap),
-                };
-                next_step = higher.map(|(_, rate)| rate.saturating_sub(current_rate));
+            if let (Some(kept), Some(updated)) = (sub.selector_mut(), input.selector.take()) {
+                *kept = updated;
             }
-            // Clients hear of spatial changes and pauses; temporal steps are too frequent to tell.
-            let name = decision
-                .current
-                .map(|l| LayerName::of(l.spatial, layer_count));
-            let shown = (name, decision.paused);
-            if sub.reported != Some(shown) && (decision.current.is_some() || decision.paused) {
+            trace!(
+                %participant, track = %outcome.id, budget = outcome.budget,
+                current = ?decision.current, target = ?decision.target, "layer decision"
+            );
+            if let Some(change) = outcome.quality {
                 debug!(
-                    %participant, track = %track_id, estimate, budget, ?available,
-                    keyframes = ?keyframes.0, current = ?decision.current,
+                    %participant, track = %outcome.id, estimate = round.estimate,
+                    budget = outcome.budget, available = ?input.rates,
+                    keyframes = ?input.keyframes.0, current = ?decision.current,
                     paused = decision.paused, "layer change"
                 );
-                if sub.reported.is_some_and(|(layer, _)| layer != name) {
+                if change.switched {
                     self.counters.layer_switches += 1;
                 }
-                sub.reported = Some(shown);
+                sub.reported = Some(change.shown());
                 events.push(ShardEvent::TrackQuality {
                     participant,
-                    track: track_id,
-                    layer: name,
-                    paused: decision.paused.then_some(PauseReason::WeakNetwork),
+                    track: outcome.id,
+                    layer: change.layer,
+                    paused: change.paused.then_some(PauseReason::WeakNetwork),
                 });
             }
-            any_paused |= decision.paused;
-            paused_now += u64::from(decision.paused);
-            layers_report.push((
-                track_id,
-                decision
-                    .current
-                    .map(|l| LayerName::of(l.spatial, layer_count)),
-            ));
-            if decision.keyframe_needed
-                && let Some(target) = decision.target
-            {
+            if let Some(spatial) = outcome.keyframe {
                 self.request_keyframe(
-                    track_id,
-                    target.spatial,
+                    outcome.id,
+                    spatial,
                     str0m::media::KeyframeRequestKind::Pli,
                     now,
                 );
             }
         }
-        let estimating = self.bandwidth_estimation;
         if let Some(peer) = self.peer_mut(key) {
-            // Keep probing towards what the subscriber would take; padding fills up to what it
-            // takes now, so the estimate can grow before an upgrade is tried.
-            let desired = desired.max(allocated);
-            let minimum = (allocated + next_step.unwrap_or(0)).min(desired);
-            // An upgrade needs the selector's margin on top of the step.
-            let wants_more = next_step.is_some_and(|step| {
-                estimate < (allocated + step).saturating_mul(UPGRADE_MARGIN_PERCENT) / 100
-            });
-            let desired = match peer.probe.round(now, wants_more, estimate) {
-                Nudge::Steady => desired,
-                Nudge::Lower => desired.saturating_sub(1),
-            };
+            let targets = round.targets;
             peer.rtc
                 .bwe()
-                .set_bitrate(Bitrate::bps(minimum.min(desired)), Bitrate::bps(desired));
-            if estimating {
-                let paced = pace_video(LinkState {
-                    limited: next_step.is_some(),
-                    paused: any_paused,
-                    loss,
-                });
+                .set_bitrate(Bitrate::bps(targets.minimum), Bitrate::bps(targets.desired));
+            if let Some(paced) = round.paced {
                 let mut api = peer.rtc.direct_api();
                 for ssrc in &video_streams {
                     if let Some(tx) = api.stream_tx(ssrc) {
@@ -317,7 +194,7 @@ impl Shard {
                 }
                 if paced != peer.video_paced {
                     peer.video_paced = paced;
-                    debug!(%participant, paced, estimate, ?loss, "video pacing");
+                    debug!(%participant, paced, estimate = round.estimate, ?loss, "video pacing");
                 }
             }
         }
@@ -331,79 +208,74 @@ impl Shard {
                 rtt_ms,
                 loss,
                 estimate_bps,
-                layers: layers_report,
-                any_paused,
+                layers: round.link.layers,
+                any_paused: round.link.any_paused,
             });
         }
-        paused_now
+        round.paused
     }
 
-    /// Asks publishers to stop encoding simulcast layers no subscriber needs, and to resume them.
+    /// What the round needs to know of each track `key` receives, in the order given. Each
+    /// selector is copied in; `allocate_subscriber` stores the updated one back.
+    fn round_tracks(
+        &self,
+        key: PeerKey,
+        subscribed: &[TrackId],
+        now: Instant,
+    ) -> Vec<RoundTrack<TrackId>> {
+        let mut inputs = Vec::with_capacity(subscribed.len());
+        for track_id in subscribed {
+            let Some(track) = self.tracks.get(track_id) else {
+                continue;
+            };
+            let Some(sub) = track.subscriptions.iter().find(|s| s.peer == key) else {
+                continue;
+            };
+            inputs.push(RoundTrack {
+                id: *track_id,
+                class: track.class,
+                layer_count: track.rids.len().max(1),
+                rates: track.meter.rates(now),
+                peaks: track.meter.peak_rates(now),
+                keyframes: track.meter.keyframes(),
+                cap: sub.cap,
+                allowed: sub.allowed(),
+                unplayable: sub.unplayable().is_some(),
+                reported: sub.reported,
+                selector: sub.selector().cloned(),
+            });
+        }
+        inputs
+    }
+
+    /// Asks publishers to stop encoding simulcast layers no subscriber needs, and to resume them
+    /// (`core::dynacast`).
     fn update_dynacast(&mut self, now: Instant) {
         let mut events = Vec::new();
         for (track_id, track) in &mut self.tracks {
-            if track.rids.len() < 2 {
+            let viewers = track.subscriptions.iter().filter_map(|sub| {
+                Some(Viewer {
+                    decision: sub.selector()?.decision(),
+                    cap: sub.cap,
+                    allowed: sub.allowed(),
+                    unplayable: sub.unplayable().is_some(),
+                })
+            });
+            let Some(active) = track.dynacast.update(now, track.rids.len(), viewers) else {
                 continue;
-            }
-            // The highest layer any subscriber targets or receives; lower layers stay on for
-            // quick downswitches and new subscribers.
-            let mut needed_up_to = 0usize;
-            for sub in &track.subscriptions {
-                let Some(selector) = sub.selector() else {
-                    continue;
-                };
-                if sub.unplayable().is_some() || !sub.allowed() {
-                    continue; // It can take none of these layers, or may not.
-                }
-                let d = selector.decision();
-                let wanted = match (d.target, d.current) {
-                    (Some(t), _) => t.spatial,
-                    (None, Some(c)) => c.spatial,
-                    // Paused or not started: judge with the rates remembered from when the
-                    // layers were on, so a layer switched off can be asked for again.
-                    (None, None) => track
-                        .dynacast
-                        .remembered
-                        .lowest(sub.cap)
-                        .map(|(l, _)| l.spatial)
-                        .unwrap_or(0),
-                };
-                needed_up_to = needed_up_to.max(usize::from(wanted));
-                // A subscriber capped higher than it gets now may climb: keep the next layer.
-                let headroom = usize::from(sub.cap.spatial).min(usize::from(wanted) + 1);
-                needed_up_to = needed_up_to.max(headroom.min(track.rids.len() - 1));
-            }
-            let mut active = track.dynacast.sent.unwrap_or([true; MAX_SPATIAL]);
-            for (s, on) in active.iter_mut().enumerate().take(track.rids.len()) {
-                if s <= needed_up_to {
-                    track.dynacast.unneeded_since[s] = None;
-                    *on = true;
-                } else {
-                    let since = *track.dynacast.unneeded_since[s].get_or_insert(now);
-                    if now.saturating_duration_since(since) >= DYNACAST_GRACE {
-                        *on = false;
-                    }
-                }
-            }
-            if track.dynacast.sent != Some(active) {
-                let first = track.dynacast.sent.is_none();
-                track.dynacast.sent = Some(active);
-                if first && active.iter().all(|a| *a) {
-                    continue; // Everything is on already; nothing to say.
-                }
-                events.push(ShardEvent::SetEncodings {
-                    participant: track.info.participant,
-                    track: *track_id,
-                    mid: track.info.mid.clone(),
-                    active: track
-                        .rids
-                        .iter()
-                        .zip(active)
-                        .filter(|(_, on)| *on)
-                        .map(|(rid, _)| rid.to_string())
-                        .collect(),
-                });
-            }
+            };
+            events.push(ShardEvent::SetEncodings {
+                participant: track.info.participant,
+                track: *track_id,
+                mid: track.info.mid.clone(),
+                active: track
+                    .rids
+                    .iter()
+                    .zip(active)
+                    .filter(|(_, on)| *on)
+                    .map(|(rid, _)| rid.to_string())
+                    .collect(),
+            });
         }
         for e in events {
             let _ = self.events.send(e);
