@@ -463,7 +463,7 @@ impl Shard {
             .and_then(|sel| sel.decision().current)
             .map(|l| l.spatial)
             .unwrap_or(0);
-        self.request_keyframe(track_id, spatial, req.kind, Instant::now());
+        self.request_keyframe(track_id, spatial, req.kind, self.now);
     }
 
     pub(super) fn on_egress_stats(&mut self, key: PeerKey, stats: &MediaEgressStats) {
