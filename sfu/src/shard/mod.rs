@@ -388,7 +388,9 @@ impl Shard {
             .next_metrics
             .min(self.next_allocation)
             .min(self.next_speakers);
-        self.timers.first().map_or(rounds, |(t, _)| (*t).min(rounds))
+        self.timers
+            .first()
+            .map_or(rounds, |(t, _)| (*t).min(rounds))
     }
 
     /// What the `Rtc`s sent. After any entry point, while it [is full](Outbox::is_full), the

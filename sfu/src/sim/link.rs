@@ -119,10 +119,6 @@ impl Link {
         }
     }
 
-    pub fn shaping(&self) -> Shaping {
-        self.shaping
-    }
-
     /// Changes the shaping from now on (datagrams already on their way keep theirs).
     pub fn reshape(&mut self, shaping: Shaping) {
         self.shaping = shaping;

@@ -51,6 +51,22 @@ impl Default for SourceConfig {
     }
 }
 
+impl SourceConfig {
+    /// The stream of the real-time table (`tests/support/simulcast.rs`): the same rates, but
+    /// keyframes only 3.2 times an average frame (2, 6.7 and 20 kB) and only when asked for.
+    pub fn realtime_test() -> SourceConfig {
+        let keyframe = |bps: u64| {
+            let bytes = (bps as f64 / 8.0 / 30.0 * 3.2) as usize;
+            bytes..=bytes
+        };
+        SourceConfig {
+            keyframe_bytes: [keyframe(150_000), keyframe(500_000), keyframe(1_500_000)],
+            keyframe_interval: None,
+            ..SourceConfig::default()
+        }
+    }
+}
+
 /// The L1T3 pattern from a keyframe: the TID of the n-th frame and its Y bit.
 pub fn temporal(n: u64) -> (u8, bool) {
     match n % 4 {
@@ -96,9 +112,7 @@ pub struct Encoding {
 /// One frame's RTP payloads and what they are.
 #[derive(Debug)]
 pub struct Frame {
-    pub spatial: u8,
     pub keyframe: bool,
-    pub tid: u8,
     pub payloads: Vec<Vec<u8>>,
 }
 
@@ -117,7 +131,12 @@ impl Encoding {
     }
 
     /// The next frame at `elapsed` since the start.
-    pub fn next_frame(&mut self, config: &SourceConfig, elapsed: Duration, rng: &mut StdRng) -> Frame {
+    pub fn next_frame(
+        &mut self,
+        config: &SourceConfig,
+        elapsed: Duration,
+        rng: &mut StdRng,
+    ) -> Frame {
         let periodic = config
             .keyframe_interval
             .zip(self.last_keyframe)
@@ -153,12 +172,7 @@ impl Encoding {
             config.max_packet,
         );
         self.frames += 1;
-        Frame {
-            spatial: self.spatial,
-            keyframe,
-            tid,
-            payloads,
-        }
+        Frame { keyframe, payloads }
     }
 }
 
@@ -223,7 +237,11 @@ mod tests {
         let first = Vp8Header::parse(&payloads[0]).unwrap();
         assert!(first.keyframe && first.starts_frame());
         assert_eq!(
-            (first.picture_id.map(|p| (p.value, p.wide)), first.tl0_pic_idx, first.tid),
+            (
+                first.picture_id.map(|p| (p.value, p.wide)),
+                first.tl0_pic_idx,
+                first.tid
+            ),
             (Some((0x1234, true)), Some(9), Some(0))
         );
         let rest = Vp8Header::parse(&payloads[1]).unwrap();

@@ -55,7 +55,14 @@ struct Client {
 }
 
 impl Client {
-    fn new(now: Instant, addr: SocketAddr, participant: u64, config: RtcConfig, up: Link, down: Link) -> Client {
+    fn new(
+        now: Instant,
+        addr: SocketAddr,
+        participant: u64,
+        config: RtcConfig,
+        up: Link,
+        down: Link,
+    ) -> Client {
         let mut rtc = config.build(now);
         if let Ok(c) = Candidate::host(addr, "udp") {
             rtc.add_local_candidate(c);
@@ -156,6 +163,8 @@ pub struct World {
     pub now: Instant,
     shard: Shard,
     events: mpsc::UnboundedReceiver<ShardEvent>,
+    /// What `/metrics` would show.
+    #[allow(dead_code)]
     pub metrics: Arc<MediaMetrics>,
     teacher: Teacher,
     pupils: Vec<Pupil>,
@@ -244,7 +253,13 @@ impl World {
         for rid in RIDS {
             simulcast.add_send_layer(SimulcastLayer::new(rid));
         }
-        t.video_mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(simulcast));
+        t.video_mid = api.add_media(
+            MediaKind::Video,
+            Direction::SendOnly,
+            None,
+            None,
+            Some(simulcast),
+        );
         let Some((offer, pending)) = api.apply() else {
             panic!("the teacher has nothing to offer");
         };
@@ -279,8 +294,14 @@ impl World {
             .accept_answer(pending, answer)
             .expect("the teacher accepts the shard's answer");
         let params = t.client.rtc.codec_config().params();
-        t.vp8 = params.iter().find(|p| p.spec().codec == str0m::format::Codec::Vp8).map(|p| p.pt());
-        t.opus = params.iter().find(|p| p.spec().codec == str0m::format::Codec::Opus).map(|p| p.pt());
+        t.vp8 = params
+            .iter()
+            .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
+            .map(|p| p.pt());
+        t.opus = params
+            .iter()
+            .find(|p| p.spec().codec == str0m::format::Codec::Opus)
+            .map(|p| p.pt());
         self.poll(Who::Teacher);
     }
 
@@ -507,7 +528,9 @@ impl World {
         };
         let p = &mut self.pupils[i];
         if Some(data.mid) != p.video_mid {
-            p.log.audio.push(now);
+            // When the packet arrived: str0m's depacketiser holds packets behind a lost one
+            // for a while, which a browser's audio jitter buffer would conceal.
+            p.log.audio.push(data.network_time);
             return;
         }
         p.log.first_video.get_or_insert(now);
@@ -565,9 +588,15 @@ impl World {
                 ..Default::default()
             };
             tx.write_rtp(
-                RtpWrite::new(pt, t.seq[3].into(), t.timestamps[3], now, vec![0x55u8; self.config.audio_bytes])
-                    .marker(false)
-                    .ext_vals(ext),
+                RtpWrite::new(
+                    pt,
+                    t.seq[3].into(),
+                    t.timestamps[3],
+                    now,
+                    vec![0x55u8; self.config.audio_bytes],
+                )
+                .marker(false)
+                .ext_vals(ext),
             );
             wrote = true;
         }
@@ -615,7 +644,8 @@ impl World {
             }
         };
         consider(self.next_media());
-        for c in std::iter::once(&self.teacher.client).chain(self.pupils.iter().map(|p| &p.client)) {
+        for c in std::iter::once(&self.teacher.client).chain(self.pupils.iter().map(|p| &p.client))
+        {
             consider(Some(c.next));
             consider(c.up.next_arrival());
             consider(c.down.next_arrival());
