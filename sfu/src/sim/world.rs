@@ -603,7 +603,7 @@ impl World {
         while self.start + frame_time(self.teacher.frames, self.config.fps) <= now {
             let ticks = 90_000 / self.config.fps;
             self.teacher.frames += 1;
-            for s in 0..3 {
+            for (s, name) in RIDS.iter().enumerate() {
                 let t = &mut self.teacher;
                 if !t.encodings[s].active {
                     continue;
@@ -614,7 +614,7 @@ impl World {
                 }
                 t.timestamps[s] = t.timestamps[s].wrapping_add(ticks);
                 let Some(pt) = t.vp8 else { continue };
-                let rid = Rid::from(RIDS[s]);
+                let rid = Rid::from(*name);
                 let mut api = t.client.rtc.direct_api();
                 let Some(tx) = api.stream_tx_by_mid(t.video_mid, Some(rid)) else {
                     continue;
