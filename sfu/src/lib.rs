@@ -21,6 +21,8 @@ pub mod interfaces;
 pub mod metrics;
 mod sdp_error;
 pub mod shard;
+#[cfg(test)]
+mod sim;
 
 pub use command::{
     Audience, LayerName, PauseReason, PublishedTrack, ShardCommand, ShardEvent, SubscribedTrack,

@@ -361,7 +361,7 @@ impl Shard {
         }
         // The subscriber lost its picture: it needs a keyframe of the layer it receives now.
         let spatial = sub.map_or(0, |s| s.down.current_spatial());
-        self.request_keyframe(track_id, spatial, req.kind, Instant::now());
+        self.request_keyframe(track_id, spatial, req.kind, self.now);
     }
 
     pub(super) fn on_egress_stats(&mut self, key: PeerKey, stats: &MediaEgressStats) {

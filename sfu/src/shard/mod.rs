@@ -1,15 +1,21 @@
-//! The media thread: a thin I/O loop around the shard's `Rtc`s.
+//! The media thread: the shard, a state machine around its `Rtc`s, and the I/O loop that drives
+//! it (`io_loop`).
 //!
-//! The loop waits for one of three things — a datagram, a command, the earliest `Rtc` deadline —
-//! feeds it to the one `Rtc` concerned, and then drains every `Rtc` that was touched (`dirty`)
-//! until it reports its next timeout, as str0m's run loop requires. `Rtc`s with nothing to do are
-//! never polled.
+//! The [`Shard`] owns no socket and reads no clock: every entry point — a datagram
+//! ([`Shard::handle_datagram`]), a command ([`Shard::handle_command`]), a deadline
+//! ([`Shard::handle_timeout`]) — is given the time by its caller, feeds the one `Rtc` concerned,
+//! and drains every `Rtc` that was touched (`dirty`) until it reports its next timeout, as
+//! str0m's run loop requires; what they send collects in an [`outbox::Outbox`] the caller empties.
+//! `Rtc`s with nothing to do are never polled. The I/O loop owns the sockets and the clock; the
+//! virtual-time harness (`crate::sim`, tests only) drives the same shard with a simulated
+//! network and clock.
 
 mod allocation;
+mod io_loop;
 mod media;
 mod moderation;
 mod negotiate;
-mod outbox;
+pub(crate) mod outbox;
 mod peer;
 mod recovery;
 mod tcp;
@@ -39,13 +45,12 @@ use peer::{Peer, PeerKey, PeerRole};
 
 /// How often counters are copied out for `/metrics`.
 const METRICS_INTERVAL: Duration = Duration::from_secs(1);
-/// Largest datagram we accept; anything longer is not WebRTC.
-const RECV_BUFFER: usize = 2048;
-/// Datagrams taken from the socket in one pass of the loop before subscribers are drained.
-const RECV_BATCH: usize = 32;
 /// How many times in a row one drain answers a peer's due timeout itself (see [`Shard::drain`])
 /// before leaving the rest to the timer set, so one busy peer cannot hold up the others.
 const INLINE_TIMEOUTS: u32 = 64;
+/// str0m's pacer asks to be woken this long after the time it was last given, to release its
+/// next packet ("immediate" timeouts): a drain answers those at once (see [`Shard::drain`]).
+const IMMEDIATE: Duration = Duration::from_micros(1);
 
 /// A running media plane.
 pub struct Sfu {
@@ -161,17 +166,15 @@ pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
                         return;
                     }
                 };
-                let shard = Shard::new(
-                    socket,
-                    tcp,
-                    shard_announced,
-                    shard_announced_tcp,
+                let setup = Setup {
+                    announced: shard_announced,
+                    announced_tcp: shard_announced_tcp,
                     candidates,
-                    config.bandwidth_estimation,
-                    event_tx,
-                    shard_metrics,
-                );
-                shard.run(cmd_rx).await;
+                    bandwidth_estimation: config.bandwidth_estimation,
+                };
+                io_loop::IoLoop::new(setup, event_tx, shard_metrics, socket, tcp)
+                    .run(cmd_rx)
+                    .await;
             });
         })
         .map_err(SfuError::Thread)?;
@@ -272,12 +275,45 @@ struct Room {
     speakers: crate::core::speaker::RoomSpeakers,
 }
 
-/// Everything one media thread owns.
-struct Shard {
-    socket: UdpSocket,
+/// What a shard answers on, fixed when it starts.
+pub(crate) struct Setup {
+    /// The addresses announced to peers (UDP), and those of ICE-TCP.
+    pub announced: Vec<SocketAddr>,
+    pub announced_tcp: Vec<SocketAddr>,
+    /// The local candidates every peer answers on.
+    pub candidates: Vec<Candidate>,
+    /// `MediaConfig::bandwidth_estimation`.
+    pub bandwidth_estimation: bool,
+}
+
+/// Where a datagram came from: UDP, or a frame of an ICE-TCP connection (with the local address
+/// that connection reached, which a UDP socket bound to a wildcard cannot tell).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrival {
+    pub transport: Transport,
+    pub source: SocketAddr,
+    pub local: Option<std::net::IpAddr>,
+}
+
+impl Arrival {
+    pub fn udp(source: SocketAddr) -> Arrival {
+        Arrival {
+            transport: Transport::Udp,
+            source,
+            local: None,
+        }
+    }
+}
+
+/// Everything one media thread owns but its sockets and its clock.
+pub(crate) struct Shard {
+    /// What the `Rtc`s sent, for the caller to take (`outbox()`).
     outbox: Outbox,
-    /// The ICE-TCP listener and its connections, when enabled.
-    tcp: Option<tcp::TcpMedia>,
+    /// The time given by the caller of the entry point running now (never goes back).
+    now: Instant,
+    next_metrics: Instant,
+    next_allocation: Instant,
+    next_speakers: Instant,
     announced: Vec<SocketAddr>,
     announced_tcp: Vec<SocketAddr>,
     candidates: Vec<Candidate>,
@@ -304,21 +340,24 @@ struct Shard {
 }
 
 impl Shard {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        socket: UdpSocket,
-        tcp: Option<tcp::TcpMedia>,
-        announced: Vec<SocketAddr>,
-        announced_tcp: Vec<SocketAddr>,
-        candidates: Vec<Candidate>,
-        bandwidth_estimation: bool,
+    pub(crate) fn new(
+        now: Instant,
+        setup: Setup,
         events: mpsc::UnboundedSender<ShardEvent>,
         metrics: Arc<MediaMetrics>,
     ) -> Shard {
+        let Setup {
+            announced,
+            announced_tcp,
+            candidates,
+            bandwidth_estimation,
+        } = setup;
         Shard {
-            socket,
             outbox: Outbox::default(),
-            tcp,
+            now,
+            next_metrics: now + METRICS_INTERVAL,
+            next_allocation: now + allocation::INTERVAL,
+            next_speakers: now + moderation::SPEAKER_INTERVAL,
             announced,
             announced_tcp,
             candidates,
@@ -335,101 +374,91 @@ impl Shard {
             rooms: HashMap::new(),
             tracks: HashMap::new(),
             next_track: 1,
-            next_report: Instant::now(),
+            next_report: now,
         }
     }
 
-    async fn run(mut self, mut commands: mpsc::Receiver<ShardCommand>) {
-        let mut buf = vec![0u8; RECV_BUFFER];
-        let mut frame = vec![0u8; tcp::MAX_FRAME];
-        let mut next_metrics = Instant::now() + METRICS_INTERVAL;
-        let mut next_allocation = Instant::now() + allocation::INTERVAL;
-        let mut next_speakers = Instant::now() + moderation::SPEAKER_INTERVAL;
-        loop {
-            let deadline = self
-                .timers
-                .first()
-                .map(|(t, _)| *t)
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-            tokio::select! {
-                biased;
-                cmd = commands.recv() => match cmd {
-                    Some(ShardCommand::Shutdown) | None => break,
-                    Some(cmd) => self.handle_command(cmd),
-                },
-                received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((n, source)) => {
-                        self.handle_datagram(Instant::now(), source, &buf[..n]);
-                        // Whatever else is already waiting is taken in the same pass, before any
-                        // subscriber is drained: the packets of a frame then reach each
-                        // subscriber's `Rtc` together and leave as one GSO run (`outbox`), and a
-                        // busy loop spends less of its time waking up.
-                        for _ in 1..RECV_BATCH {
-                            match self.socket.try_recv_from(&mut buf) {
-                                Ok((n, source)) => {
-                                    self.handle_datagram(Instant::now(), source, &buf[..n]);
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    Err(e) => debug!("media socket receive error: {e}"),
-                },
-                ready = std::future::poll_fn(|cx| match self.tcp.as_mut() {
-                    Some(t) => t.poll_ready(cx),
-                    None => std::task::Poll::Pending,
-                }) => self.handle_tcp(ready, &mut frame),
-                _ = tokio::time::sleep_until(
-                    deadline.min(next_metrics).min(next_allocation).min(next_speakers).into()
-                ) => {}
-            }
-            // Under a steady stream of datagrams the UDP branch always wins the biased select:
-            // ICE-TCP connections get a turn after every wakeup all the same. (Polling with a
-            // no-op waker is harmless: the next select polls again with the loop's own.)
-            if let Some(std::task::Poll::Ready(ready)) = self.tcp.as_mut().map(|t| {
-                t.poll_ready(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-            }) {
-                self.handle_tcp(ready, &mut frame);
-            }
-            // Deadlines (pacing, RTCP, ICE consent) must still be met, so check them after every
-            // wakeup.
-            let now = Instant::now();
-            if self.timers.first().is_some_and(|(t, _)| *t <= now) {
-                self.handle_timeouts(now);
-            }
+    /// Takes the caller's time for the entry point that runs now.
+    fn enter(&mut self, now: Instant) {
+        // A caller's clock that steps back (it must not) cannot make the `Rtc`s' go back.
+        self.now = self.now.max(now);
+    }
+
+    /// The earliest time [`Shard::handle_timeout`] has something to do.
+    pub(crate) fn poll_deadline(&self) -> Instant {
+        let rounds = self
+            .next_metrics
+            .min(self.next_allocation)
+            .min(self.next_speakers);
+        self.timers
+            .first()
+            .map_or(rounds, |(t, _)| (*t).min(rounds))
+    }
+
+    /// What the `Rtc`s sent. After any entry point, while it [is full](Outbox::is_full), the
+    /// caller empties it and calls [`Shard::drain_dirty`]: drains stop at a full outbox, so that
+    /// one packet fanned out to a whole class never queues more than a batch here.
+    pub(crate) fn outbox(&mut self) -> &mut Outbox {
+        &mut self.outbox
+    }
+
+    /// The caller sent a batch from the outbox.
+    fn note_sent(&mut self, sent: outbox::Sent) {
+        self.counters.packets_out += sent.datagrams;
+        self.counters.bytes_out += sent.bytes;
+        self.counters.send_errors += sent.failed;
+        self.counters.datagrams_segmented += sent.segmented;
+    }
+
+    /// The ICE-TCP side's counters, published with the shard's.
+    pub(crate) fn note_tcp(&mut self, counters: TcpCounters, open: usize) {
+        self.counters.tcp = counters;
+        self.counters.tcp_connections = open as u64;
+    }
+
+    /// Whether datagrams on `route` reach a peer (an ICE-TCP connection not bound to one is
+    /// closed by the loop after a while).
+    pub(crate) fn is_bound(&self, route: Route) -> bool {
+        self.demux.is_bound(route)
+    }
+
+    /// Everything due by `now`: `Rtc` deadlines, then the allocation, speaker and metrics rounds.
+    /// Also drains whatever earlier entry points left dirty; call it after every wakeup.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        self.enter(now);
+        let now = self.now;
+        if self.timers.first().is_some_and(|(t, _)| *t <= now) {
+            self.handle_timeouts(now);
+        }
+        self.drain_dirty();
+        if now >= self.next_allocation {
+            self.next_allocation = now + allocation::INTERVAL;
+            self.allocate_all(now);
             self.drain_dirty();
-            if now >= next_allocation {
-                next_allocation = now + allocation::INTERVAL;
-                self.allocate_all(now);
-                self.drain_dirty();
-            }
-            if now >= next_speakers {
-                next_speakers = now + moderation::SPEAKER_INTERVAL;
-                self.report_speakers(now);
-            }
-            if now >= next_metrics {
-                next_metrics = now + METRICS_INTERVAL;
-                self.counters.peers = self.demux.len() as u64;
-                if let Some(t) = self.tcp.as_mut() {
-                    let demux = &self.demux;
-                    t.sweep(now, |remote| demux.is_bound((Transport::Tcp, remote)));
-                    self.counters.tcp = t.counters;
-                    self.counters.tcp_connections = t.open() as u64;
-                }
-                self.metrics.publish(&self.counters);
-                self.metrics.heartbeat.beat();
-                self.reap_disconnected(now);
-            }
-            // Everything this pass produced leaves before the loop waits again.
-            self.flush_outbox();
         }
-        self.close_all();
-        self.flush_outbox();
-        self.metrics.publish(&self.counters);
-        info!("media plane stopped");
+        if now >= self.next_speakers {
+            self.next_speakers = now + moderation::SPEAKER_INTERVAL;
+            self.report_speakers(now);
+        }
+        if now >= self.next_metrics {
+            self.next_metrics = now + METRICS_INTERVAL;
+            self.counters.peers = self.demux.len() as u64;
+            self.metrics.publish(&self.counters);
+            self.reap_disconnected(now);
+        }
     }
 
-    fn handle_command(&mut self, cmd: ShardCommand) {
+    /// Closes every connection politely (`ShardCommand::Shutdown`); the caller then sends the
+    /// outbox one last time.
+    pub(crate) fn shutdown(&mut self, now: Instant) {
+        self.enter(now);
+        self.close_all();
+        self.metrics.publish(&self.counters);
+    }
+
+    /// A command from the control plane (`Shutdown` is the caller's: [`Shard::shutdown`]).
+    pub(crate) fn handle_command(&mut self, now: Instant, cmd: ShardCommand) {
+        self.enter(now);
         match cmd {
             ShardCommand::Join {
                 participant,
@@ -476,11 +505,25 @@ impl Shard {
         }
     }
 
-    fn handle_datagram(&mut self, now: Instant, source: SocketAddr, datagram: &[u8]) {
-        self.counters.packets_in += 1;
-        self.counters.bytes_in += datagram.len() as u64;
-        let destination = local_candidate_for(&self.announced, None, source);
-        self.handle_packet(now, (Transport::Udp, source), destination, datagram);
+    /// A datagram (or an ICE-TCP frame) for the peer it belongs to.
+    pub(crate) fn handle_datagram(&mut self, now: Instant, arrival: Arrival, datagram: &[u8]) {
+        self.enter(now);
+        let destination = match arrival.transport {
+            Transport::Udp => {
+                self.counters.packets_in += 1;
+                self.counters.bytes_in += datagram.len() as u64;
+                local_candidate_for(&self.announced, arrival.local, arrival.source)
+            }
+            Transport::Tcp => {
+                local_candidate_for(&self.announced_tcp, arrival.local, arrival.source)
+            }
+        };
+        self.handle_packet(
+            self.now,
+            (arrival.transport, arrival.source),
+            destination,
+            datagram,
+        );
     }
 
     /// A datagram from UDP or a frame from an ICE-TCP connection, for the peer it belongs to.
@@ -527,39 +570,6 @@ impl Shard {
         self.drain(key);
     }
 
-    /// Something happened on the ICE-TCP side.
-    fn handle_tcp(&mut self, ready: tcp::Ready, frame: &mut [u8]) {
-        let Some(t) = self.tcp.as_mut() else {
-            return;
-        };
-        let i = match ready {
-            tcp::Ready::Accepted(stream, remote) => {
-                t.admit(Instant::now(), stream, remote);
-                return;
-            }
-            tcp::Ready::Writable(i) => {
-                t.write(i);
-                return;
-            }
-            tcp::Ready::Readable(i) => i,
-        };
-        let Some((remote, local)) = t.addresses(i) else {
-            return;
-        };
-        if !matches!(t.read(i), tcp::ReadOutcome::Data) {
-            return;
-        }
-        let destination = local_candidate_for(&self.announced_tcp, Some(local.ip()), remote);
-        while let Some(n) = self.tcp.as_mut().and_then(|t| t.next_frame(i, frame)) {
-            self.handle_packet(
-                Instant::now(),
-                (Transport::Tcp, remote),
-                destination,
-                &frame[..n],
-            );
-        }
-    }
-
     fn handle_timeouts(&mut self, now: Instant) {
         while let Some(&(t, key)) = self.timers.first() {
             if t > now {
@@ -586,9 +596,13 @@ impl Shard {
     }
 
     /// Polls every touched `Rtc` until it only has a timeout to report. Handling one peer's
-    /// events can touch others (forwarding writes to subscribers), so this runs until quiet.
-    fn drain_dirty(&mut self) {
-        while let Some(key) = self.dirty.pop() {
+    /// events can touch others (forwarding writes to subscribers), so this runs until quiet, or
+    /// until the outbox is full (the caller empties it and calls this again).
+    pub(crate) fn drain_dirty(&mut self) {
+        while !self.outbox.is_full() {
+            let Some(key) = self.dirty.pop() else {
+                return;
+            };
             if let Some(peer) = self.peer_mut(key) {
                 peer.dirty = false;
             }
@@ -596,9 +610,21 @@ impl Shard {
         }
     }
 
+    /// Polls one `Rtc` until it only has a timeout to report, or until the outbox is full: then
+    /// it stays dirty, and the next [`Shard::drain_dirty`] goes on where this stopped.
     fn drain(&mut self, key: PeerKey) {
+        self.drain_until(key, true);
+    }
+
+    fn drain_until(&mut self, key: PeerKey, stop_when_full: bool) {
         let mut inline_timeouts = 0;
+        // The time last given to this `Rtc`: the caller's, or a little past it (below).
+        let mut fed = self.now;
         loop {
+            if stop_when_full && self.outbox.is_full() {
+                self.mark_dirty(key);
+                return;
+            }
             let Some(peer) = self.peer_mut(key) else {
                 return;
             };
@@ -619,16 +645,17 @@ impl Shard {
                     // str0m's pacer asks for a timeout a microsecond after every packet it
                     // releases, and sends the next one only after it. Answering that here, while
                     // this peer is hot in the cache, saves a trip through the timer set and the
-                    // event loop per paced packet (a frame for a pupil is several packets).
-                    if inline_timeouts < INLINE_TIMEOUTS {
-                        let now = Instant::now();
-                        if t <= now {
-                            inline_timeouts += 1;
-                            if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
-                                debug!("timeout handling failed: {e}");
-                            }
-                            continue;
+                    // event loop per paced packet (a frame for a pupil is several packets). The
+                    // caller's time stands still during an entry point, so the microsecond is
+                    // granted: the `Rtc` runs at most `INLINE_TIMEOUTS` µs ahead of it (str0m
+                    // keeps its own time from going back when the next input is earlier).
+                    if inline_timeouts < INLINE_TIMEOUTS && t <= fed + IMMEDIATE {
+                        inline_timeouts += 1;
+                        fed = fed.max(t);
+                        if let Err(e) = peer.rtc.handle_input(Input::Timeout(fed)) {
+                            debug!("timeout handling failed: {e}");
                         }
+                        continue;
                     }
                     if peer.timer != Some(t) {
                         if let Some(old) = peer.timer.replace(t) {
@@ -641,35 +668,16 @@ impl Shard {
                 Output::Transmit(t) if t.proto == Protocol::Udp => {
                     self.demux.confirm(key, t.destination, &t.contents);
                     self.outbox.push(t.destination, t.contents.into());
-                    if self.outbox.is_full() {
-                        self.flush_outbox();
-                    }
                 }
                 Output::Transmit(t) => {
                     // Only TCP host candidates are ours besides UDP.
                     self.demux
                         .confirm_via(key, (Transport::Tcp, t.destination), &t.contents);
-                    if let Some(tcp) = self.tcp.as_mut() {
-                        tcp.send(t.destination, &t.contents);
-                    }
+                    self.outbox.push_tcp(t.destination, t.contents.into());
                 }
                 Output::Event(e) => self.handle_event(key, e),
             }
         }
-    }
-
-    fn flush_outbox(&mut self) {
-        if let Some(t) = self.tcp.as_mut() {
-            t.flush();
-        }
-        if self.outbox.is_empty() {
-            return;
-        }
-        let sent = self.outbox.flush(&self.socket);
-        self.counters.packets_out += sent.datagrams;
-        self.counters.bytes_out += sent.bytes;
-        self.counters.send_errors += sent.failed;
-        self.counters.datagrams_segmented += sent.segmented;
     }
 
     fn handle_event(&mut self, key: PeerKey, event: Event) {
@@ -682,18 +690,19 @@ impl Shard {
                 let publisher = peer.is_publisher();
                 debug!(participant = %peer.participant, publisher, "peer connected");
                 if !publisher {
-                    self.allocate_connected(key, Instant::now());
+                    self.allocate_connected(key, self.now);
                 }
             }
             Event::IceConnectionStateChange(state) => {
                 // Not dropped at once: the client restarts ICE or comes back from a new
                 // address (`recovery`); only a long outage closes the connection.
                 let mut back = false;
+                let now = self.now;
                 if let Some(peer) = self.peer_mut(key) {
                     debug!(participant = %peer.participant, ?state, "ICE state");
                     match state {
                         IceConnectionState::Disconnected => {
-                            peer.recovery.liveness.disconnected(Instant::now())
+                            peer.recovery.liveness.disconnected(now)
                         }
                         IceConnectionState::Connected | IceConnectionState::Completed => {
                             back = peer.recovery.liveness.is_disconnected();
@@ -728,7 +737,7 @@ impl Shard {
     /// A new peer connection of `participant`, answering on this shard's candidates.
     fn add_peer(&mut self, participant: ParticipantId, role: PeerRole) -> PeerKey {
         let peer = Peer::new(
-            Instant::now(),
+            self.now,
             participant,
             role,
             &self.candidates,
@@ -843,7 +852,8 @@ impl Shard {
         {
             peer.rtc.disconnect();
         }
-        self.drain(key);
+        // Its last words (BYE, close_notify) are few: not held back by a full outbox.
+        self.drain_until(key, false);
         self.remove_peer(key);
     }
 

@@ -46,7 +46,7 @@ impl Shard {
         );
         // Its layer is decided now, from the current rates (layers nobody was allowed may have
         // been switched off meanwhile), and the keyframe it starts at is asked for at once.
-        let now = Instant::now();
+        let now = self.now;
         for key in resumed_video {
             if self.peer(key).is_some_and(|p| p.connected) {
                 self.allocate_connected(key, now);

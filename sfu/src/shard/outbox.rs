@@ -2,8 +2,9 @@
 //!
 //! One packet from the teacher becomes a datagram for every pupil, all produced in the same pass
 //! of the media loop. Sending each with its own `sendto` pays the system call's entry and exit
-//! per datagram; `sendmmsg` pays it once per batch. The loop flushes the outbox at the end of every
-//! pass (and whenever a batch is full), so a datagram waits here for microseconds at most.
+//! per datagram; `sendmmsg` pays it once per batch. The shard only fills the [`Outbox`]; the I/O
+//! loop (`io_loop`) sends it through a [`Sender`] at the end of every pass and whenever the shard
+//! reports a batch full, so a datagram waits here for microseconds at most.
 //!
 //! Consecutive datagrams to one destination (the packets of a frame for one pupil) also go as one
 //! UDP GSO send (`UDP_SEGMENT`) where the kernel allows it: it walks the stack once for the run
@@ -38,9 +39,50 @@ impl std::ops::AddAssign for Sent {
     }
 }
 
-#[derive(Debug)]
-pub(super) struct Outbox {
+/// Datagrams the shard produced, waiting for the I/O loop (or the virtual-time harness) to take
+/// them. The shard never sends: it fills this, says when it is full ([`Outbox::is_full`]), and
+/// the loop empties it through a [`Sender`].
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
     queue: Vec<(SocketAddr, Vec<u8>)>,
+    /// Frames for ICE-TCP connections, by the client's address.
+    tcp: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+impl Outbox {
+    pub fn push(&mut self, destination: SocketAddr, datagram: Vec<u8>) {
+        self.queue.push((destination, datagram));
+    }
+
+    pub fn push_tcp(&mut self, destination: SocketAddr, frame: Vec<u8>) {
+        self.tcp.push((destination, frame));
+    }
+
+    /// A batch is waiting: the loop should send it before the shard produces more, so what the
+    /// shard holds stays bounded however many subscribers one packet fans out to.
+    pub fn is_full(&self) -> bool {
+        self.queue.len() + self.tcp.len() >= BATCH
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.tcp.is_empty()
+    }
+
+    /// Takes every queued UDP datagram, in order.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn take_udp(&mut self) -> std::vec::Drain<'_, (SocketAddr, Vec<u8>)> {
+        self.queue.drain(..)
+    }
+
+    /// Takes every queued ICE-TCP frame, in order.
+    pub fn take_tcp(&mut self) -> std::vec::Drain<'_, (SocketAddr, Vec<u8>)> {
+        self.tcp.drain(..)
+    }
+}
+
+/// Hands an outbox's UDP datagrams to the kernel: `sendmmsg` batches, GSO runs where allowed.
+#[derive(Debug)]
+pub(super) struct Sender {
     #[cfg(target_os = "linux")]
     scratch: Scratch,
     /// Whether runs to one destination go as GSO sends; off for good once the kernel refuses one.
@@ -48,10 +90,9 @@ pub(super) struct Outbox {
     gso: bool,
 }
 
-impl Default for Outbox {
-    fn default() -> Outbox {
-        Outbox {
-            queue: Vec::new(),
+impl Default for Sender {
+    fn default() -> Sender {
+        Sender {
             #[cfg(target_os = "linux")]
             scratch: Scratch::default(),
             #[cfg(target_os = "linux")]
@@ -60,23 +101,12 @@ impl Default for Outbox {
     }
 }
 
-impl Outbox {
-    pub fn push(&mut self, destination: SocketAddr, datagram: Vec<u8>) {
-        self.queue.push((destination, datagram));
-    }
-
-    pub fn is_full(&self) -> bool {
-        self.queue.len() >= BATCH
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
-    /// Sends everything queued, in order, and empties the outbox.
-    pub fn flush(&mut self, socket: &UdpSocket) -> Sent {
+impl Sender {
+    /// Sends every UDP datagram queued in `outbox`, in order, and empties its UDP queue (the
+    /// ICE-TCP frames are the caller's, [`Outbox::take_tcp`]).
+    pub fn flush(&mut self, outbox: &mut Outbox, socket: &UdpSocket) -> Sent {
         let mut sent = Sent::default();
-        for chunk in self.queue.chunks(BATCH) {
+        for chunk in outbox.queue.chunks(BATCH) {
             #[cfg(target_os = "linux")]
             {
                 sent += send_batch(socket, chunk, &mut self.scratch, &mut self.gso);
@@ -86,7 +116,7 @@ impl Outbox {
                 sent += send_batch(socket, chunk);
             }
         }
-        self.queue.clear();
+        outbox.queue.clear();
         sent
     }
 }
@@ -323,7 +353,7 @@ mod tests {
             // Different sizes, so a datagram cut short or merged would show.
             outbox.push(to, vec![i as u8; 20 + i]);
         }
-        let sent = outbox.flush(&sender);
+        let sent = Sender::default().flush(&mut outbox, &sender);
         assert_eq!(sent.datagrams, count as u64);
         assert_eq!(sent.failed, 0);
         assert_eq!(sent.bytes, (0..count).map(|i| 20 + i as u64).sum::<u64>());
@@ -344,7 +374,7 @@ mod tests {
         // An IPv6 destination on an IPv4 socket: the kernel refuses this one datagram.
         outbox.push("[::1]:9".parse().expect("addr"), vec![2; 10]);
         outbox.push(to, vec![3; 10]);
-        let sent = outbox.flush(&sender);
+        let sent = Sender::default().flush(&mut outbox, &sender);
         assert_eq!((sent.datagrams, sent.failed), (2, 1));
         let mut buf = [0u8; 64];
         for expected in [1u8, 3] {
@@ -414,7 +444,7 @@ mod tests {
         for d in &for_second {
             outbox.push(to_second, d.clone());
         }
-        let sent = outbox.flush(&sender);
+        let sent = Sender::default().flush(&mut outbox, &sender);
         assert_eq!((sent.datagrams, sent.failed), (9, 0));
         assert_eq!(sent.bytes, 5 * 1000 + 300 + 3 * 1000);
         // Loopback takes UDP GSO since Linux 4.18.

@@ -108,7 +108,7 @@ impl Shard {
                 .flat_map(|(t, layers)| (0..layers.max(1) as u8).map(move |s| (t, s)))
                 .collect(),
         };
-        let now = Instant::now();
+        let now = self.now;
         for (track, spatial) in wanted {
             let video = self
                 .tracks

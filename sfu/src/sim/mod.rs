@@ -1,0 +1,16 @@
+//! The media plane in virtual time (tests only).
+//!
+//! The shard is a state machine that is given the time (`shard::Shard`); here it runs with real
+//! str0m peers — a teacher publishing VP8 simulcast and Opus (`source`), pupils as str0m
+//! subscribers that send TWCC, receiver reports, NACKs and PLIs as browsers do — behind
+//! simulated links (`link`) with rate, queue, delay, jitter, loss and token-bucket bursts. One
+//! virtual clock drives everything (`world`), so adaptation, pausing, resumption and keyframe
+//! behaviour are tested deterministically in milliseconds of CPU per simulated second.
+//! `profiles` holds the home-link table of `docs/ADAPTATION.md` and its tests.
+
+mod link;
+mod profiles;
+#[cfg(test)]
+mod scenarios;
+mod source;
+mod world;
