@@ -417,6 +417,7 @@ impl Shard {
                 self.metrics.publish(&self.counters);
                 self.metrics.heartbeat.beat();
                 self.reap_disconnected(now);
+                self.restart_quiet(now);
             }
             // Everything this pass produced leaves before the loop waits again.
             self.flush_outbox();
@@ -691,11 +692,10 @@ impl Shard {
                     debug!(participant = %peer.participant, ?state, "ICE state");
                     match state {
                         IceConnectionState::Disconnected => {
-                            peer.recovery.liveness.disconnected(Instant::now())
+                            peer.recovery.path_down(Instant::now())
                         }
                         IceConnectionState::Connected | IceConnectionState::Completed => {
-                            back = peer.recovery.liveness.is_disconnected();
-                            peer.recovery.liveness.connected();
+                            back = peer.recovery.path_up();
                         }
                         _ => {}
                     }
