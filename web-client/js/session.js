@@ -7,6 +7,7 @@ import { SignalChannel, ProtocolError, defaultSignalUrl, PROTOCOL_VERSION } from
 import {
   addSendTransceiver, hasSimulcast, sectionsByMid, setActiveRids, stripSimulcast, useSingleEncoding,
 } from './encodings.js';
+import { PathWatch } from './pathwatch.js';
 
 /** What each publishable source carries, as the server checks it. */
 export const SOURCE_KIND = { microphone: 'audio', camera: 'video', screen: 'video' };
@@ -27,8 +28,9 @@ const BACKOFF_MS = [500, 1000, 2000, 4000];
 // that has just come back answers fast, and a dead one must not hold the page for long.
 const REOPEN_TIMEOUT_MS = 4000;
 // A media connection disconnected this long gets an ICE restart (a failed one at once), then
-// again every RESTART_RETRY_MS while it stays down.
-const ICE_RESTART_AFTER_MS = 2000;
+// again every RESTART_RETRY_MS while it stays down. Chromium already waited 2.5 s without
+// packets before saying `disconnected`: waiting much longer only adds to the outage.
+const ICE_RESTART_AFTER_MS = 500;
 const RESTART_RETRY_MS = 5000;
 // Errors after which reconnecting cannot help: the page says why and stops.
 const FINAL_CODES = ['invalid_token', 'token_expired', 'not_admitted', 'replaced', 'message_too_large'];
@@ -96,7 +98,14 @@ export class Session extends EventTarget {
     this.iceRestarts = { publish: 0, subscribe: 0 };
     this.reconnectingPeers = new Set(); // participant ids the server says are reconnecting
     this.renewing = false; // a fresh socket is resuming beside the current one
-    if (typeof window !== 'undefined') window.addEventListener('online', () => this.#online());
+    // Connections whose path the page saw lost before the browser did: restarted at the next
+    // chance whatever their state says.
+    this.pathLost = new Set();
+    this.pathWatch = new PathWatch(() => this.subscribePc, () => this.#pathQuiet());
+    if (typeof window !== 'undefined') {
+      window.addEventListener('online', () => this.#online());
+      this.pathWatch.start();
+    }
   }
 
   /** Connects and joins; resolves with the `joined` message, rejects with a ProtocolError. */
@@ -481,6 +490,10 @@ export class Session extends EventTarget {
           .then(() => this.#answerSubscriber(msg))
           .catch((err) => this.#emit('error', { error: err }));
         break;
+      case 'ice_restart_wanted':
+        // The server saw our sending connection's path down (docs/PROTOCOL.md).
+        if (msg.connection === 'publish') this.#restartPublishIce();
+        break;
       case 'set_encodings':
         this.lastSetEncodings = { track_id: msg.track_id, mid: msg.mid, active: msg.active };
         this.#setEncodings(msg);
@@ -623,6 +636,7 @@ export class Session extends EventTarget {
    * connections, and what we were sending is published again.
    */
   #startOver() {
+    this.pathLost.clear();
     for (const trackId of [...this.remoteTracks.keys()]) this.#removeRemoteTrack(trackId);
     this.midToTrackId.clear();
     this.subscribePc?.close();
@@ -657,13 +671,15 @@ export class Session extends EventTarget {
 
   #restartIce(which, { renew = true } = {}) {
     const pc = which === 'publish' ? this.publishPc : this.subscribePc;
-    if (this.ended || !pc || !['failed', 'disconnected'].includes(pc.connectionState)) return;
+    const down = this.pathLost.has(which) || ['failed', 'disconnected'].includes(pc?.connectionState);
+    if (this.ended || !pc || !down) return;
     // While the socket is down the restart waits for the resume, which checks again.
     if (this.joined && renew && this.resume && !this.renewing) {
       // A media path that broke usually means the socket's did too (a new address strands the
       // old TCP connection silently): resume on a fresh socket at once, which restarts ICE.
       this.#renewSocket();
     } else if (this.joined && !this.renewing) {
+      this.pathLost.delete(which);
       this.iceRestarts[which] += 1;
       if (which === 'publish') {
         const task = this.publishQueue.then(() => {
@@ -680,6 +696,21 @@ export class Session extends EventTarget {
       }
     }
     this.restartTimers[which] = setTimeout(() => this.#restartIce(which), RESTART_RETRY_MS);
+  }
+
+  /**
+   * The server asked for an ICE restart of the sending connection, which it sees down even if
+   * the browser does not (yet): at most one offer at a time, queued behind any other.
+   */
+  #restartPublishIce() {
+    const pc = this.publishPc;
+    if (this.ended || !this.joined || !pc || pc.signalingState === 'closed') return;
+    this.iceRestarts.publish += 1;
+    const task = this.publishQueue.then(() => {
+      if (this.publishPc === pc && pc.signalingState !== 'closed') return this.#negotiatePublish({ iceRestart: true });
+      return undefined;
+    });
+    this.publishQueue = task.catch((err) => console.warn('classroom: ICE restart of the sending connection failed', err));
   }
 
   /**
@@ -709,6 +740,22 @@ export class Session extends EventTarget {
     }
   }
 
+  /**
+   * Media stopped arriving on a connection that was receiving (pathwatch.js): most likely the
+   * device's address changed, which strands the signaling socket too. Renew the socket and
+   * restart ICE on both connections now, without waiting for the browser to call them down.
+   */
+  #pathQuiet() {
+    if (this.ended || !this.joined || this.reconnecting || this.remoteTracks.size === 0) return;
+    console.info('classroom: media stopped arriving; restarting the connections');
+    for (const which of ['publish', 'subscribe']) {
+      if (!(which === 'publish' ? this.publishPc : this.subscribePc)) continue;
+      this.pathLost.add(which);
+      clearTimeout(this.restartTimers[which]);
+      this.#restartIce(which);
+    }
+  }
+
   /** The device is back online: try at once instead of waiting out the backoff. */
   #online() {
     if (this.reconnecting) {
@@ -729,6 +776,7 @@ export class Session extends EventTarget {
   #end() {
     this.ended = true;
     this.joined = false;
+    this.pathWatch.stop();
     this.wakeReconnect?.();
     clearTimeout(this.restartTimers.publish);
     clearTimeout(this.restartTimers.subscribe);
