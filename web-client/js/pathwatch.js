@@ -20,10 +20,12 @@ export class PathWatch {
   /**
    * @param {() => RTCPeerConnection|null} getPc  the connection to watch (may change)
    * @param {() => void} onQuiet  called once per outage, when the path went quiet
+   * @param {() => void} onBack  called when anything arrives again after `onQuiet`
    */
-  constructor(getPc, onQuiet) {
+  constructor(getPc, onQuiet, onBack) {
     this.getPc = getPc;
     this.onQuiet = onQuiet;
+    this.onBack = onBack;
     this.timer = null;
     this.pc = null;
     this.bytes = null;
@@ -70,7 +72,10 @@ export class PathWatch {
     if (grown > 0) {
       if (grown >= RECEIVING_BYTES) this.receiving = true;
       this.quietSince = null;
-      this.reported = false;
+      if (this.reported) {
+        this.reported = false;
+        this.onBack();
+      }
       return;
     }
     if (!this.receiving) return;

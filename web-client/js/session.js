@@ -101,7 +101,9 @@ export class Session extends EventTarget {
     // Connections whose path the page saw lost before the browser did: restarted at the next
     // chance whatever their state says.
     this.pathLost = new Set();
-    this.pathWatch = new PathWatch(() => this.subscribePc, () => this.#pathQuiet());
+    // Media arriving again means the old path works (a link that came back at the same address):
+    // then only connections the browser itself calls down are restarted.
+    this.pathWatch = new PathWatch(() => this.subscribePc, () => this.#pathQuiet(), () => this.pathLost.clear());
     if (typeof window !== 'undefined') {
       window.addEventListener('online', () => this.#online());
       this.pathWatch.start();

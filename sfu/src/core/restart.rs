@@ -63,7 +63,10 @@ mod tests {
     fn restarts_back_off_while_the_path_stays_down() {
         let t0 = Instant::now();
         let mut s = RestartSchedule::default();
-        assert!(!s.due(t0 + MAX_BACKOFF * 4, false), "nothing while the path is up");
+        assert!(
+            !s.due(t0 + MAX_BACKOFF * 4, false),
+            "nothing while the path is up"
+        );
         s.disconnected(t0);
         s.disconnected(t0 + Duration::from_secs(1));
         assert!(!s.due(t0 + Duration::from_millis(1000), false));
@@ -87,11 +90,17 @@ mod tests {
         let t0 = Instant::now();
         let mut s = RestartSchedule::default();
         s.disconnected(t0);
-        assert!(!s.due(t0 + FIRST_AFTER, true), "an offer waits for its answer");
+        assert!(
+            !s.due(t0 + FIRST_AFTER, true),
+            "an offer waits for its answer"
+        );
         assert!(s.due(t0 + FIRST_AFTER * 2, false), "and then it is due");
         s.connected();
         assert!(!s.due(t0 + MAX_BACKOFF * 4, false));
         s.disconnected(t0 + MAX_BACKOFF * 4);
-        assert!(s.due(t0 + MAX_BACKOFF * 4 + FIRST_AFTER, false), "a new outage starts over");
+        assert!(
+            s.due(t0 + MAX_BACKOFF * 4 + FIRST_AFTER, false),
+            "a new outage starts over"
+        );
     }
 }

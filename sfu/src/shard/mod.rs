@@ -691,9 +691,7 @@ impl Shard {
                 if let Some(peer) = self.peer_mut(key) {
                     debug!(participant = %peer.participant, ?state, "ICE state");
                     match state {
-                        IceConnectionState::Disconnected => {
-                            peer.recovery.path_down(Instant::now())
-                        }
+                        IceConnectionState::Disconnected => peer.recovery.path_down(Instant::now()),
                         IceConnectionState::Connected | IceConnectionState::Completed => {
                             back = peer.recovery.path_up();
                         }
