@@ -7,7 +7,6 @@ import { SignalChannel, ProtocolError, defaultSignalUrl, PROTOCOL_VERSION } from
 import {
   addSendTransceiver, hasSimulcast, sectionsByMid, setActiveRids, stripSimulcast, useSingleEncoding,
 } from './encodings.js';
-import { PathWatch } from './pathwatch.js';
 
 /** What each publishable source carries, as the server checks it. */
 export const SOURCE_KIND = { microphone: 'audio', camera: 'video', screen: 'video' };
@@ -28,9 +27,8 @@ const BACKOFF_MS = [500, 1000, 2000, 4000];
 // that has just come back answers fast, and a dead one must not hold the page for long.
 const REOPEN_TIMEOUT_MS = 4000;
 // A media connection disconnected this long gets an ICE restart (a failed one at once), then
-// again every RESTART_RETRY_MS while it stays down. Chromium already waited 2.5 s without
-// packets before saying `disconnected`: waiting much longer only adds to the outage.
-const ICE_RESTART_AFTER_MS = 500;
+// again every RESTART_RETRY_MS while it stays down.
+const ICE_RESTART_AFTER_MS = 2000;
 const RESTART_RETRY_MS = 5000;
 // Errors after which reconnecting cannot help: the page says why and stops.
 const FINAL_CODES = ['invalid_token', 'token_expired', 'not_admitted', 'replaced', 'message_too_large'];
@@ -98,16 +96,7 @@ export class Session extends EventTarget {
     this.iceRestarts = { publish: 0, subscribe: 0 };
     this.reconnectingPeers = new Set(); // participant ids the server says are reconnecting
     this.renewing = false; // a fresh socket is resuming beside the current one
-    // Connections whose path the page saw lost before the browser did: restarted at the next
-    // chance whatever their state says.
-    this.pathLost = new Set();
-    // Media arriving again means the old path works (a link that came back at the same address):
-    // then only connections the browser itself calls down are restarted.
-    this.pathWatch = new PathWatch(() => this.subscribePc, () => this.#pathQuiet(), () => this.pathLost.clear());
-    if (typeof window !== 'undefined') {
-      window.addEventListener('online', () => this.#online());
-      this.pathWatch.start();
-    }
+    if (typeof window !== 'undefined') window.addEventListener('online', () => this.#online());
   }
 
   /** Connects and joins; resolves with the `joined` message, rejects with a ProtocolError. */
@@ -638,7 +627,6 @@ export class Session extends EventTarget {
    * connections, and what we were sending is published again.
    */
   #startOver() {
-    this.pathLost.clear();
     for (const trackId of [...this.remoteTracks.keys()]) this.#removeRemoteTrack(trackId);
     this.midToTrackId.clear();
     this.subscribePc?.close();
@@ -673,15 +661,13 @@ export class Session extends EventTarget {
 
   #restartIce(which, { renew = true } = {}) {
     const pc = which === 'publish' ? this.publishPc : this.subscribePc;
-    const down = this.pathLost.has(which) || ['failed', 'disconnected'].includes(pc?.connectionState);
-    if (this.ended || !pc || !down) return;
+    if (this.ended || !pc || !['failed', 'disconnected'].includes(pc.connectionState)) return;
     // While the socket is down the restart waits for the resume, which checks again.
     if (this.joined && renew && this.resume && !this.renewing) {
       // A media path that broke usually means the socket's did too (a new address strands the
       // old TCP connection silently): resume on a fresh socket at once, which restarts ICE.
       this.#renewSocket();
     } else if (this.joined && !this.renewing) {
-      this.pathLost.delete(which);
       this.iceRestarts[which] += 1;
       if (which === 'publish') {
         const task = this.publishQueue.then(() => {
@@ -742,22 +728,6 @@ export class Session extends EventTarget {
     }
   }
 
-  /**
-   * Media stopped arriving on a connection that was receiving (pathwatch.js): most likely the
-   * device's address changed, which strands the signaling socket too. Renew the socket and
-   * restart ICE on both connections now, without waiting for the browser to call them down.
-   */
-  #pathQuiet() {
-    if (this.ended || !this.joined || this.reconnecting || this.remoteTracks.size === 0) return;
-    console.info('classroom: media stopped arriving; restarting the connections');
-    for (const which of ['publish', 'subscribe']) {
-      if (!(which === 'publish' ? this.publishPc : this.subscribePc)) continue;
-      this.pathLost.add(which);
-      clearTimeout(this.restartTimers[which]);
-      this.#restartIce(which);
-    }
-  }
-
   /** The device is back online: try at once instead of waiting out the backoff. */
   #online() {
     if (this.reconnecting) {
@@ -778,7 +748,6 @@ export class Session extends EventTarget {
   #end() {
     this.ended = true;
     this.joined = false;
-    this.pathWatch.stop();
     this.wakeReconnect?.();
     clearTimeout(this.restartTimers.publish);
     clearTimeout(this.restartTimers.subscribe);
