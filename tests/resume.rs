@@ -432,3 +432,86 @@ async fn ice_restart() -> Result<()> {
     server.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_media_path_cut_while_the_socket_lives_gets_an_ice_restart_from_the_server() -> Result<()>
+{
+    bounded(server_ice_restart()).await
+}
+
+/// The pupil's subscribe connection goes through a relay that is then cut in both directions,
+/// the WebSocket staying up. The client never asks for anything: the server sees the path
+/// quiet, sends an offer with fresh ICE credentials (answered by the client over the live
+/// socket), and once the relay passes packets again, media flows over the restarted path.
+async fn server_ice_restart() -> Result<()> {
+    use support::relay::{Relay, Shaping};
+    use tokio::time::Instant;
+    let server = TestServer::start().await?;
+    let url = server.ws_url();
+    let teacher = TestClient::connect(&url, &server.token("t-1", "Tanaka", Role::Teacher)).await?;
+    let relay = Relay::start(server.media_addr(), Shaping::NONE, Shaping::NONE).await?;
+    let pupil = TestClient::connect_with(
+        &url,
+        &server.token("s-5", "Ueda", Role::Student),
+        Some(relay.sdp_rewriter()),
+    )
+    .await?;
+    let publisher = teacher
+        .publish(&[Source::Microphone, Source::Camera])
+        .await?;
+    let video = publisher.track_id(Source::Camera)?;
+    let pump = MediaPump::start(publisher.clone(), PumpConfig::default());
+    pupil
+        .subscriber
+        .wait_count(&video, 20, CONNECT_TIMEOUT)
+        .await?;
+    ensure!(
+        relay.stats().down.forwarded > 0,
+        "the subscribe connection goes through the relay"
+    );
+    let before = pupil.subscriber.offers_answered();
+    let (offer, _) = pupil.subscriber.last_sdp().context("an offer")?;
+    let old_ufrag = ice_ufrag(&offer).context("ufrag in the offer")?;
+
+    let cut = Shaping::NONE.loss(1.0);
+    relay.set_down(cut);
+    relay.set_up(cut);
+    let cut_at = Instant::now();
+    // Bounded by how long str0m takes to call the path quiet plus `core::restart::FIRST_AFTER`.
+    support::wait::poll_for(
+        std::time::Duration::from_secs(30),
+        || "an offer with fresh ICE credentials from the server".to_owned(),
+        async || {
+            let answered = pupil.subscriber.offers_answered() > before;
+            let (offer, _) = pupil.subscriber.last_sdp()?;
+            (answered && ice_ufrag(&offer)? != old_ufrag).then_some(())
+        },
+    )
+    .await?;
+    println!(
+        "server restarted ICE {} ms after the cut",
+        cut_at.elapsed().as_millis()
+    );
+
+    relay.set_down(Shaping::NONE);
+    relay.set_up(Shaping::NONE);
+    let back_at = Instant::now();
+    let n = pupil.subscriber.received_count(&video);
+    pupil
+        .subscriber
+        .wait_count(&video, n + 20, CONNECT_TIMEOUT)
+        .await
+        .context("video after the path came back")?;
+    println!(
+        "video flowing again {} ms after the path came back",
+        back_at.elapsed().as_millis()
+    );
+    ensure!(
+        pupil.subscriber.errors().is_empty(),
+        "{:?}",
+        pupil.subscriber.errors()
+    );
+    pump.stop().await?;
+    server.shutdown().await;
+    Ok(())
+}

@@ -52,43 +52,65 @@ pub enum Presence {
     ClosedByRestart,
 }
 
-/// A pupil's online presence during one lesson.
+/// A gap inside one visit: the pupil's connection dropped at `start` and the signaling server
+/// kept their place; `end` is when they resumed it. `None`: they are away now, or never came
+/// back within the resume grace (the visit then ended at `start`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Gap {
+    pub start: i64,
+    pub end: Option<i64>,
+}
+
+/// At most this many gaps are recorded per visit (from one join to the next); further drops in
+/// the same visit count as present time. A flapping link resumes every few seconds at worst
+/// (the pages back off), so 100 covers a lesson; the bound keeps what a client can make the
+/// database hold finite.
+pub const MAX_GAPS_PER_VISIT: i64 = 100;
+
+/// A pupil's online presence during one lesson.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OnlineSummary {
     /// Unix seconds of the first join.
     pub first_join: i64,
-    /// Unix seconds of the last leave, if any.
+    /// Unix seconds of the last leave, if any. A visit that ended because the pupil never came
+    /// back from a gap ended when the gap began.
     pub last_leave: Option<i64>,
-    /// Total connected time: the sum of join→leave intervals, an interval still open counting up
-    /// to the lesson's end or the report's "now", whichever is earlier.
+    /// Total connected time: the sum of join→leave intervals less the gaps inside them, an
+    /// interval still open counting up to the lesson's end or the report's "now", whichever is
+    /// earlier.
     pub seconds_connected: i64,
     /// `seconds_connected` in whole minutes, rounded down.
     pub minutes_connected: i64,
-    /// Join events seen.
+    /// Time inside visits spent in gaps (connection lost, place kept): not connected time.
+    pub seconds_away: i64,
+    /// Join events seen. A resume within the grace is not a join.
     pub joins: u32,
-    /// `joins - 1`: how often the pupil came back after dropping out.
+    /// `joins - 1`: how often the pupil came back as a new visit after dropping out.
     pub reconnects: u32,
     /// Whether the last interval is still open.
     pub connected: bool,
     /// Whether the last interval was closed by a server restart rather than an observed
     /// departure: `last_leave` is then when the server was last known alive.
     pub closed_by_restart: bool,
+    /// The recorded gaps, in order.
+    pub gaps: Vec<Gap>,
 }
 
-/// Summarises presence events (in the order they were recorded) up to instant `until`.
+/// Summarises presence events (in the order they were recorded) and the gaps recorded for the
+/// same pupil, up to instant `until`.
 ///
 /// Connections may overlap: a reconnect's new connection is admitted before the old one is
 /// closed (signaling replaces it), and a second tab may join beside the first. The pupil counts
 /// as connected while at least one connection is open; every join counts as a join; a leave
-/// without an open connection is ignored.
-pub fn summarise(events: &[(i64, Presence)], until: i64) -> Option<OnlineSummary> {
+/// without an open connection is ignored. A gap counts against the connected interval it begins
+/// in, up to its end or, if it has none, to the end of that interval.
+pub fn summarise(events: &[(i64, Presence)], gaps: &[Gap], until: i64) -> Option<OnlineSummary> {
     let mut first_join = None;
-    let mut last_leave = None;
     let mut open: Option<i64> = None;
     let mut depth = 0u32;
-    let mut seconds = 0i64;
     let mut joins = 0u32;
-    let mut closed_by_restart = false;
+    // Connected intervals [start, end), and whether a restart closed each one.
+    let mut intervals: Vec<(i64, i64, bool)> = Vec::new();
     for &(at, kind) in events {
         match kind {
             Presence::Join => {
@@ -105,25 +127,58 @@ pub fn summarise(events: &[(i64, Presence)], until: i64) -> Option<OnlineSummary
                 if depth == 0
                     && let Some(start) = open.take()
                 {
-                    seconds = seconds.saturating_add(at.saturating_sub(start).max(0));
-                    last_leave = Some(at);
-                    closed_by_restart = kind == Presence::ClosedByRestart;
+                    intervals.push((start, at.max(start), kind == Presence::ClosedByRestart));
                 }
             }
         }
     }
+    let closed = intervals.len();
     if let Some(start) = open {
-        seconds = seconds.saturating_add(until.saturating_sub(start).max(0));
+        intervals.push((start, until.max(start), false));
     }
+    let mut last_leave = intervals[..closed].last().map(|&(_, end, _)| end);
+    // The part of each gap inside its interval.
+    let mut away: Vec<(i64, i64)> = Vec::new();
+    for gap in gaps {
+        let Some(i) = intervals
+            .iter()
+            .position(|&(s, e, _)| s <= gap.start && gap.start < e)
+        else {
+            continue;
+        };
+        let end = intervals[i].1;
+        away.push((gap.start, gap.end.unwrap_or(end).clamp(gap.start, end)));
+        if gap.end.is_none() && i + 1 == closed {
+            // Never came back: the last visit ended when the gap began, not when the grace ran
+            // out (or the server stopped).
+            last_leave = Some(gap.start);
+        }
+    }
+    away.sort_unstable();
+    let mut seconds_away = 0i64;
+    let mut reach = i64::MIN;
+    for (start, end) in away {
+        let start = start.max(reach);
+        if end > start {
+            seconds_away = seconds_away.saturating_add(end - start);
+            reach = end;
+        }
+    }
+    let total = intervals
+        .iter()
+        .fold(0i64, |sum, &(s, e, _)| sum.saturating_add(e - s));
+    let seconds = total.saturating_sub(seconds_away).max(0);
     Some(OnlineSummary {
         first_join: first_join?,
         last_leave,
         seconds_connected: seconds,
         minutes_connected: seconds / 60,
+        seconds_away,
         joins,
         reconnects: joins.saturating_sub(1),
         connected: open.is_some(),
-        closed_by_restart: open.is_none() && closed_by_restart,
+        closed_by_restart: open.is_none() && intervals[..closed].last().is_some_and(|&(_, _, r)| r),
+        gaps: gaps.to_vec(),
     })
 }
 
@@ -151,6 +206,43 @@ async fn record_presence(
     dispatch!(&mut tx, c => sqlx::query(sql).bind(&lesson.id).bind(pupil).bind(at).bind(kind)
         .execute(c).await?.rows_affected());
     tx.commit().await?;
+    Ok(())
+}
+
+/// Records that `pupil`'s connection to the lesson dropped at `at` while their place is kept
+/// for a resume. Returns `false` when the visit already has [`MAX_GAPS_PER_VISIT`] gaps: this
+/// one is then not recorded (and counts as present).
+pub async fn record_away(db: &Db, lesson: &Lesson, pupil: &str, at: i64) -> Result<bool, DbError> {
+    let mut tx = db.begin_write().await?;
+    tx.lock_for_append(Table::PresenceGaps).await?;
+    // The visit: since the pupil's latest join.
+    let sql = "SELECT COUNT(*) FROM presence_gaps WHERE lesson_id = $1 AND pupil_id = $2 \
+               AND away_at >= COALESCE((SELECT MAX(at) FROM presence_events \
+               WHERE lesson_id = $1 AND pupil_id = $2 AND kind = 'join'), 0)";
+    let count: i64 = dispatch!(&mut tx, c => sqlx::query_scalar(sql).bind(&lesson.id)
+        .bind(pupil).fetch_one(c).await?);
+    if count >= MAX_GAPS_PER_VISIT {
+        tx.commit().await?;
+        return Ok(false);
+    }
+    let sql = "INSERT INTO presence_gaps (seq, lesson_id, pupil_id, away_at) \
+               SELECT COALESCE(MAX(seq), 0) + 1, $1, $2, $3 FROM presence_gaps";
+    dispatch!(&mut tx, c => sqlx::query(sql).bind(&lesson.id).bind(pupil).bind(at)
+        .execute(c).await?.rows_affected());
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Records that `pupil` resumed their place at `at`: closes their latest gap if it is open. A
+/// resume whose drop was not recorded (over the bound) closes nothing.
+pub async fn record_back(db: &Db, lesson: &Lesson, pupil: &str, at: i64) -> Result<(), DbError> {
+    // CASE, not GREATEST/MAX: one spelling for both databases; a clock stepping back must not
+    // end a gap before it began.
+    let sql = "UPDATE presence_gaps SET back_at = CASE WHEN away_at > $1 THEN away_at ELSE $1 END \
+               WHERE back_at IS NULL AND seq = (SELECT MAX(seq) FROM presence_gaps \
+               WHERE lesson_id = $2 AND pupil_id = $3)";
+    on_pool!(db, p => sqlx::query(sql).bind(at).bind(&lesson.id).bind(pupil).execute(p).await?
+        .rows_affected());
     Ok(())
 }
 
@@ -322,6 +414,15 @@ pub async fn attendance_report(
             .push((at, presence_kind(&kind, by_restart)));
     }
 
+    let sql = "SELECT pupil_id, away_at, back_at FROM presence_gaps WHERE lesson_id = $1 \
+               ORDER BY seq";
+    let rows: Vec<(String, i64, Option<i64>)> =
+        on_pool!(db, p => sqlx::query_as(sql).bind(&lesson.id).fetch_all(p).await?);
+    let mut gaps: HashMap<String, Vec<Gap>> = HashMap::new();
+    for (pupil, start, end) in rows {
+        gaps.entry(pupil).or_default().push(Gap { start, end });
+    }
+
     let sql = "SELECT pupil_id, status, teacher_id, at FROM attendance_marks \
                WHERE lesson_id = $1 ORDER BY seq";
     let rows: Vec<(String, String, String, i64)> =
@@ -364,9 +465,10 @@ pub async fn attendance_report(
         .map(
             |(id, family_name, given_name, family_name_kana, given_name_kana)| ReportRow {
                 mode: modes.get(&id).copied().unwrap_or_default(),
-                online: presence
-                    .get(&id)
-                    .and_then(|events| summarise(events, until)),
+                online: presence.get(&id).and_then(|events| {
+                    let gaps = gaps.get(&id).map(Vec::as_slice).unwrap_or_default();
+                    summarise(events, gaps, until)
+                }),
                 mark: marks.remove(&id),
                 admitted_by_teacher: decisions.get(&id).copied().unwrap_or(false),
                 waiting: waiting.get(&id).copied().unwrap_or(false),
@@ -387,7 +489,7 @@ mod tests {
 
     #[test]
     fn intervals_add_up_and_open_one_runs_to_until() {
-        let s = summarise(&[(100, Join), (400, Leave), (460, Join)], 1000).unwrap();
+        let s = summarise(&[(100, Join), (400, Leave), (460, Join)], &[], 1000).unwrap();
         assert_eq!(s.seconds_connected, 300 + 540);
         assert_eq!(s.minutes_connected, 14);
         assert_eq!((s.joins, s.reconnects), (2, 1));
@@ -400,32 +502,96 @@ mod tests {
     #[test]
     fn overlapping_connections_and_stray_leave() {
         // A reconnect: the new connection (20) is in before the old one is closed (70).
-        let s = summarise(&[(0, Leave), (10, Join), (20, Join), (70, Leave)], 1000).unwrap();
+        let s = summarise(
+            &[(0, Leave), (10, Join), (20, Join), (70, Leave)],
+            &[],
+            1000,
+        )
+        .unwrap();
         assert_eq!(s.seconds_connected, 990);
         assert_eq!((s.joins, s.reconnects, s.connected), (2, 1, true));
         assert_eq!(s.last_leave, None);
-        let s = summarise(&[(10, Join), (20, Join), (70, Leave), (90, Leave)], 1000).unwrap();
+        let s = summarise(
+            &[(10, Join), (20, Join), (70, Leave), (90, Leave)],
+            &[],
+            1000,
+        )
+        .unwrap();
         assert_eq!((s.seconds_connected, s.connected), (80, false));
         assert_eq!(s.last_leave, Some(90));
-        assert_eq!(summarise(&[(5, Leave)], 100), None);
-        assert_eq!(summarise(&[], 100), None);
+        assert_eq!(summarise(&[(5, Leave)], &[], 100), None);
+        assert_eq!(summarise(&[], &[], 100), None);
         // Joined after the cut-off instant: nothing counted, no negative time.
-        let s = summarise(&[(200, Join)], 100).unwrap();
+        let s = summarise(&[(200, Join)], &[], 100).unwrap();
         assert_eq!(s.seconds_connected, 0);
     }
 
     #[test]
     fn a_visit_closed_by_a_restart_says_so_until_the_next_one() {
         use Presence::ClosedByRestart;
-        let s = summarise(&[(10, Join), (70, ClosedByRestart)], 1000).unwrap();
+        let s = summarise(&[(10, Join), (70, ClosedByRestart)], &[], 1000).unwrap();
         assert_eq!((s.seconds_connected, s.connected), (60, false));
         assert_eq!((s.last_leave, s.closed_by_restart), (Some(70), true));
-        let s = summarise(&[(10, Join), (70, ClosedByRestart), (80, Join)], 1000).unwrap();
+        let s = summarise(&[(10, Join), (70, ClosedByRestart), (80, Join)], &[], 1000).unwrap();
         assert!(s.connected && !s.closed_by_restart);
         let s = summarise(
             &[(10, Join), (70, ClosedByRestart), (80, Join), (90, Leave)],
+            &[],
             99,
         );
         assert!(!s.unwrap().closed_by_restart);
+    }
+
+    #[test]
+    fn gaps_inside_a_visit_are_not_connected_time() {
+        use Presence::ClosedByRestart;
+        let gap = |start, end| Gap { start, end };
+        // Away 200..260 and 500..530 inside one visit 100..900: one visit, 90 s away.
+        let s = summarise(
+            &[(100, Join), (900, Leave)],
+            &[gap(200, Some(260)), gap(500, Some(530))],
+            1000,
+        )
+        .unwrap();
+        assert_eq!((s.seconds_connected, s.seconds_away), (800 - 90, 90));
+        assert_eq!((s.joins, s.reconnects, s.last_leave), (1, 0, Some(900)));
+        assert_eq!(s.gaps.len(), 2);
+        // Never came back: the grace ran out at 330 and the leave was written then; the visit
+        // ended at 300.
+        let s = summarise(&[(100, Join), (330, Leave)], &[gap(300, None)], 1000).unwrap();
+        assert_eq!((s.seconds_connected, s.last_leave), (200, Some(300)));
+        // Away now: counts up to the drop only.
+        let s = summarise(&[(100, Join)], &[gap(300, None)], 1000).unwrap();
+        assert_eq!((s.seconds_connected, s.connected), (200, true));
+        // Came back as a new visit after the grace (a fresh join replaced the kept place): the
+        // open gap ends with its own visit, the new visit counts in full.
+        let s = summarise(
+            &[(100, Join), (400, Leave), (400, Join), (600, Leave)],
+            &[gap(300, None)],
+            1000,
+        )
+        .unwrap();
+        assert_eq!((s.seconds_connected, s.reconnects), (200 + 200, 1));
+        assert_eq!(s.last_leave, Some(600));
+        // A gap still open when the report is read during the lesson ends at "now".
+        let s = summarise(&[(100, Join)], &[gap(300, Some(2000))], 500).unwrap();
+        assert_eq!((s.seconds_connected, s.seconds_away), (200, 200));
+        // Killed server while away: closed at its last sign of life, present up to the drop.
+        let s = summarise(
+            &[(100, Join), (350, ClosedByRestart)],
+            &[gap(300, None)],
+            1000,
+        );
+        let s = s.unwrap();
+        assert_eq!((s.seconds_connected, s.last_leave), (200, Some(300)));
+        assert!(s.closed_by_restart);
+        // Gaps outside every visit, overlapping gaps: counted once, never negative.
+        let s = summarise(
+            &[(100, Join), (200, Leave)],
+            &[gap(50, Some(80)), gap(120, Some(150)), gap(140, Some(160))],
+            1000,
+        )
+        .unwrap();
+        assert_eq!((s.seconds_connected, s.seconds_away), (60, 40));
     }
 }

@@ -95,7 +95,7 @@ async fn reports(db: &Db, rows: Vec<LessonRow>, now: i64) -> Result<Vec<LessonRe
 }
 
 /// The CSV header, in column order.
-pub const CSV_HEADER: [&str; 17] = [
+pub const CSV_HEADER: [&str; 19] = [
     "lesson_id",
     "class_id",
     "lesson_date",
@@ -113,6 +113,9 @@ pub const CSV_HEADER: [&str; 17] = [
     "reconnects",
     "mark",
     "admitted_by_teacher",
+    // Last, so that columns of spreadsheets made before they existed keep their places.
+    "gaps",
+    "minutes_away",
 ];
 
 /// The reports as one CSV document (BOM, CRLF, header), one line per lesson and pupil.
@@ -160,6 +163,10 @@ pub fn to_csv(reports: &[LessonReport], timezone: Tz) -> Result<String, ExportEr
                         .map(|m| m.status.as_str().to_owned())
                         .unwrap_or_default(),
                     r.admitted_by_teacher.to_string(),
+                    online.map(|o| o.gaps.len().to_string()).unwrap_or_default(),
+                    online
+                        .map(|o| (o.seconds_away / 60).to_string())
+                        .unwrap_or_default(),
                 ];
                 let cells: Vec<std::borrow::Cow<'_, str>> =
                     record.iter().map(|cell| defuse(cell)).collect();

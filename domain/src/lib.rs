@@ -45,8 +45,9 @@ pub use admission::{
     request_entry,
 };
 pub use attendance::{
-    ALIVE_EVERY_SECS, Mark, MarkStatus, OnlineSummary, Presence, ReportRow, attendance_report,
-    close_presence_left_open, mark, record_alive, record_join, record_leave, summarise,
+    ALIVE_EVERY_SECS, Gap, MAX_GAPS_PER_VISIT, Mark, MarkStatus, OnlineSummary, Presence,
+    ReportRow, attendance_report, close_presence_left_open, mark, record_alive, record_away,
+    record_back, record_join, record_leave, summarise,
 };
 pub use attendance_mode::{
     DayMode, MAX_RANGE_DAYS, MAX_REASON_CHARS, Mode, ModeChange, ModeRequest, SetModeError,

@@ -718,7 +718,7 @@ async fn attendance_report_and_exports() {
             "{}",
             t.name
         );
-        let s001 = report[4].online.unwrap();
+        let s001 = report[4].online.clone().unwrap();
         assert_eq!(s001.seconds_connected, (6 + 18 + 18) * 60);
         assert_eq!(
             (s001.minutes_connected, s001.joins, s001.reconnects),
@@ -731,8 +731,11 @@ async fn attendance_report_and_exports() {
         let during = domain::attendance_report(db, &eng, jst("2026-06-10T09:20:00"))
             .await
             .unwrap();
-        assert_eq!(during[4].online.unwrap().minutes_connected, 6 + 18 + 8);
-        let s002 = report[5].online.unwrap();
+        assert_eq!(
+            during[4].online.clone().unwrap().minutes_connected,
+            6 + 18 + 8
+        );
+        let s002 = report[5].online.clone().unwrap();
         assert_eq!(
             (s002.minutes_connected, s002.reconnects, s002.connected),
             (44, 0, false)
@@ -761,22 +764,22 @@ async fn attendance_report_and_exports() {
         let expected = [
             "lesson_id,class_id,lesson_date,starts_at,ends_at,pupil_id,family_name,given_name,\
              family_name_kana,given_name_kana,mode,first_join,last_leave,minutes_connected,\
-             reconnects,mark,admitted_by_teacher"
+             reconnects,mark,admitted_by_teacher,gaps,minutes_away"
                 .to_owned(),
-            format!("{l},s-005,石田,\"湊, \"\"みなと\"\"\",いしだ,みなと,in_person,,,,,,false"),
-            format!("{l},s-007,川口,大和,かわぐち,やまと,in_person,,,,,,false"),
-            format!("{l},s-006,北村,陽菜,きたむら,ひな,in_person,,,,,,false"),
-            format!("{l},s-008,高橋,芽依,たかはし,めい,in_person,,,,,,true"),
+            format!("{l},s-005,石田,\"湊, \"\"みなと\"\"\",いしだ,みなと,in_person,,,,,,false,,"),
+            format!("{l},s-007,川口,大和,かわぐち,やまと,in_person,,,,,,false,,"),
+            format!("{l},s-006,北村,陽菜,きたむら,ひな,in_person,,,,,,false,,"),
+            format!("{l},s-008,高橋,芽依,たかはし,めい,in_person,,,,,,true,,"),
             format!(
                 "{l},s-001,中川,陽翔,なかがわ,はると,online,2026-06-10 08:44:00,\
-                 2026-06-10 09:10:00,42,2,,false"
+                 2026-06-10 09:10:00,42,2,,false,0,0"
             ),
             format!(
                 "{l},s-002,中川,結衣,なかがわ,ゆい,online,2026-06-10 08:45:30,\
-                 2026-06-10 09:30:00,44,0,,false"
+                 2026-06-10 09:30:00,44,0,,false,0,0"
             ),
-            format!("{l},s-003,林,蒼,はやし,あおい,in_person,,,,,late,false"),
-            format!("{l},s-004,森田,さくら,もりた,さくら,in_person,,,,,absent,false"),
+            format!("{l},s-003,林,蒼,はやし,あおい,in_person,,,,,late,false,,"),
+            format!("{l},s-004,森田,さくら,もりた,さくら,in_person,,,,,absent,false,,"),
         ];
         let expected = format!("\u{FEFF}{}\r\n", expected.join("\r\n"));
         assert_eq!(csv, expected, "{}", t.name);
@@ -1192,6 +1195,111 @@ async fn concurrent_appends_do_not_collide() {
         let mut seqs: Vec<i64> = log.iter().map(|e| e.seq).collect();
         seqs.sort();
         assert_eq!(seqs, (1..=16).collect::<Vec<i64>>());
+        t.finish().await;
+    }
+}
+
+/// A resume within the grace is a gap in one visit, stored with its start and end; a drop that
+/// never came back ends the visit at the drop; gaps per visit are bounded.
+#[tokio::test]
+async fn gaps_in_a_visit_are_stored_and_not_counted_as_present() {
+    for t in backends("gaps").await {
+        let db = &t.db;
+        sample(db).await;
+        let eng = english_lesson(db).await;
+        let at = |hms: &str| jst(&format!("2026-06-10T{hms}"));
+        // s-001: one visit 08:45–09:15 with a 2-minute gap, then a drop at 09:15 never resumed
+        // (the grace ran out at 09:15:30 and the leave was written then).
+        domain::record_join(db, &eng, "s-001", at("08:45:00"))
+            .await
+            .unwrap();
+        assert!(
+            domain::record_away(db, &eng, "s-001", at("09:00:00"))
+                .await
+                .unwrap()
+        );
+        domain::record_back(db, &eng, "s-001", at("09:02:00"))
+            .await
+            .unwrap();
+        // A second `back` (a resume whose drop was not recorded) changes nothing.
+        domain::record_back(db, &eng, "s-001", at("09:03:00"))
+            .await
+            .unwrap();
+        assert!(
+            domain::record_away(db, &eng, "s-001", at("09:15:00"))
+                .await
+                .unwrap()
+        );
+        domain::record_leave(db, &eng, "s-001", at("09:15:30"))
+            .await
+            .unwrap();
+        let report = domain::attendance_report(db, &eng, at("10:00:00"))
+            .await
+            .unwrap();
+        let row = report.iter().find(|r| r.pupil_id == "s-001").unwrap();
+        let online = row.online.clone().unwrap();
+        assert_eq!(
+            // Away: the 2-minute gap, and the 30 s of grace of the gap never closed.
+            (online.seconds_connected, online.seconds_away),
+            (28 * 60, 2 * 60 + 30),
+            "{}",
+            t.name
+        );
+        assert_eq!((online.joins, online.reconnects), (1, 0), "{}", t.name);
+        assert_eq!(online.last_leave, Some(at("09:15:00")), "{}", t.name);
+        assert_eq!(
+            online.gaps,
+            [
+                domain::Gap {
+                    start: at("09:00:00"),
+                    end: Some(at("09:02:00"))
+                },
+                domain::Gap {
+                    start: at("09:15:00"),
+                    end: None
+                }
+            ],
+            "{}",
+            t.name
+        );
+        let reports = vec![
+            domain::report_for_lesson(db, &eng, at("10:00:00"))
+                .await
+                .unwrap(),
+        ];
+        let csv = domain::to_csv(&reports, chrono_tz::Asia::Tokyo).unwrap();
+        let line = csv.lines().find(|l| l.contains(",s-001,")).unwrap();
+        assert!(line.ends_with(",28,0,,false,2,2"), "{line}");
+
+        // The bound: a visit keeps at most MAX_GAPS_PER_VISIT gaps; a new visit starts afresh.
+        domain::record_join(db, &eng, "s-002", at("08:45:00"))
+            .await
+            .unwrap();
+        let max = domain::MAX_GAPS_PER_VISIT;
+        for i in 0..max {
+            let away = at("08:46:00") + 2 * i;
+            assert!(domain::record_away(db, &eng, "s-002", away).await.unwrap());
+            domain::record_back(db, &eng, "s-002", away + 1)
+                .await
+                .unwrap();
+        }
+        let over = at("08:46:00") + 2 * max;
+        assert!(!domain::record_away(db, &eng, "s-002", over).await.unwrap());
+        assert_eq!(
+            db.count(domain::Table::PresenceGaps).await.unwrap(),
+            2 + max
+        );
+        domain::record_leave(db, &eng, "s-002", over + 10)
+            .await
+            .unwrap();
+        domain::record_join(db, &eng, "s-002", over + 20)
+            .await
+            .unwrap();
+        assert!(
+            domain::record_away(db, &eng, "s-002", over + 30)
+                .await
+                .unwrap()
+        );
         t.finish().await;
     }
 }

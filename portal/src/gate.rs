@@ -3,15 +3,16 @@
 //! Rooms that are not lessons (the demo room, ad-hoc invites) admit every valid token. In a
 //! lesson room, teachers and observers enter by their token's role (only the server signs
 //! tokens); a pupil is checked against the lesson's admission rule *at the door*, so a token
-//! minted before a guardian's change cannot get past it. Arrivals and departures of pupils are
-//! recorded for attendance in the background.
+//! minted before a guardian's change cannot get past it. Arrivals and departures of pupils, and
+//! the gaps of a connection lost and resumed within the grace, are recorded for attendance in
+//! the background.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use classroom_domain::{
-    Action, Admission, AuditEntry, Db, RefusalReason, audit, lesson_by_media_room, record_join,
-    record_leave, request_entry,
+    Action, Admission, AuditEntry, Db, RefusalReason, audit, lesson_by_media_room, record_away,
+    record_back, record_join, record_leave, request_entry,
 };
 use classroom_signaling::gate::{Entrant, GateFuture, GateRefusal, KeepFuture, RoomGate};
 use classroom_signaling::lesson::wire::ChatMessage;
@@ -45,10 +46,21 @@ pub struct LessonGate {
     pub chat: ChatKeeper,
 }
 
+/// What happened to a pupil's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Entered,
+    Left,
+    /// Connection lost, place kept for the resume grace.
+    Away,
+    /// Resumed within the grace: the same visit goes on.
+    Back,
+}
+
 enum PresenceEvent {
     Record {
         who: Entrant,
-        joined: bool,
+        change: Change,
         at: i64,
     },
     /// Answered once everything sent before it is stored.
@@ -154,13 +166,13 @@ impl LessonGate {
         }
     }
 
-    fn record(&self, who: &Entrant, joined: bool) {
+    fn record(&self, who: &Entrant, change: Change) {
         if who.role != Role::Student {
             return;
         }
         let event = PresenceEvent::Record {
             who: who.clone(),
-            joined,
+            change,
             at: unix_now(),
         };
         if self.presence.send(event).is_err() {
@@ -169,12 +181,13 @@ impl LessonGate {
     }
 }
 
-/// Stores presence events one after another, in the order the gate saw them. Unbounded: an
-/// event is a few hundred bytes, one per pupil's arrival or departure.
+/// Stores presence events one after another, in the order the gate saw them (a gap's end must
+/// find its start stored). Unbounded: an event is a few hundred bytes, one per pupil's arrival,
+/// departure, drop or resume, and each needs a socket the pupil opened.
 async fn write_presence(db: Db, mut events: mpsc::UnboundedReceiver<PresenceEvent>) {
     while let Some(event) = events.recv().await {
-        let (who, joined, at) = match event {
-            PresenceEvent::Record { who, joined, at } => (who, joined, at),
+        let (who, change, at) = match event {
+            PresenceEvent::Record { who, change, at } => (who, change, at),
             PresenceEvent::Flush(done) => {
                 let _ = done.send(());
                 continue;
@@ -188,13 +201,22 @@ async fn write_presence(db: Db, mut events: mpsc::UnboundedReceiver<PresenceEven
                 continue;
             }
         };
-        let result = if joined {
-            record_join(&db, &lesson, &who.identity, at).await
-        } else {
-            record_leave(&db, &lesson, &who.identity, at).await
+        let pupil = &who.identity;
+        let result = match change {
+            Change::Entered => record_join(&db, &lesson, pupil, at).await,
+            Change::Left => record_leave(&db, &lesson, pupil, at).await,
+            Change::Away => match record_away(&db, &lesson, pupil, at).await {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    warn!(lesson = %lesson.id, "gate: too many gaps in one visit; this one counts as present");
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            Change::Back => record_back(&db, &lesson, pupil, at).await,
         };
         if let Err(e) = result {
-            warn!(lesson = %lesson.id, joined, "gate: cannot record presence: {e}");
+            warn!(lesson = %lesson.id, ?change, "gate: cannot record presence: {e}");
         }
     }
 }
@@ -205,11 +227,19 @@ impl RoomGate for LessonGate {
     }
 
     fn entered(&self, who: &Entrant) {
-        self.record(who, true);
+        self.record(who, Change::Entered);
     }
 
     fn left(&self, who: &Entrant) {
-        self.record(who, false);
+        self.record(who, Change::Left);
+    }
+
+    fn away(&self, who: &Entrant) {
+        self.record(who, Change::Away);
+    }
+
+    fn back(&self, who: &Entrant) {
+        self.record(who, Change::Back);
     }
 
     fn keep_chat<'a>(&'a self, who: &'a Entrant) -> KeepFuture<'a> {

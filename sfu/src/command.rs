@@ -200,6 +200,10 @@ pub enum ShardEvent {
     },
     /// One of the participant's connections failed or timed out.
     ConnectionLost { participant: ParticipantId },
+    /// The participant's publish connection has had no ICE path for a while: the client should
+    /// restart ICE on it (its offers come from the client). Repeated with backoff while the path
+    /// stays down (`core::restart`).
+    PublishIceRestartWanted { participant: ParticipantId },
     /// The layer a subscriber receives of a video track changed, or the track paused.
     TrackQuality {
         participant: ParticipantId,

@@ -397,6 +397,14 @@ async fn relay_media_events(inner: Arc<Inner>, mut events: mpsc::UnboundedReceiv
                     .registry
                     .send(participant, Outbound::Close(GoodbyeReason::ConnectionLost));
             }
+            ShardEvent::PublishIceRestartWanted { participant } => {
+                inner.registry.send(
+                    participant,
+                    Outbound::Send(ServerMessage::IceRestartWanted {
+                        connection: "publish".to_owned(),
+                    }),
+                );
+            }
             ShardEvent::TrackQuality {
                 participant,
                 track,

@@ -293,6 +293,11 @@ pub enum ServerMessage {
     ParticipantReconnected {
         participant_id: String,
     },
+    /// The server saw the ICE path of this connection (`"publish"`) down while the socket lives:
+    /// the client should restart ICE on it (a new offer with `iceRestart`).
+    IceRestartWanted {
+        connection: String,
+    },
     TrackPublished {
         track: TrackInfo,
     },

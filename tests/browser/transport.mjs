@@ -138,12 +138,12 @@ runScenario(`transport ${SCENARIO}`, async (closers) => {
       await chromiumPupil(closers, (p) => p.local.protocol === 'tcp' && p.local.candidateType !== 'relay', 'ICE-TCP');
       break;
     case 'turn':
-      // Chromium verifies a turns: server's certificate like any TLS server's: with this test's
-      // self-signed one it drops the connection right after the handshake and gathers no relay
-      // candidate (coturn logs the TLS session closed with no allocation). The pupil's Chromium is
-      // told to accept it; a deployment needs a certificate the tablets trust (docs/NETWORK.md).
-      await chromiumPupil(closers, (p) => p.local.candidateType === 'relay' && p.local.relayProtocol === 'tls', 'TURN over TLS',
-        ['--ignore-certificate-errors']);
+      // Chromium verifies a turns: server's certificate like any TLS server's (an untrusted one:
+      // it drops the connection right after the handshake and gathers no relay candidate).
+      // transport.sh signs coturn's certificate with a test CA that only this pupil's Chromium
+      // trusts, in its own NSS database; a deployment needs a certificate the tablets trust
+      // (docs/NETWORK.md).
+      await chromiumPupil(closers, (p) => p.local.candidateType === 'relay' && p.local.relayProtocol === 'tls', 'TURN over TLS');
       break;
     case 'firefox':
       await firefoxPupil(closers);

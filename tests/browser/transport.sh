@@ -8,7 +8,8 @@
 #            a server started with the default media configuration: no --announce, media bound to
 #            every interface, the machine's addresses announced
 #   turn     a Chromium pupil that may reach nothing but TCP 443 of a coturn started here (TLS, a
-#            certificate made now with openssl) and the web port: media flows through the relay,
+#            certificate of a test CA made now with openssl, the CA trusted in the pupil's NSS
+#            database, no --ignore-certificate-errors) and the web port: media flows through the relay,
 #            and the pupil's selected local candidate is `relay` with relayProtocol `tls`
 #
 # Namespaces (own names and subnets, so other runners can run beside this one):
@@ -93,7 +94,7 @@ if [ "$(id -u)" -ne 0 ]; then
   log "must run as root (it creates network namespaces)"
   exit 2
 fi
-for tool in ip nft node timeout openssl turnserver /usr/bin/chromium /usr/bin/firefox-esr; do
+for tool in ip nft node timeout openssl certutil turnserver /usr/bin/chromium /usr/bin/firefox-esr; do
   command -v "$tool" >/dev/null || { log "missing $tool (scripts/test installs what is needed)"; exit 2; }
 done
 if [ ! -d "$here/node_modules/playwright-core" ] || [ ! -d "$here/node_modules/puppeteer-core" ]; then
@@ -207,9 +208,29 @@ fi
 # ---- TURN over TLS through a coturn started here ----
 if want turn; then
   secret=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
-  # A certificate for the relay's address, made now (never a file kept in the repository).
-  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=$addr" \
-    -addext "subjectAltName=IP:$addr" -keyout "$work/turn.key" -out "$work/turn.pem" 2>/dev/null
+  # A test CA and the relay's certificate signed by it, made now (never a file kept in the
+  # repository). The pupil's Chromium trusts the CA the way a school's managed tablet would trust
+  # its own: in its NSS database, which Chromium on Linux reads from $HOME/.pki/nssdb. Its HOME
+  # is a directory of this test, so the machine's own trust is never touched; no flag makes
+  # Chromium ignore certificate errors.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=classroom test CA $$" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+    -keyout "$work/ca.key" -out "$work/ca.pem" 2>/dev/null
+  openssl req -new -newkey rsa:2048 -nodes -subj "/CN=$addr" \
+    -keyout "$work/turn.key" -out "$work/turn.csr" 2>/dev/null
+  printf 'subjectAltName=IP:%s\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' "$addr" \
+    >"$work/turn.ext"
+  openssl x509 -req -in "$work/turn.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" \
+    -CAcreateserial -days 1 -extfile "$work/turn.ext" -out "$work/turn.crt" 2>/dev/null
+  # coturn sends the whole chain.
+  cat "$work/turn.crt" "$work/ca.pem" >"$work/turn.pem"
+  pupil_home=$work/turn-pupil-home
+  mkdir -p "$pupil_home/.pki/nssdb"
+  certutil -d "sql:$pupil_home/.pki/nssdb" -N --empty-password
+  certutil -d "sql:$pupil_home/.pki/nssdb" -A -t "C,," -n "classroom test CA" -i "$work/ca.pem"
+  printf '#!/bin/sh\nexec ip netns exec %s env HOME=%s /usr/bin/chromium "$@"\n' \
+    "$turn_ns" "$pupil_home" >"$work/chromium-turn-pupil"
+  chmod +x "$work/chromium-turn-pupil"
   ip netns exec "$ns" turnserver -n --listening-ip="$addr" --relay-ip="$addr" \
     --listening-port=3478 --tls-listening-port=443 --cert="$work/turn.pem" --pkey="$work/turn.key" \
     --use-auth-secret --static-auth-secret="$secret" --realm=classroom.test \
@@ -227,7 +248,7 @@ TOML
   scenario turn \
     TEACHER_URL="$(invite --room turn-$$ --name "Kato Sensei" --role teacher --identity t-turn)" \
     PUPIL_URL="$(invite --room turn-$$ --name "Abe Ren" --role student --identity s-turn)" \
-    PUPIL_CHROMIUM="$work/chromium-$turn_ns" || status=$?
+    PUPIL_CHROMIUM="$work/chromium-turn-pupil" || status=$?
   stop_pid "$server_pid"
   server_pid=
 fi

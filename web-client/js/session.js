@@ -481,6 +481,10 @@ export class Session extends EventTarget {
           .then(() => this.#answerSubscriber(msg))
           .catch((err) => this.#emit('error', { error: err }));
         break;
+      case 'ice_restart_wanted':
+        // The server saw our sending connection's path down (docs/PROTOCOL.md).
+        if (msg.connection === 'publish') this.#restartPublishIce();
+        break;
       case 'set_encodings':
         this.lastSetEncodings = { track_id: msg.track_id, mid: msg.mid, active: msg.active };
         this.#setEncodings(msg);
@@ -680,6 +684,21 @@ export class Session extends EventTarget {
       }
     }
     this.restartTimers[which] = setTimeout(() => this.#restartIce(which), RESTART_RETRY_MS);
+  }
+
+  /**
+   * The server asked for an ICE restart of the sending connection, which it sees down even if
+   * the browser does not (yet): at most one offer at a time, queued behind any other.
+   */
+  #restartPublishIce() {
+    const pc = this.publishPc;
+    if (this.ended || !this.joined || !pc || pc.signalingState === 'closed') return;
+    this.iceRestarts.publish += 1;
+    const task = this.publishQueue.then(() => {
+      if (this.publishPc === pc && pc.signalingState !== 'closed') return this.#negotiatePublish({ iceRestart: true });
+      return undefined;
+    });
+    this.publishQueue = task.catch((err) => console.warn('classroom: ICE restart of the sending connection failed', err));
   }
 
   /**

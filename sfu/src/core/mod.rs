@@ -14,6 +14,7 @@ pub mod layer;
 pub mod liveness;
 pub mod pacing;
 pub mod probe;
+pub mod restart;
 pub mod rewrite;
 pub mod speaker;
 pub mod throttle;

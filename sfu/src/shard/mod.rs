@@ -445,6 +445,7 @@ impl Shard {
             self.counters.peers = self.demux.len() as u64;
             self.metrics.publish(&self.counters);
             self.reap_disconnected(now);
+            self.restart_quiet(now);
         }
     }
 
@@ -701,12 +702,9 @@ impl Shard {
                 if let Some(peer) = self.peer_mut(key) {
                     debug!(participant = %peer.participant, ?state, "ICE state");
                     match state {
-                        IceConnectionState::Disconnected => {
-                            peer.recovery.liveness.disconnected(now)
-                        }
+                        IceConnectionState::Disconnected => peer.recovery.path_down(now),
                         IceConnectionState::Connected | IceConnectionState::Completed => {
-                            back = peer.recovery.liveness.is_disconnected();
-                            peer.recovery.liveness.connected();
+                            back = peer.recovery.path_up();
                         }
                         _ => {}
                     }

@@ -388,6 +388,7 @@ impl Shard {
             return;
         };
         *pending = Some(pending_offer);
+        peer.recovery.restart_in_flight = restart;
         let mut tracks: Vec<SubscribedTrack> = sent
             .iter()
             .filter_map(|(mid, t)| {
@@ -447,6 +448,7 @@ impl Shard {
             .take()
             .ok_or_else(|| SfuError::BadRequest("no subscriber offer is pending".into()))?;
         let again = std::mem::take(renegotiate);
+        peer.recovery.restart_in_flight = false;
         if let Err(e) = peer.rtc.sdp_api().accept_answer(pending_offer, answer) {
             // The client applied an answer we cannot: the two sides no longer agree on the
             // connection. Drop it; the participant is told (connection lost) and rejoins.

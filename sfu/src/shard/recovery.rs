@@ -1,5 +1,6 @@
 //! Keeping a participant's connections through a dropped socket or a changed network: offers
-//! re-sent after a resume, ICE restarts, new ICE credentials in the demux, and closing only
+//! re-sent after a resume, ICE restarts (asked for by the client, or started here when a path
+//! stays quiet: `core::restart`), new ICE credentials in the demux, and closing only
 //! connections that stayed disconnected for long (`core::liveness`).
 
 use std::time::Instant;
@@ -12,6 +13,7 @@ use str0m::media::KeyframeRequestKind;
 
 use crate::command::{ShardEvent, SubscribedTrack, TrackKind};
 use crate::core::liveness::Liveness;
+use crate::core::restart::RestartSchedule;
 use crate::ids::{ParticipantId, TrackId};
 
 /// What one peer connection keeps for recovery.
@@ -23,6 +25,27 @@ pub(crate) struct Recovery {
     pub last_offer: Option<(String, Vec<SubscribedTrack>)>,
     /// The next subscriber offer carries fresh ICE credentials.
     pub restart_wanted: bool,
+    /// The pending subscriber offer carries fresh ICE credentials: a restart asked for now (by
+    /// the client, or by `restart_quiet`) would only cross it.
+    pub restart_in_flight: bool,
+    /// Restarts started by the server while the path is quiet.
+    pub restart: RestartSchedule,
+}
+
+impl Recovery {
+    /// str0m reports the ICE path quiet at `now`.
+    pub fn path_down(&mut self, now: Instant) {
+        self.liveness.disconnected(now);
+        self.restart.disconnected(now);
+    }
+
+    /// The path has a nominated pair again; returns whether it had been down.
+    pub fn path_up(&mut self) -> bool {
+        let was_down = self.liveness.is_disconnected();
+        self.liveness.connected();
+        self.restart.connected();
+        was_down
+    }
 }
 
 impl Shard {
@@ -34,6 +57,11 @@ impl Shard {
         let Some(peer) = self.peer_mut(key) else {
             return;
         };
+        if ice_restart && peer.recovery.restart_in_flight {
+            // Both sides asked (the page and `restart_quiet`): one restart is enough. A client
+            // that lost the pending offer with its socket gets it again on `resume`.
+            return;
+        }
         if ice_restart {
             peer.recovery.restart_wanted = true;
         }
@@ -116,6 +144,33 @@ impl Shard {
                 .is_some_and(|t| t.info.source.kind() == TrackKind::Video);
             if video {
                 self.request_keyframe(track, spatial, KeyframeRequestKind::Pli, now);
+            }
+        }
+    }
+
+    /// Restarts ICE on connections whose path stays quiet (`core::restart`): a subscribe
+    /// connection gets an offer with fresh credentials; for a publish connection, whose offers
+    /// come from the client, the client is asked for one. If the participant's socket is down,
+    /// the offer waits in `last_offer` for the resume, which re-sends it.
+    pub(super) fn restart_quiet(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        for peer in self.peers.iter_mut().flatten() {
+            let in_flight = match &peer.role {
+                PeerRole::Subscribe { pending, .. } => pending.is_some(),
+                PeerRole::Publish { .. } => false,
+            };
+            if peer.recovery.restart.due(now, in_flight) {
+                due.push((peer.participant, peer.is_publisher()));
+            }
+        }
+        for (participant, publisher) in due {
+            debug!(%participant, publisher, "ICE path quiet; restarting ICE");
+            if publisher {
+                let _ = self
+                    .events
+                    .send(ShardEvent::PublishIceRestartWanted { participant });
+            } else {
+                self.reoffer(participant, true);
             }
         }
     }
