@@ -36,6 +36,7 @@ use super::peer::{self, Feedback, PeerEvents, VideoCodec};
 use super::subscriber::RecvPacket;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::{BufMut, Bytes, BytesMut};
+use classroom_sfu::core::vp8::{l1t3 as temporal, l1t3_size_weight as size_weight};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::rtp;
@@ -126,26 +127,6 @@ impl Default for SimulcastConfig {
             keyframe_interval: None,
             audio_bytes: 80,
         }
-    }
-}
-
-/// The L1T3 temporal pattern from a keyframe: TID of the n-th frame, and its Y (layer sync) bit:
-/// the TID 2 frame right after a TID 0 frame and the TID 1 frame depend only on TL0.
-fn temporal(n: u64) -> (u8, bool) {
-    match n % 4 {
-        0 => (0, false),
-        1 => (2, true),
-        2 => (1, true),
-        _ => (2, false),
-    }
-}
-
-/// Relative frame size by TID (averages to 1 over the pattern): base-layer frames are larger.
-fn size_weight(tid: u8) -> f64 {
-    match tid {
-        0 => 1.6,
-        1 => 1.0,
-        _ => 0.7,
     }
 }
 

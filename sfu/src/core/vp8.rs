@@ -338,6 +338,28 @@ fn extend(last: Option<u64>, pid: PictureId) -> u64 {
         .unwrap_or(value)
 }
 
+/// The L1T3 temporal pattern, as libvpx sends it: the TID of the n-th frame after a keyframe,
+/// and its Y (layer sync) bit — the TID 2 frame right after a TID 0 frame and the TID 1 frame
+/// depend only on TL0. Synthetic sources (the virtual-time harness, the test publishers) follow it.
+pub fn l1t3(n: u64) -> (u8, bool) {
+    match n % 4 {
+        0 => (0, false),
+        1 => (2, true),
+        2 => (1, true),
+        _ => (2, false),
+    }
+}
+
+/// Relative size of an L1T3 delta frame by TID (averages to 1 over the pattern): base-layer
+/// frames are larger. For synthetic sources.
+pub fn l1t3_size_weight(tid: u8) -> f64 {
+    match tid {
+        0 => 1.6,
+        1 => 1.0,
+        _ => 0.7,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

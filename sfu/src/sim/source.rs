@@ -15,6 +15,7 @@
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
+use crate::core::vp8::{l1t3 as temporal, l1t3_size_weight as size_weight};
 use rand::Rng;
 use rand::rngs::StdRng;
 
@@ -64,25 +65,6 @@ impl SourceConfig {
             keyframe_interval: None,
             ..SourceConfig::default()
         }
-    }
-}
-
-/// The L1T3 pattern from a keyframe: the TID of the n-th frame and its Y bit.
-pub fn temporal(n: u64) -> (u8, bool) {
-    match n % 4 {
-        0 => (0, false),
-        1 => (2, true),
-        2 => (1, true),
-        _ => (2, false),
-    }
-}
-
-/// Relative delta-frame size by TID (averages to 1 over the pattern).
-fn size_weight(tid: u8) -> f64 {
-    match tid {
-        0 => 1.6,
-        1 => 1.0,
-        _ => 0.7,
     }
 }
 
