@@ -6,7 +6,8 @@
 //! `Shard::handle_datagram`, out through its outbox, and the time given at every entry point.
 //! The clock only moves forward to the earliest thing due — a peer's or the shard's timeout, a
 //! datagram arriving at the end of a link, the teacher's next frame — so a simulated minute
-//! costs what its packets cost to process, and the same seed gives the same run.
+//! costs what its packets cost to process. Links draw loss and jitter from the seed; str0m draws
+//! its own unseeded randomness, so runs with one seed still differ (`docs/ADAPTATION.md`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
