@@ -898,6 +898,7 @@ impl Room {
                     selector.update(&SelectorInput {
                         now,
                         budget: 100_000_000,
+                        upgrade_budget: 100_000_000,
                         available: rates,
                         peaks: rates,
                         keyframes: KeyframeSizes::default(),

@@ -35,6 +35,11 @@ pub const INITIAL_ESTIMATE: u64 = 300_000;
 /// What a subscriber is assumed to carry when bandwidth estimation is off: every layer.
 pub const UNESTIMATED: u64 = 1_000_000_000;
 
+/// How far above what the next step needs padding aims: str0m brings what is sent to the
+/// round's minimum only roughly, and the proof (`core::capacity`) takes the mean of what was
+/// sent, so aiming at the need itself proved a little less than it, round after round.
+pub const PADDING_HEADROOM_PERCENT: u64 = 10;
+
 /// What a client was last told about a track: the layer it gets and whether it is paused.
 pub type Shown = (Option<LayerName>, bool);
 
@@ -71,6 +76,9 @@ pub struct Link {
     pub estimating: bool,
     /// The loss fraction receiver reports give, if any yet.
     pub loss: Option<f32>,
+    /// The rate the link has shown it carries (`core::capacity`); `None`: take the estimate
+    /// at its word (bandwidth is not estimated).
+    pub proven: Option<u64>,
 }
 
 impl Link {
@@ -81,6 +89,12 @@ impl Link {
         } else {
             UNESTIMATED
         })
+    }
+
+    /// What a larger picture may be judged against: the proven rate, within the estimate.
+    pub fn upgrade_estimate(&self) -> u64 {
+        let estimate = self.usable_estimate();
+        self.proven.map_or(estimate, |p| p.min(estimate))
     }
 }
 
@@ -147,6 +161,41 @@ pub struct Round<Id> {
     pub paused: u64,
 }
 
+/// What a track should send while it waits to go up, so that padding loads the link with it and
+/// the link can prove it carries it (`core::capacity`): the largest picture its budget from the
+/// estimate allows, or else the next larger one, at the lowest frame rate that picture is chosen
+/// at and at its peak rate with the upgrade margin (what the selector will ask of the proven
+/// rate); without a larger picture, the next frame rate of this one. `None` at the top (or the
+/// cap). Aiming at what the estimate claims rather than one step at a time lets a fast link
+/// prove `f` while `h` is still being tried, and drains a token bucket that fooled the estimate
+/// sooner.
+fn step_up(
+    current: Option<Layer>,
+    budget: u64,
+    available: &LayerBitrates,
+    peaks: &LayerBitrates,
+    cap: Layer,
+) -> Option<u64> {
+    let with_margin =
+        |l: Layer, rate: u64| peaks.get(l).unwrap_or(rate).max(rate) * UPGRADE_MARGIN_PERCENT / 100;
+    let Some(cur) = current else {
+        return available.lowest(cap).map(|(l, rate)| with_margin(l, rate));
+    };
+    let higher = || available.targets(cap).filter(move |(l, _)| *l > cur);
+    // The lowest frame rate of each larger picture, smallest first.
+    let mut larger: Vec<(Layer, u64)> = Vec::new();
+    for (l, rate) in higher().filter(|(l, _)| l.spatial > cur.spatial) {
+        if larger.iter().all(|(other, _)| other.spatial != l.spatial) {
+            larger.push((l, with_margin(l, rate)));
+        }
+    }
+    let claimed = larger.iter().rev().find(|(_, need)| *need <= budget);
+    if let Some((_, need)) = claimed.or(larger.first()) {
+        return Some(*need);
+    }
+    higher().next().map(|(_, rate)| rate)
+}
+
 /// Runs one subscriber's allocation round.
 pub fn run<Id: Copy>(
     link: &Link,
@@ -182,6 +231,23 @@ pub fn run<Id: Copy>(
                 .unwrap_or(0),
         })
         .sum();
+    let upgrade_estimate = link.upgrade_estimate();
+    let upgrade_budgets: Vec<(usize, u64)> = allocate(&Snapshot {
+        estimate: upgrade_estimate,
+        tracks: demands.clone(),
+    })
+    .into_iter()
+    .filter_map(|(index, a)| match a {
+        Allocation::Video { budget, .. } => Some((index, budget)),
+        _ => None,
+    })
+    .collect();
+    let upgrade_budget_of = |index: usize| {
+        upgrade_budgets
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map_or(0, |(_, b)| *b)
+    };
     let allocations = allocate(&Snapshot {
         estimate,
         tracks: demands,
@@ -223,6 +289,7 @@ pub fn run<Id: Copy>(
         let decision = selector.update(&SelectorInput {
             now,
             budget,
+            upgrade_budget: upgrade_budget_of(index),
             available,
             peaks: track.peaks,
             keyframes: track.keyframes,
@@ -231,14 +298,8 @@ pub fn run<Id: Copy>(
         let current_rate = decision.current.and_then(|l| available.get(l)).unwrap_or(0);
         allocated += current_rate;
         if next_step.is_none() {
-            let higher = match decision.current {
-                Some(cur) => available
-                    .targets(cap)
-                    .filter(|(l, _)| *l > cur)
-                    .min_by_key(|(l, _)| *l),
-                None => available.lowest(cap),
-            };
-            next_step = higher.map(|(_, rate)| rate.saturating_sub(current_rate));
+            next_step = step_up(decision.current, budget, &available, &track.peaks, cap)
+                .map(|rate| rate.saturating_sub(current_rate));
         }
         // Clients hear of spatial changes and pauses; temporal steps are too frequent to tell.
         let name = decision
@@ -262,14 +323,21 @@ pub fn run<Id: Copy>(
     }
     let any_paused = paused > 0;
 
-    // Keep probing towards what the subscriber would take; padding fills up to what it takes
-    // now, so the estimate can grow before an upgrade is tried.
-    let desired = desired.max(allocated);
-    let minimum = (allocated + next_step.unwrap_or(0)).min(desired);
-    // An upgrade needs the selector's margin on top of the step.
-    let wants_more = next_step.is_some_and(|step| {
-        estimate < (allocated + step).saturating_mul(UPGRADE_MARGIN_PERCENT) / 100
-    });
+    // Keep probing towards what the subscriber would take; padding fills up to what the next
+    // step would take, so the estimate can grow and the link prove it carries that rate
+    // (`core::capacity`) before the step is tried.
+    // The step is judged with the margin on the layer's peak, which can be more than the
+    // subscriber would take at its best: padding must reach it all the same.
+    let stepped = match next_step {
+        Some(step) => (allocated + step).saturating_mul(100 + PADDING_HEADROOM_PERCENT) / 100,
+        None => allocated,
+    };
+    let desired = desired.max(allocated).max(stepped);
+    // Never more than the estimate: padding beyond it only builds a queue (str0m's own cap on
+    // padding let 1.5 Mbit/s through towards a 0.38 Mbit/s estimate at start, when the peak
+    // rates of the layers still held their first keyframes).
+    let minimum = stepped.min(estimate.max(allocated));
+    let wants_more = next_step.is_some_and(|step| estimate < allocated + step);
     let desired = match probe.round(now, wants_more, estimate) {
         Nudge::Steady => desired,
         Nudge::Lower => desired.saturating_sub(1),
@@ -335,7 +403,8 @@ mod tests {
             allowed: true,
             unplayable: false,
             reported: None,
-            selector: (class != Audio).then(|| LayerSelector::new(SelectorConfig::default())),
+            selector: (class != Audio)
+                .then(|| LayerSelector::new(SelectorConfig::two_second_hold())),
         }
     }
 
@@ -369,6 +438,7 @@ mod tests {
                 estimate,
                 estimating: self.estimating,
                 loss,
+                proven: None,
             };
             let round = run(&link, &mut self.probe, &mut self.tracks);
             for t in &round.tracks {
@@ -440,7 +510,14 @@ mod tests {
             ]
         );
         // Only audio flows; the screen's first layer is the step to probe for.
-        assert_eq!(round.targets, targets(64_000 + 600_000, 2_364_000));
+        let screen_step = 600_000 * UPGRADE_MARGIN_PERCENT / 100;
+        assert_eq!(
+            round.targets,
+            targets(
+                (64_000 + screen_step) * (100 + PADDING_HEADROOM_PERCENT) / 100,
+                2_364_000
+            )
+        );
         assert_eq!(round.paused, 0);
 
         sub.keyframe("screen", 0);
@@ -505,10 +582,11 @@ mod tests {
                 ("pupil", 200_000, Some((0, 0)), Some((0, 0)), None, None),
             ]
         );
-        // Until the switch the camera's f0 still flows: the next step up from there is f1.
+        // Until the switch the camera's f0 still flows (the next step up from there is f1), but
+        // what flows is already above the estimate: no padding on top.
         assert_eq!(
             round.targets,
-            targets(64_000 + 600_000 + 800_000 + 200_000 + 400_000, 2_364_000)
+            targets(64_000 + 600_000 + 800_000 + 200_000, 2_364_000)
         );
         sub.keyframe("cam", 0);
         let round = sub.round(2_000, Some(1_000_000), None);
@@ -622,7 +700,11 @@ mod tests {
             rows(&round),
             vec![("pupil", 236_000, None, Some((0, 0)), None, Some(0))]
         );
-        assert_eq!(round.targets, targets(64_000 + 200_000, 64_000 + 200_000));
+        // Padding aims at the pupil's layer with the margins, within the estimate.
+        let step = (64_000 + 200_000 * UPGRADE_MARGIN_PERCENT / 100)
+            * (100 + PADDING_HEADROOM_PERCENT)
+            / 100;
+        assert_eq!(round.targets, targets(300_000, step));
         assert_eq!(round.link.layers, vec![("pupil", None)]);
         assert!(!round.link.any_paused);
         // Their selectors were not touched.
@@ -641,7 +723,14 @@ mod tests {
             rows(&round),
             vec![("cam", 2_936_000, None, Some((1, 2)), None, Some(1))]
         );
-        assert_eq!(round.targets, targets(64_000 + 80_000, 64_000 + 500_000));
+        let lowest = 80_000 * UPGRADE_MARGIN_PERCENT / 100;
+        assert_eq!(
+            round.targets,
+            targets(
+                (64_000 + lowest) * (100 + PADDING_HEADROOM_PERCENT) / 100,
+                64_000 + 500_000
+            )
+        );
         sub.keyframe("cam", 1);
         let round = sub.round(500, Some(3_000_000), None);
         assert_eq!(
@@ -660,8 +749,8 @@ mod tests {
 
     #[test]
     fn probing_starts_where_an_upgrade_needs_the_margin() {
-        // On q2 (150k) the next step is h1 (400k): an upgrade needs (64k + 400k) × 1.2.
-        let threshold = (64_000 + 400_000) * UPGRADE_MARGIN_PERCENT / 100;
+        // On q2 (150k) the next step is h1 (400k): an upgrade needs 64k + 400k × 1.2.
+        let threshold = 64_000 + 400_000 * UPGRADE_MARGIN_PERCENT / 100;
         let desired = 64_000 + 1_500_000;
         for (estimate, probes) in [(threshold, false), (threshold - 1, true)] {
             let mut sub = Subscriber::new(vec![
@@ -671,8 +760,12 @@ mod tests {
             // Starts on q2 …
             sub.round(0, Some(300_000), None);
             sub.keyframe("cam", 0);
-            // Audio and q2 flow; padding may fill up to the next step.
-            let want = targets(64_000 + 150_000 + 250_000, desired);
+            // Audio and q2 flow; padding may fill up to the next step with its margins, within
+            // the estimate.
+            let step = (64_000 + 400_000 * UPGRADE_MARGIN_PERCENT / 100)
+                * (100 + PADDING_HEADROOM_PERCENT)
+                / 100;
+            let want = targets(step.min(estimate), desired);
             assert_eq!(sub.round(500, Some(estimate), None).targets, want);
             assert_eq!(sub.round(1_000, Some(estimate), None).targets, want);
             // A second after the first want, the desired rate dips for one round, which

@@ -169,11 +169,33 @@ pub struct SelectorConfig {
     pub pause_hold: Duration,
 }
 
+/// A larger picture given up this soon after it was tried counts as a failed try …
+pub const FAILED_WITHIN: Duration = Duration::from_secs(10);
+/// … and is not tried again for this long, doubling with each failure up to the maximum.
+pub const RETRY_AFTER: Duration = Duration::from_secs(20);
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(160);
+
+/// How long a larger picture must have fitted before it is tried. The budget it must fit is
+/// already a rate the link has carried for two seconds (`core::capacity`), so the hold only
+/// rides out a round's noise; judged on the bare estimate it was 2 s.
+pub const UPGRADE_HOLD: Duration = Duration::from_millis(500);
+
+impl SelectorConfig {
+    /// The hold of the rules before the capacity proof, for tests of the hold's mechanics.
+    #[cfg(test)]
+    pub fn two_second_hold() -> SelectorConfig {
+        SelectorConfig {
+            upgrade_hold: Duration::from_secs(2),
+            ..SelectorConfig::default()
+        }
+    }
+}
+
 impl Default for SelectorConfig {
     fn default() -> Self {
         SelectorConfig {
             upgrade_margin_percent: UPGRADE_MARGIN_PERCENT,
-            upgrade_hold: Duration::from_secs(2),
+            upgrade_hold: UPGRADE_HOLD,
             temporal_upgrade_margin_percent: 100,
             temporal_upgrade_hold: Duration::from_secs(1),
             pause_hold: Duration::from_secs(4),
@@ -201,6 +223,9 @@ pub struct SelectorInput {
     pub now: Instant,
     /// Bits per second this track may use (from the allocator).
     pub budget: u64,
+    /// What it may use for a larger picture: its share of the rate the link has shown it
+    /// carries (`core::capacity`), never above `budget`.
+    pub upgrade_budget: u64,
     pub available: LayerBitrates,
     /// The busiest each layer was lately ([`crate::core::bitrate::LayerMeter::peak_rates`]):
     /// going up must fit even that, with the margin, or the next busy moment undoes it.
@@ -226,6 +251,12 @@ pub struct LayerSelector {
     starved_since: Option<Instant>,
     /// Whether anything was ever targeted: the first start needs no hold.
     started: bool,
+    /// The latest larger picture targeted, and when.
+    raised: Option<(u8, Instant)>,
+    /// A picture size (and those above it) not to be tried again before the instant.
+    barred: Option<(u8, Instant)>,
+    /// How long the next failure bars its picture size.
+    retry_after: Duration,
 }
 
 impl LayerSelector {
@@ -238,6 +269,9 @@ impl LayerSelector {
             fits_since: [[None; MAX_TEMPORAL]; MAX_SPATIAL],
             starved_since: None,
             started: false,
+            raised: None,
+            barred: None,
+            retry_after: RETRY_AFTER,
         }
     }
 
@@ -257,6 +291,7 @@ impl LayerSelector {
         let SelectorInput {
             now,
             budget,
+            upgrade_budget,
             available,
             peaks,
             keyframes,
@@ -277,14 +312,23 @@ impl LayerSelector {
         // (another picture size) or without (a higher frame rate of the targeted size).
         let target_spatial = self.target.map(|t| t.spatial);
         let mut fits_now = [[false; MAX_TEMPORAL]; MAX_SPATIAL];
-        for (l, rate) in peaks.targets(cap) {
-            let margin = if Some(l.spatial) == target_spatial {
-                self.config.temporal_upgrade_margin_percent
+        // A larger picture must fit what the link has shown it carries; a higher frame rate of
+        // the same picture, which needs no keyframe and is undone as cheaply, only the estimate.
+        let upgrade_budget = upgrade_budget.min(budget);
+        let barred = |l: Layer| {
+            self.barred
+                .is_some_and(|(s, until)| now < until && l.spatial >= s)
+        };
+        for (l, rate) in peaks.targets(cap).filter(|&(l, _)| !barred(l)) {
+            let (margin, room) = if Some(l.spatial) == target_spatial {
+                (self.config.temporal_upgrade_margin_percent, budget)
             } else {
-                self.config.upgrade_margin_percent
+                (self.config.upgrade_margin_percent, upgrade_budget)
             };
+            let crosses = Some(l.spatial) <= forwarded.max(lowest)
+                || keyframes.crosses(l.spatial, room, KEYFRAME_TRANSIT);
             fits_now[usize::from(l.spatial)][usize::from(l.temporal)] =
-                rate.saturating_mul(margin) / 100 <= budget && keyframe_fits(l);
+                rate.saturating_mul(margin) / 100 <= room && crosses;
         }
         let fits_above = |target: Layer| {
             (0..MAX_SPATIAL)
@@ -295,6 +339,7 @@ impl LayerSelector {
 
         let still_fits =
             |l: Layer| l.within(cap) && available.get(l).is_some_and(|rate| rate <= budget);
+        let before = self.target.map(|t| t.spatial);
         match self.target {
             // Start at once at what fits: a new subscriber should see video without delay.
             None if !self.started => self.set_target(fit),
@@ -324,6 +369,7 @@ impl LayerSelector {
             }
         }
         self.paused = self.target.is_none() && any_available;
+        self.remember_failures(now, before);
 
         // Temporal steps apply at once; a spatial switch waits for its keyframe, meanwhile the
         // current spatial layer drops temporal layers that do not fit any more.
@@ -380,6 +426,39 @@ impl LayerSelector {
         }
         if proven.is_some() && proven > self.target {
             self.set_target(proven);
+        }
+    }
+
+    /// A larger picture given up within `FAILED_WITHIN` of being tried was more than the link
+    /// carries, whatever the estimate and the proof said (a bucket larger than the proof can
+    /// find out): it is not tried again for `retry_after`, which doubles with each such
+    /// failure up to `RETRY_AFTER_MAX` and starts over once a larger picture has held.
+    fn remember_failures(&mut self, now: Instant, before: Option<u8>) {
+        // Only a larger picture than one flowing counts, and only a smaller one as giving it up:
+        // the first start and a resume are not tries, a pause has its own rules.
+        let after = self.target.map(|t| t.spatial);
+        if before.is_some()
+            && after > before
+            && let Some(s) = after
+        {
+            self.raised = Some((s, now));
+        } else if after.is_some()
+            && after < before
+            && let Some((s, at)) = self.raised
+            && Some(s) == before
+        {
+            self.raised = None;
+            if now.saturating_duration_since(at) < FAILED_WITHIN {
+                self.barred = Some((s, now + self.retry_after));
+                self.retry_after = (self.retry_after * 2).min(RETRY_AFTER_MAX);
+            }
+        }
+        if self
+            .raised
+            .is_some_and(|(_, at)| now.saturating_duration_since(at) >= FAILED_WITHIN)
+        {
+            self.raised = None;
+            self.retry_after = RETRY_AFTER;
         }
     }
 
@@ -468,13 +547,14 @@ mod tests {
         rows: &[(u64, Ev, Want)],
     ) {
         let t0 = Instant::now();
-        let mut sel = LayerSelector::new(SelectorConfig::default());
+        let mut sel = LayerSelector::new(SelectorConfig::two_second_hold());
         let l = |o: Option<(u8, u8)>| o.map(|(s, t)| Layer::new(s, t));
         for (i, (ms, ev, want)) in rows.iter().enumerate() {
             let got = match *ev {
                 Budget(budget) => sel.update(&SelectorInput {
                     now: t0 + Duration::from_millis(*ms),
                     budget,
+                    upgrade_budget: budget,
                     available,
                     peaks: available,
                     keyframes,
@@ -593,12 +673,13 @@ mod tests {
         let input = |ms, budget| SelectorInput {
             now: at(ms),
             budget,
+            upgrade_budget: budget,
             available,
             peaks,
             keyframes: KeyframeSizes::default(),
             cap: Layer::MAX,
         };
-        let mut sel = LayerSelector::new(SelectorConfig::default());
+        let mut sel = LayerSelector::new(SelectorConfig::two_second_hold());
         sel.update(&input(0, 200_000));
         sel.keyframe(0);
         // 1.2 × h1's smoothed 400k fits 500k, but 1.2 × its peak of 500k does not: stay on q.

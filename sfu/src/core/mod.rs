@@ -4,6 +4,7 @@ pub mod allocation_round;
 pub mod allocator;
 pub mod audience;
 pub mod bitrate;
+pub mod capacity;
 pub mod demux;
 pub mod downtrack;
 pub mod dynacast;

@@ -17,6 +17,7 @@ use super::peer::{PeerKey, PeerRole};
 use crate::command::{PauseReason, ShardEvent};
 pub(crate) use crate::core::allocation_round::INITIAL_ESTIMATE;
 use crate::core::allocation_round::{self, Link, RoundTrack};
+use crate::core::capacity::Observation;
 pub(crate) use crate::core::dynacast::Dynacast;
 use crate::core::dynacast::Viewer;
 use crate::core::layer::{Layer, MAX_SPATIAL};
@@ -109,20 +110,34 @@ impl Shard {
         now: Instant,
         report: bool,
     ) -> u64 {
-        let Some(peer) = self.peer(key) else { return 0 };
+        let estimating = self.bandwidth_estimation;
+        let Some(peer) = self.peer_mut(key) else {
+            return 0;
+        };
         let participant = peer.participant;
         let (rtt_ms, loss, estimate_bps) = (peer.rtt_ms, peer.loss, peer.estimate);
+        let mut link = Link {
+            now,
+            estimate: estimate_bps,
+            estimating,
+            loss,
+            proven: None,
+        };
+        if estimating {
+            link.proven = Some(peer.capacity.observe(Observation {
+                now,
+                bytes_sent: peer.bytes_sent,
+                rtt_ms,
+                loss,
+                estimate: link.usable_estimate(),
+            }));
+        }
         if let Some(e) = estimate_bps {
             self.counters.observe_estimate(e);
         }
-        let link = Link {
-            now,
-            estimate: estimate_bps,
-            estimating: self.bandwidth_estimation,
-            loss,
-        };
         tracing::trace!(
-            %participant, estimate = link.usable_estimate(), ?rtt_ms, ?loss, "allocation round"
+            %participant, estimate = link.usable_estimate(), proven = ?link.proven, ?rtt_ms, ?loss,
+            "allocation round"
         );
         let mut inputs = self.round_tracks(key, subscribed, now);
         let Some(peer) = self.peer_mut(key) else {

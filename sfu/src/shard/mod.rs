@@ -305,6 +305,10 @@ impl Arrival {
     }
 }
 
+/// A subscribe link as the shard sees it: estimate, loss fraction, RTT (ms), bytes sent.
+#[cfg(test)]
+pub(crate) type SubscriberLink = (Option<u64>, Option<f32>, Option<u32>, u64);
+
 /// Everything one media thread owns but its sockets and its clock.
 pub(crate) struct Shard {
     /// What the `Rtc`s sent, for the caller to take (`outbox()`).
@@ -667,10 +671,12 @@ impl Shard {
                     return;
                 }
                 Output::Transmit(t) if t.proto == Protocol::Udp => {
+                    peer.bytes_sent += t.contents.len() as u64;
                     self.demux.confirm(key, t.destination, &t.contents);
                     self.outbox.push(t.destination, t.contents.into());
                 }
                 Output::Transmit(t) => {
+                    peer.bytes_sent += t.contents.len() as u64;
                     // Only TCP host candidates are ours besides UDP.
                     self.demux
                         .confirm_via(key, (Transport::Tcp, t.destination), &t.contents);
@@ -726,6 +732,14 @@ impl Shard {
         self.peers
             .get_mut(key.0 as usize)
             .and_then(Option::as_deref_mut)
+    }
+
+    /// What the shard believes of a participant's subscribe link (the harness's timelines).
+    #[cfg(test)]
+    pub(crate) fn subscriber_link(&self, participant: ParticipantId) -> Option<SubscriberLink> {
+        let key = self.members.get(&participant)?.subscriber?;
+        self.peer(key)
+            .map(|p| (p.estimate, p.loss, p.rtt_ms, p.bytes_sent))
     }
 
     fn peer(&self, key: PeerKey) -> Option<&Peer> {

@@ -77,6 +77,11 @@ pub(crate) struct Peer {
     /// The latest round-trip time and loss fraction reported for this peer's streams.
     pub rtt_ms: Option<u32>,
     pub loss: Option<f32>,
+    /// Every byte handed to the network towards this peer (media, resends, padding, RTCP, ICE):
+    /// what the link was asked to carry.
+    pub bytes_sent: u64,
+    /// The rate this (subscribe) link has shown it carries, for larger pictures.
+    pub capacity: crate::core::capacity::CapacityProof,
     /// When to ask the estimator to probe for a higher layer (subscribe connections).
     pub probe: ProbePacer,
     /// Whether this subscriber's video goes through str0m's pacer (`core::pacing`); str0m
@@ -123,6 +128,8 @@ impl Peer {
             estimate: None,
             rtt_ms: None,
             loss: None,
+            bytes_sent: 0,
+            capacity: Default::default(),
             probe: ProbePacer::default(),
             video_paced: true,
             recovery: Default::default(),

@@ -5,9 +5,13 @@
 //! subscribers that send TWCC, receiver reports, NACKs and PLIs as browsers do — behind
 //! simulated links (`link`) with rate, queue, delay, jitter, loss and token-bucket bursts. One
 //! virtual clock drives everything (`world`), so adaptation, pausing, resumption and keyframe
-//! behaviour are tested deterministically in milliseconds of CPU per simulated second.
-//! `profiles` holds the home-link table of `docs/ADAPTATION.md` and its tests.
+//! behaviour are tested in milliseconds of CPU per simulated second (not bit-for-bit repeatable:
+//! str0m draws its own randomness, see `docs/ADAPTATION.md`).
+//! `profiles` holds the home-link table of `docs/ADAPTATION.md` and its tests, `bursty` the
+//! token-bucket links of issue 17.
 
+#[cfg(test)]
+mod bursty;
 mod link;
 mod profiles;
 #[cfg(test)]

@@ -71,7 +71,8 @@ fn video_pauses_on_a_link_too_weak_for_any_layer_and_resumes_by_itself() {
         gap.as_millis(),
         resumed_after.as_secs_f64()
     );
-    assert!(paused_after < Duration::from_secs(12), "{paused_after:?}");
+    // Later than in real time (4.8–6 s there): see docs/ADAPTATION.md ("In virtual time").
+    assert!(paused_after < Duration::from_secs(14), "{paused_after:?}");
     assert!(resumed_after < Duration::from_secs(20), "{resumed_after:?}");
     // The real-time test holds this under 500 ms; see docs/ADAPTATION.md ("In virtual time").
     assert!(gap < Duration::from_secs(1), "audio gap {gap:?}");

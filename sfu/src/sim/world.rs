@@ -37,6 +37,8 @@ const AUDIO_PERIOD: Duration = Duration::from_millis(20);
 /// How often a pupil whose picture is broken asks again for a keyframe (a browser's decoder
 /// asks on every undecodable frame; its RTCP module holds repeats back by about this).
 const PLI_REPEAT: Duration = Duration::from_millis(300);
+/// How often the shard's view of each pupil's link is written down.
+const LINK_SAMPLE: Duration = Duration::from_millis(250);
 
 fn server() -> SocketAddr {
     SocketAddr::from(SERVER)
@@ -126,6 +128,16 @@ struct Teacher {
     keyframes: Vec<(Duration, u8)>,
 }
 
+/// The shard's view of a pupil's link at one moment.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkSample {
+    pub at: Instant,
+    pub estimate: Option<u64>,
+    pub loss: Option<f32>,
+    pub rtt_ms: Option<u32>,
+    pub bytes_sent: u64,
+}
+
 /// What a pupil saw.
 #[derive(Debug, Default, Clone)]
 pub struct PupilLog {
@@ -141,6 +153,8 @@ pub struct PupilLog {
     /// The server's last `connection_quality` estimate.
     pub estimate_bps: Option<u64>,
     pub plis_sent: u64,
+    /// The shard's view of the pupil's link, sampled: (time, estimate, loss, RTT ms, bytes sent).
+    pub link: Vec<LinkSample>,
 }
 
 struct Pupil {
@@ -730,6 +744,20 @@ impl World {
         self.steps += 1;
         self.shard.handle_timeout(now);
         self.pump();
+        for p in &mut self.pupils {
+            if p.log.link.last().is_none_or(|l| now - l.at >= LINK_SAMPLE)
+                && let Some((estimate, loss, rtt_ms, bytes_sent)) =
+                    self.shard.subscriber_link(p.client.participant)
+            {
+                p.log.link.push(LinkSample {
+                    at: now,
+                    estimate,
+                    loss,
+                    rtt_ms,
+                    bytes_sent,
+                });
+            }
+        }
     }
 }
 

@@ -138,6 +138,7 @@ fn budget(dt: &mut DownTrack, t0: Instant, ms: u64, budget: u64) {
     let input = SelectorInput {
         now: t0 + Duration::from_millis(ms),
         budget,
+        upgrade_budget: budget,
         available: RATES,
         peaks: RATES,
         keyframes: KeyframeSizes::default(),
