@@ -260,6 +260,8 @@ pub fn run<Id: Copy>(
     // The first track, in priority order, that could go up decides how far str0m should probe
     // (with padding) before the allocator can try it: the step to its next layer.
     let mut next_step: Option<u64> = None;
+    // Some track waits for the keyframe of a larger picture.
+    let mut switching_up = false;
     for (index, allocation) in allocations {
         let budget = match allocation {
             Allocation::Audio => {
@@ -317,6 +319,10 @@ pub fn run<Id: Copy>(
         report.push((track.id, name));
         if decision.keyframe_needed {
             outcome.keyframe = decision.target.map(|t| t.spatial);
+            switching_up |= decision
+                .target
+                .zip(decision.current)
+                .is_some_and(|(t, c)| t.spatial > c.spatial);
         }
         outcome.decision = Some(decision);
         outcomes.push(outcome);
@@ -336,7 +342,14 @@ pub fn run<Id: Copy>(
     // Never more than the estimate: padding beyond it only builds a queue (str0m's own cap on
     // padding let 1.5 Mbit/s through towards a 0.38 Mbit/s estimate at start, when the peak
     // rates of the layers still held their first keyframes).
-    let minimum = stepped.min(estimate.max(allocated));
+    // While a larger picture's keyframe is on its way, no padding: the keyframe needs the room
+    // the padding took (at 0.5 Mbit/s a browser's 40 kB keyframe of `h` behind padding that
+    // filled the line overflowed the queue, and the switch was undone within a second).
+    let minimum = if switching_up {
+        allocated
+    } else {
+        stepped.min(estimate.max(allocated))
+    };
     let wants_more = next_step.is_some_and(|step| estimate < allocated + step);
     let desired = match probe.round(now, wants_more, estimate) {
         Nudge::Steady => desired,

@@ -582,6 +582,57 @@ mod tests {
     }
 
     #[test]
+    fn a_larger_picture_given_up_soon_is_not_tried_again_for_a_while() {
+        let t0 = Instant::now();
+        let available = simulcast();
+        let input = |ms: u64, budget| SelectorInput {
+            now: t0 + Duration::from_millis(ms),
+            budget,
+            upgrade_budget: budget,
+            available,
+            peaks: available,
+            keyframes: KeyframeSizes::default(),
+            cap: Layer::MAX,
+        };
+        let spatial = |d: Decision| d.target.map(|t| t.spatial);
+        let mut sel = LayerSelector::new(SelectorConfig::default());
+        sel.update(&input(0, 200_000));
+        sel.keyframe(0);
+        // h2 fits with the margin for the hold: tried, and given up 3 s later.
+        sel.update(&input(500, 700_000));
+        assert_eq!(spatial(sel.update(&input(1_000, 700_000))), Some(1));
+        sel.keyframe(1);
+        assert_eq!(spatial(sel.update(&input(4_000, 200_000))), Some(0));
+        sel.keyframe(0);
+        // Room again, but not for h for 20 s …
+        for ms in (4_500..24_000).step_by(500) {
+            assert_eq!(spatial(sel.update(&input(ms, 700_000))), Some(0), "{ms}");
+        }
+        // … then it is tried again; given up as soon, it waits twice as long.
+        sel.update(&input(24_000, 700_000));
+        assert_eq!(spatial(sel.update(&input(24_500, 700_000))), Some(1));
+        sel.keyframe(1);
+        assert_eq!(spatial(sel.update(&input(25_000, 200_000))), Some(0));
+        sel.keyframe(0);
+        for ms in (25_500..65_000).step_by(500) {
+            assert_eq!(spatial(sel.update(&input(ms, 700_000))), Some(0), "{ms}");
+        }
+        sel.update(&input(65_000, 700_000));
+        assert_eq!(spatial(sel.update(&input(65_500, 700_000))), Some(1));
+        // Held for 10 s: the next failure bars it for 20 s again.
+        sel.keyframe(1);
+        sel.update(&input(75_500, 700_000));
+        assert_eq!(spatial(sel.update(&input(76_000, 200_000))), Some(0));
+        sel.keyframe(0);
+        sel.update(&input(76_500, 700_000));
+        assert_eq!(
+            spatial(sel.update(&input(77_000, 700_000))),
+            Some(1),
+            "not barred"
+        );
+    }
+
+    #[test]
     fn an_upgrade_goes_no_higher_than_what_fitted_throughout_the_hold() {
         run(&[
             (0, Budget(200_000), (None, Some((0, 2)), true, false)),
