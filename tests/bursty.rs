@@ -6,9 +6,10 @@
 //! First the token bucket of the test relay ([`support::relay::TokenBucket`]) on its own, as a
 //! value and through the relay's socket; then lessons: a teacher publishing the simulcast test
 //! stream (webrtc-rs, [`support::simulcast`]) and one pupil behind a token-bucket downlink with
-//! 5 % random loss and 60 ms RTT, at 300 kbit/s with 16 kB and 64 kB buckets and at 500 kbit/s
-//! with 32 kB. Each lesson prints its per-second timeline (decodable frames, rid and temporal
-//! layers, what the relay delivered and dropped, the server's estimate) before it checks.
+//! 5 % random loss and 60 ms RTT, at 300 kbit/s with 16 KiB and 64 KiB buckets and at 500 kbit/s
+//! with 32 KiB. Each lesson prints its per-second timeline (complete and decodable frames, rid
+//! and temporal layers, what the relay delivered and dropped, the server's estimate) before it
+//! checks.
 
 mod support;
 
