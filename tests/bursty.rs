@@ -200,19 +200,24 @@ async fn relay_token_bucket_lets_a_burst_through_then_holds_the_rate() -> Result
         ensure!(&buf[..n] == b"hello" && from == relay.addr);
 
         // 16 kB into an idle line: all of it at once (the rate alone would take 427 ms).
-        let first = burst_through(&server, &client, relay.addr, 16).await?;
-        eprintln!("burst into a full bucket: arrivals {first:?}");
+        // Arrival times are taken from the first arrival: how late the relay's task got to the
+        // datagrams (a busy machine) moves them all alike and is not what is checked.
+        let spread = |arrivals: &[Duration]| -> Vec<Duration> {
+            let first = arrivals.iter().min().copied().unwrap_or_default();
+            arrivals.iter().map(|at| *at - first).collect()
+        };
+        let first = spread(&burst_through(&server, &client, relay.addr, 16).await?);
+        eprintln!("burst into a full bucket: arrivals after the first {first:?}");
         ensure!(first.len() == 16, "{} of 16 arrived", first.len());
         let last = first.iter().max().copied().unwrap_or_default();
         ensure!(
-            last < Duration::from_millis(150),
-            "a 16 kB burst into a full 16 kB bucket took {last:?}"
+            last < Duration::from_millis(50),
+            "a 16 kB burst into a full 16 kB bucket spread over {last:?} (the rate alone: 427 ms)"
         );
 
-        // Right after (the 500 ms of quiet refilled 18.75 kB worth of tokens minus what the
-        // reading took; so send more than a bucket): 40 kB at once. About 16 kB pass at once,
-        // the rest at the rate, and the queue (27,250 bytes) holds what does not fit.
-        let second = burst_through(&server, &client, relay.addr, 48).await?;
+        // After 500 ms of quiet (the bucket full again): 48 kB at once. About 16 kB pass at
+        // once, then the rate; the queue holds 27,250 bytes (27 datagrams), the rest is dropped.
+        let second = spread(&burst_through(&server, &client, relay.addr, 48).await?);
         let stats = relay.stats().down;
         eprintln!("48 kB at once: {} arrived, relay {stats:?}", second.len());
         let quick = second
@@ -227,7 +232,7 @@ async fn relay_token_bucket_lets_a_burst_through_then_holds_the_rate() -> Result
         ensure!(
             (Duration::from_millis(600)..Duration::from_millis(850)).contains(&last),
             "the queue drains at 300 kbit/s within latency + burst / rate (727 ms): the last \
-             datagram arrived after {last:?}"
+             datagram arrived {last:?} after the first"
         );
         ensure!(
             stats.dropped_queue >= 3 && second.len() as u64 + stats.dropped_queue == 48,
