@@ -5,6 +5,9 @@
 #               admitted from it (school prepared with `classroom roster import` / `signin-link`)
 #   shaped.mjs  a pupil on a shaped "home" link gets a smaller simulcast layer than an unshaped
 #               pupil, and both keep decoding
+#   bursty.mjs  (scenario "bursty") the same on a line that lets a 16 kB burst through at full
+#               speed: from its first frame the pupil never gets a layer above h, and decodes at
+#               least 5 frames in every second (issue 17)
 #   moderation.mjs  the teacher runs the lesson, pages in Japanese: a raised hand reaches the
 #               teacher's queue, a pupil is heard by a classmate only while holding the floor,
 #               the teacher's grid highlights the speaker, quick check and chat
@@ -27,7 +30,7 @@
 #   CLASSROOM_BIN  server binary to test (default: build target/release/classroom)
 #   E2E_TIMEOUT    seconds for each scenario (default 240)
 #   ARTIFACT_DIR   where to keep the server log and failure screenshots (default: discarded)
-#   SCENARIOS      which scenarios to run (default "e2e portal moderation shaped reconnect transport"), e.g. to repeat one
+#   SCENARIOS      which scenarios to run (default "e2e portal moderation shaped bursty reconnect transport"), e.g. to repeat one
 #   LESSON_SCREENSHOTS  a directory for moderation.mjs's named screenshots (docs/LESSON.md's:
 #                  LESSON_SCREENSHOTS=docs/img SCENARIOS=moderation tests/browser/run.sh)
 set -euo pipefail
@@ -35,6 +38,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 limit=${E2E_TIMEOUT:-240}
+wanted=" ${SCENARIOS:-e2e portal moderation shaped bursty reconnect transport} "
+want() { [[ $wanted == *" $1 "* ]]; }
 
 ns=clsbr$$
 home_ns=clshm$$
@@ -42,6 +47,10 @@ addr=10.213.0.1
 peer_addr=10.213.0.2
 home_gw=10.214.0.1
 home_addr=10.214.0.2
+# The bursty pupil's home (bursty.mjs): a third namespace, its own veth and subnet.
+bursty_ns=clsbh$$
+bursty_gw=10.216.0.1
+bursty_addr=10.216.0.2
 # A weak home downlink: the "congested" profile of ../shared/data/home-links.csv (several
 # siblings on one weak connection: 0.6 Mbit/s, 5 % loss), narrowed to 0.3 Mbit/s, the rate at
 # which the issue expects the lowest layer. Upper layers are only sent from half their frame rate:
@@ -53,6 +62,9 @@ home_addr=10.214.0.2
 # Rate and loss apply to what the server sends the pupil (tc tbf adds up to 300 ms of queue).
 home_rate=300kbit
 home_loss_pct=5
+# The bursty line (issue 17): the same rate and loss, but the bucket holds 16 kB, as many home
+# routers, mobile plans throttled after their cap and ISP policers let through at full speed.
+bursty_burst=16kb
 # Each subscriber's estimate, loss and chosen layer every 500 ms (the allocator's trace): when a
 # pupil's picture stops in CI, the log's tail shows whether the server or the network stopped it.
 server_log_filter=info,classroom_sfu::shard::allocation=trace
@@ -88,7 +100,7 @@ cleanup() {
   # Whatever still runs in the namespace was started by this run (e.g. a Chromium left behind
   # by a killed test); the namespace is ours alone, so these are our processes.
   local pid n
-  for n in "$ns" "$home_ns"; do
+  for n in "$ns" "$home_ns" "$bursty_ns"; do
     for pid in $(ip netns pids "$n" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
     ip netns del "$n" 2>/dev/null || true
   done
@@ -170,6 +182,31 @@ NFT
 printf '#!/bin/sh\nexec ip netns exec %s /usr/bin/chromium "$@"\n' "$home_ns" >"$work/chromium-home"
 chmod +x "$work/chromium-home"
 
+# ---- the bursty pupil's home: like the one above, but its token bucket holds 16 kB ----
+if want bursty; then
+  ip netns add "$bursty_ns"
+  quiet_ipv6 "$bursty_ns"
+  burstyrun() { ip netns exec "$bursty_ns" "$@"; }
+  burstyrun ip link set lo up
+  nsrun ip link add vburst0 type veth peer name vburst1 netns "$bursty_ns"
+  nsrun ip addr add "$bursty_gw/24" dev vburst0
+  nsrun ip link set vburst0 up
+  burstyrun ip addr add "$bursty_addr/24" dev vburst1
+  burstyrun ip link set vburst1 up
+  burstyrun ip route add default via "$bursty_gw" dev vburst1 src "$bursty_addr"
+  nsrun tc qdisc add dev vburst0 root tbf rate "$home_rate" burst "$bursty_burst" latency 300ms
+  nsrun nft -f - <<NFT
+table inet burstylink {
+  chain out {
+    type filter hook postrouting priority 0; policy accept;
+    oifname "vburst0" numgen random mod 100 < $home_loss_pct drop
+  }
+}
+NFT
+  printf '#!/bin/sh\nexec ip netns exec %s /usr/bin/chromium "$@"\n' "$bursty_ns" >"$work/chromium-bursty"
+  chmod +x "$work/chromium-bursty"
+fi
+
 # ---- server ----
 CLASSROOM_TOKEN_SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 export CLASSROOM_TOKEN_SECRET
@@ -190,6 +227,11 @@ room=shaped-$$
 shaped_teacher_url=$(invite --name "Kobayashi Sensei" --role teacher --identity t-shaped --ttl 1h)
 near_url=$(invite --name "Mori Yui" --role student --identity s-near --ttl 1h)
 home_url=$(invite --name "Abe Ren" --role student --identity s-home --ttl 1h)
+# The bursty line's lesson: a room of its own as well.
+room=bursty-$$
+bursty_teacher_url=$(invite --name "Kato Sensei" --role teacher --identity t-bursty --ttl 1h)
+bursty_near_url=$(invite --name "Ono Mio" --role student --identity s-bnear --ttl 1h)
+bursty_home_url=$(invite --name "Ueda Sora" --role student --identity s-bhome --ttl 1h)
 # The moderation lesson: a room of its own too (its floor and hands must not meet the others').
 room=mod-$$
 mod_teacher_url=$(invite --name "田中 先生" --role teacher --identity t-mod --ttl 1h)
@@ -248,8 +290,6 @@ scenario() {
   return "$status"
 }
 status=0
-wanted=" ${SCENARIOS:-e2e portal moderation shaped reconnect transport} "
-want() { [[ $wanted == *" $1 "* ]]; }
 ! want e2e || scenario e2e \
   TEACHER_URL="$teacher_url" \
   STUDENT_URL="$student_url" \
@@ -271,6 +311,14 @@ if [ "$status" -eq 0 ] && want shaped; then
     HOME_URL="$home_url" \
     HOME_CHROMIUM="$work/chromium-home" \
     HOME_LINK="$home_rate, $home_loss_pct % loss" || status=$?
+fi
+if [ "$status" -eq 0 ] && want bursty; then
+  scenario bursty \
+    TEACHER_URL="$bursty_teacher_url" \
+    NEAR_URL="$bursty_near_url" \
+    HOME_URL="$bursty_home_url" \
+    HOME_CHROMIUM="$work/chromium-bursty" \
+    HOME_LINK="$home_rate, $bursty_burst burst, $home_loss_pct % loss" || status=$?
 fi
 # Its own namespaces, subnet and server (reconnect.sh): the pupil's link and the server are
 # taken away and given back.

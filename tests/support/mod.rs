@@ -18,8 +18,9 @@
 //! * [`simulcast`]: a simulcast publisher (VP8 rids q/h/f with L1T3 temporal layers, plus Opus)
 //!   whose payloads say which layer, frame and packet they are, and the checks on what a
 //!   subscriber makes of them.
-//! * [`relay`]: a shaping UDP relay (rate limit with a bounded queue, delay, jitter, loss) to put
-//!   one subscriber behind a slow home connection; [`profiles`] are the connections it imitates.
+//! * [`relay`]: a shaping UDP relay (rate limit with a bounded queue or a token bucket, delay,
+//!   jitter, loss) to put one subscriber behind a slow home connection; [`profiles`] are the
+//!   connections it imitates.
 //!
 //! Everything that waits does so against a deadline; nothing sleeps to synchronise.
 

@@ -12,6 +12,11 @@
 //! * **rate**: a bottleneck link. Packets are serialised at `rate_bps`; a packet that finds more
 //!   than `queue_ms` worth of bytes waiting is dropped (tail drop, a bounded buffer — what a
 //!   real bottleneck does, and what a bandwidth estimator has to notice).
+//! * **burst**: instead of the serialising bottleneck, a token bucket ([`TokenBucket`], the
+//!   semantics of Linux's `tc … tbf rate R burst B latency L`): up to B bytes pass at once, then
+//!   the rate; what waits is bounded (tail drop) as tbf bounds it. Many home lines, mobile plans
+//!   throttled after their cap and ISP policers shape this way, and a probe that fits in the
+//!   burst sees a much faster line than there is.
 //! * **delay** and **jitter**: added after the bottleneck, uniformly in `delay ± jitter`, but never
 //!   reordering packets of one direction.
 //! * **loss**: random, independent, before the bottleneck.
@@ -19,7 +24,7 @@
 //! Counters per direction ([`RelayStats`]) tell what the relay did.
 
 use anyhow::{Context, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,6 +46,9 @@ pub struct Shaping {
     pub jitter: Duration,
     /// Random loss, 0.0..=1.0.
     pub loss: f64,
+    /// With `rate_bps`: a token bucket of this many bytes instead of the serialising bottleneck
+    /// (`queue_ms` is then tbf's `latency`).
+    pub burst_bytes: Option<u64>,
 }
 
 impl Shaping {
@@ -51,6 +59,7 @@ impl Shaping {
         delay: Duration::ZERO,
         jitter: Duration::ZERO,
         loss: 0.0,
+        burst_bytes: None,
     };
 
     pub fn rate(mut self, bps: u64) -> Self {
@@ -79,10 +88,102 @@ impl Shaping {
         self
     }
 
+    /// A token bucket like `tc … tbf rate R burst B latency L`: `rate_bps` is R, `bytes` is B
+    /// and `queue_ms` is L (see [`TokenBucket`]).
+    pub fn burst(mut self, bytes: u64) -> Self {
+        self.burst_bytes = Some(bytes);
+        self
+    }
+
+    /// The token bucket this shaping asks for, if any.
+    fn token_bucket(&self) -> Option<TokenBucket> {
+        let rate = self.rate_bps?;
+        let burst = self.burst_bytes?;
+        Some(TokenBucket::new(
+            rate,
+            burst,
+            Duration::from_millis(self.queue_ms),
+        ))
+    }
+
     /// The bottleneck buffer in bytes.
     fn queue_bytes(&self) -> Option<f64> {
         self.rate_bps
             .map(|rate| (rate as f64 / 8.0 * self.queue_ms as f64 / 1000.0).max(4.0 * 1500.0))
+    }
+}
+
+/// A token bucket filter with `tc … tbf rate R burst B latency L` semantics, as a value: it
+/// decides, for each datagram arriving at a given time, when it leaves or that it is dropped.
+/// Tokens (bytes) accrue at R up to B; a datagram leaves, in arrival order, as soon as the bucket
+/// holds its length (at once when the line was idle long enough: a burst of up to B bytes passes
+/// at full speed), taking that many tokens. Datagrams waiting for tokens are bounded as tc bounds
+/// tbf's queue, `limit = R × L + B` bytes: one that would make the waiting bytes exceed it is
+/// dropped (tail drop). The bucket starts full, as an idle line's does.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    /// Bytes per second.
+    rate: f64,
+    burst: f64,
+    limit: f64,
+    /// Tokens in the bucket at `tokens_at` (after the latest departure).
+    tokens: f64,
+    tokens_at: Option<Instant>,
+    /// Departure time and length of each datagram admitted that may still be waiting.
+    waiting: VecDeque<(Instant, usize)>,
+}
+
+impl TokenBucket {
+    pub fn new(rate_bps: u64, burst_bytes: u64, latency: Duration) -> Self {
+        let rate = rate_bps as f64 / 8.0;
+        let burst = burst_bytes as f64;
+        Self {
+            rate,
+            burst,
+            limit: rate * latency.as_secs_f64() + burst,
+            tokens: burst,
+            tokens_at: None,
+            waiting: VecDeque::new(),
+        }
+    }
+
+    /// tc's `limit`: the most bytes that may wait for tokens.
+    pub fn limit_bytes(&self) -> u64 {
+        self.limit as u64
+    }
+
+    /// Bytes admitted at or before `now` that have not left by `now`.
+    pub fn backlog(&mut self, now: Instant) -> usize {
+        while self.waiting.front().is_some_and(|(at, _)| *at <= now) {
+            self.waiting.pop_front();
+        }
+        self.waiting.iter().map(|(_, len)| len).sum()
+    }
+
+    /// When a datagram of `len` bytes arriving at `now` leaves the bucket, or `None`: dropped
+    /// because the queue is full. Calls come in arrival order (`now` never goes backwards).
+    pub fn admit(&mut self, now: Instant, len: usize) -> Option<Instant> {
+        if (self.backlog(now) + len) as f64 > self.limit {
+            return None;
+        }
+        // FIFO: it cannot leave before the datagram ahead of it, whose departure is when the
+        // token count was last settled.
+        let start = self.tokens_at.map_or(now, |at| at.max(now));
+        let accrued = self
+            .tokens_at
+            .map_or(0.0, |at| (start - at).as_secs_f64() * self.rate);
+        let tokens = (self.tokens + accrued).min(self.burst);
+        let len_f = len as f64;
+        let (departure, left) = if tokens >= len_f {
+            (start, tokens - len_f)
+        } else {
+            let wait = Duration::from_secs_f64((len_f - tokens) / self.rate);
+            (start + wait, 0.0)
+        };
+        self.tokens = left;
+        self.tokens_at = Some(departure);
+        self.waiting.push_back((departure, len));
+        Some(departure)
     }
 }
 
@@ -119,6 +220,9 @@ struct Direction {
     shaping: Shaping,
     /// When the bottleneck finishes sending what it has queued.
     link_free_at: Instant,
+    /// The token bucket, when the shaping asks for one; kept across shaping changes that keep
+    /// the same bucket parameters.
+    bucket: Option<TokenBucket>,
     /// The delivery time of the latest packet (deliveries never go backwards).
     last_delivery: Instant,
     stats: DirectionStats,
@@ -134,6 +238,7 @@ impl Direction {
     fn new(shaping: Shaping) -> Self {
         let now = Instant::now();
         Self {
+            bucket: shaping.token_bucket(),
             shaping,
             link_free_at: now,
             last_delivery: now,
@@ -141,6 +246,22 @@ impl Direction {
             first_seq: HashMap::new(),
             last_seq: HashMap::new(),
         }
+    }
+
+    /// Shapes with `shaping` from now on. The token bucket carries on (its tokens and queue)
+    /// while its rate, size and latency stay, so that changing only the loss or the delay does
+    /// not hand out a fresh burst.
+    fn reshape(&mut self, shaping: Shaping) {
+        let same_bucket = (shaping.rate_bps, shaping.burst_bytes, shaping.queue_ms)
+            == (
+                self.shaping.rate_bps,
+                self.shaping.burst_bytes,
+                self.shaping.queue_ms,
+            );
+        if !same_bucket {
+            self.bucket = shaping.token_bucket();
+        }
+        self.shaping = shaping;
     }
 
     fn note_rtp(&mut self, datagram: &[u8]) {
@@ -165,8 +286,15 @@ impl Direction {
             self.stats.dropped_loss += 1;
             return None;
         }
-        let departure = match (shaping.rate_bps, shaping.queue_bytes()) {
-            (Some(rate), Some(limit)) => {
+        let departure = match (shaping.rate_bps, shaping.queue_bytes(), &mut self.bucket) {
+            (Some(_), _, Some(bucket)) => {
+                let Some(departure) = bucket.admit(now, len) else {
+                    self.stats.dropped_queue += 1;
+                    return None;
+                };
+                departure
+            }
+            (Some(rate), Some(limit), None) => {
                 let start = self.link_free_at.max(now);
                 // Bytes still waiting in the buffer when this packet arrives.
                 let backlog = (start - now).as_secs_f64() * rate as f64 / 8.0;
@@ -289,12 +417,12 @@ impl Relay {
     /// Changes the shaping of server -> client from now on (packets already queued keep their
     /// times).
     pub fn set_down(&self, shaping: Shaping) {
-        self.state.lock().unwrap().down.shaping = shaping;
+        self.state.lock().unwrap().down.reshape(shaping);
     }
 
     /// Changes the shaping of client -> server from now on.
     pub fn set_up(&self, shaping: Shaping) {
-        self.state.lock().unwrap().up.shaping = shaping;
+        self.state.lock().unwrap().up.reshape(shaping);
     }
 
     pub fn down(&self) -> Shaping {
