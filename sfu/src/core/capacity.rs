@@ -163,6 +163,14 @@ impl CapacityProof {
         self.proven
     }
 
+    /// Whether the latest observation, or one within `LAG` before it, showed a queue.
+    pub fn queued(&self) -> bool {
+        match (self.congested_at, self.last) {
+            (Some(c), Some((now, _))) => now.saturating_duration_since(c) <= LAG,
+            _ => false,
+        }
+    }
+
     fn queue_seen(&self, o: &Observation) -> bool {
         let delayed = match (o.rtt_ms, self.floor.floor()) {
             (Some(rtt), Some(floor)) => rtt > floor + QUEUE_DELAY_MS.max(floor / 2),

@@ -122,6 +122,7 @@ impl Shard {
             estimating,
             loss,
             proven: None,
+            queued: false,
         };
         if estimating {
             link.proven = Some(peer.capacity.observe(Observation {
@@ -131,6 +132,7 @@ impl Shard {
                 loss,
                 estimate: link.usable_estimate(),
             }));
+            link.queued = peer.capacity.queued();
         }
         if let Some(e) = estimate_bps {
             self.counters.observe_estimate(e);
