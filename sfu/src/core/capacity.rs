@@ -10,22 +10,19 @@
 //!
 //! Nothing tells a burst from capacity until the bucket is empty. So a larger picture is tried
 //! only at a rate the link has *carried*: while a higher layer is wanted, str0m pads up to the
-//! round's minimum (the next picture size at its peak rate with the upgrade margin), which
-//! keeps the link loaded at that rate; the rate counts as proven once it has been sent without
-//! a break for [`HOLD`] and nothing showed a queue — a round-trip time grown by
-//! [`QUEUE_DELAY_MS`] over the link's floor, receiver-reported loss of [`CONGESTION_LOSS`] or
-//! more, an estimate below the rate being proven — from the start of that stretch until
-//! [`LAG`] after its end, the time the feedback about its last packets takes to come back.
-//! A bucket that could hide the stretch would have to hold the whole excess of the stretch: at
-//! 0.3 Mbit/s with `h` wanted (≈ 0.7 Mbit/s with audio and margin), 2 s of it is 100 kB.
+//! round's minimum (the layer the estimate claims, at its peak rate with the upgrade margin),
+//! which keeps the link loaded at that rate; a rate counts as proven once it has been sent
+//! without a break for at least [`HOLD`] and nothing showed a queue — a round-trip time grown
+//! by [`QUEUE_DELAY_MS`] over the link's floor, receiver-reported loss of [`CONGESTION_LOSS`]
+//! or more, an estimate below it — from the start of that stretch until [`LAG`] after its end,
+//! the time the feedback about its last packets takes to come back.
 //!
-//! A stretch proves a rate only when what it sent above the rate proven before would have had
-//! to be hidden whole — [`HIDDEN_BITS`], 100 kB, more than a 64 kB bucket and the 300 ms queue
-//! behind it at 0.5 Mbit/s hold — for the link not to be carrying it. A big step is proven in
-//! `HOLD`; a small one takes longer (a step of 100 kbit/s, eight seconds, at most
-//! [`MAX_STRETCH`]): at 0.5 Mbit/s with a 32 kB bucket, 0.6 Mbit/s went on for four seconds
-//! before the queue showed, and `h` at 0.5 Mbit/s is the thin margin where a smaller picture at
-//! its full frame rate is the better lesson.
+//! And the stretch must have sent [`HIDDEN_BITS`] (100 kB) more than the rate proven before it:
+//! a big step is proven in `HOLD`, a small one takes longer (100 kbit/s: eight seconds), one
+//! that would take more than [`MAX_STRETCH`] is not proven. What a bucket can hide is the
+//! excess over the *line*, which is unknown: a step only a little above the line can still be
+//! proven before the bucket runs dry (seen at 0.5 Mbit/s with a 32 kB bucket in real time); the
+//! selector's memory of pictures given up soon (`core::layer`) keeps that from repeating.
 //!
 //! The proof gates only changes of picture size; a higher frame rate of the same size needs no
 //! keyframe and is undone as cheaply, so it follows the estimate as before.
