@@ -430,6 +430,8 @@ mod tests {
     struct Subscriber {
         t0: Instant,
         estimating: bool,
+        /// The link showed a queue (`core::capacity`).
+        queued: bool,
         probe: ProbePacer,
         tracks: Vec<RoundTrack<&'static str>>,
     }
@@ -439,6 +441,7 @@ mod tests {
             Subscriber {
                 t0: Instant::now(),
                 estimating: true,
+                queued: false,
                 probe: ProbePacer::default(),
                 tracks,
             }
@@ -457,7 +460,7 @@ mod tests {
                 estimating: self.estimating,
                 loss,
                 proven: None,
-                queued: false,
+                queued: self.queued,
             };
             let round = run(&link, &mut self.probe, &mut self.tracks);
             for t in &round.tracks {
@@ -764,6 +767,32 @@ mod tests {
             )]
         );
         assert_eq!(round.targets, targets(564_000, 564_000));
+    }
+
+    #[test]
+    fn no_padding_while_a_larger_picture_is_awaited_or_the_link_queues() {
+        let mut sub = Subscriber::new(vec![
+            track("mic", Audio, LayerBitrates::default()),
+            track("cam", TeacherCamera, SIMULCAST),
+        ]);
+        sub.round(0, Some(300_000), None);
+        sub.keyframe("cam", 0);
+        // On q2 with room for h1: padding loads the link with h1's rate …
+        let padded = sub.round(500, Some(700_000), None).targets.minimum;
+        assert!(padded > 64_000 + 150_000, "{padded}");
+        // … but not while the link shows a queue …
+        sub.queued = true;
+        assert_eq!(
+            sub.round(1_000, Some(700_000), None).targets.minimum,
+            64_000 + 150_000
+        );
+        sub.queued = false;
+        // … nor while h's keyframe is awaited (the upgrade comes after the hold).
+        let awaiting = (3..12)
+            .map(|i| sub.round(i * 500, Some(700_000), None))
+            .find(|r| r.tracks[0].keyframe == Some(1));
+        let round = awaiting.expect("h is tried within the hold");
+        assert_eq!(round.targets.minimum, 64_000 + 150_000);
     }
 
     #[test]
