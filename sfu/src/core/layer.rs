@@ -322,6 +322,10 @@ impl LayerSelector {
         for (l, rate) in peaks.targets(cap).filter(|&(l, _)| !barred(l)) {
             let (margin, room) = if Some(l.spatial) == target_spatial {
                 (self.config.temporal_upgrade_margin_percent, budget)
+            } else if target_spatial.is_none() && Some(l.spatial) == lowest {
+                // Resuming the smallest picture after a pause is judged on the estimate, as
+                // the first start is: a paused link carries too little to prove anything soon.
+                (self.config.upgrade_margin_percent, budget)
             } else {
                 (self.config.upgrade_margin_percent, upgrade_budget)
             };
