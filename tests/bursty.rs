@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::relay::{DirectionStats, Relay, Shaping, TokenBucket};
 use support::simulcast::{
-    Rid, SimTag, SimulcastConfig, SimulcastOffer, SimulcastPublisher, Vp8Descriptor, analyse_video,
-    frames_by_tid, layer_bytes, only_layer,
+    Rid, SeqExtender, SimTag, SimulcastConfig, SimulcastOffer, SimulcastPublisher, Vp8Descriptor,
+    analyse_video, frames_by_tid, layer_bytes, only_layer,
 };
 use support::{CONNECT_TIMEOUT, RecvPacket, TestClient, TestServer};
 use tokio::net::UdpSocket;
@@ -327,20 +327,9 @@ impl Frame {
 fn frames_in_decoding_order(packets: &[RecvPacket]) -> Vec<Frame> {
     // Extended sequence numbers, as `analyse_video` does (arrival order; duplicates dropped).
     let mut by_seq: BTreeMap<i64, &RecvPacket> = BTreeMap::new();
-    let mut last: Option<i64> = None;
+    let mut extend = SeqExtender::default();
     for packet in packets {
-        let seq = i64::from(packet.sequence_number);
-        let ext = match last {
-            None => seq,
-            Some(prev) => {
-                let base = prev - prev.rem_euclid(65_536);
-                [base - 65_536 + seq, base + seq, base + 65_536 + seq]
-                    .into_iter()
-                    .min_by_key(|c| (c - prev).abs())
-                    .unwrap_or(seq)
-            }
-        };
-        last = Some(last.map_or(ext, |prev| prev.max(ext)));
+        let ext = extend.next(packet.sequence_number);
         by_seq.entry(ext).or_insert(packet);
     }
     let mut frames: Vec<((Rid, u32), Frame)> = Vec::new();

@@ -24,7 +24,7 @@ use support::peer::VideoCodec;
 use support::profiles::{HomeLink, home_link};
 use support::relay::{Relay, Shaping};
 use support::simulcast::{
-    Rid, SimTag, SimulcastConfig, SimulcastOffer, SimulcastPublisher, analyse_video,
+    Rid, SeqExtender, SimTag, SimulcastConfig, SimulcastOffer, SimulcastPublisher, analyse_video,
     analyse_video_sent_from, frames_by_tid, layer_bytes, longest_gap, only_layer,
 };
 use support::{
@@ -962,20 +962,9 @@ struct AdaptationRow {
 /// Packets missing between the lowest and highest (extended) sequence number received.
 fn missing_packets(packets: &[RecvPacket]) -> u64 {
     let mut seen = std::collections::BTreeSet::new();
-    let mut last: Option<i64> = None;
+    let mut extend = SeqExtender::default();
     for packet in packets {
-        let seq = i64::from(packet.sequence_number);
-        let ext = match last {
-            None => seq,
-            Some(prev) => {
-                let base = prev - prev.rem_euclid(65_536);
-                [base - 65_536 + seq, base + seq, base + 65_536 + seq]
-                    .into_iter()
-                    .min_by_key(|c| (c - prev).abs())
-                    .unwrap_or(seq)
-            }
-        };
-        last = Some(last.map_or(ext, |prev| prev.max(ext)));
+        let ext = extend.next(packet.sequence_number);
         seen.insert(ext);
     }
     match (seen.first(), seen.last()) {

@@ -1309,20 +1309,9 @@ pub fn analyse_video_sent_from(
 
     // Extend the sequence numbers (arrival order, so a retransmission lands near its place).
     let mut by_seq: BTreeMap<i64, &RecvPacket> = BTreeMap::new();
-    let mut last: Option<i64> = None;
+    let mut extend = SeqExtender::default();
     for packet in packets {
-        let seq = i64::from(packet.sequence_number);
-        let ext = match last {
-            None => seq,
-            Some(prev) => {
-                let base = prev - (prev.rem_euclid(65_536));
-                [base - 65_536 + seq, base + seq, base + 65_536 + seq]
-                    .into_iter()
-                    .min_by_key(|candidate| (candidate - prev).abs())
-                    .unwrap_or(seq)
-            }
-        };
-        last = Some(last.map_or(ext, |prev| prev.max(ext)));
+        let ext = extend.next(packet.sequence_number);
         if by_seq.insert(ext, packet).is_some() {
             a.duplicates += 1;
         }
@@ -1461,5 +1450,30 @@ fn check_vp8(
                 "seq {seq}: TL0PICIDX {p} -> {c} on a TID {tid} frame"
             ));
         }
+    }
+}
+
+/// RTP sequence numbers extended past their 16-bit wrap, in arrival order: each lands nearest the
+/// highest seen so far, so a late retransmission keeps its place.
+#[derive(Debug, Default)]
+pub struct SeqExtender {
+    highest: Option<i64>,
+}
+
+impl SeqExtender {
+    pub fn next(&mut self, seq: u16) -> i64 {
+        let seq = i64::from(seq);
+        let ext = match self.highest {
+            None => seq,
+            Some(prev) => {
+                let base = prev - prev.rem_euclid(65_536);
+                [base - 65_536 + seq, base + seq, base + 65_536 + seq]
+                    .into_iter()
+                    .min_by_key(|c| (c - prev).abs())
+                    .unwrap_or(seq)
+            }
+        };
+        self.highest = Some(self.highest.map_or(ext, |prev| prev.max(ext)));
+        ext
     }
 }
