@@ -770,6 +770,50 @@ mod tests {
     }
 
     #[test]
+    fn padding_aims_at_the_largest_picture_the_estimate_claims() {
+        let need = |rate: u64| rate * UPGRADE_MARGIN_PERCENT / 100;
+        let q2 = Some(Layer::new(0, 2));
+        // Room for f1 by the estimate: padding aims at f1, not at h1 first.
+        assert_eq!(
+            step_up(q2, 3_000_000, &SIMULCAST, &SIMULCAST, Layer::MAX),
+            Some(need(1_200_000))
+        );
+        // Room for neither: the next larger picture.
+        assert_eq!(
+            step_up(q2, 300_000, &SIMULCAST, &SIMULCAST, Layer::MAX),
+            Some(need(400_000))
+        );
+        // Judged on the peak rate when it is higher.
+        let mut peaks = SIMULCAST;
+        peaks.0[1][1] = 450_000;
+        assert_eq!(
+            step_up(q2, 300_000, &SIMULCAST, &peaks, Layer::MAX),
+            Some(need(450_000))
+        );
+        // On the largest picture: the next frame rate, at its rate; at the top: nothing.
+        let f1 = Some(Layer::new(2, 1));
+        assert_eq!(
+            step_up(f1, 3_000_000, &SIMULCAST, &SIMULCAST, Layer::MAX),
+            Some(1_500_000)
+        );
+        assert_eq!(
+            step_up(
+                Some(Layer::MAX),
+                3_000_000,
+                &SIMULCAST,
+                &SIMULCAST,
+                Layer::MAX
+            ),
+            None
+        );
+        // Nothing flowing yet: the lowest layer.
+        assert_eq!(
+            step_up(None, 3_000_000, &SIMULCAST, &SIMULCAST, Layer::MAX),
+            Some(need(80_000))
+        );
+    }
+
+    #[test]
     fn no_padding_while_a_larger_picture_is_awaited_or_the_link_queues() {
         let mut sub = Subscriber::new(vec![
             track("mic", Audio, LayerBitrates::default()),
