@@ -122,6 +122,7 @@ pub(crate) async fn run<S, K>(
     let mut deadline = Instant::now() + idle;
     // Pings keep a socket from being idle, not from having to join.
     let join_deadline = Instant::now() + join_timeout;
+    let mut close_sent = false;
     loop {
         let flow = tokio::select! {
             frame = stream.next() => match frame {
@@ -178,6 +179,7 @@ pub(crate) async fn run<S, K>(
             Flow::Continue => {}
             Flow::Close(code, reason) => {
                 s.write(Frame::Close(code, reason.to_owned())).await;
+                close_sent = s.broken.is_none();
                 break;
             }
             Flow::Drop(why) => {
@@ -194,14 +196,40 @@ pub(crate) async fn run<S, K>(
     } else {
         s.leave().await;
     }
+    // After leaving, so that the room does not wait on a client's reply.
+    if close_sent {
+        await_close_reply(&mut stream).await;
+    }
     inner.sessions.fetch_sub(1, Ordering::Relaxed);
     inner.session_ended.notify_waiters();
 }
 
+/// How long a socket the server closed may take to answer the close. Dropping the connection at
+/// once would let a frame the client sent meanwhile make the kernel reset it, and a reset throws
+/// away the close frame (and the error before it) still unread on the client's side.
+const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
+
+/// Reads, and ignores, what the client still sends until it answers the close or the wait ends
+/// (RFC 6455 §7.1.1: the server closes TCP after the closing handshake).
+async fn await_close_reply<S>(stream: &mut S)
+where
+    S: Stream<Item = Frame> + Unpin,
+{
+    let reply = async {
+        while let Some(frame) = stream.next().await {
+            if matches!(frame, Frame::Close(..)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, reply).await;
+}
+
 /// Tells a socket over its address's cap of unjoined sockets why it is closed; no session is
 /// started for it.
-pub(crate) async fn refuse_crowded<K>(inner: &Inner, mut sink: K, limit: usize)
+pub(crate) async fn refuse_crowded<S, K>(inner: &Inner, mut stream: S, mut sink: K, limit: usize)
 where
+    S: Stream<Item = Frame> + Unpin,
     K: Sink<Frame> + Unpin,
 {
     inner.count_error(ErrorCode::TooManyConnections);
@@ -221,7 +249,9 @@ where
         ))
         .await
     };
-    let _ = tokio::time::timeout(inner.config.send_timeout, frames).await;
+    if let Ok(Ok(())) = tokio::time::timeout(inner.config.send_timeout, frames).await {
+        await_close_reply(&mut stream).await;
+    }
 }
 
 impl<K: Sink<Frame> + Unpin> Session<K> {

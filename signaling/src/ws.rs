@@ -79,7 +79,7 @@ async fn serve(inner: Arc<Inner>, socket: WebSocket, place: Result<UnjoinedSlot,
     match place {
         Ok(slot) => session::run(inner, Box::pin(stream), Box::pin(sink), Some(slot)).await,
         Err(TooManyUnjoined { limit }) => {
-            session::refuse_crowded(&inner, Box::pin(sink), limit).await
+            session::refuse_crowded(&inner, Box::pin(stream), Box::pin(sink), limit).await
         }
     }
 }
