@@ -7,6 +7,7 @@ import { SignalChannel, ProtocolError, defaultSignalUrl, PROTOCOL_VERSION } from
 import {
   addSendTransceiver, hasSimulcast, sectionsByMid, setActiveRids, stripSimulcast, useSingleEncoding,
 } from './encodings.js';
+import { PathWatch } from './pathwatch.js';
 
 /** What each publishable source carries, as the server checks it. */
 export const SOURCE_KIND = { microphone: 'audio', camera: 'video', screen: 'video' };
@@ -23,6 +24,9 @@ const PC_CONFIG = { bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
 // Reconnecting (docs/PROTOCOL.md, `resume`): waits between attempts, the last one repeated, each
 // stretched by up to a third at random so a class does not come back in lockstep after a restart.
 const BACKOFF_MS = [500, 1000, 2000, 4000];
+// An attempt that failed within this long never left the device (no network) or was refused at
+// once (the server is starting): the next one follows after the shortest wait.
+const FAST_FAILURE_MS = 300;
 // An attempt whose socket does not open within this long is abandoned for the next one: a link
 // that has just come back answers fast, and a dead one must not hold the page for long.
 const REOPEN_TIMEOUT_MS = 4000;
@@ -30,6 +34,14 @@ const REOPEN_TIMEOUT_MS = 4000;
 // again every RESTART_RETRY_MS while it stays down.
 const ICE_RESTART_AFTER_MS = 2000;
 const RESTART_RETRY_MS = 5000;
+// When media stops arriving (pathwatch.js), the server gets this long to answer a ping on the
+// socket: an answer means the device kept its address and nothing is forced.
+const PROBE_PONG_MS = 500;
+// No answer: a fresh socket may open within this long. One that opens means the old socket was
+// stranded on an address the device no longer has.
+const PROBE_OPEN_MS = 1500;
+// Between probes while the path stays quiet (a link that is down fails each one at once).
+const PROBE_AGAIN_MS = 500;
 // Errors after which reconnecting cannot help: the page says why and stops.
 const FINAL_CODES = ['invalid_token', 'token_expired', 'not_admitted', 'replaced', 'message_too_large'];
 const RESUME_REFUSED = ['resume_invalid', 'resume_expired', 'resume_used'];
@@ -96,7 +108,16 @@ export class Session extends EventTarget {
     this.iceRestarts = { publish: 0, subscribe: 0 };
     this.reconnectingPeers = new Set(); // participant ids the server says are reconnecting
     this.renewing = false; // a fresh socket is resuming beside the current one
-    if (typeof window !== 'undefined') window.addEventListener('online', () => this.#online());
+    this.probing = false; // asking whether a quiet path means a moved address
+    this.nextProbeAt = 0;
+    this.pathWatch = new PathWatch(() => this.subscribePc, {
+      onQuiet: () => this.#pathQuiet(),
+      onFlowing: () => this.#signOfLife(),
+    });
+    if (typeof window !== 'undefined') {
+      window.addEventListener('online', () => this.#online());
+      this.pathWatch.start();
+    }
   }
 
   /** Connects and joins; resolves with the `joined` message, rejects with a ProtocolError. */
@@ -114,16 +135,32 @@ export class Session extends EventTarget {
     return joined;
   }
 
-  /** Opens a fresh socket and sends `request` (join or resume) on it. */
-  async #connect(request, openTimeoutMs) {
+  /**
+   * Opens a fresh socket and sends `request` (join or resume) on it. With `beside`, the current
+   * socket stays the session's until the reply arrives (and the new one is closed on failure), so
+   * nothing the server sends on the current one meanwhile is lost.
+   */
+  async #connect(request, openTimeoutMs, { beside = false } = {}) {
     const signal = new SignalChannel(this.url, {
       // A replaced socket's late messages and close are not ours any more.
       onMessage: (msg) => { if (this.signal === signal) this.#onMessage(msg); },
       onClose: (info) => { if (this.signal === signal) this.#onClose(info); },
     });
-    this.signal = signal;
-    await signal.open(openTimeoutMs);
-    return signal.request(request);
+    if (!beside) {
+      this.signal = signal;
+      await signal.open(openTimeoutMs);
+      return signal.request(request);
+    }
+    try {
+      await signal.open(openTimeoutMs);
+      const reply = await signal.request(request);
+      // Adopted before any later message event: those run as tasks after this continuation.
+      this.signal = signal;
+      return reply;
+    } catch (err) {
+      signal.close();
+      throw err;
+    }
   }
 
   #entered(joined) {
@@ -525,7 +562,8 @@ export class Session extends EventTarget {
   }
 
   #onClose() {
-    if (this.ended || this.reconnecting) return;
+    // While a fresh socket is resuming, its outcome decides (#renewSocket looks again).
+    if (this.ended || this.reconnecting || this.renewing) return;
     const final = ['left', 'replaced'].includes(this.goodbyeReason)
       || FINAL_CODES.includes(this.fatalError?.code);
     if (!this.everJoined || final) {
@@ -548,6 +586,7 @@ export class Session extends EventTarget {
       await this.#backoff(this.attempt);
       if (this.ended) return;
       let joined;
+      const started = Date.now();
       try {
         joined = await this.#rejoin();
       } catch (err) {
@@ -558,6 +597,9 @@ export class Session extends EventTarget {
           this.#end();
           return;
         }
+        // A device without a network fails at once; such tries cost nothing, so the wait stays
+        // short and the first try after the network returns is not held back by a long backoff.
+        if (Date.now() - started < FAST_FAILURE_MS) this.attempt = -1;
         continue; // unreachable, timed out, or the server is still starting: try again
       }
       this.reconnecting = false;
@@ -594,7 +636,8 @@ export class Session extends EventTarget {
     return this.#connect({ v: PROTOCOL_VERSION, type: 'join', token: this.token }, REOPEN_TIMEOUT_MS);
   }
 
-  #afterRejoin(joined) {
+  /** `forced`: connections restarted whatever the browser says of them (a moved address). */
+  #afterRejoin(joined, forced = []) {
     const resumed = Boolean(joined.resumed) && joined.participant?.participant_id === this.self?.participant_id;
     this.#entered(joined);
     if (!resumed) this.#startOver();
@@ -616,7 +659,7 @@ export class Session extends EventTarget {
       // after an outage long enough to lose the socket, waiting would only add to it.
       for (const which of ['publish', 'subscribe']) {
         clearTimeout(this.restartTimers[which]);
-        this.#restartIce(which, { renew: false });
+        this.#restartIce(which, { renew: false, force: forced.includes(which) });
       }
     }
     this.#emit('reconnected', { resumed });
@@ -652,6 +695,7 @@ export class Session extends EventTarget {
   /** Schedules an ICE restart of a media connection that is down. */
   #watchMedia(which) {
     const pc = which === 'publish' ? this.publishPc : this.subscribePc;
+    if (pc?.connectionState === 'connected') this.#signOfLife();
     clearTimeout(this.restartTimers[which]);
     this.restartTimers[which] = null;
     if (!pc || !['failed', 'disconnected'].includes(pc.connectionState)) return;
@@ -659,9 +703,10 @@ export class Session extends EventTarget {
     this.restartTimers[which] = setTimeout(() => this.#restartIce(which), wait);
   }
 
-  #restartIce(which, { renew = true } = {}) {
+  #restartIce(which, { renew = true, force = false } = {}) {
     const pc = which === 'publish' ? this.publishPc : this.subscribePc;
-    if (this.ended || !pc || !['failed', 'disconnected'].includes(pc.connectionState)) return;
+    const down = force ? pc?.signalingState !== 'closed' : ['failed', 'disconnected'].includes(pc?.connectionState);
+    if (this.ended || !pc || !down) return;
     // While the socket is down the restart waits for the resume, which checks again.
     if (this.joined && renew && this.resume && !this.renewing) {
       // A media path that broke usually means the socket's did too (a new address strands the
@@ -704,36 +749,71 @@ export class Session extends EventTarget {
   /**
    * Resumes on a new socket beside the current one; the server hands the participant over
    * quietly. If that fails, the current socket stays (or, if it died meanwhile, the reconnect
-   * loop takes over).
+   * loop takes over). `movedAddress`: asked because media and the old socket both went silent;
+   * if media is still not arriving once the new socket works, the device's address changed and
+   * both connections are restarted at once (the browser would call them down only seconds later).
    */
-  async #renewSocket() {
+  async #renewSocket({ openTimeoutMs = REOPEN_TIMEOUT_MS, movedAddress = false } = {}) {
     this.renewing = true;
     const old = this.signal;
     let joined = null;
     try {
-      joined = await this.#connect({ v: PROTOCOL_VERSION, type: 'resume', token: this.resume.token }, REOPEN_TIMEOUT_MS);
+      joined = await this.#connect({ v: PROTOCOL_VERSION, type: 'resume', token: this.resume.token }, openTimeoutMs, { beside: true });
     } catch (err) {
       if (RESUME_REFUSED.includes(err.code)) this.resume = null;
-      if (this.signal !== old) this.signal.close();
-      this.signal = old;
     } finally {
       this.renewing = false;
     }
     if (joined) {
       old.close();
       this.reconnects += 1;
-      this.#afterRejoin(joined);
+      const forced = movedAddress && this.pathWatch.quiet ? ['publish', 'subscribe'] : [];
+      if (forced.length) console.info('classroom: the address changed; restarting both media connections');
+      this.#afterRejoin(joined, forced);
     } else if (old.closed && !this.ended && !this.reconnecting) {
       this.#onClose();
     }
+  }
+
+  /**
+   * Media stopped arriving (pathwatch.js). If the server still answers on the socket, the device
+   * kept its address and nothing is forced (a link that is down comes back by itself, and ICE
+   * restarts follow the browser's `disconnected`). If it does not, a fresh socket tells a moved
+   * address (it opens) from a link that is down (it fails, at once, and is tried again shortly).
+   */
+  async #pathQuiet() {
+    if (this.probing || this.renewing || this.reconnecting || this.ended || !this.joined || !this.resume) return;
+    if (Date.now() < this.nextProbeAt) return;
+    this.probing = true;
+    try {
+      const signal = this.signal;
+      if (await signal.probe(PROBE_PONG_MS)) {
+        this.pathWatch.disarm();
+        return;
+      }
+      if (this.signal !== signal || this.renewing || this.reconnecting || this.ended || !this.joined || !this.resume) return;
+      await this.#renewSocket({ openTimeoutMs: PROBE_OPEN_MS, movedAddress: true });
+    } finally {
+      this.probing = false;
+      this.nextProbeAt = Date.now() + PROBE_AGAIN_MS;
+    }
+  }
+
+  /**
+   * Something arrived again (media, or a connection the browser calls connected): if the
+   * socket is being reopened, the next attempt goes now, not after the backoff.
+   */
+  #signOfLife() {
+    if (!this.reconnecting) return;
+    this.attempt = -1;
+    this.wakeReconnect?.();
   }
 
   /** The device is back online: try at once instead of waiting out the backoff. */
   #online() {
     if (this.reconnecting) {
       // The network is back: try at once, and then with short waits again.
-      this.attempt = -1;
-      this.wakeReconnect?.();
+      this.#signOfLife();
       return;
     }
     for (const which of ['publish', 'subscribe']) {
@@ -748,6 +828,7 @@ export class Session extends EventTarget {
   #end() {
     this.ended = true;
     this.joined = false;
+    this.pathWatch.stop();
     this.wakeReconnect?.();
     clearTimeout(this.restartTimers.publish);
     clearTimeout(this.restartTimers.subscribe);

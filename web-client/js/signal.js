@@ -126,6 +126,17 @@ export class SignalChannel {
     }, PING_INTERVAL_MS);
   }
 
+  /**
+   * Whether the server answers a ping within `timeoutMs`: a socket stranded on an address the
+   * device no longer has neither answers nor reports closing.
+   */
+  probe(timeoutMs) {
+    return this.request({ type: 'ping' }, timeoutMs).then(
+      () => { this.lastPong = Date.now(); return true; },
+      () => false,
+    );
+  }
+
   close(code = 1000, reason = '') {
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(code, reason);
   }

@@ -709,6 +709,7 @@ impl Shard {
                     debug!(participant = %peer.participant, ?state, "ICE state");
                     match state {
                         IceConnectionState::Disconnected => peer.recovery.path_down(now),
+                        IceConnectionState::Checking => peer.recovery.checking(peer.connected),
                         IceConnectionState::Connected | IceConnectionState::Completed => {
                             back = peer.recovery.path_up();
                         }

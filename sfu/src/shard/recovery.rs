@@ -30,6 +30,10 @@ pub(crate) struct Recovery {
     pub restart_in_flight: bool,
     /// Restarts started by the server while the path is quiet.
     pub restart: RestartSchedule,
+    /// ICE is checking again on a connection that was connected (an ICE restart, usually a
+    /// client whose address changed): what was lost meanwhile needs a keyframe once it is back,
+    /// even if the path was never quiet long enough for str0m to call it down.
+    pub rechecking: bool,
 }
 
 impl Recovery {
@@ -39,12 +43,17 @@ impl Recovery {
         self.restart.disconnected(now);
     }
 
-    /// The path has a nominated pair again; returns whether it had been down.
+    /// ICE checks again (a restart); `was_connected`: the connection had been up before.
+    pub fn checking(&mut self, was_connected: bool) {
+        self.rechecking |= was_connected;
+    }
+
+    /// The path has a nominated pair again; returns whether it had been down or restarted.
     pub fn path_up(&mut self) -> bool {
         let was_down = self.liveness.is_disconnected();
         self.liveness.connected();
         self.restart.connected();
-        was_down
+        std::mem::take(&mut self.rechecking) || was_down
     }
 }
 
@@ -191,5 +200,27 @@ impl Shard {
             // Draining a dead `Rtc` removes it and tells the control plane.
             self.drain(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_back_from_a_restart_or_an_outage_counts_once() {
+        let mut r = Recovery::default();
+        assert!(!r.path_up(), "the first connect is not a return");
+        r.checking(false);
+        assert!(
+            !r.path_up(),
+            "checking before the first connect is setting up"
+        );
+        r.checking(true);
+        assert!(r.path_up(), "an ICE restart of a connected connection");
+        assert!(!r.path_up(), "reported once");
+        r.path_down(Instant::now());
+        assert!(r.path_up(), "an outage str0m saw");
+        assert!(!r.path_up());
     }
 }
