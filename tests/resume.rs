@@ -477,7 +477,13 @@ async fn server_ice_restart() -> Result<()> {
     relay.set_down(cut);
     relay.set_up(cut);
     let cut_at = Instant::now();
-    // Bounded by how long str0m takes to call the path quiet plus `core::restart::FIRST_AFTER`.
+    // The client goes silent: `core::silence` counts the path down after `MIN_SILENCE` (its
+    // RTCP and keep-alives came far more often), checked once a second, and the first restart
+    // follows `core::restart::FIRST_AFTER` later, also checked once a second. (str0m alone would
+    // call the path quiet only after about 15 s.)
+    let bound = classroom_sfu::core::silence::MIN_SILENCE
+        + classroom_sfu::core::restart::FIRST_AFTER
+        + std::time::Duration::from_secs(3);
     support::wait::poll_for(
         std::time::Duration::from_secs(30),
         || "an offer with fresh ICE credentials from the server".to_owned(),
@@ -488,9 +494,16 @@ async fn server_ice_restart() -> Result<()> {
         },
     )
     .await?;
+    let restarted = cut_at.elapsed();
     println!(
         "server restarted ICE {} ms after the cut",
-        cut_at.elapsed().as_millis()
+        restarted.as_millis()
+    );
+    ensure!(
+        restarted <= bound,
+        "the server restarted ICE only {} ms after the cut (at most {} ms)",
+        restarted.as_millis(),
+        bound.as_millis()
     );
 
     relay.set_down(Shaping::NONE);

@@ -24,12 +24,13 @@ const PC_CONFIG = { bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
 // Reconnecting (docs/PROTOCOL.md, `resume`): waits between attempts, the last one repeated, each
 // stretched by up to a third at random so a class does not come back in lockstep after a restart.
 const BACKOFF_MS = [500, 1000, 2000, 4000];
-// An attempt that failed within this long never left the device (no network) or was refused at
-// once (the server is starting): the next one follows after the shortest wait.
-const FAST_FAILURE_MS = 300;
 // An attempt whose socket does not open within this long is abandoned for the next one: a link
-// that has just come back answers fast, and a dead one must not hold the page for long.
+// that has just come back answers fast, and a dead one must not hold the page for long. A
+// connection begun while the link was down can hang on its first lost packet (TCP tries again
+// only after 1 s, then 3 s), so attempts start with the short limit, and only a socket that timed
+// out gets a longer one next (doubling up to REOPEN_TIMEOUT_MS, for a slow link).
 const REOPEN_TIMEOUT_MS = 4000;
+const QUICK_REOPEN_MS = 1500;
 // A media connection disconnected this long gets an ICE restart (a failed one at once), then
 // again every RESTART_RETRY_MS while it stays down.
 const ICE_RESTART_AFTER_MS = 2000;
@@ -582,13 +583,14 @@ export class Session extends EventTarget {
     this.reconnecting = true;
     this.joined = false;
     this.#emit('reconnecting', {});
+    let openTimeoutMs = QUICK_REOPEN_MS;
     for (this.attempt = 0; !this.ended; this.attempt += 1) {
       await this.#backoff(this.attempt);
       if (this.ended) return;
       let joined;
       const started = Date.now();
       try {
-        joined = await this.#rejoin();
+        joined = await this.#rejoin(openTimeoutMs);
       } catch (err) {
         this.signal?.close();
         if (FINAL_CODES.includes(err.code)) {
@@ -597,9 +599,13 @@ export class Session extends EventTarget {
           this.#end();
           return;
         }
-        // A device without a network fails at once; such tries cost nothing, so the wait stays
-        // short and the first try after the network returns is not held back by a long backoff.
-        if (Date.now() - started < FAST_FAILURE_MS) this.attempt = -1;
+        const took = Date.now() - started;
+        const timedOut = took >= openTimeoutMs;
+        openTimeoutMs = timedOut ? Math.min(openTimeoutMs * 2, REOPEN_TIMEOUT_MS) : QUICK_REOPEN_MS;
+        // Refused or unreachable without waiting (no network yet): the next try follows after
+        // the shortest wait, so the first one after the network returns is not held back.
+        if (!timedOut) this.attempt = -1;
+        console.info(`classroom: reconnecting failed after ${took} ms (${err.code})`);
         continue; // unreachable, timed out, or the server is still starting: try again
       }
       this.reconnecting = false;
@@ -621,11 +627,11 @@ export class Session extends EventTarget {
   }
 
   /** `resume` with the latest credential; the invite's token when the server refuses it. */
-  async #rejoin() {
+  async #rejoin(openTimeoutMs = REOPEN_TIMEOUT_MS) {
     if (this.resume && !(this.resume.expires_at_ms <= Date.now())) {
       const token = this.resume.token;
       try {
-        return await this.#connect({ v: PROTOCOL_VERSION, type: 'resume', token }, REOPEN_TIMEOUT_MS);
+        return await this.#connect({ v: PROTOCOL_VERSION, type: 'resume', token }, openTimeoutMs);
       } catch (err) {
         if (!RESUME_REFUSED.includes(err.code)) throw err;
         console.info('classroom: resume refused, joining with the invite instead', err.code);
@@ -633,7 +639,7 @@ export class Session extends EventTarget {
         this.signal?.close();
       }
     }
-    return this.#connect({ v: PROTOCOL_VERSION, type: 'join', token: this.token }, REOPEN_TIMEOUT_MS);
+    return this.#connect({ v: PROTOCOL_VERSION, type: 'join', token: this.token }, openTimeoutMs);
   }
 
   /** `forced`: connections restarted whatever the browser says of them (a moved address). */

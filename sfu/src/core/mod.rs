@@ -17,6 +17,7 @@ pub mod pacing;
 pub mod probe;
 pub mod restart;
 pub mod rewrite;
+pub mod silence;
 pub mod speaker;
 pub mod throttle;
 pub mod vp8;

@@ -555,6 +555,7 @@ impl Shard {
         let Some(peer) = self.peer_mut(key) else {
             return;
         };
+        let back = peer.recovery.silence.heard(now) && peer.recovery.heard_again();
         let input = Input::Receive(
             now,
             Receive {
@@ -573,6 +574,9 @@ impl Shard {
         }
         // str0m holds one received packet at a time in RTP mode: drain before the next input.
         self.drain(key);
+        if back {
+            self.path_back(key);
+        }
     }
 
     fn handle_timeouts(&mut self, now: Instant) {

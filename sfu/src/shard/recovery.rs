@@ -14,6 +14,7 @@ use str0m::media::KeyframeRequestKind;
 use crate::command::{ShardEvent, SubscribedTrack, TrackKind};
 use crate::core::liveness::Liveness;
 use crate::core::restart::RestartSchedule;
+use crate::core::silence::Silence;
 use crate::ids::{ParticipantId, TrackId};
 
 /// What one peer connection keeps for recovery.
@@ -34,6 +35,9 @@ pub(crate) struct Recovery {
     /// client whose address changed): what was lost meanwhile needs a keyframe once it is back,
     /// even if the path was never quiet long enough for str0m to call it down.
     pub rechecking: bool,
+    /// Inbound datagrams: a client that went silent is noticed long before str0m calls its
+    /// path down (`core::silence`).
+    pub silence: Silence,
 }
 
 impl Recovery {
@@ -46,6 +50,14 @@ impl Recovery {
     /// ICE checks again (a restart); `was_connected`: the connection had been up before.
     pub fn checking(&mut self, was_connected: bool) {
         self.rechecking |= was_connected;
+    }
+
+    /// Datagrams again after a silence `core::silence` reported: the path is up. Returns whether
+    /// keyframes are due now (not while an ICE restart checks: they follow its `Connected`).
+    pub fn heard_again(&mut self) -> bool {
+        self.liveness.connected();
+        self.restart.connected();
+        !self.rechecking
     }
 
     /// The path has a nominated pair again; returns whether it had been down or restarted.
@@ -164,6 +176,10 @@ impl Shard {
     pub(super) fn restart_quiet(&mut self, now: Instant) {
         let mut due = Vec::new();
         for peer in self.peers.iter_mut().flatten() {
+            if peer.recovery.silence.check(now) {
+                debug!(participant = %peer.participant, limit = ?peer.recovery.silence.limit(), "client silent; path counted down");
+                peer.recovery.path_down(now);
+            }
             let in_flight = match &peer.role {
                 PeerRole::Subscribe { pending, .. } => pending.is_some(),
                 PeerRole::Publish { .. } => false,
@@ -222,5 +238,24 @@ mod tests {
         r.path_down(Instant::now());
         assert!(r.path_up(), "an outage str0m saw");
         assert!(!r.path_up());
+    }
+
+    #[test]
+    fn datagrams_after_a_silence_bring_the_path_back() {
+        let t0 = Instant::now();
+        let mut r = Recovery::default();
+        r.path_down(t0);
+        assert!(r.heard_again(), "keyframes at once");
+        assert!(!r.liveness.is_disconnected());
+        assert!(
+            !r.restart
+                .due(t0 + std::time::Duration::from_secs(60), false),
+            "no restart due any more"
+        );
+        assert!(!r.path_up(), "str0m's later `Connected` asks nothing more");
+        r.path_down(t0);
+        r.checking(true);
+        assert!(!r.heard_again(), "a restart's checks: keyframes wait");
+        assert!(r.path_up(), "for its `Connected`");
     }
 }
