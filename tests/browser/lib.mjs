@@ -51,7 +51,12 @@ function chromiumArgs(baseUrl) {
   ];
 }
 
-export const logs = []; // every page's console, dumped on failure
+export const logs = []; // every page's console, dumped on failure (or always with PRINT_LOGS=1)
+
+/** Wall-clock time of a console line, to line it up with the steps' own timings. */
+function stamp() {
+  return new Date().toISOString().slice(11, 23);
+}
 export const pages = new Map(); // label -> Page
 let passed = 0;
 
@@ -102,7 +107,7 @@ export async function openPage(context, label, url, initScript) {
   const page = await context.newPage();
   if (initScript) await page.addInitScript(initScript);
   pages.set(label, page);
-  page.on('console', (msg) => logs.push(`[${label}] ${msg.type()}: ${msg.text()}`));
+  page.on('console', (msg) => logs.push(`${stamp()} [${label}] ${msg.type()}: ${msg.text()}`));
   page.on('pageerror', (err) => logs.push(`[${label}] UNCAUGHT: ${err.stack || err}`));
   page.on('crash', () => logs.push(`[${label}] PAGE CRASHED`));
   await page.goto(url, { timeout: JOIN_MS });
@@ -337,6 +342,10 @@ export async function runScenario(name, body) {
   if (failure) {
     console.log(`\nFAIL ${failure.step || 'setup'}: ${failure.message}`);
     await dumpDiagnostics();
+  } else if (process.env.PRINT_LOGS) {
+    console.log('\n---- browser console ----');
+    for (const line of logs) console.log(line);
+    console.log('---- end ----\n');
   }
   for (const close of closers.reverse()) await close();
   console.log(`${name}: ${passed} passed, ${failure ? 1 : 0} failed`);
@@ -384,7 +393,7 @@ export async function portalReady(page, label) {
 export async function signInWithLink(context, label, link, home) {
   const page = await context.newPage();
   pages.set(label, page);
-  page.on('console', (msg) => logs.push(`[${label}] ${msg.type()}: ${msg.text()}`));
+  page.on('console', (msg) => logs.push(`${stamp()} [${label}] ${msg.type()}: ${msg.text()}`));
   page.on('pageerror', (err) => logs.push(`[${label}] UNCAUGHT: ${err.stack || err}`));
   page.on('crash', () => logs.push(`[${label}] PAGE CRASHED`));
   await page.goto(link, { timeout: PORTAL_MS });

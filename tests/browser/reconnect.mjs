@@ -44,6 +44,8 @@ const LONG_OUTAGE_MS = 40000;
 const PUPIL_UPLINK_MS = 30000;
 // New frames that count as "decoding again" (a tenth of a second of the teacher's camera).
 const NEW_FRAMES = 3;
+// Frames the pupil decodes before its address moves: 5 s of the 20 fps test camera.
+const STEADY_FRAMES = 100;
 
 const TEACHER_CAMERA = { kind: 'video', source: 'camera', role: 'teacher' };
 const PUPIL_CAMERA = { kind: 'video', source: 'camera', role: 'student' };
@@ -79,12 +81,14 @@ function inPupilNs(...args) {
 
 function linkDown() {
   inPupilNs('ip', 'link', 'set', PUPIL_DEV, 'down');
+  console.log(`  (${new Date().toISOString().slice(11, 23)} the pupil's link is down)`);
 }
 
 function linkUp(address) {
   inPupilNs('ip', 'link', 'set', PUPIL_DEV, 'up');
   // Taking the link down took its routes with it.
   inPupilNs('ip', 'route', 'replace', 'default', 'via', GATEWAY, 'dev', PUPIL_DEV, 'src', address);
+  console.log(`  (${new Date().toISOString().slice(11, 23)} the pupil's link is up)`);
 }
 
 /** Frames decoded so far of `want`, with the track they belong to (a new participant has new ones). */
@@ -276,11 +280,21 @@ runScenario('reconnect', async (closers) => {
     await noButtonToPress(pupil, 'pupil');
   });
   await step(`the pupil's address changes: decoding resumes within ${MEDIA_BACK_MS / 1000} s`, async () => {
+    // Mid-lesson: the pupil has been watching steadily for a while (the step before ends as soon
+    // as decoding resumes after a server restart, when the pupil's bandwidth estimate is still
+    // starting up). A condition on decoded frames, not a sleep.
+    const settling = await frames(pupil, TEACHER_CAMERA);
+    await until(`the pupil to decode ${STEADY_FRAMES} frames in a row before the move`, async () => {
+      const now = await frames(pupil, TEACHER_CAMERA);
+      const fresh = now.pc === settling.pc && now.trackId === settling.trackId ? now.frames - settling.frames : 0;
+      return { ok: fresh >= STEADY_FRAMES, fresh };
+    }, 30000);
     let base = await frames(pupil, TEACHER_CAMERA);
     const moved = Date.now();
     inPupilNs('ip', 'addr', 'add', `${MOVED_ADDR}/24`, 'dev', PUPIL_DEV);
     inPupilNs('ip', 'route', 'replace', 'default', 'via', GATEWAY, 'dev', PUPIL_DEV, 'src', MOVED_ADDR);
     inPupilNs('ip', 'addr', 'del', `${PUPIL_ADDR}/24`, 'dev', PUPIL_DEV);
+    console.log(`  (${new Date().toISOString().slice(11, 23)} the pupil's address moved to ${MOVED_ADDR})`);
     // Only frames that came to the new address count. Frames counted while the subscribe
     // connection's path still starts at the old address (in flight at the move, or decoded from
     // what the jitter buffer held) are the base; the 3 new frames must come after the last such
@@ -288,6 +302,10 @@ runScenario('reconnect', async (closers) => {
     const seen = await until(`pupil (moved): ${NEW_FRAMES} new frames of the teacher's camera from ${MOVED_ADDR}`, async () => {
       const now = await frames(pupil, TEACHER_CAMERA);
       const local = await localAddress(pupil);
+      if (process.env.TRACE_MOVE) {
+        const s = await inbound(pupil, TEACHER_CAMERA);
+        console.log(`  ${new Date().toISOString().slice(11, 23)} ${local} pkts=${s.packetsReceived} dec=${s.framesDecoded} key=${s.keyFramesDecoded} rcv=${s.framesReceived} pli=${s.pliCount} nack=${s.nackCount} lost=${s.packetsLost} ${s.connectionState}`);
+      }
       if (local !== MOVED_ADDR) {
         base = now;
         return { local, now };

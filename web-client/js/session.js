@@ -41,8 +41,17 @@ const PROBE_PONG_MS = 500;
 // No answer: a fresh socket may open within this long. One that opens means the old socket was
 // stranded on an address the device no longer has.
 const PROBE_OPEN_MS = 1500;
-// Between probes while the path stays quiet (a link that is down fails each one at once).
+// Between probes while the path stays quiet, doubling after each probe whose fresh socket failed
+// up to PROBE_AGAIN_MAX_MS.
 const PROBE_AGAIN_MS = 500;
+const PROBE_AGAIN_MAX_MS = 16000;
+// While the browser says it has no network, no socket is opened: the `online` event ends the
+// wait, and this long is the most a page waits in case it was wrong.
+//
+// Opening sockets that fail is not free. Chromium delays every new WebSocket of a page by 1–5 s
+// times 2^(pending + failed/(succeeded+1) − 16), counting the last 2–4 minutes: some 30 failures
+// during an outage (a probe a second) made the first socket after the link's return wait 4–10 s.
+const OFFLINE_RECHECK_MS = 15000;
 // Errors after which reconnecting cannot help: the page says why and stops.
 const FINAL_CODES = ['invalid_token', 'token_expired', 'not_admitted', 'replaced', 'message_too_large'];
 const RESUME_REFUSED = ['resume_invalid', 'resume_expired', 'resume_used'];
@@ -111,12 +120,14 @@ export class Session extends EventTarget {
     this.renewing = false; // a fresh socket is resuming beside the current one
     this.probing = false; // asking whether a quiet path means a moved address
     this.nextProbeAt = 0;
+    this.failedProbes = 0; // in a row; a fresh socket that opens, or media flowing, resets it
     this.pathWatch = new PathWatch(() => this.subscribePc, {
       onQuiet: () => this.#pathQuiet(),
       onFlowing: () => this.#signOfLife(),
     });
     if (typeof window !== 'undefined') {
-      window.addEventListener('online', () => this.#online());
+      window.addEventListener('online', () => { console.debug('classroom: online'); this.#online(); });
+      window.addEventListener('offline', () => console.debug('classroom: offline'));
       this.pathWatch.start();
     }
   }
@@ -586,6 +597,7 @@ export class Session extends EventTarget {
     let openTimeoutMs = QUICK_REOPEN_MS;
     for (this.attempt = 0; !this.ended; this.attempt += 1) {
       await this.#backoff(this.attempt);
+      if (this.#offline()) await this.#backoff(this.attempt, OFFLINE_RECHECK_MS);
       if (this.ended) return;
       let joined;
       const started = Date.now();
@@ -602,9 +614,6 @@ export class Session extends EventTarget {
         const took = Date.now() - started;
         const timedOut = took >= openTimeoutMs;
         openTimeoutMs = timedOut ? Math.min(openTimeoutMs * 2, REOPEN_TIMEOUT_MS) : QUICK_REOPEN_MS;
-        // Refused or unreachable without waiting (no network yet): the next try follows after
-        // the shortest wait, so the first one after the network returns is not held back.
-        if (!timedOut) this.attempt = -1;
         console.info(`classroom: reconnecting failed after ${took} ms (${err.code})`);
         continue; // unreachable, timed out, or the server is still starting: try again
       }
@@ -615,10 +624,10 @@ export class Session extends EventTarget {
     }
   }
 
-  /** Waits before attempt `n`; the `online` event cuts the wait short. */
-  #backoff(n) {
+  /** Waits before attempt `n` (or `fixedMs`); the `online` event cuts the wait short. */
+  #backoff(n, fixedMs = null) {
     const base = BACKOFF_MS[Math.min(n, BACKOFF_MS.length - 1)];
-    const ms = base * (1 + Math.random() / 3);
+    const ms = fixedMs ?? base * (1 + Math.random() / 3);
     return new Promise((resolve) => {
       const timer = setTimeout(done, ms);
       function done() { clearTimeout(timer); resolve(); }
@@ -701,6 +710,7 @@ export class Session extends EventTarget {
   /** Schedules an ICE restart of a media connection that is down. */
   #watchMedia(which) {
     const pc = which === 'publish' ? this.publishPc : this.subscribePc;
+    console.debug(`classroom: the ${which} connection is ${pc?.connectionState}`);
     if (pc?.connectionState === 'connected') this.#signOfLife();
     clearTimeout(this.restartTimers[which]);
     this.restartTimers[which] = null;
@@ -713,8 +723,11 @@ export class Session extends EventTarget {
     const pc = which === 'publish' ? this.publishPc : this.subscribePc;
     const down = force ? pc?.signalingState !== 'closed' : ['failed', 'disconnected'].includes(pc?.connectionState);
     if (this.ended || !pc || !down) return;
-    // While the socket is down the restart waits for the resume, which checks again.
-    if (this.joined && renew && this.resume && !this.renewing) {
+    // Without a network nothing can be restarted; the `online` event does it at once. While the
+    // socket is down the restart waits for the resume, which checks again.
+    if (this.#offline()) {
+      // Checked again after RESTART_RETRY_MS, below.
+    } else if (this.joined && renew && this.resume && !this.renewing) {
       // A media path that broke usually means the socket's did too (a new address strands the
       // old TCP connection silently): resume on a fresh socket at once, which restarts ICE.
       this.#renewSocket();
@@ -789,7 +802,8 @@ export class Session extends EventTarget {
    */
   async #pathQuiet() {
     if (this.probing || this.renewing || this.reconnecting || this.ended || !this.joined || !this.resume) return;
-    if (Date.now() < this.nextProbeAt) return;
+    // No network at all: nothing has moved yet, and a socket would only fail.
+    if (Date.now() < this.nextProbeAt || this.#offline()) return;
     this.probing = true;
     try {
       const signal = this.signal;
@@ -799,9 +813,10 @@ export class Session extends EventTarget {
       }
       if (this.signal !== signal || this.renewing || this.reconnecting || this.ended || !this.joined || !this.resume) return;
       await this.#renewSocket({ openTimeoutMs: PROBE_OPEN_MS, movedAddress: true });
+      this.failedProbes = this.signal === signal ? this.failedProbes + 1 : 0;
     } finally {
       this.probing = false;
-      this.nextProbeAt = Date.now() + PROBE_AGAIN_MS;
+      this.nextProbeAt = Date.now() + Math.min(PROBE_AGAIN_MS * 2 ** this.failedProbes, PROBE_AGAIN_MAX_MS);
     }
   }
 
@@ -810,9 +825,16 @@ export class Session extends EventTarget {
    * socket is being reopened, the next attempt goes now, not after the backoff.
    */
   #signOfLife() {
+    this.failedProbes = 0;
+    this.nextProbeAt = 0;
     if (!this.reconnecting) return;
     this.attempt = -1;
     this.wakeReconnect?.();
+  }
+
+  /** Whether the browser knows it has no network (`navigator.onLine` is only sure when false). */
+  #offline() {
+    return typeof navigator !== 'undefined' && navigator.onLine === false;
   }
 
   /** The device is back online: try at once instead of waiting out the backoff. */

@@ -51,11 +51,14 @@ export class SignalChannel {
       const ws = new WebSocket(this.url);
       this.ws = ws;
       let opened = false;
+      const started = Date.now();
+      console.debug('classroom: opening a socket');
       const timer = setTimeout(() => {
         reject(new ProtocolError('connection_failed', 'The server did not answer in time.'));
         ws.close();
       }, timeoutMs);
       ws.addEventListener('open', () => {
+        console.debug(`classroom: socket open after ${Date.now() - started} ms`);
         opened = true;
         clearTimeout(timer);
         resolve();

@@ -137,6 +137,9 @@ pub enum DropReason {
     NotConnected,
     /// The track's audience does not admit this subscriber (`core::audience`).
     Withheld,
+    /// The subscriber's path is down (ICE, or no datagram from it for seconds): what is sent
+    /// now is lost, and a flood of losses at its return would sink its bandwidth estimate.
+    PathDown,
     /// Video the subscriber cannot start or continue without a keyframe of this source.
     WaitingForKeyframe,
     /// A simulcast layer this subscriber does not receive.
@@ -161,9 +164,10 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in the order of [`DropReason::index`].
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::NotConnected,
         DropReason::Withheld,
+        DropReason::PathDown,
         DropReason::WaitingForKeyframe,
         DropReason::OtherSpatialLayer,
         DropReason::TemporalAboveTarget,
@@ -186,6 +190,7 @@ impl DropReason {
         match self {
             DropReason::NotConnected => "not_connected",
             DropReason::Withheld => "withheld",
+            DropReason::PathDown => "path_down",
             DropReason::WaitingForKeyframe => "waiting_for_keyframe",
             DropReason::OtherSpatialLayer => "other_spatial_layer",
             DropReason::TemporalAboveTarget => "temporal_above_target",
@@ -306,6 +311,8 @@ pub struct DownTrack {
     teacher: bool,
     /// The track's audience admits this subscriber.
     allowed: bool,
+    /// The subscriber's path is up; nothing is sent while it is down.
+    reachable: bool,
 }
 
 impl DownTrack {
@@ -327,6 +334,7 @@ impl DownTrack {
             recheck: false,
             teacher,
             allowed: audience::admits(audience, teacher),
+            reachable: true,
         }
     }
 
@@ -364,9 +372,26 @@ impl DownTrack {
 
     /// The track's audience changed: what this down track must do (`core::audience`).
     pub fn set_audience(&mut self, audience: Audience) -> Change {
-        let allowed = audience::admits(audience, self.teacher);
-        let change = audience::change(self.allowed, allowed, self.selector.is_some());
-        self.allowed = allowed;
+        let was = self.sending();
+        self.allowed = audience::admits(audience, self.teacher);
+        self.resume_if_due(was)
+    }
+
+    /// The subscriber's path went down or came back. Coming back is resumed like an audience
+    /// that admits the subscriber again: audio without a sequence gap, video at a keyframe.
+    pub fn set_reachable(&mut self, reachable: bool) -> Change {
+        let was = self.sending();
+        self.reachable = reachable;
+        self.resume_if_due(was)
+    }
+
+    /// Whether packets may go to this subscriber at all.
+    fn sending(&self) -> bool {
+        self.allowed && self.reachable
+    }
+
+    fn resume_if_due(&mut self, was: bool) -> Change {
+        let change = audience::change(was, self.sending(), self.selector.is_some());
         match change {
             Change::ResumeAudio => self.forwarder.resume(),
             Change::ResumeVideoAtKeyframe => {
@@ -393,6 +418,9 @@ impl DownTrack {
         }
         if !self.allowed {
             return Answer::drop(DropReason::Withheld);
+        }
+        if !self.reachable {
+            return Answer::drop(DropReason::PathDown);
         }
         if let Err(answer) = self.select_layer(p) {
             return answer;

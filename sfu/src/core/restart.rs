@@ -14,6 +14,11 @@ use std::time::{Duration, Instant};
 /// client moving to a new address, which ICE follows by itself) to come back first.
 pub const FIRST_AFTER: Duration = Duration::from_millis(1500);
 
+/// A restart that is checking (the client's or ours) gets this long before the server starts
+/// another: a second set of credentials would only void the checks under way. A browser whose
+/// address just changed learns the new one up to about 2 s later.
+pub const CHECKS_GRACE: Duration = Duration::from_secs(3);
+
 /// The wait between restarts doubles up to this.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(16);
 
@@ -36,6 +41,13 @@ impl RestartSchedule {
     }
 
     /// The path is back: nothing is due.
+    /// ICE checks again after a restart, whoever asked for it.
+    pub fn checking(&mut self, now: Instant) {
+        if let Some(next) = self.next {
+            self.next = Some(next.max(now + CHECKS_GRACE));
+        }
+    }
+
     pub fn connected(&mut self) {
         *self = RestartSchedule::default();
     }
@@ -83,6 +95,28 @@ mod tests {
             at = next;
         }
         assert_eq!(waits, [3000, 6000, 12000, 16000, 16000, 16000]);
+    }
+
+    #[test]
+    fn a_restart_that_is_checking_is_not_crossed_by_another() {
+        let t0 = Instant::now();
+        let mut s = RestartSchedule::default();
+        s.disconnected(t0);
+        // The client restarts just before the server would have: its checks get their time.
+        let checking = t0 + FIRST_AFTER - Duration::from_millis(100);
+        s.checking(checking);
+        assert!(!s.due(t0 + FIRST_AFTER, false));
+        assert!(!s.due(checking + CHECKS_GRACE - Duration::from_millis(1), false));
+        assert!(
+            s.due(checking + CHECKS_GRACE, false),
+            "checks that fail are followed up"
+        );
+        let mut up = RestartSchedule::default();
+        up.checking(t0);
+        assert!(
+            !up.due(t0 + MAX_BACKOFF * 4, false),
+            "checks on a path that is up start no schedule"
+        );
     }
 
     #[test]

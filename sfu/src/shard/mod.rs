@@ -708,17 +708,30 @@ impl Shard {
                 // Not dropped at once: the client restarts ICE or comes back from a new
                 // address (`recovery`); only a long outage closes the connection.
                 let mut back = false;
+                let mut down = false;
                 let now = self.now;
                 if let Some(peer) = self.peer_mut(key) {
                     debug!(participant = %peer.participant, ?state, "ICE state");
                     match state {
-                        IceConnectionState::Disconnected => peer.recovery.path_down(now),
-                        IceConnectionState::Checking => peer.recovery.checking(peer.connected),
+                        IceConnectionState::Disconnected => {
+                            peer.recovery.path_down(now);
+                            down = true;
+                        }
+                        IceConnectionState::Checking => {
+                            peer.recovery.checking(peer.connected, now);
+                            // A restart of a path that was up: the client's old path is in
+                            // doubt (usually a moved address), so nothing goes into it until
+                            // the checks find the new one.
+                            down = peer.connected;
+                        }
                         IceConnectionState::Connected | IceConnectionState::Completed => {
                             back = peer.recovery.path_up();
                         }
                         _ => {}
                     }
+                }
+                if down {
+                    self.set_reachable(key, false);
                 }
                 if back {
                     self.path_back(key);

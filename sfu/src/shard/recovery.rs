@@ -48,8 +48,9 @@ impl Recovery {
     }
 
     /// ICE checks again (a restart); `was_connected`: the connection had been up before.
-    pub fn checking(&mut self, was_connected: bool) {
+    pub fn checking(&mut self, was_connected: bool, now: Instant) {
         self.rechecking |= was_connected;
+        self.restart.checking(now);
     }
 
     /// Datagrams again after a silence `core::silence` reported: the path is up. Returns whether
@@ -128,13 +129,51 @@ impl Shard {
         self.demux.rename(&old, &ufrag, key);
     }
 
-    /// A connection's path is back after an outage: the pictures it carries need a keyframe
-    /// now, rather than when the decoders behind it notice and ask.
-    pub(super) fn path_back(&mut self, key: PeerKey) {
+    /// A subscribe connection's path went down (`false`) or came back: nothing is sent to it
+    /// meanwhile (`DownTrack::set_reachable`). Packets sent into a dead path are all reported
+    /// lost once it returns, and that burst of loss would drag its bandwidth estimate down just
+    /// when the pupil comes back.
+    pub(super) fn set_reachable(&mut self, key: PeerKey, reachable: bool) {
         let Some(peer) = self.peer(key) else {
             return;
         };
+        let PeerRole::Subscribe { tracks, .. } = &peer.role else {
+            return;
+        };
+        let ids: Vec<TrackId> = tracks.values().copied().collect();
+        for id in ids {
+            if let Some(track) = self.tracks.get_mut(&id) {
+                for sub in track.subscriptions.iter_mut().filter(|s| s.peer == key) {
+                    sub.down.set_reachable(reachable);
+                }
+            }
+        }
+    }
+
+    /// A connection's path is back after an outage: the pictures it carries need a keyframe
+    /// now, rather than when the decoders behind it notice and ask.
+    pub(super) fn path_back(&mut self, key: PeerKey) {
+        self.set_reachable(key, true);
+        let Some(peer) = self.peer_mut(key) else {
+            return;
+        };
         debug!(participant = %peer.participant, "ICE path back; asking for keyframes");
+        // What GoogCC learnt during the outage (loss, no feedback) says nothing of the path now,
+        // which may be another network altogether: start from the first estimate again, as
+        // libwebrtc does on a route change. An estimate that stayed above it is kept.
+        if peer
+            .estimate
+            .is_some_and(|e| e < crate::core::allocation_round::INITIAL_ESTIMATE)
+        {
+            debug!(participant = %peer.participant, estimate = ?peer.estimate, "estimate starts over");
+            peer.rtc.bwe().reset(str0m::bwe::Bitrate::bps(
+                crate::core::allocation_round::INITIAL_ESTIMATE,
+            ));
+            peer.estimate = None;
+        }
+        let Some(peer) = self.peer(key) else {
+            return;
+        };
         let wanted: Vec<(TrackId, u8)> = match &peer.role {
             PeerRole::Subscribe { tracks, .. } => tracks
                 .values()
@@ -175,10 +214,15 @@ impl Shard {
     /// the offer waits in `last_offer` for the resume, which re-sends it.
     pub(super) fn restart_quiet(&mut self, now: Instant) {
         let mut due = Vec::new();
-        for peer in self.peers.iter_mut().flatten() {
+        let mut silent = Vec::new();
+        for (i, peer) in self.peers.iter_mut().enumerate() {
+            let Some(peer) = peer.as_deref_mut() else {
+                continue;
+            };
             if peer.recovery.silence.check(now) {
                 debug!(participant = %peer.participant, limit = ?peer.recovery.silence.limit(), "client silent; path counted down");
                 peer.recovery.path_down(now);
+                silent.push(PeerKey(i as u32));
             }
             let in_flight = match &peer.role {
                 PeerRole::Subscribe { pending, .. } => pending.is_some(),
@@ -187,6 +231,9 @@ impl Shard {
             if peer.recovery.restart.due(now, in_flight) {
                 due.push((peer.participant, peer.is_publisher()));
             }
+        }
+        for key in silent {
+            self.set_reachable(key, false);
         }
         for (participant, publisher) in due {
             debug!(%participant, publisher, "ICE path quiet; restarting ICE");
@@ -227,12 +274,12 @@ mod tests {
     fn a_path_back_from_a_restart_or_an_outage_counts_once() {
         let mut r = Recovery::default();
         assert!(!r.path_up(), "the first connect is not a return");
-        r.checking(false);
+        r.checking(false, Instant::now());
         assert!(
             !r.path_up(),
             "checking before the first connect is setting up"
         );
-        r.checking(true);
+        r.checking(true, Instant::now());
         assert!(r.path_up(), "an ICE restart of a connected connection");
         assert!(!r.path_up(), "reported once");
         r.path_down(Instant::now());
@@ -254,7 +301,7 @@ mod tests {
         );
         assert!(!r.path_up(), "str0m's later `Connected` asks nothing more");
         r.path_down(t0);
-        r.checking(true);
+        r.checking(true, t0);
         assert!(!r.heard_again(), "a restart's checks: keyframes wait");
         assert!(r.path_up(), "for its `Connected`");
     }

@@ -131,6 +131,8 @@ enum Step {
     /// A packet, what becomes of it, and the keyframe request it causes.
     Pkt(P, Out, Option<u8>),
     Audience(Audience, Change),
+    /// The subscriber's path goes down (`false`) or comes back.
+    Reachable(bool, Change),
 }
 use Step::{Budget, Pkt};
 
@@ -165,6 +167,9 @@ fn run(dt: &mut DownTrack, steps: &[Step]) {
             }
             Step::Audience(audience, change) => {
                 assert_eq!(dt.set_audience(*audience), *change, "row {i}");
+            }
+            Step::Reachable(reachable, change) => {
+                assert_eq!(dt.set_reachable(*reachable), *change, "row {i}");
             }
         }
     }
@@ -335,6 +340,33 @@ fn withheld_video_resumes_at_a_keyframe_without_a_gap() {
                 Sent(1001, 50_000 + 90_000),
                 None,
             ),
+        ],
+    );
+}
+
+#[test]
+fn nothing_goes_to_a_path_that_is_down_and_video_comes_back_at_a_keyframe() {
+    run(
+        &mut video(),
+        &[
+            Budget(0, 250_000),
+            Pkt(p(0, 10, 0, 0).key(), Sent(1000, 50_000), None),
+            Step::Reachable(false, Change::Withhold),
+            Pkt(p(0, 11, 3000, 33), Dropped(PathDown), None),
+            Pkt(p(0, 12, 6000, 66).key(), Dropped(PathDown), None),
+            Step::Reachable(true, Change::ResumeVideoAtKeyframe),
+            Pkt(p(0, 13, 9000, 100), Dropped(WaitingForKeyframe), Some(0)),
+            // No sequence number was spent while the path was down.
+            Pkt(
+                p(0, 14, 12_000, 2000).key(),
+                Sent(1001, 50_000 + 180_000),
+                None,
+            ),
+            // A track withheld while the path was down stays withheld when it comes back.
+            Step::Reachable(false, Change::Withhold),
+            Step::Audience(Audience::Nobody, Change::Same),
+            Step::Reachable(true, Change::Same),
+            Pkt(p(0, 15, 15_000, 2100).key(), Dropped(Withheld), None),
         ],
     );
 }
