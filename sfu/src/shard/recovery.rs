@@ -141,12 +141,33 @@ impl Shard {
             return;
         };
         let ids: Vec<TrackId> = tracks.values().copied().collect();
+        let mut video = Vec::new();
         for id in ids {
             if let Some(track) = self.tracks.get_mut(&id) {
                 for sub in track.subscriptions.iter_mut().filter(|s| s.peer == key) {
                     sub.down.set_reachable(reachable);
+                    if sub.selector().is_some() {
+                        video.extend(sub.stream());
+                    }
                 }
             }
+        }
+        // Back: the keyframes the return asks for go out unpaced until the next allocation
+        // round decides again. Packets lost to the dead path have just sunk the estimate, and
+        // str0m's pacer at 1.1 x that would hold the first pictures back for half a second.
+        // And those packets are dropped from the resend cache: they come before the keyframe,
+        // and answering the NACKs for all of them at once would pass the resend cap, which
+        // drops every queued resend, the one for a packet after the keyframe too: the picture
+        // then stood still for a second (`peer::RESEND_RATIO_CAP`).
+        if reachable && let Some(peer) = self.peer_mut(key) {
+            let mut api = peer.rtc.direct_api();
+            for ssrc in &video {
+                if let Some(tx) = api.stream_tx(ssrc) {
+                    tx.set_unpaced(true);
+                    super::peer::configure_video_resends(tx);
+                }
+            }
+            peer.video_paced = false;
         }
     }
 
