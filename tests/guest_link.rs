@@ -81,13 +81,32 @@ async fn a_guest_link_admits_a_partner_lecturer_until_revoked(backend: Backend) 
         // A pupil may not invite anyone; bad bodies are refused with a reason.
         let (status, body) = create(&pupil, &lesson, lecturer.clone()).await?;
         ensure!(status == StatusCode::FORBIDDEN, "pupil: {status} {body}");
-        let (status, body) = create(&teacher, &lesson, json!({"display_name": "", "organisation": "x"})).await?;
-        ensure!(status == StatusCode::BAD_REQUEST, "empty name: {status} {body}");
-        let (status, body) = create(&teacher, &lesson, json!({"display_name": "a", "organisation": "x", "hours": 10_000})).await?;
-        ensure!(status == StatusCode::BAD_REQUEST, "two years: {status} {body}");
+        let (status, body) = create(
+            &teacher,
+            &lesson,
+            json!({"display_name": "", "organisation": "x"}),
+        )
+        .await?;
+        ensure!(
+            status == StatusCode::BAD_REQUEST,
+            "empty name: {status} {body}"
+        );
+        let (status, body) = create(
+            &teacher,
+            &lesson,
+            json!({"display_name": "a", "organisation": "x", "hours": 10_000}),
+        )
+        .await?;
+        ensure!(
+            status == StatusCode::BAD_REQUEST,
+            "two years: {status} {body}"
+        );
 
         let (status, body) = create(&teacher, &lesson, lecturer.clone()).await?;
-        ensure!(status == StatusCode::CREATED, "teacher creates: {status} {body}");
+        ensure!(
+            status == StatusCode::CREATED,
+            "teacher creates: {status} {body}"
+        );
         let link_id = body["link"]["id"].as_str().context("link id")?.to_owned();
         let url = body["url"].as_str().context("url")?.to_owned();
         ensure!(url.contains("/pupil.html?token="), "{url}");
@@ -97,13 +116,20 @@ async fn a_guest_link_admits_a_partner_lecturer_until_revoked(backend: Backend) 
         let (status, body) = pupil
             .post(&format!("/api/lessons/{lesson}/join"), json!({}))
             .await?;
-        ensure!(status == StatusCode::OK, "pupil join token: {status} {body}");
-        let (pupil_ws, joined) = join_with(&server, body["token"].as_str().context("token")?).await?;
+        ensure!(
+            status == StatusCode::OK,
+            "pupil join token: {status} {body}"
+        );
+        let (pupil_ws, joined) =
+            join_with(&server, body["token"].as_str().context("token")?).await?;
         ensure!(is_type(&joined, "joined"), "pupil joins: {joined}");
         let (guest_ws, joined) = join_with(&server, &token).await?;
         ensure!(is_type(&joined, "joined"), "guest joins: {joined}");
         let me = &joined["participant"];
-        ensure!(me["role"] == "partner_lecturer" && me["school"] == "東海大学", "{joined}");
+        ensure!(
+            me["role"] == "partner_lecturer" && me["school"] == "東海大学",
+            "{joined}"
+        );
         let perms = joined["permissions"].as_array().context("permissions")?;
         ensure!(
             perms.contains(&json!("publish_video")) && !perms.contains(&json!("teacher")),
@@ -134,14 +160,20 @@ async fn a_guest_link_admits_a_partner_lecturer_until_revoked(backend: Backend) 
             .get(&format!("/api/lessons/{lesson}/guest-links"))
             .await?;
         ensure!(
-            status == StatusCode::OK && body["links"][0]["id"] == link_id.as_str()
+            status == StatusCode::OK
+                && body["links"][0]["id"] == link_id.as_str()
                 && body["links"][0]["active"] == true,
             "list: {status} {body}"
         );
 
         // Revoked: the guest is told and leaves; the link no longer opens the door.
         let (status, body) = teacher
-            .send(Method::DELETE, &format!("/api/lessons/{lesson}/guest-links/{link_id}"), None, true)
+            .send(
+                Method::DELETE,
+                &format!("/api/lessons/{lesson}/guest-links/{link_id}"),
+                None,
+                true,
+            )
             .await?;
         ensure!(
             status == StatusCode::OK && body["removed_from_room"] == true,
@@ -163,16 +195,24 @@ async fn a_guest_link_admits_a_partner_lecturer_until_revoked(backend: Backend) 
         let (_, again) = join_with(&server, &token).await?;
         ensure!(
             again["code"] == "not_admitted"
-                && again["message"].as_str().is_some_and(|m| m.contains("revoked")),
+                && again["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("revoked")),
             "a revoked link: {again}"
         );
 
         // Expired, forged and other-lesson credentials. The expired link was made two hours
         // ago for one hour; its token would still be valid, the door goes by the link.
-        let lesson_row = classroom_domain::lesson(db, &lesson).await?.context("lesson")?;
+        let lesson_row = classroom_domain::lesson(db, &lesson)
+            .await?
+            .context("lesson")?;
         classroom_domain::create_guest_link(
             db,
-            Acting { person: "t-001", at: start - 7200, remote_addr: None },
+            Acting {
+                person: "t-001",
+                at: start - 7200,
+                remote_addr: None,
+            },
             &lesson_row,
             &NewGuestLink {
                 id: "expired-link",
@@ -194,7 +234,9 @@ async fn a_guest_link_admits_a_partner_lecturer_until_revoked(backend: Backend) 
         let (_, reply) = join_with(&server, &server_key.issue(&claims)?).await?;
         ensure!(
             reply["code"] == "not_admitted"
-                && reply["message"].as_str().is_some_and(|m| m.contains("expired")),
+                && reply["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("expired")),
             "an expired link: {reply}"
         );
         let (_, body) = create(&teacher, &lesson, lecturer.clone()).await?;
@@ -204,13 +246,97 @@ async fn a_guest_link_admits_a_partner_lecturer_until_revoked(backend: Backend) 
         let (_, reply) = join_with(&server, &server_key.issue(&claims)?).await?;
         ensure!(
             reply["code"] == "not_admitted"
-                && reply["message"].as_str().is_some_and(|m| m.contains("another lesson")),
+                && reply["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("another lesson")),
             "a link used for another lesson: {reply}"
         );
         claims.room = portal::LESSON_ROOM.to_owned();
         let forged = TokenIssuer::new(b"not the server's secret at all").issue(&claims)?;
         let (_, reply) = join_with(&server, &forged).await?;
         ensure!(reply["code"] == "invalid_token", "forged: {reply}");
+
+        // A WHIP credential of the lesson: the encoder is let in until the link is revoked,
+        // then its session ends and the credential is refused.
+        let (status, body) = create(
+            &teacher,
+            &lesson,
+            json!({"kind": "whip", "display_name": "Lecture hall A", "organisation": "東海大学"}),
+        )
+        .await?;
+        ensure!(status == StatusCode::CREATED, "whip link: {status} {body}");
+        let whip_id = body["link"]["id"].as_str().context("id")?.to_owned();
+        let bearer = body["bearer_token"]
+            .as_str()
+            .context("bearer_token")?
+            .to_owned();
+        let whip_url = body["whip_url"].as_str().context("whip_url")?;
+        ensure!(
+            whip_url.ends_with(&format!("/whip/{}", portal::LESSON_ROOM)),
+            "{whip_url}"
+        );
+        let endpoint = format!("{}/whip/{}", server.url(), portal::LESSON_ROOM);
+        let offer = support::publisher::PublishOffer::create(&[
+            support::Source::Microphone,
+            support::Source::Camera,
+        ])
+        .await?;
+        let sdp = offer.sdp.clone();
+        let posted = support::whip::post(
+            &endpoint,
+            Some(&bearer),
+            Some("application/sdp"),
+            sdp.clone(),
+        )
+        .await?;
+        ensure!(
+            posted.status == StatusCode::CREATED,
+            "WHIP POST: {} {}",
+            posted.status,
+            posted.body
+        );
+        let encoder = pupil_ws
+            .signal
+            .expect_event(
+                |e| {
+                    is_type(e, "participant_joined") && e["participant"]["name"] == "Lecture hall A"
+                },
+                REPLY_TIMEOUT,
+            )
+            .await?;
+        let encoder_pid = encoder["participant"]["participant_id"]
+            .as_str()
+            .context("pid")?
+            .to_owned();
+        let (status, body) = teacher
+            .send(
+                Method::DELETE,
+                &format!("/api/lessons/{lesson}/guest-links/{whip_id}"),
+                None,
+                true,
+            )
+            .await?;
+        ensure!(
+            status == StatusCode::OK && body["removed_from_room"] == true,
+            "revoke whip: {status} {body}"
+        );
+        pupil_ws
+            .signal
+            .expect_event(
+                |e| is_type(e, "participant_left") && e["participant_id"] == encoder_pid.as_str(),
+                REPLY_TIMEOUT,
+            )
+            .await
+            .context("the revoked encoder leaves")?;
+        let again =
+            support::whip::post(&endpoint, Some(&bearer), Some("application/sdp"), sdp).await?;
+        ensure!(
+            again.status == StatusCode::FORBIDDEN && again.error() == "not_admitted",
+            "a revoked WHIP credential: {} {}",
+            again.status,
+            again.body
+        );
+        offer.abandon().await;
 
         // At most ten active links per lesson.
         for i in 0..9 {
@@ -228,14 +354,31 @@ async fn a_guest_link_admits_a_partner_lecturer_until_revoked(backend: Backend) 
             (Action::GuestLinkCreated, "created"),
             (Action::GuestLinkRevoked, "revoked"),
         ] {
-            let rows = classroom_domain::audit_log(db, &AuditFilter { action: Some(action), limit: 100, ..AuditFilter::default() }).await?;
+            let rows = classroom_domain::audit_log(
+                db,
+                &AuditFilter {
+                    action: Some(action),
+                    limit: 100,
+                    ..AuditFilter::default()
+                },
+            )
+            .await?;
             ensure!(
-                rows.iter().any(|r| r.subject.as_deref() == Some(link_id.as_str())
-                    && r.actor.as_deref() == Some("t-001")),
+                rows.iter()
+                    .any(|r| r.subject.as_deref() == Some(link_id.as_str())
+                        && r.actor.as_deref() == Some("t-001")),
                 "{what} is audited: {rows:?}"
             );
         }
-        let used = classroom_domain::audit_log(db, &AuditFilter { action: Some(Action::GuestLinkUsed), limit: 100, ..AuditFilter::default() }).await?;
+        let used = classroom_domain::audit_log(
+            db,
+            &AuditFilter {
+                action: Some(Action::GuestLinkUsed),
+                limit: 100,
+                ..AuditFilter::default()
+            },
+        )
+        .await?;
         let of_first: Vec<&Value> = used
             .iter()
             .filter(|r| r.subject.as_deref() == Some(link_id.as_str()))
@@ -243,7 +386,9 @@ async fn a_guest_link_admits_a_partner_lecturer_until_revoked(backend: Backend) 
             .collect();
         ensure!(
             of_first.iter().any(|d| d["admitted"] == true)
-                && of_first.iter().any(|d| d["admitted"] == false && d["reason"] == "revoked"),
+                && of_first
+                    .iter()
+                    .any(|d| d["admitted"] == false && d["reason"] == "revoked"),
             "use is audited: {of_first:?}"
         );
         drop((guest_ws, pupil_ws));

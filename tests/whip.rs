@@ -9,7 +9,6 @@ mod support;
 use anyhow::{Context, Result, ensure};
 use classroom_signaling::token::{Claims, Permission, Role};
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::whip::{self, WhipOffer};
@@ -51,7 +50,11 @@ async fn a_whip_encoder_reaches_a_pupil_inner() -> Result<()> {
     .context("pupil joins")?;
 
     let pre = whip::request(Method::OPTIONS, &endpoint(&server)).await?;
-    ensure!(pre.status == StatusCode::NO_CONTENT, "OPTIONS: {}", pre.status);
+    ensure!(
+        pre.status == StatusCode::NO_CONTENT,
+        "OPTIONS: {}",
+        pre.status
+    );
     ensure!(
         pre.header("accept-post").as_deref() == Some("application/sdp"),
         "OPTIONS names what POST takes: {:?}",
@@ -107,7 +110,10 @@ async fn a_whip_encoder_reaches_a_pupil_inner() -> Result<()> {
             Some("camera") => Source::Camera,
             other => anyhow::bail!("unexpected source {other:?}"),
         };
-        ids.insert(source, e["track"]["track_id"].as_str().context("id")?.to_owned());
+        ids.insert(
+            source,
+            e["track"]["track_id"].as_str().context("id")?.to_owned(),
+        );
     }
     let publisher = offer.complete(&ids).await.context("WHIP connection")?;
     let pump = MediaPump::start(publisher.clone(), PumpConfig::default());
@@ -131,7 +137,11 @@ async fn a_whip_encoder_reaches_a_pupil_inner() -> Result<()> {
     );
 
     let deleted = whip::request(Method::DELETE, &resource).await?;
-    ensure!(deleted.status == StatusCode::OK, "DELETE: {}", deleted.status);
+    ensure!(
+        deleted.status == StatusCode::OK,
+        "DELETE: {}",
+        deleted.status
+    );
     pupil
         .expect_participant_left(&encoder, REPLY_TIMEOUT)
         .await
@@ -162,8 +172,8 @@ async fn bad_whip_requests_get_documented_refusals() -> Result<()> {
 async fn bad_whip_requests_inner() -> Result<()> {
     let server = TestServer::start().await?;
     let url = endpoint(&server);
-    let offer = support::publisher::PublishOffer::create(&[Source::Microphone, Source::Camera])
-        .await?;
+    let offer =
+        support::publisher::PublishOffer::create(&[Source::Microphone, Source::Camera]).await?;
     let sdp = offer.sdp.clone();
     offer.abandon().await;
     let good = server.token_with(whip_claims(&server, &server.room));
@@ -177,17 +187,94 @@ async fn bad_whip_requests_inner() -> Result<()> {
     let sdp_type = Some("application/sdp");
 
     let cases: Vec<(&str, Option<&str>, Option<&str>, String, StatusCode, &str)> = vec![
-        ("no token", None, sdp_type, sdp.clone(), StatusCode::UNAUTHORIZED, "missing_token"),
-        ("forged", Some(&forged), sdp_type, sdp.clone(), StatusCode::UNAUTHORIZED, "invalid_token"),
-        ("expired", Some(&expired), sdp_type, sdp.clone(), StatusCode::UNAUTHORIZED, "token_expired"),
-        ("garbage", Some("not-a-jwt"), sdp_type, sdp.clone(), StatusCode::UNAUTHORIZED, "invalid_token"),
-        ("other room", Some(&other_room), sdp_type, sdp.clone(), StatusCode::FORBIDDEN, "wrong_room"),
-        ("observer", Some(&observer), sdp_type, sdp.clone(), StatusCode::FORBIDDEN, "permission_denied"),
-        ("json body", Some(&good), Some("application/json"), "{}".into(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        ("no type", Some(&good), None, sdp.clone(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        ("oversized", Some(&good), sdp_type, format!("v=0\r\n{}", "a=x\r\n".repeat(20_000)), StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-        ("not SDP", Some(&good), sdp_type, "hello".into(), StatusCode::BAD_REQUEST, "bad_sdp"),
-        ("receive only", Some(&good), sdp_type, sdp.replace("a=sendonly", "a=recvonly"), StatusCode::BAD_REQUEST, "bad_sdp"),
+        (
+            "no token",
+            None,
+            sdp_type,
+            sdp.clone(),
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+        ),
+        (
+            "forged",
+            Some(&forged),
+            sdp_type,
+            sdp.clone(),
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+        ),
+        (
+            "expired",
+            Some(&expired),
+            sdp_type,
+            sdp.clone(),
+            StatusCode::UNAUTHORIZED,
+            "token_expired",
+        ),
+        (
+            "garbage",
+            Some("not-a-jwt"),
+            sdp_type,
+            sdp.clone(),
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+        ),
+        (
+            "other room",
+            Some(&other_room),
+            sdp_type,
+            sdp.clone(),
+            StatusCode::FORBIDDEN,
+            "wrong_room",
+        ),
+        (
+            "observer",
+            Some(&observer),
+            sdp_type,
+            sdp.clone(),
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+        ),
+        (
+            "json body",
+            Some(&good),
+            Some("application/json"),
+            "{}".into(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "no type",
+            Some(&good),
+            None,
+            sdp.clone(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "oversized",
+            Some(&good),
+            sdp_type,
+            format!("v=0\r\n{}", "a=x\r\n".repeat(20_000)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+        (
+            "not SDP",
+            Some(&good),
+            sdp_type,
+            "hello".into(),
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+        ),
+        (
+            "receive only",
+            Some(&good),
+            sdp_type,
+            sdp.replace("a=sendonly", "a=recvonly"),
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+        ),
     ];
     for (what, token, ct, body, status, code) in cases {
         let reply = whip::post(&url, token, ct, body).await?;
@@ -198,7 +285,9 @@ async fn bad_whip_requests_inner() -> Result<()> {
             reply.body
         );
         ensure!(
-            reply.json()["message"].as_str().is_some_and(|m| !m.is_empty()),
+            reply.json()["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
             "{what}: a message says why: {}",
             reply.body
         );
@@ -229,7 +318,11 @@ async fn bad_whip_requests_inner() -> Result<()> {
     // The same credential again replaces the first session (one publisher per credential):
     // the server holds one WHIP session, not two.
     let second = WhipOffer::post(&url, &good, &[Source::Microphone, Source::Camera]).await?;
-    ensure!(second.reply.status == StatusCode::CREATED, "second: {}", second.reply.status);
+    ensure!(
+        second.reply.status == StatusCode::CREATED,
+        "second: {}",
+        second.reply.status
+    );
     let metrics_url = format!("http://{}/metrics", server.handle.metrics_addr);
     support::wait::poll_for(
         Duration::from_secs(5),
@@ -246,6 +339,10 @@ async fn bad_whip_requests_inner() -> Result<()> {
         ok.reply.header("location").context("Location")?
     );
     let gone = whip::request(Method::DELETE, &first_resource).await?;
-    ensure!(gone.status == StatusCode::NOT_FOUND, "the replaced session is gone: {}", gone.status);
+    ensure!(
+        gone.status == StatusCode::NOT_FOUND,
+        "the replaced session is gone: {}",
+        gone.status
+    );
     Ok(())
 }

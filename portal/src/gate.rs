@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use classroom_domain::{
-    Action, Admission, Lesson, AuditEntry, Db, RefusalReason, audit, lesson_by_media_room, record_away,
-    record_back, record_join, record_leave, request_entry,
+    Action, Admission, AuditEntry, Db, Lesson, RefusalReason, audit, lesson_by_media_room,
+    record_away, record_back, record_join, record_leave, request_entry,
 };
 use classroom_signaling::gate::{Entrant, GateFuture, GateRefusal, KeepFuture, RoomGate};
 use classroom_signaling::lesson::wire::ChatMessage;
@@ -29,8 +29,7 @@ const REFUSED_MESSAGE: &str =
     "The teacher has not admitted you to this lesson. / 先生はこの授業への参加を許可していません。";
 const NOT_ENROLLED_MESSAGE: &str =
     "You are not enrolled in this lesson. / この授業の名簿に登録されていません。";
-const GUEST_UNKNOWN_MESSAGE: &str =
-    "This guest link is not valid. / このゲストリンクは無効です。";
+const GUEST_UNKNOWN_MESSAGE: &str = "This guest link is not valid. / このゲストリンクは無効です。";
 const GUEST_REVOKED_MESSAGE: &str =
     "This guest link was revoked. / このゲストリンクは取り消されました。";
 const GUEST_EXPIRED_MESSAGE: &str =
@@ -142,8 +141,6 @@ impl LessonGate {
             || classroom_domain::guest_link::parse_identity(&who.identity).is_some();
         let lesson = match lesson_by_media_room(&self.db, &who.room).await {
             Ok(Some(lesson)) => lesson,
-            // A guest link is only ever minted for a lesson's room.
-            Ok(None) if guest => return Err(refuse(GUEST_UNKNOWN_MESSAGE)),
             Ok(None) => return Ok(()),
             Err(e) => {
                 warn!(room = %who.room, "gate: cannot look up the room, refusing: {e}");

@@ -26,14 +26,8 @@ const DEFAULT_HOURS: i64 = 24;
 
 pub fn routes() -> Router<Shared> {
     Router::new()
-        .route(
-            "/api/lessons/{lesson}/guest-links",
-            get(list).post(create),
-        )
-        .route(
-            "/api/lessons/{lesson}/guest-links/{link}",
-            delete(revoke),
-        )
+        .route("/api/lessons/{lesson}/guest-links", get(list).post(create))
+        .route("/api/lessons/{lesson}/guest-links/{link}", delete(revoke))
 }
 
 impl From<GuestLinkError> for ApiError {
@@ -161,10 +155,8 @@ async fn create(
                 ));
             }
             GuestKind::Whip => {
-                out["whip_url"] = json!(format!(
-                    "{}/whip/{}",
-                    portal.public_url, lesson.media_room
-                ));
+                out["whip_url"] =
+                    json!(format!("{}/whip/{}", portal.public_url, lesson.media_room));
                 out["bearer_token"] = json!(token);
             }
         }

@@ -201,7 +201,12 @@ type FrameSink = Pin<Box<dyn Sink<Frame, Error = ()> + Send>>;
 
 /// The two ends of an in-memory socket: what the session reads and writes, and what the driver
 /// keeps.
-fn socket() -> (FrameStream, FrameSink, mpsc::Sender<Frame>, mpsc::Receiver<Frame>) {
+fn socket() -> (
+    FrameStream,
+    FrameSink,
+    mpsc::Sender<Frame>,
+    mpsc::Receiver<Frame>,
+) {
     let (to_session, from_driver) = mpsc::channel::<Frame>(16);
     let (to_driver, from_session) = mpsc::channel::<Frame>(64);
     let stream = stream::unfold(from_driver, |mut rx| async move {
