@@ -164,6 +164,16 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// A bad request: what it is, its token and content type, its body, and the refusal expected.
+type Case<'a> = (
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    String,
+    StatusCode,
+    &'a str,
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_whip_requests_get_documented_refusals() -> Result<()> {
     bounded(bad_whip_requests_inner()).await
@@ -186,7 +196,7 @@ async fn bad_whip_requests_inner() -> Result<()> {
     let observer = server.token("o-1", "Watcher", Role::Observer);
     let sdp_type = Some("application/sdp");
 
-    let cases: Vec<(&str, Option<&str>, Option<&str>, String, StatusCode, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "no token",
             None,
