@@ -356,3 +356,44 @@ async fn bad_whip_requests_inner() -> Result<()> {
     );
     Ok(())
 }
+
+/// An encoder that gets its answer but never connects (or whose media stops) holds no place for
+/// long: the session ends once the media plane gives up waiting for its path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_whip_session_without_media_is_removed() -> Result<()> {
+    bounded(a_whip_session_without_media_inner()).await
+}
+
+async fn a_whip_session_without_media_inner() -> Result<()> {
+    let server = TestServer::start().await?;
+    let pupil = TestClient::connect(
+        &server.ws_url(),
+        &server.token("s-001", "Sato", Role::Student),
+    )
+    .await
+    .context("pupil joins")?;
+    let token = server.token_with(whip_claims(&server, &server.room));
+    let offer = WhipOffer::post(
+        &endpoint(&server),
+        &token,
+        &[Source::Microphone, Source::Camera],
+    )
+    .await?;
+    ensure!(offer.reply.status == StatusCode::CREATED, "POST: {}", offer.reply.status);
+    let joined = pupil
+        .expect_event(|e| support::is_type(e, "participant_joined"), REPLY_TIMEOUT)
+        .await?;
+    let encoder = joined["participant"]["participant_id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    // The answer is never applied: no ICE check ever reaches the server.
+    drop(offer);
+    let started = std::time::Instant::now();
+    pupil
+        .expect_participant_left(&encoder, Duration::from_secs(40))
+        .await
+        .context("the silent encoder is removed")?;
+    eprintln!("silent WHIP session removed after {:?}", started.elapsed());
+    Ok(())
+}

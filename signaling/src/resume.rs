@@ -277,6 +277,7 @@ mod tests {
             perms: vec![],
             iat: 0,
             exp: 5,
+            org: None,
         };
         for i in 0..LEDGER_CAPACITY {
             c.jti = format!("old-{i}");
