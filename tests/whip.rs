@@ -194,6 +194,7 @@ async fn bad_whip_requests_inner() -> Result<()> {
     let forged = server.forged_token(whip_claims(&server, &server.room));
     let other_room = server.token_with(whip_claims(&server, "another-lesson"));
     let observer = server.token("o-1", "Watcher", Role::Observer);
+    let browser = server.token("t-1", "Tanaka", Role::Teacher);
     let sdp_type = Some("application/sdp");
 
     let cases: Vec<Case> = vec![
@@ -240,6 +241,14 @@ async fn bad_whip_requests_inner() -> Result<()> {
         (
             "observer",
             Some(&observer),
+            sdp_type,
+            sdp.clone(),
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+        ),
+        (
+            "a browser's token",
+            Some(&browser),
             sdp_type,
             sdp.clone(),
             StatusCode::FORBIDDEN,
@@ -379,7 +388,11 @@ async fn a_whip_session_without_media_inner() -> Result<()> {
         &[Source::Microphone, Source::Camera],
     )
     .await?;
-    ensure!(offer.reply.status == StatusCode::CREATED, "POST: {}", offer.reply.status);
+    ensure!(
+        offer.reply.status == StatusCode::CREATED,
+        "POST: {}",
+        offer.reply.status
+    );
     let joined = pupil
         .expect_event(|e| support::is_type(e, "participant_joined"), REPLY_TIMEOUT)
         .await?;

@@ -291,6 +291,13 @@ pub(crate) async fn publish(
             "the token does not allow publishing".into(),
         ));
     }
+    // A browser's token also receives: the media plane would offer it every track of the room
+    // on a connection a WHIP client never answers.
+    if claims.allows(Permission::Subscribe) {
+        return Err(WhipError::PermissionDenied(
+            "this token is for a browser; publish over WHIP with a WHIP link's token".into(),
+        ));
+    }
     let tracks = tracks_of(&offer)?;
     let resource = inner.whip.reserve(room)?;
     match start(inner, token, offer, tracks, &resource).await {
