@@ -38,6 +38,8 @@ impl From<GuestLinkError> for ApiError {
             GuestLinkError::TooMany => {
                 ApiError::new(StatusCode::CONFLICT, "too_many_guest_links", e.to_string())
             }
+            // The API takes `hours`; the domain checks the instant they make.
+            GuestLinkError::BadExpiry => ApiError::bad_request("hours must be 1 to 336"),
             other => ApiError::bad_request(other.to_string()),
         }
     }

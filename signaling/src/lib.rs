@@ -232,15 +232,9 @@ impl Signaling {
         Signaling { inner }
     }
 
-    /// `GET /ws`.
-    /// `/ws` and the WHIP endpoint (`/whip/...`).
+    /// `GET /ws`, and the WHIP endpoint (`/whip/...`).
     pub fn router(&self) -> axum::Router {
         ws::router(self.inner.clone()).merge(whip_http::router(self.inner.clone()))
-    }
-
-    /// WHIP sessions open now.
-    pub fn whip_sessions(&self) -> usize {
-        self.inner.whip.len()
     }
 
     /// Removes whoever holds `identity` in `room` (a guest whose link was revoked): a connected

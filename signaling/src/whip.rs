@@ -320,7 +320,8 @@ async fn start(
     resource: &str,
 ) -> Result<String, WhipError> {
     let (stream, sink, to_session, mut from_session) = socket();
-    let session = tokio::spawn(session::run(inner.clone(), stream, sink, None));
+    // Not aborted on failure: told to leave, it cleans up after itself (registry, counters).
+    tokio::spawn(session::run(inner.clone(), stream, sink, None));
     let deadline = Instant::now() + ANSWER_TIMEOUT;
     let join = ClientMessage::Join {
         v: Some(crate::protocol::PROTOCOL_VERSION),
@@ -367,7 +368,6 @@ async fn start(
             leave(&to_session).await;
             drop(to_session);
             let _ = tokio::time::timeout(END_TIMEOUT, drain(&mut from_session)).await;
-            session.abort();
             Err(e)
         }
     }
