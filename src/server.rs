@@ -200,6 +200,8 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         )
         .with_trusted_proxies(trusted_proxies),
     );
+    // A revoked guest link removes its holder from the room.
+    let _ = portal.signaling.set(signaling.clone());
 
     let purge_metrics =
         Arc::new(PurgeMetrics::default().with_chat_keeper(gate.chat.metrics.clone()));

@@ -26,10 +26,16 @@ pub enum Action {
     Forbidden,
     /// An administrator changed whether (and how long) the school keeps lesson chat.
     ChatRetentionChanged,
+    /// A teacher or administrator created a guest link (a partner lecturer's, or a WHIP
+    /// encoder's) for a lesson.
+    GuestLinkCreated,
+    GuestLinkRevoked,
+    /// A guest link's holder came to the room's door: admitted, or why not.
+    GuestLinkUsed,
 }
 
 impl Action {
-    const ALL: [Action; 12] = [
+    const ALL: [Action; 15] = [
         Action::SignIn,
         Action::SignInFailed,
         Action::ModeChanged,
@@ -42,6 +48,9 @@ impl Action {
         Action::SignInLinkIssued,
         Action::Forbidden,
         Action::ChatRetentionChanged,
+        Action::GuestLinkCreated,
+        Action::GuestLinkRevoked,
+        Action::GuestLinkUsed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +67,9 @@ impl Action {
             Action::SignInLinkIssued => "signin_link_issued",
             Action::Forbidden => "forbidden",
             Action::ChatRetentionChanged => "chat_retention_changed",
+            Action::GuestLinkCreated => "guest_link_created",
+            Action::GuestLinkRevoked => "guest_link_revoked",
+            Action::GuestLinkUsed => "guest_link_used",
         }
     }
 

@@ -27,6 +27,7 @@ pub mod cutoff;
 pub mod db;
 pub mod export;
 pub mod external_identity;
+pub mod guest_link;
 pub mod join;
 pub mod lesson;
 pub mod model;
@@ -71,6 +72,10 @@ pub use export::{
 pub use external_identity::{
     ExternalAccount, ExternalSignIn, ExternalSignInError, bound_person, sign_in_external,
     unbind_person,
+};
+pub use guest_link::{
+    DoorRefusal, GuestKind, GuestLink, GuestLinkError, NewGuestLink, create_guest_link, guest_link,
+    guest_links_of_lesson, revoke_guest_link,
 };
 pub use join::{JoinRefusal, JoinRole, join_decision};
 pub use lesson::{

@@ -439,7 +439,11 @@ async fn find_lesson(portal: &Shared, id: &str) -> Result<Lesson, ApiError> {
 }
 
 /// The lesson, if the caller may run it: a teacher of it or an administrator of its school.
-async fn staff_lesson(portal: &Shared, staff: &Staff, id: &str) -> Result<Lesson, ApiError> {
+pub(crate) async fn staff_lesson(
+    portal: &Shared,
+    staff: &Staff,
+    id: &str,
+) -> Result<Lesson, ApiError> {
     let lesson = find_lesson(portal, id).await?;
     if classroom_domain::may_act_on_lesson(&portal.db, &staff.scope, &lesson).await? {
         Ok(lesson)

@@ -237,5 +237,6 @@ fn role_name(role: Role) -> &'static str {
         Role::Teacher => "teacher",
         Role::Student => "student",
         Role::Observer => "observer",
+        Role::PartnerLecturer => "partner_lecturer",
     }
 }

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use classroom_domain::{
-    Action, Admission, AuditEntry, Db, RefusalReason, audit, lesson_by_media_room, record_away,
-    record_back, record_join, record_leave, request_entry,
+    Action, Admission, AuditEntry, Db, Lesson, RefusalReason, audit, lesson_by_media_room,
+    record_away, record_back, record_join, record_leave, request_entry,
 };
 use classroom_signaling::gate::{Entrant, GateFuture, GateRefusal, KeepFuture, RoomGate};
 use classroom_signaling::lesson::wire::ChatMessage;
@@ -29,6 +29,13 @@ const REFUSED_MESSAGE: &str =
     "The teacher has not admitted you to this lesson. / 先生はこの授業への参加を許可していません。";
 const NOT_ENROLLED_MESSAGE: &str =
     "You are not enrolled in this lesson. / この授業の名簿に登録されていません。";
+const GUEST_UNKNOWN_MESSAGE: &str = "This guest link is not valid. / このゲストリンクは無効です。";
+const GUEST_REVOKED_MESSAGE: &str =
+    "This guest link was revoked. / このゲストリンクは取り消されました。";
+const GUEST_EXPIRED_MESSAGE: &str =
+    "This guest link has expired. / このゲストリンクは有効期限が切れています。";
+const GUEST_OTHER_LESSON_MESSAGE: &str =
+    "This guest link is for another lesson. / このゲストリンクは別の授業のものです。";
 const UNAVAILABLE_MESSAGE: &str = "The lesson cannot check your attendance right now; please try again. / 出欠を確認できません。もう一度お試しください。";
 
 /// At most one `join_refused` audit entry per pupil and lesson in this many seconds.
@@ -92,10 +99,46 @@ impl LessonGate {
         self.chat.flush().await;
     }
 
+    /// A guest link's holder (partner lecturer or WHIP encoder): the link must be live and for
+    /// this lesson, checked at every join and resume, so a revoked link stops working at once.
+    /// Admissions are audited each time, refusals at most once a minute per link.
+    async fn admit_guest(&self, lesson: &Lesson, who: &Entrant) -> Result<(), GateRefusal> {
+        use classroom_domain::guest_link::{DoorRefusal, audit_door, check_at_door};
+        let now = unix_now();
+        let decision = match check_at_door(&self.db, lesson, &who.identity, now).await {
+            Ok(d) => d.map(|_| ()),
+            Err(e) => {
+                warn!(lesson = %lesson.id, "gate: cannot check a guest link, refusing: {e}");
+                return Err(GateRefusal {
+                    message: UNAVAILABLE_MESSAGE.to_owned(),
+                });
+            }
+        };
+        if (decision.is_ok() || self.should_audit(&lesson.id, &who.identity, now))
+            && let Err(e) = audit_door(&self.db, lesson, &who.identity, decision, now).await
+        {
+            warn!(lesson = %lesson.id, "gate: cannot audit a guest at the door: {e}");
+        }
+        decision.map_err(|why| {
+            info!(lesson = %lesson.id, reason = why.as_str(), "gate: guest refused");
+            GateRefusal {
+                message: match why {
+                    DoorRefusal::Unknown => GUEST_UNKNOWN_MESSAGE,
+                    DoorRefusal::Revoked => GUEST_REVOKED_MESSAGE,
+                    DoorRefusal::Expired => GUEST_EXPIRED_MESSAGE,
+                    DoorRefusal::OtherLesson => GUEST_OTHER_LESSON_MESSAGE,
+                }
+                .to_owned(),
+            }
+        })
+    }
+
     async fn decide(&self, who: &Entrant) -> Result<(), GateRefusal> {
         let refuse = |message: &str| GateRefusal {
             message: message.to_owned(),
         };
+        let guest = who.role == Role::PartnerLecturer
+            || classroom_domain::guest_link::parse_identity(&who.identity).is_some();
         let lesson = match lesson_by_media_room(&self.db, &who.room).await {
             Ok(Some(lesson)) => lesson,
             Ok(None) => return Ok(()),
@@ -104,6 +147,9 @@ impl LessonGate {
                 return Err(refuse(UNAVAILABLE_MESSAGE));
             }
         };
+        if guest {
+            return self.admit_guest(&lesson, who).await;
+        }
         if who.role != Role::Student {
             return Ok(());
         }

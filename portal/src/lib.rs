@@ -12,6 +12,7 @@ pub mod client_addr;
 mod errors;
 pub mod extract;
 pub mod gate;
+pub mod guests;
 pub mod links;
 pub mod next;
 pub mod purge;
@@ -72,6 +73,8 @@ pub struct Portal {
     pub denials: extract::DenialLog,
     /// The server's private (0700) directory; roster uploads are stored here while imported.
     pub data_dir: PathBuf,
+    /// The rooms, to remove a guest whose link is revoked (set once the server has them).
+    pub signaling: std::sync::OnceLock<classroom_signaling::Signaling>,
 }
 
 pub type Shared = Arc<Portal>;
@@ -104,6 +107,7 @@ impl Portal {
             trusted_proxies: client_addr::TrustedProxies::default(),
             denials: extract::DenialLog::default(),
             data_dir,
+            signaling: std::sync::OnceLock::new(),
         }
     }
 
@@ -308,7 +312,8 @@ pub fn home_of(role: Option<PersonRole>) -> &'static str {
 pub fn page_for(role: Role) -> &'static str {
     match role {
         Role::Teacher => "teacher.html",
-        Role::Student | Role::Observer => "pupil.html",
+        // A guest publishes from the pupil page, without the teacher's controls.
+        Role::Student | Role::Observer | Role::PartnerLecturer => "pupil.html",
     }
 }
 
@@ -323,6 +328,7 @@ pub fn rfc3339(at: i64) -> String {
 pub fn router(portal: Shared) -> Router {
     let api = api::routes()
         .merge(chat_api::routes())
+        .merge(guests::routes())
         .merge(signin::protected_routes())
         .layer(axum::middleware::from_fn_with_state(
             portal.clone(),

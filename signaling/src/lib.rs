@@ -12,12 +12,14 @@ pub mod session;
 pub mod token;
 pub mod track_limits;
 pub mod turn;
+pub mod whip;
 
 mod lessons;
 mod outbox;
 mod parked;
 mod registry;
 mod unjoined;
+mod whip_http;
 mod ws;
 
 use std::sync::Arc;
@@ -124,6 +126,7 @@ pub(crate) struct Inner {
     /// Numbers sessions, so a registry entry knows which socket owns it.
     next_session: AtomicU64,
     resumed: AtomicU64,
+    whip: whip::WhipSessions,
 }
 
 const ERROR_CODES: [ErrorCode; 23] = [
@@ -223,14 +226,34 @@ impl Signaling {
             resumes: Default::default(),
             next_session: AtomicU64::new(1),
             resumed: AtomicU64::new(0),
+            whip: whip::WhipSessions::default(),
         });
         tokio::spawn(relay_media_events(inner.clone(), events));
         Signaling { inner }
     }
 
-    /// `GET /ws`.
+    /// `GET /ws`, and the WHIP endpoint (`/whip/...`).
     pub fn router(&self) -> axum::Router {
-        ws::router(self.inner.clone())
+        ws::router(self.inner.clone()).merge(whip_http::router(self.inner.clone()))
+    }
+
+    /// Removes whoever holds `identity` in `room` (a guest whose link was revoked): a connected
+    /// participant is told `goodbye` `revoked` and leaves, a parked one departs. Returns whether
+    /// anyone was there.
+    pub async fn remove_identity(&self, room: &str, identity: &str) -> bool {
+        let room = classroom_sfu::RoomId::from(room);
+        let mut found = false;
+        if let Some(parked) = self.inner.parked.take(&room, identity) {
+            parked::depart(&self.inner, parked).await;
+            found = true;
+        }
+        if let Some(pid) = self.inner.registry.find_live(&room, identity) {
+            self.inner
+                .registry
+                .send(pid, Outbound::Close(GoodbyeReason::Revoked));
+            found = true;
+        }
+        found
     }
 
     /// Runs one session over any stream and sink of frames (tests drive it with channels).
@@ -291,6 +314,11 @@ impl Signaling {
                 "classroom_websockets",
                 "Open signaling sockets",
                 self.inner.sessions.load(Ordering::Relaxed) as u64,
+            ),
+            (
+                "classroom_whip_sessions",
+                "Open WHIP ingest sessions",
+                self.inner.whip.len() as u64,
             ),
         ];
         for (name, help, v) in gauges {

@@ -180,6 +180,9 @@ pub struct ParticipantInfo {
     pub identity: String,
     pub name: String,
     pub role: crate::token::Role,
+    /// A partner lecturer's school or organisation (from their guest link).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub school: Option<String>,
 }
 
 /// A track as the room sees it; `mid` only where it means something to the receiver.
@@ -366,6 +369,8 @@ pub enum GoodbyeReason {
     ServerShutdown,
     Replaced,
     Timeout,
+    /// The guest link (or WHIP credential) this participant joined with was revoked.
+    Revoked,
     /// One of the participant's peer connections failed; rejoin to get fresh ones.
     ConnectionLost,
 }

@@ -48,6 +48,8 @@ pub struct ResumeClaims {
     pub iat: u64,
     /// Fixed at the first join, carried through refreshes.
     pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
 }
 
 impl ResumeClaims {
@@ -62,6 +64,7 @@ impl ResumeClaims {
             perms: self.perms.clone(),
             iat: self.iat,
             exp: self.exp,
+            org: self.org.clone(),
         }
     }
 }
@@ -111,6 +114,7 @@ impl TokenIssuer {
             perms: claims.perms.clone(),
             iat: unix_now(),
             exp: until,
+            org: claims.org.clone(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &resume, &self.encoding)
             .map_err(|e| ResumeError::Signing(e.to_string()))?;
@@ -273,6 +277,7 @@ mod tests {
             perms: vec![],
             iat: 0,
             exp: 5,
+            org: None,
         };
         for i in 0..LEDGER_CAPACITY {
             c.jti = format!("old-{i}");

@@ -594,6 +594,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             identity: claims.sub.clone(),
             name: claims.name.clone(),
             role: claims.role,
+            school: claims.org.clone(),
         };
         let admission =
             self.inner

@@ -18,6 +18,10 @@ pub enum Role {
     Teacher,
     Student,
     Observer,
+    /// A guest who teaches into the lesson (a university lecturer, an expert, a lecture hall's
+    /// encoder): publishes like a teacher, is not held by the lesson's floor, but has no
+    /// `teacher` permission, so cannot moderate the host's pupils.
+    PartnerLecturer,
 }
 
 impl Role {
@@ -34,6 +38,7 @@ impl Role {
             ],
             Role::Student => vec![PublishAudio, PublishVideo, Subscribe],
             Role::Observer => vec![Subscribe],
+            Role::PartnerLecturer => vec![PublishAudio, PublishVideo, PublishScreen, Subscribe],
         }
     }
 }
@@ -44,6 +49,7 @@ impl fmt::Display for Role {
             Role::Teacher => "teacher",
             Role::Student => "student",
             Role::Observer => "observer",
+            Role::PartnerLecturer => "partner_lecturer",
         })
     }
 }
@@ -55,6 +61,7 @@ impl FromStr for Role {
             "teacher" => Ok(Role::Teacher),
             "student" => Ok(Role::Student),
             "observer" => Ok(Role::Observer),
+            "partner_lecturer" => Ok(Role::PartnerLecturer),
             other => Err(TokenError::UnknownRole(other.to_owned())),
         }
     }
@@ -95,6 +102,9 @@ pub struct Claims {
     pub perms: Vec<Permission>,
     pub iat: u64,
     pub exp: u64,
+    /// A guest's school, university or organisation, shown beside their name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
 }
 
 impl Claims {
@@ -110,6 +120,7 @@ impl Claims {
             perms: role.default_permissions(),
             iat: now,
             exp: now.saturating_add(ttl.as_secs()),
+            org: None,
         }
     }
 
@@ -134,7 +145,7 @@ pub enum TokenError {
     Invalid(String),
     #[error("the token names no room or no identity")]
     Incomplete,
-    #[error("unknown role `{0}` (expected teacher, student or observer)")]
+    #[error("unknown role `{0}` (expected teacher, student, observer or partner_lecturer)")]
     UnknownRole(String),
     #[error("the token could not be signed: {0}")]
     Signing(String),

@@ -15,7 +15,7 @@ use crate::token::Role;
 pub fn max_tracks(role: Role, source: Source) -> usize {
     match (role, source) {
         (_, Source::Microphone | Source::Camera) => 1,
-        (Role::Teacher, Source::Screen) => 1,
+        (Role::Teacher | Role::PartnerLecturer, Source::Screen) => 1,
         (Role::Student | Role::Observer, Source::Screen) => 0,
     }
 }
@@ -40,6 +40,7 @@ impl OverLimit {
             Role::Teacher => "a teacher",
             Role::Student => "a student",
             Role::Observer => "an observer",
+            Role::PartnerLecturer => "a partner lecturer",
         };
         match self.max {
             0 => format!("{who} may not publish a {what} track"),

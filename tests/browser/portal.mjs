@@ -11,7 +11,10 @@
 //   - the class teacher signs in, opens D's lesson in the lobby and sees that pupil online;
 //   - a pupil attending in person today asks to join today's lesson and waits; the teacher
 //     admits them from the lobby; the lobby and the API show the admission, and the pupil's
-//     page goes on into the lesson room, where the server's gate lets them in.
+//     page goes on into the lesson room, where the server's gate lets them in;
+//   - the teacher creates a guest link in the lobby; a partner lecturer opens it and turns the
+//     camera on; the pupil decodes it and sees the guest's name and university; the teacher
+//     revokes the link and the guest leaves the pupil's room.
 //
 // Run by run.sh, which passes in:
 //   BASE_URL       e.g. http://10.213.0.1:8080
@@ -22,7 +25,7 @@
 
 import {
   required, runScenario, step, until, waitForServer, launchPeople, signInWithLink, portalReady,
-  apiFrom, screenshots, logs, PORTAL_MS, JOIN_MS,
+  apiFrom, screenshots, logs, openPage, switchOn, expectVideoFlowing, PORTAL_MS, JOIN_MS,
 } from './lib.mjs';
 
 const BASE_URL = required('BASE_URL');
@@ -229,6 +232,27 @@ runScenario('portal', async (closers) => {
       return { ...r, ok: r.shown?.onlineNow === 'true' && r.hooks?.online_now === true };
     }, POLLED_MS);
     await screenshots('admitted');
+  });
+
+  await step('the teacher invites a partner lecturer from the lobby; the pupil decodes their camera', async () => {
+    await teacher.fill('#guest-name', '山田 太郎');
+    await teacher.fill('#guest-org', '東海大学');
+    await teacher.click('#guest-form button[type=submit]', { timeout: PORTAL_MS });
+    const created = await until('the guest link to be shown once', () => teacher.evaluate(() => {
+      const input = document.querySelector('#guest-created input[data-credential=url]');
+      return { ok: Boolean(input?.value), url: input?.value, links: window.classroomPortal.state.guestLinks };
+    }), PORTAL_MS);
+    const guest = await openPage(await people.person(), 'guest', created.url);
+    await switchOn(guest, 'guest', '#btn-camera');
+    await expectVideoFlowing(pupil, 'pupil', { kind: 'video', source: 'camera', role: 'partner_lecturer' });
+    const seen = await pupil.evaluate(() => [...window.classroom.session.participants.values()]
+      .find((p) => p.role === 'partner_lecturer') ?? null);
+    if (seen?.name !== '山田 太郎' || seen?.school !== '東海大学') throw new Error(`the pupil sees the guest as ${JSON.stringify(seen)}`);
+    await screenshots('guest');
+    await teacher.click('#guest-list button[data-action=revoke]', { timeout: PORTAL_MS });
+    await until('the revoked guest to leave the pupil\'s room', () => pupil.evaluate(() => ({
+      ok: ![...window.classroom.session.participants.values()].some((p) => p.role === 'partner_lecturer'),
+    })), JOIN_MS);
   });
 
   await step('no uncaught errors in the pages', async () => {

@@ -2,7 +2,8 @@
 # Browser end-to-end tests: starts a real classroom server and headless Chromium, then runs
 #   e2e.mjs     a lesson's audio and video flow between the pages (teacher, pupils, screen share)
 #   portal.mjs  the signed-in pages: a guardian's one-tap mode change, the teacher's lobby, a pupil
-#               admitted from it (school prepared with `classroom roster import` / `signin-link`)
+#               admitted from it (school prepared with `classroom roster import` / `signin-link`),
+#               and a partner lecturer invited from the lobby whose camera that pupil decodes
 #   shaped.mjs  a pupil on a shaped "home" link gets a smaller simulcast layer than an unshaped
 #               pupil, and both keep decoding
 #   bursty.mjs  (scenario "bursty") the same on a line that lets a 16 kB burst through at full

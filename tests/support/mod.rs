@@ -39,6 +39,7 @@ pub mod signal;
 pub mod simulcast;
 pub mod subscriber;
 pub mod wait;
+pub mod whip;
 
 pub use client::TestClient;
 pub use media::{

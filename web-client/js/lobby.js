@@ -16,6 +16,7 @@
 // `#btn-start[data-action=start]`.
 
 import { get, post, seg } from './api.js';
+import { showGuestLinks } from './guestlinks.js';
 import { t, formatDate, formatTime, formatInstant } from './i18n.js';
 import {
   bootPage, byId, errorText, h, markFailed, markReady, nameNode, personName, poll, showError,
@@ -101,6 +102,7 @@ async function chooseLesson(lesson) {
 
   await refresh();
   stopPolling = poll(refresh, POLL_MS);
+  await showGuestLinks(lesson.id, me.person?.role);
 }
 
 /** Reads the chosen lesson's lobby and shows it. Failures are shown but polling goes on. */

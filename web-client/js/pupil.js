@@ -158,10 +158,20 @@ function onEnded() {
   panel.chat?.render();
 }
 
+const STAGE_ROLES = new Set(['teacher', 'partner_lecturer']);
+
+/** Whether we joined with a guest link: a presenter, not a pupil of the class. */
+function isPresenter() {
+  return session?.self?.role === 'partner_lecturer';
+}
+
 /** Whether the microphone should be on now, by the lesson's state and the pupil's choice. */
 function wantMic() {
   const you = lesson.you;
-  if (!session.joined || !session.canPublish('microphone') || you.muted) return false;
+  if (!session.joined || !session.canPublish('microphone')) return false;
+  // A partner lecturer (a guest link) teaches: the lesson's floor is not theirs to wait for.
+  if (isPresenter()) return micChoice !== false && !micFailed;
+  if (you.muted) return false;
   if (you.floor) return micChoice !== false && !micFailed;
   return lesson.state?.speaking === 'open' && micChoice === true && !micFailed;
 }
@@ -228,7 +238,7 @@ function renderControls() {
   byId('btn-done').disabled = !joined;
 
   // The microphone's own button: while holding the floor (to pause), and in an open lesson.
-  mic.button.hidden = !session.canPublish('microphone') || !(you.floor || state?.speaking === 'open');
+  mic.button.hidden = !session.canPublish('microphone') || !(isPresenter() || you.floor || state?.speaking === 'open');
   byId('speak-notice').hidden = !you.floor;
   renderNotices();
 }
@@ -258,7 +268,8 @@ function nameOf(participantId) {
  * does once the teacher spotlights them), otherwise the teacher (the newest with any video).
  */
 function stageParticipants() {
-  const teachers = [...videos.keys()].filter((id) => session.participant(id)?.role === 'teacher');
+  // A partner lecturer's camera takes the stage like the teacher's.
+  const teachers = [...videos.keys()].filter((id) => STAGE_ROLES.has(session.participant(id)?.role));
   const teacher = teachers.at(-1) ?? null;
   const spot = lesson?.state?.spotlight ?? null;
   const spotShown = spot && spot !== session.self?.participant_id && videos.has(spot) ? spot : null;
