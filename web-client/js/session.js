@@ -576,7 +576,7 @@ export class Session extends EventTarget {
   #onClose() {
     // While a fresh socket is resuming, its outcome decides (#renewSocket looks again).
     if (this.ended || this.reconnecting || this.renewing) return;
-    const final = ['left', 'replaced'].includes(this.goodbyeReason)
+    const final = ['left', 'replaced', 'revoked'].includes(this.goodbyeReason)
       || FINAL_CODES.includes(this.fatalError?.code);
     if (!this.everJoined || final) {
       this.#end();
