@@ -19,6 +19,7 @@ pub mod hold;
 pub mod ids;
 pub mod interfaces;
 pub mod metrics;
+mod router;
 mod sdp_error;
 pub mod shard;
 #[cfg(test)]

@@ -105,6 +105,7 @@ impl Shard {
         let old = std::mem::replace(&mut peer.ufrag, ufrag.clone());
         debug!(participant = %peer.participant, "ICE restarted");
         self.demux.rename(&old, &ufrag, key);
+        self.announce_peer(key, super::cross::PeerChange::Renamed(&old, &ufrag));
     }
 
     /// A connection's path is back after an outage: the pictures it carries need a keyframe
