@@ -276,3 +276,67 @@ impl Link {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    fn link(index: u8, shards: usize) -> Link {
+        let inboxes: Vec<Arc<Inbox>> = (0..shards).map(|_| Inbox::new().0).collect();
+        Link::new(index, inboxes.into())
+    }
+
+    fn from() -> Arrival {
+        Arrival::udp(SocketAddr::from(([192, 0, 2, 1], 4000)))
+    }
+
+    #[test]
+    fn a_hand_off_is_copied_whole_and_the_queue_is_bounded() {
+        let a = link(0, 2);
+        let b = Link::new(1, a.inboxes.clone());
+        assert!(a.hand_off(1, from(), b"\x16\xfe\xfd dtls"));
+        let got = b.own().pop_handoff().expect("queued");
+        assert_eq!(got.datagram(), b"\x16\xfe\xfd dtls");
+        assert_eq!(got.arrival.source, from().source);
+        // Longer than any WebRTC datagram: refused, not truncated.
+        assert!(!a.hand_off(1, from(), &[0; HANDOFF_MAX + 1]));
+        for _ in 0..HANDOFF_QUEUE {
+            assert!(a.hand_off(1, from(), b"x"));
+        }
+        assert!(!a.hand_off(1, from(), b"x"), "a full queue drops");
+        // No such shard.
+        assert!(!a.hand_off(7, from(), b"x"));
+    }
+
+    #[tokio::test]
+    async fn one_wake_up_per_drain() {
+        let a = link(0, 2);
+        let b = Link::new(1, a.inboxes.clone());
+        a.hand_off(1, from(), b"1");
+        a.hand_off(1, from(), b"2");
+        // The first push notified; the waiter is woken at once.
+        tokio::time::timeout(std::time::Duration::from_secs(1), b.own().notified())
+            .await
+            .expect("woken");
+        // The second push found the flag set: no second permit.
+        let again = tokio::time::timeout(std::time::Duration::ZERO, b.own().notified()).await;
+        assert!(again.is_err(), "woken twice for one drain");
+        b.own().clear();
+        while b.own().pop_handoff().is_some() {}
+        a.hand_off(1, from(), b"3");
+        tokio::time::timeout(std::time::Duration::from_secs(1), b.own().notified())
+            .await
+            .expect("woken after the drain");
+    }
+
+    #[test]
+    fn broadcast_reaches_every_other_shard() {
+        let (inboxes, mut receivers): (Vec<_>, Vec<_>) = (0..3).map(|_| Inbox::new()).unzip();
+        let l = Link::new(1, inboxes.into());
+        l.broadcast(|| Control::TrackRemoved { track: TrackId(5) });
+        assert!(receivers[0].try_recv().is_ok());
+        assert!(receivers[1].try_recv().is_err(), "not to itself");
+        assert!(receivers[2].try_recv().is_ok());
+    }
+}
