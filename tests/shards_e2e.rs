@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::simulcast::{
     Rid, SeqExtender, SimulcastConfig, SimulcastOffer, SimulcastPublisher, analyse_video,
+    layer_bytes, only_layer,
 };
 use support::{CONNECT_TIMEOUT, RecvPacket, TEST_TIMEOUT, TestClient, TestServer};
 use webrtc::peer_connection::RTCPeerConnectionState;
@@ -288,6 +289,28 @@ async fn a_room_across_two_shards_delivers_every_track_once_in_order() -> Result
                 video.len(),
                 analysis.switches.len()
             );
+        }
+        // Layer choice and keyframes across shards: on loopback every pupil climbs to the top
+        // layer, which takes a keyframe of it asked for by each shard's down tracks.
+        for (i, pupil) in pupils.iter().enumerate() {
+            support::wait::poll_for(
+                Duration::from_secs(25),
+                || {
+                    let video = pupil.subscriber.received(&video_id);
+                    let since = Instant::now() - Duration::from_secs(1);
+                    format!(
+                        "pupil {} to receive only f: {:?} bytes by rid in the last second",
+                        i + 1,
+                        layer_bytes(&video, since)
+                    )
+                },
+                async || {
+                    let video = pupil.subscriber.received(&video_id);
+                    let since = Instant::now() - Duration::from_secs(1);
+                    (only_layer(&video, since) == Some(Rid::F)).then_some(())
+                },
+            )
+            .await?;
         }
         let m = metrics(&server).await?;
         for s in 0..2 {
