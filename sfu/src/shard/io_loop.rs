@@ -2,9 +2,9 @@
 //! clock.
 //!
 //! It waits for one of six things — a command, a datagram, an ICE-TCP connection ready, a
-//! message or packets from another shard (`mesh`), the shard's next deadline — hands it to the [`Shard`] with the time it read, and sends what the
-//! shard put in its outbox: at the end of every pass, and in between whenever the shard reports
-//! the outbox full (the shard stops draining there, so a keyframe fanned out to a whole class is
+//! message or packets from another shard (`mesh`), the shard's next deadline — hands it to the
+//! [`Shard`] with the time it read, and sends what the shard put in its outbox: at the end of
+//! every pass, and in between whenever the shard reports the outbox full (the shard stops draining there, so a keyframe fanned out to a whole class is
 //! sent a batch at a time instead of queued whole).
 
 use std::net::SocketAddr;

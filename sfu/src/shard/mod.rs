@@ -163,6 +163,7 @@ pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
     let inboxes: Arc<[Arc<mesh::Inbox>]> = inboxes.into();
     let mut threads = Vec::new();
     let mut doors = Vec::new();
+    let mut single = None;
     // ICE-TCP connections are accepted by shard 0; those of other shards' peers are served
     // through it (`io_loop`).
     let mut tcp_listener = tcp_listener;
@@ -193,20 +194,18 @@ pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
             cmd_rx,
         )?;
         threads.push(thread);
-        if several {
-            doors.push(crate::router::ShardDoor {
+        match inboxes.get(index) {
+            Some(inbox) => doors.push(crate::router::ShardDoor {
                 commands: cmd_tx,
-                inbox: inboxes[index].clone(),
-            });
-        } else {
-            doors.push(crate::router::ShardDoor {
-                commands: cmd_tx,
-                // Unused with one shard: there is no router.
-                inbox: mesh::Inbox::new().0,
-            });
+                inbox: inbox.clone(),
+            }),
+            // One shard: the control plane speaks to it directly.
+            None => single = Some(cmd_tx),
         }
     }
-    let commands = if several {
+    let commands = if let Some(direct) = single {
+        direct
+    } else {
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let router = crate::router::Router::new(doors, config.whole_room);
         let thread = std::thread::Builder::new()
@@ -223,8 +222,6 @@ pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
             .map_err(SfuError::Thread)?;
         threads.push(thread);
         cmd_tx
-    } else {
-        doors.remove(0).commands
     };
     info!(%local_addr, ?tcp_addr, ?announced, ?announced_tcp, shards = count, "media plane listening");
     Ok(Sfu {
