@@ -39,9 +39,19 @@ impl Shard {
         let Some(mesh) = &self.mesh else {
             return false;
         };
-        let Ok((shard, _)) = self.foreign.route_via(route, datagram) else {
+        let Ok(owner) = self.foreign.route_via(route, datagram) else {
             return false;
         };
+        // A STUN check that reached this socket by its ufrag: the kernel hashes by addresses, so
+        // the DTLS and SRTP that follow from the same address land here too, possibly before the
+        // owner's word (`Control::Bound`) does; without this they would be dropped and the
+        // handshake would wait for a retransmission. Never over an address already bound: a
+        // spoofed check cannot take another client's address, and the owner's authenticated
+        // word replaces this one.
+        if !self.foreign.is_bound(route) {
+            self.foreign.bind(route, owner);
+        }
+        let shard = owner.0;
         if mesh.hand_off(shard, arrival, datagram) {
             self.counters.hand_offs_out += 1;
         } else {
