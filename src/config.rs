@@ -395,6 +395,10 @@ pub struct MediaSettings {
     /// Estimate each subscriber's bandwidth and choose simulcast layers from it (default). Off
     /// only where every subscriber is on the school's wired network.
     pub bandwidth_estimation: bool,
+    /// Media threads, each with its own socket on the media port; 0 (default): one per core.
+    pub shards: usize,
+    /// A room of up to this many participants stays on one shard (default 8).
+    pub whole_room: usize,
 }
 
 impl Default for MediaSettings {
@@ -405,6 +409,8 @@ impl Default for MediaSettings {
             tcp_bind: None,
             announce: Vec::new(),
             bandwidth_estimation: true,
+            shards: 0,
+            whole_room: classroom_sfu::core::placement::WHOLE_ROOM,
         }
     }
 }
@@ -423,6 +429,8 @@ impl MediaSettings {
             tcp_bind: self.tcp.then(|| self.tcp_bind.unwrap_or(self.bind)),
             announce: self.announce.clone(),
             bandwidth_estimation: self.bandwidth_estimation,
+            shards: self.shards,
+            whole_room: self.whole_room.max(1),
         }
     }
 }
@@ -589,6 +597,7 @@ pub struct Overrides {
     pub media_tcp_bind: Option<SocketAddr>,
     pub media_announce: Option<Vec<IpAddr>>,
     pub media_bandwidth_estimation: Option<bool>,
+    pub media_shards: Option<usize>,
     pub data_dir: Option<PathBuf>,
     pub token_secret: Option<Secret>,
     pub public_url: Option<String>,
@@ -675,6 +684,7 @@ impl Overrides {
                 "CLASSROOM_MEDIA_BANDWIDTH_ESTIMATION",
                 text("CLASSROOM_MEDIA_BANDWIDTH_ESTIMATION")?,
             )?,
+            media_shards: parsed("CLASSROOM_MEDIA_SHARDS", text("CLASSROOM_MEDIA_SHARDS")?)?,
             data_dir: raw("CLASSROOM_DATA_DIR").map(PathBuf::from),
             token_secret: text("CLASSROOM_TOKEN_SECRET")?.map(Secret),
             public_url: text("CLASSROOM_PUBLIC_URL")?,
@@ -717,6 +727,7 @@ impl Overrides {
             media_bandwidth_estimation: self
                 .media_bandwidth_estimation
                 .or(lower.media_bandwidth_estimation),
+            media_shards: self.media_shards.or(lower.media_shards),
             data_dir: self.data_dir.or(lower.data_dir),
             token_secret: self.token_secret.or(lower.token_secret),
             public_url: self.public_url.or(lower.public_url),
@@ -752,6 +763,8 @@ impl Config {
                 tcp_bind: None,
                 announce: Vec::new(),
                 bandwidth_estimation: true,
+                shards: 0,
+                whole_room: classroom_sfu::core::placement::WHOLE_ROOM,
             },
             data_dir: std::env::temp_dir().join("classroom-tests"),
             token_secret: Some(Secret::new("classroom-tests-only-secret-0123456789abcdef")),
@@ -846,6 +859,7 @@ impl Config {
             media_tcp_bind,
             media_announce,
             media_bandwidth_estimation,
+            media_shards,
             data_dir,
             token_secret,
             public_url,
@@ -934,6 +948,9 @@ impl Config {
         }
         if let Some(v) = media_bandwidth_estimation {
             self.media.bandwidth_estimation = v;
+        }
+        if let Some(v) = media_shards {
+            self.media.shards = v;
         }
         if let Some(v) = data_dir {
             self.data_dir = v;

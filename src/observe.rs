@@ -89,7 +89,7 @@ impl Observed {
 /// [`classroom_sfu::heartbeat::STALL_AFTER`]: the process may still answer HTTP, but no lesson
 /// gets media.
 async fn healthz(State(state): State<Observed>) -> Response {
-    let heartbeat = &state.media.heartbeat;
+    let heartbeat = state.media.heartbeat();
     if heartbeat.is_alive() {
         return "ok".into_response();
     }

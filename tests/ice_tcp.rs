@@ -96,13 +96,85 @@ async fn media_flows_over_ice_tcp_when_the_client_has_no_udp() -> Result<()> {
             Duration::from_secs(3),
         )
         .await?;
-        let frames_in = metric(&server, "classroom_media_tcp_frames_received_total").await?;
-        let frames_out = metric(&server, "classroom_media_tcp_frames_sent_total").await?;
+        // Counters are published once a second: the last second's frames may not be in yet.
+        let frames_in = wait_metric(
+            &server,
+            "classroom_media_tcp_frames_received_total",
+            |v| v > 80.0,
+            Duration::from_secs(3),
+        )
+        .await?;
+        let frames_out = wait_metric(
+            &server,
+            "classroom_media_tcp_frames_sent_total",
+            |v| v > 80.0,
+            Duration::from_secs(3),
+        )
+        .await?;
         let udp_in = metric(&server, "classroom_media_packets_received_total").await?;
-        ensure!(frames_in > 80.0, "TCP frames in: {frames_in}");
-        ensure!(frames_out > 80.0, "TCP frames out: {frames_out}");
         ensure!(udp_in == 0.0, "{udp_in} UDP datagrams: media went by UDP");
         eprintln!("ICE-TCP: {open} connections, {frames_in} frames in, {frames_out} out");
+        server.shutdown().await;
+        Ok(())
+    })
+    .await
+}
+
+/// With two media shards only shard 0 accepts ICE-TCP: a pupil placed on shard 1 is served
+/// through it (its frames handed over, its replies relayed back), and the teacher's packets
+/// cross to shard 1 for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_tcp_serves_a_pupil_on_the_shard_without_the_listener() -> Result<()> {
+    support::peer::TCP_ONLY.store(true, Ordering::Relaxed);
+    bounded(async {
+        let mut config = Config::for_tests();
+        config.media.shards = 2;
+        // Rooms of one stay whole: the pupil goes to the least-loaded shard, 1.
+        config.media.whole_room = 1;
+        let server = TestServer::start_with(config).await?;
+        let url = server.ws_url();
+        let teacher =
+            TestClient::connect(&url, &server.token("t-001", "Tanaka", Role::Teacher)).await?;
+        let pupil =
+            TestClient::connect(&url, &server.token("s-001", "Sato", Role::Student)).await?;
+        let publisher = teacher
+            .publish(&[Source::Microphone, Source::Camera])
+            .await
+            .context("teacher publishes over TCP")?;
+        let audio = publisher.track_id(Source::Microphone)?;
+        let video = publisher.track_id(Source::Camera)?;
+        let pump = MediaPump::start(publisher.clone(), PumpConfig::default());
+        pupil
+            .subscriber
+            .wait_count(&audio, 50, CONNECT_TIMEOUT)
+            .await
+            .context("the pupil on shard 1 receives audio over TCP")?;
+        pupil
+            .subscriber
+            .wait_count(&video, 30, CONNECT_TIMEOUT)
+            .await
+            .context("the pupil on shard 1 receives video over TCP")?;
+        pump.stop().await?;
+        // The teacher's publish connection on shard 0, the pupil's subscribe connection on 1
+        // (gauges and counters are published once a second).
+        for shard in 0..2 {
+            wait_metric(
+                &server,
+                &format!("classroom_media_shard_peer_connections{{shard=\"{shard}\"}}"),
+                |v| v == 1.0,
+                Duration::from_secs(3),
+            )
+            .await?;
+        }
+        wait_metric(
+            &server,
+            "classroom_media_shard_cross_forwarded_received_total{shard=\"1\"}",
+            |v| v > 0.0,
+            Duration::from_secs(3),
+        )
+        .await?;
+        let udp_in = metric(&server, "classroom_media_packets_received_total").await?;
+        ensure!(udp_in == 0.0, "{udp_in} UDP datagrams: media went by UDP");
         server.shutdown().await;
         Ok(())
     })

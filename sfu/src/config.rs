@@ -19,6 +19,12 @@ pub struct MediaConfig {
     /// packets leave unpaced: for a school network where every subscriber is wired, at about 30 %
     /// less CPU per packet (`BENCHMARKS.md`). Never for pupils at home.
     pub bandwidth_estimation: bool,
+    /// Media threads (shards), each with its own socket on the one port (`SO_REUSEPORT`). 0: one
+    /// per available core.
+    pub shards: usize,
+    /// A room of up to this many participants stays whole on the shard of its first one
+    /// ([`crate::core::placement::WHOLE_ROOM`]); tests lower it to split small rooms.
+    pub whole_room: usize,
 }
 
 impl MediaConfig {
@@ -29,6 +35,18 @@ impl MediaConfig {
             tcp_bind: None,
             announce: Vec::new(),
             bandwidth_estimation: true,
+            shards: 1,
+            whole_room: crate::core::placement::WHOLE_ROOM,
         }
+    }
+
+    /// How many shards to start: `shards`, or one per core for 0 (at most
+    /// [`crate::core::placement::MAX_SHARDS`]).
+    pub fn shard_count(&self) -> usize {
+        let wanted = match self.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        wanted.clamp(1, crate::core::placement::MAX_SHARDS)
     }
 }

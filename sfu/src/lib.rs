@@ -1,8 +1,11 @@
 //! The media plane of classroom.
 //!
-//! One media thread (a *shard*) owns a UDP socket, every [`str0m::Rtc`] of the participants it
-//! serves, and the rooms' forwarding tables. The control plane (signaling) talks to it only through
-//! [`ShardCommand`] and [`ShardEvent`] values over channels; nothing here is shared behind a lock.
+//! Each media thread (a *shard*, one per core by default) owns a UDP socket on the one media port,
+//! every [`str0m::Rtc`] of the participants it serves, and its part of the rooms' forwarding
+//! tables. The control plane (signaling) talks to the shards only through [`ShardCommand`] and
+//! [`ShardEvent`] values over channels (with several shards, through a router that places
+//! participants); shards reach each other over bounded lock-free queues (`shard::mesh`). Nothing
+//! here is shared behind a lock.
 //!
 //! - [`core`] holds the decisions, sans-IO: demultiplexing datagrams to peers, rewriting sequence
 //!   numbers and timestamps per subscriber, recognising keyframes, throttling keyframe requests.
@@ -19,6 +22,7 @@ pub mod hold;
 pub mod ids;
 pub mod interfaces;
 pub mod metrics;
+mod router;
 mod sdp_error;
 pub mod shard;
 #[cfg(test)]

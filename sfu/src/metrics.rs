@@ -1,5 +1,6 @@
-//! Media counters. The shard counts in plain integers on its own thread and publishes a snapshot
-//! into [`MediaMetrics`] once a second, so the packet path touches no shared memory.
+//! Media counters. Each shard counts in plain integers on its own thread and publishes once a
+//! second what changed since its last publication into [`MediaMetrics`] (totals over the shards)
+//! and its own [`ShardMetrics`], so the packet path touches no shared memory.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -41,6 +42,17 @@ pub struct MediaCounters {
     /// ICE-TCP connections open now, and the TCP side's counters.
     pub tcp_connections: u64,
     pub(crate) tcp: crate::shard::TcpCounters,
+    /// Datagrams the kernel gave this shard for another shard's peer, handed over / received.
+    pub hand_offs_out: u64,
+    pub hand_offs_in: u64,
+    /// Publishers' packets sent to / received from other shards (once per shard, not per
+    /// subscriber).
+    pub cross_forwarded_out: u64,
+    pub cross_forwarded_in: u64,
+    /// Packets dropped because another shard's queue was full.
+    pub mesh_queue_full: u64,
+    /// Keyframe requests from subscribers on other shards, for a publisher here.
+    pub keyframe_requests_across: u64,
 }
 
 /// Upper bounds (bits per second) of the estimate histogram: from a weak home uplink to wired.
@@ -75,7 +87,7 @@ impl MediaCounters {
 }
 
 /// The last published snapshot, readable from any thread (for `/metrics`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MediaMetrics {
     pub packets_in: AtomicU64,
     pub bytes_in: AtomicU64,
@@ -105,12 +117,106 @@ pub struct MediaMetrics {
     pub tcp_dropped_out: AtomicU64,
     pub tcp_bad_frames: AtomicU64,
     pub tcp_unbound_closed: AtomicU64,
-    /// The media thread's sign of life (`/healthz`).
+    /// Per shard (media thread), in shard order.
+    pub shards: Box<[ShardMetrics]>,
+}
+
+/// What is counted per media thread.
+#[derive(Debug, Default)]
+pub struct ShardMetrics {
+    /// The thread's sign of life (`/healthz`).
     pub heartbeat: Heartbeat,
+    pub packets_in: AtomicU64,
+    pub peers: AtomicU64,
+    pub hand_offs_out: AtomicU64,
+    pub hand_offs_in: AtomicU64,
+    pub cross_forwarded_out: AtomicU64,
+    pub cross_forwarded_in: AtomicU64,
+    pub mesh_queue_full: AtomicU64,
+    pub keyframe_requests_across: AtomicU64,
+}
+
+impl Default for MediaMetrics {
+    fn default() -> Self {
+        MediaMetrics::new(1)
+    }
+}
+
+/// Adds what changed since the last publication. Wrapping: a gauge that went down adds the
+/// two's complement of its fall, and the sum over the shards stays right.
+fn add(total: &AtomicU64, now: u64, before: u64) {
+    total.fetch_add(now.wrapping_sub(before), Ordering::Relaxed);
 }
 
 impl MediaMetrics {
-    pub(crate) fn publish(&self, c: &MediaCounters) {
+    /// Counters for `shards` media threads (at least one).
+    pub fn new(shards: usize) -> MediaMetrics {
+        let zero = || AtomicU64::new(0);
+        MediaMetrics {
+            packets_in: zero(),
+            bytes_in: zero(),
+            packets_out: zero(),
+            bytes_out: zero(),
+            rtp_forwarded: zero(),
+            rtp_withheld: zero(),
+            rtp_dropped: std::array::from_fn(|_| zero()),
+            nacks_received: zero(),
+            keyframe_requests_received: zero(),
+            keyframe_requests_sent: zero(),
+            datagrams_unroutable: zero(),
+            datagrams_rejected: zero(),
+            send_errors: zero(),
+            datagrams_segmented: zero(),
+            peers: zero(),
+            layer_switches: zero(),
+            paused_tracks: zero(),
+            estimate_buckets: std::array::from_fn(|_| zero()),
+            estimate_count: zero(),
+            estimate_sum: zero(),
+            tcp_connections: zero(),
+            tcp_accepted: zero(),
+            tcp_refused: zero(),
+            tcp_frames_in: zero(),
+            tcp_frames_out: zero(),
+            tcp_dropped_out: zero(),
+            tcp_bad_frames: zero(),
+            tcp_unbound_closed: zero(),
+            shards: (0..shards.max(1))
+                .map(|_| ShardMetrics::default())
+                .collect(),
+        }
+    }
+
+    /// The media thread that beat longest ago: one stuck thread freezes the lessons on it.
+    pub fn heartbeat(&self) -> &Heartbeat {
+        self.shards
+            .iter()
+            .map(|s| &s.heartbeat)
+            .max_by_key(|h| h.age())
+            .unwrap_or(&self.shards[0].heartbeat)
+    }
+
+    /// Shard `index`'s own counters (the last shard's for an index out of range).
+    pub(crate) fn shard(&self, index: usize) -> &ShardMetrics {
+        &self.shards[index.min(self.shards.len() - 1)]
+    }
+
+    /// Publishes shard `index`'s counters `c`; `before` is what it published last time.
+    pub(crate) fn publish(&self, index: usize, c: &MediaCounters, before: &MediaCounters) {
+        let own = self.shard(index);
+        let mine: [(&AtomicU64, u64); 8] = [
+            (&own.packets_in, c.packets_in),
+            (&own.peers, c.peers),
+            (&own.hand_offs_out, c.hand_offs_out),
+            (&own.hand_offs_in, c.hand_offs_in),
+            (&own.cross_forwarded_out, c.cross_forwarded_out),
+            (&own.cross_forwarded_in, c.cross_forwarded_in),
+            (&own.mesh_queue_full, c.mesh_queue_full),
+            (&own.keyframe_requests_across, c.keyframe_requests_across),
+        ];
+        for (a, v) in mine {
+            a.store(v, Ordering::Relaxed);
+        }
         let pairs: [(&AtomicU64, u64); 14] = [
             (&self.packets_in, c.packets_in),
             (&self.bytes_in, c.bytes_in),
@@ -130,21 +236,53 @@ impl MediaMetrics {
             (&self.datagrams_segmented, c.datagrams_segmented),
             (&self.peers, c.peers),
         ];
-        for (a, v) in pairs {
-            a.store(v, Ordering::Relaxed);
+        let previous: [u64; 14] = [
+            before.packets_in,
+            before.bytes_in,
+            before.packets_out,
+            before.bytes_out,
+            before.rtp_forwarded,
+            before.rtp_withheld,
+            before.nacks_received,
+            before.keyframe_requests_received,
+            before.keyframe_requests_sent,
+            before.datagrams_unroutable,
+            before.datagrams_rejected,
+            before.send_errors,
+            before.datagrams_segmented,
+            before.peers,
+        ];
+        for ((a, v), b) in pairs.into_iter().zip(previous) {
+            add(a, v, b);
         }
-        self.layer_switches
-            .store(c.layer_switches, Ordering::Relaxed);
-        self.paused_tracks.store(c.paused_tracks, Ordering::Relaxed);
-        for (a, v) in self.rtp_dropped.iter().zip(c.rtp_dropped) {
-            a.store(v, Ordering::Relaxed);
+        add(
+            &self.layer_switches,
+            c.layer_switches,
+            before.layer_switches,
+        );
+        add(&self.paused_tracks, c.paused_tracks, before.paused_tracks);
+        for ((a, v), b) in self
+            .rtp_dropped
+            .iter()
+            .zip(c.rtp_dropped)
+            .zip(before.rtp_dropped)
+        {
+            add(a, v, b);
         }
-        for (a, v) in self.estimate_buckets.iter().zip(c.estimate_buckets) {
-            a.store(v, Ordering::Relaxed);
+        for ((a, v), b) in self
+            .estimate_buckets
+            .iter()
+            .zip(c.estimate_buckets)
+            .zip(before.estimate_buckets)
+        {
+            add(a, v, b);
         }
-        self.estimate_count
-            .store(c.estimate_count, Ordering::Relaxed);
-        self.estimate_sum.store(c.estimate_sum, Ordering::Relaxed);
+        add(
+            &self.estimate_count,
+            c.estimate_count,
+            before.estimate_count,
+        );
+        add(&self.estimate_sum, c.estimate_sum, before.estimate_sum);
         let tcp: [(&AtomicU64, u64); 8] = [
             (&self.tcp_connections, c.tcp_connections),
             (&self.tcp_accepted, c.tcp.accepted),
@@ -155,8 +293,18 @@ impl MediaMetrics {
             (&self.tcp_bad_frames, c.tcp.bad_frames),
             (&self.tcp_unbound_closed, c.tcp.unbound_closed),
         ];
-        for (a, v) in tcp {
-            a.store(v, Ordering::Relaxed);
+        let tcp_before: [u64; 8] = [
+            before.tcp_connections,
+            before.tcp.accepted,
+            before.tcp.refused,
+            before.tcp.frames_in,
+            before.tcp.frames_out,
+            before.tcp.dropped_out,
+            before.tcp.bad_frames,
+            before.tcp.unbound_closed,
+        ];
+        for ((a, v), b) in tcp.into_iter().zip(tcp_before) {
+            add(a, v, b);
         }
     }
 
@@ -365,8 +513,92 @@ impl MediaMetrics {
              # TYPE classroom_media_heartbeat_age_seconds gauge\n\
              classroom_media_heartbeat_age_seconds {:.3}",
             crate::heartbeat::STALL_AFTER.as_secs(),
-            self.heartbeat.age().as_secs_f64()
+            self.heartbeat().age().as_secs_f64()
         );
+        self.render_shards(out);
+    }
+
+    /// The per-shard rows: how the load spreads and what crossing between shards costs.
+    fn render_shards(&self, out: &mut String) {
+        use std::fmt::Write;
+        type Row = (
+            &'static str,
+            &'static str,
+            &'static str,
+            fn(&ShardMetrics) -> u64,
+        );
+        let rows: [Row; 8] = [
+            (
+                "classroom_media_shard_packets_received_total",
+                "counter",
+                "UDP datagrams received by each media shard's socket",
+                |s| s.packets_in.load(Ordering::Relaxed),
+            ),
+            (
+                "classroom_media_shard_peer_connections",
+                "gauge",
+                "Peer connections owned by each media shard",
+                |s| s.peers.load(Ordering::Relaxed),
+            ),
+            (
+                "classroom_media_shard_hand_offs_total",
+                "counter",
+                "Datagrams a shard received for another shard's peer and handed over",
+                |s| s.hand_offs_out.load(Ordering::Relaxed),
+            ),
+            (
+                "classroom_media_shard_hand_offs_received_total",
+                "counter",
+                "Datagrams handed over to a shard by another",
+                |s| s.hand_offs_in.load(Ordering::Relaxed),
+            ),
+            (
+                "classroom_media_shard_cross_forwarded_total",
+                "counter",
+                "Publishers' RTP packets a shard sent to another shard hosting the room (once per shard)",
+                |s| s.cross_forwarded_out.load(Ordering::Relaxed),
+            ),
+            (
+                "classroom_media_shard_cross_forwarded_received_total",
+                "counter",
+                "RTP packets of tracks published on another shard, received for local subscribers",
+                |s| s.cross_forwarded_in.load(Ordering::Relaxed),
+            ),
+            (
+                "classroom_media_shard_queue_full_total",
+                "counter",
+                "Packets dropped because another shard's queue was full",
+                |s| s.mesh_queue_full.load(Ordering::Relaxed),
+            ),
+            (
+                "classroom_media_shard_keyframe_requests_across_total",
+                "counter",
+                "Keyframe requests from subscribers on other shards for a publisher on this one",
+                |s| s.keyframe_requests_across.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, kind, help, get) in rows {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}
+# TYPE {name} {kind}"
+            );
+            for (i, shard) in self.shards.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(shard));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP classroom_media_shard_heartbeat_age_seconds Time since each media shard last showed it is running\n\
+             # TYPE classroom_media_shard_heartbeat_age_seconds gauge"
+        );
+        for (i, shard) in self.shards.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "classroom_media_shard_heartbeat_age_seconds{{shard=\"{i}\"}} {:.3}",
+                shard.heartbeat.age().as_secs_f64()
+            );
+        }
     }
 }
 
@@ -381,7 +613,7 @@ mod tests {
         c.count_drop(DropReason::TemporalAboveTarget);
         c.count_drop(DropReason::TemporalAboveTarget);
         let m = MediaMetrics::default();
-        m.publish(&c);
+        m.publish(0, &c, &MediaCounters::default());
         let mut out = String::new();
         m.render(&mut out);
         for line in [

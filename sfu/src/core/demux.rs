@@ -118,15 +118,20 @@ impl<K: Copy + Eq + Hash> Demuxer<K> {
 
     /// Called for every UDP datagram a peer sends: a STUN message (an authenticated binding
     /// response) to `destination` binds that address to the peer.
-    pub fn confirm(&mut self, key: K, destination: SocketAddr, datagram: &[u8]) {
-        self.confirm_via(key, (Transport::Udp, destination), datagram);
+    pub fn confirm(&mut self, key: K, destination: SocketAddr, datagram: &[u8]) -> bool {
+        self.confirm_via(key, (Transport::Udp, destination), datagram)
     }
 
-    /// [`Demuxer::confirm`] for a packet sent by `destination`.
-    pub fn confirm_via(&mut self, key: K, destination: Route, datagram: &[u8]) {
-        if is_stun(datagram) {
-            self.learn(destination, key);
-        }
+    /// [`Demuxer::confirm`] for a packet sent by `destination`. True when this bound the
+    /// address anew (other shards are then told, `shard::cross`).
+    pub fn confirm_via(&mut self, key: K, destination: Route, datagram: &[u8]) -> bool {
+        is_stun(datagram) && self.learn(destination, key)
+    }
+
+    /// Binds an address another demultiplexer confirmed (a shard's table of the peers of other
+    /// shards, kept from their owners' word).
+    pub fn bind(&mut self, source: Route, key: K) {
+        self.learn(source, key);
     }
 
     /// Whether packets from `source` reach a peer now (an ICE-TCP connection that no longer
@@ -135,9 +140,9 @@ impl<K: Copy + Eq + Hash> Demuxer<K> {
         self.by_addr.contains_key(&source)
     }
 
-    fn learn(&mut self, source: Route, key: K) {
+    fn learn(&mut self, source: Route, key: K) -> bool {
         match self.by_addr.get(&source) {
-            Some(k) if *k == key => return,
+            Some(k) if *k == key => return false,
             // The address moved to another peer (a reused port): take it from the old one.
             Some(old) => {
                 let old = *old;
@@ -154,6 +159,7 @@ impl<K: Copy + Eq + Hash> Demuxer<K> {
         }
         list.push(source);
         self.by_addr.insert(source, key);
+        true
     }
 }
 

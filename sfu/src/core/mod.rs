@@ -14,6 +14,7 @@ pub mod keyframe;
 pub mod layer;
 pub mod liveness;
 pub mod pacing;
+pub mod placement;
 pub mod probe;
 pub mod restart;
 pub mod rewrite;

@@ -269,6 +269,7 @@ impl Shard {
     /// (`core::dynacast`).
     fn update_dynacast(&mut self, now: Instant) {
         let mut events = Vec::new();
+        let mut demands = Vec::new();
         for (track_id, track) in &mut self.tracks {
             let viewers = track.subscriptions.iter().filter_map(|sub| {
                 Some(Viewer {
@@ -278,6 +279,18 @@ impl Shard {
                     unplayable: sub.unplayable().is_some(),
                 })
             });
+            if track.owner.is_some() {
+                // A mirror: its owner asks the publisher, for the union of every shard's wants.
+                if !track.rids.is_empty() {
+                    demands.push((*track_id, viewers.collect::<Vec<_>>()));
+                }
+                continue;
+            }
+            let remote = track
+                .remote_viewers
+                .iter()
+                .flat_map(|(_, v)| v.iter().copied());
+            let viewers = viewers.chain(remote);
             let Some(active) = track.dynacast.update(now, track.rids.len(), viewers) else {
                 continue;
             };
@@ -296,6 +309,11 @@ impl Shard {
         }
         for e in events {
             let _ = self.events.send(e);
+        }
+        for (track_id, viewers) in demands {
+            if let Some(track) = self.tracks.get(&track_id) {
+                self.send_demand(track, viewers);
+            }
         }
     }
 }

@@ -1,10 +1,10 @@
 //! The media thread's I/O loop: the only part of the media plane that owns sockets or reads the
 //! clock.
 //!
-//! It waits for one of four things — a command, a datagram, an ICE-TCP connection ready, the
-//! shard's next deadline — hands it to the [`Shard`] with the time it read, and sends what the
-//! shard put in its outbox: at the end of every pass, and in between whenever the shard reports
-//! the outbox full (the shard stops draining there, so a keyframe fanned out to a whole class is
+//! It waits for one of six things — a command, a datagram, an ICE-TCP connection ready, a
+//! message or packets from another shard (`mesh`), the shard's next deadline — hands it to the
+//! [`Shard`] with the time it read, and sends what the shard put in its outbox: at the end of
+//! every pass, and in between whenever the shard reports the outbox full (the shard stops draining there, so a keyframe fanned out to a whole class is
 //! sent a batch at a time instead of queued whole).
 
 use std::net::SocketAddr;
@@ -15,6 +15,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use super::mesh::{Control, Inbox};
 use super::outbox::Sender;
 use super::tcp::{self, TcpMedia};
 use super::{Arrival, Setup, Shard};
@@ -28,6 +29,15 @@ const RECV_BUFFER: usize = 2048;
 const RECV_BATCH: usize = 32;
 /// How often the loop beats the heartbeat and closes ICE-TCP connections never bound to a peer.
 const TICK: Duration = Duration::from_secs(1);
+/// Packets taken from each queue of the inbox in one pass, so other shards' traffic cannot starve
+/// this shard's own socket (what is left waits for the next pass).
+const MESH_BATCH: usize = 64;
+
+/// What connects this shard's loop to the others', when there are several.
+pub(super) struct MeshEnd {
+    pub inbox: Arc<Inbox>,
+    pub control: mpsc::UnboundedReceiver<Control>,
+}
 
 pub(super) struct IoLoop {
     shard: Shard,
@@ -36,6 +46,29 @@ pub(super) struct IoLoop {
     tcp: Option<TcpMedia>,
     sender: Sender,
     metrics: Arc<MediaMetrics>,
+    index: usize,
+    /// This shard's inbox and control channel (`mesh`), when there are several shards.
+    inbox: Option<Arc<Inbox>>,
+    control: Option<mpsc::UnboundedReceiver<Control>>,
+    /// Shards without the ICE-TCP listener send their peers' TCP packets through shard 0.
+    tcp_relay: Option<super::mesh::Link>,
+}
+
+async fn next_control(control: Option<&mut mpsc::UnboundedReceiver<Control>>) -> Control {
+    match control {
+        Some(c) => match c.recv().await {
+            Some(message) => message,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn inbox_woken(inbox: Option<&Arc<Inbox>>) {
+    match inbox {
+        Some(i) => i.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl IoLoop {
@@ -45,13 +78,20 @@ impl IoLoop {
         metrics: Arc<MediaMetrics>,
         socket: UdpSocket,
         tcp: Option<TcpMedia>,
+        mesh: Option<MeshEnd>,
     ) -> IoLoop {
+        let index = setup.mesh.as_ref().map_or(0, |m| usize::from(m.index));
+        let tcp_relay = setup.mesh.clone().filter(|m| m.index != 0);
         IoLoop {
             shard: Shard::new(Instant::now(), setup, events, metrics.clone()),
             socket,
             tcp,
             sender: Sender::default(),
             metrics,
+            index,
+            inbox: mesh.as_ref().map(|m| m.inbox.clone()),
+            control: mesh.map(|m| m.control),
+            tcp_relay,
         }
     }
 
@@ -90,8 +130,14 @@ impl IoLoop {
                     Some(t) => t.poll_ready(cx),
                     None => std::task::Poll::Pending,
                 }) => self.handle_tcp(ready, &mut frame),
+                message = next_control(self.control.as_mut()) => {
+                    self.shard.handle_control(Instant::now(), message);
+                    self.settle();
+                }
+                _ = inbox_woken(self.inbox.as_ref()) => {}
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
+            self.drain_mesh();
             // Under a steady stream of datagrams the UDP branch always wins the biased select:
             // ICE-TCP connections get a turn after every wakeup all the same. (Polling with a
             // no-op waker is harmless: the next select polls again with the loop's own.)
@@ -107,7 +153,7 @@ impl IoLoop {
                     let shard = &self.shard;
                     t.sweep(now, |remote| shard.is_bound((Transport::Tcp, remote)));
                 }
-                self.metrics.heartbeat.beat();
+                self.metrics.shard(self.index).heartbeat.beat();
             }
             if let Some(t) = &self.tcp {
                 self.shard.note_tcp(t.counters, t.open());
@@ -122,6 +168,49 @@ impl IoLoop {
         self.shard.shutdown(Instant::now());
         self.flush();
         info!("media plane stopped");
+    }
+
+    /// What other shards sent: their control messages first (a track must be mirrored before
+    /// its packets mean anything), then a bounded batch of hand-offs and forwarded packets.
+    fn drain_mesh(&mut self) {
+        let Some(inbox) = self.inbox.clone() else {
+            return;
+        };
+        inbox.clear();
+        while let Some(message) = self.control.as_mut().and_then(|c| c.try_recv().ok()) {
+            self.shard.handle_control(Instant::now(), message);
+            self.settle();
+        }
+        let mut left = false;
+        if let Some(t) = self.tcp.as_mut() {
+            for i in 0..=MESH_BATCH {
+                let Some((remote, packet)) = inbox.pop_tcp() else {
+                    break;
+                };
+                t.send(remote, &packet);
+                left = i == MESH_BATCH;
+            }
+            t.flush();
+        }
+        for i in 0..=MESH_BATCH {
+            let Some(handoff) = inbox.pop_handoff() else {
+                break;
+            };
+            self.shard.handle_hand_off(Instant::now(), &handoff);
+            self.settle();
+            left |= i == MESH_BATCH;
+        }
+        for i in 0..=MESH_BATCH {
+            let Some(forwarded) = inbox.pop_forwarded() else {
+                break;
+            };
+            self.shard.handle_forwarded(Instant::now(), forwarded);
+            self.settle();
+            left |= i == MESH_BATCH;
+        }
+        if left {
+            inbox.rewake();
+        }
     }
 
     fn datagram(&mut self, source: SocketAddr, datagram: &[u8]) {
@@ -141,20 +230,30 @@ impl IoLoop {
 
     fn flush(&mut self) {
         let outbox = self.shard.outbox();
-        match self.tcp.as_mut() {
-            Some(t) => {
+        let mut relay_dropped = 0;
+        match (self.tcp.as_mut(), &self.tcp_relay) {
+            (Some(t), _) => {
                 for (to, frame) in outbox.take_tcp() {
                     t.send(to, &frame);
                 }
                 t.flush();
             }
-            None => outbox.take_tcp().for_each(drop),
+            (None, Some(relay)) => {
+                for (to, frame) in outbox.take_tcp() {
+                    if !relay.tcp(0, to, frame) {
+                        relay_dropped += 1;
+                    }
+                }
+            }
+            (None, None) => outbox.take_tcp().for_each(drop),
         }
-        if outbox.is_empty() {
-            return;
+        if !outbox.is_empty() {
+            let sent = self.sender.flush(outbox, &self.socket);
+            self.shard.note_sent(sent);
         }
-        let sent = self.sender.flush(outbox, &self.socket);
-        self.shard.note_sent(sent);
+        if relay_dropped > 0 {
+            self.shard.note_mesh_drops(relay_dropped);
+        }
     }
 
     /// Something happened on the ICE-TCP side.

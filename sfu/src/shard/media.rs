@@ -171,7 +171,6 @@ impl Shard {
         let Some(track) = self.tracks.get_mut(&track_id) else {
             return;
         };
-        let video = track.info.source.kind() == TrackKind::Video;
         let ssrc = *packet.header.ssrc;
         let clock = track
             .sender_clocks
@@ -180,7 +179,32 @@ impl Shard {
             .flatten()
             .filter(|(of, _)| *of == ssrc)
             .map(|(_, clock)| clock);
-        let info = PacketInfo::describe(&packet, spatial, codec, video, clock);
+        if track.forward_to.is_empty() {
+            self.forward(track_id, spatial, codec, clock, &packet);
+        } else {
+            // The room spans shards: one allocation per packet (not per subscriber or shard)
+            // shares it with them; the payload inside was shared already.
+            let packet = std::sync::Arc::new(packet);
+            self.forward_across(track_id, spatial, codec, clock, &packet);
+            self.forward(track_id, spatial, codec, clock, &packet);
+        }
+    }
+
+    /// A publisher's packet, local or from another shard (`cross`), to this shard's
+    /// subscribers of the track.
+    pub(super) fn forward(
+        &mut self,
+        track_id: TrackId,
+        spatial: u8,
+        codec: Codec,
+        clock: Option<SenderClock>,
+        packet: &RtpPacket,
+    ) {
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            return;
+        };
+        let video = track.info.source.kind() == TrackKind::Video;
+        let info = PacketInfo::describe(packet, spatial, codec, video, clock);
         if video {
             let metered = MeteredPacket {
                 spatial,
@@ -249,7 +273,7 @@ impl Shard {
                 super::peer::configure_video_resends(tx);
             }
             sub.tx = Some(tx.ssrc());
-            let write = send.rtp_write(&packet, &extensions, video);
+            let write = send.rtp_write(packet, &extensions, video);
             tx.write_rtp(write);
             self.counters.rtp_forwarded += 1;
             if !peer.dirty {
@@ -329,6 +353,10 @@ impl Shard {
             return;
         };
         if !throttle.allow(now) {
+            return;
+        }
+        if let Some(owner) = track.owner {
+            self.keyframe_to_owner(owner, track_id, spatial, kind);
             return;
         }
         let (publisher, mid) = (track.publisher, track.mid);

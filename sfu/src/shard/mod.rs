@@ -11,8 +11,10 @@
 //! network and clock.
 
 mod allocation;
+mod cross;
 mod io_loop;
 mod media;
+pub(crate) mod mesh;
 mod moderation;
 mod negotiate;
 pub(crate) mod outbox;
@@ -67,30 +69,45 @@ pub struct Sfu {
     /// The ICE-TCP addresses announced to peers.
     pub announced_tcp: Vec<SocketAddr>,
     pub metrics: Arc<MediaMetrics>,
-    thread: Option<JoinHandle<()>>,
+    /// How many media threads (shards) run.
+    pub shards: usize,
+    /// The shards, then (with several) the router.
+    threads: Vec<JoinHandle<()>>,
 }
 
 impl Sfu {
-    /// Asks the media thread to close every connection, and waits until it has.
+    /// Asks the media threads to close every connection, and waits until they have.
     pub fn shutdown(mut self) {
         // Called off the async runtime (spawn_blocking): waiting for queue space is fine here.
         let _ = self.commands.blocking_send(ShardCommand::Shutdown);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
-/// Binds the media socket and starts the media thread.
+/// Binds the media sockets and starts the media threads: one shard, or several behind a router
+/// (`crate::router`) and joined by a mesh (`mesh`).
 pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
-    let std_socket = bind_media_socket(config.bind).map_err(|source| SfuError::Bind {
+    let count = config.shard_count();
+    let several = count > 1;
+    let first = bind_media_socket(config.bind, several).map_err(|source| SfuError::Bind {
         addr: config.bind,
         source,
     })?;
-    let local_addr = std_socket.local_addr().map_err(|source| SfuError::Bind {
+    let local_addr = first.local_addr().map_err(|source| SfuError::Bind {
         addr: config.bind,
         source,
     })?;
+    let mut sockets = vec![first];
+    // The others on the port the first one got: the kernel spreads datagrams over them.
+    for _ in 1..count {
+        let socket = bind_media_socket(local_addr, true).map_err(|source| SfuError::Bind {
+            addr: local_addr,
+            source,
+        })?;
+        sockets.push(socket);
+    }
     let tcp_listener = match config.tcp_bind {
         Some(addr) => Some(tcp::bind(addr).map_err(|source| SfuError::BindTcp { addr, source })?),
         None => None,
@@ -132,14 +149,108 @@ pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
         }))
         .collect();
 
-    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (event_tx, event_rx) = mpsc::unbounded_channel();
-    let metrics = Arc::new(MediaMetrics::default());
-    let shard_metrics = metrics.clone();
-    let shard_announced = announced.clone();
-    let shard_announced_tcp = announced_tcp.clone();
-    let thread = std::thread::Builder::new()
-        .name("media-0".into())
+    let metrics = Arc::new(MediaMetrics::new(count));
+    let mut inboxes = Vec::new();
+    let mut controls = Vec::new();
+    if several {
+        for _ in 0..count {
+            let (inbox, control) = mesh::Inbox::new();
+            inboxes.push(inbox);
+            controls.push(Some(control));
+        }
+    }
+    let inboxes: Arc<[Arc<mesh::Inbox>]> = inboxes.into();
+    let mut threads = Vec::new();
+    let mut doors = Vec::new();
+    let mut single = None;
+    // ICE-TCP connections are accepted by shard 0; those of other shards' peers are served
+    // through it (`io_loop`).
+    let mut tcp_listener = tcp_listener;
+    for (index, socket) in sockets.into_iter().enumerate() {
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let link = several.then(|| mesh::Link::new(index as u8, inboxes.clone()));
+        let mesh_end = link.as_ref().and_then(|l| {
+            Some(io_loop::MeshEnd {
+                inbox: l.own().clone(),
+                control: controls.get_mut(index)?.take()?,
+            })
+        });
+        let setup = Setup {
+            announced: announced.clone(),
+            announced_tcp: announced_tcp.clone(),
+            candidates: candidates.clone(),
+            bandwidth_estimation: config.bandwidth_estimation,
+            mesh: link,
+        };
+        let thread = spawn_shard(
+            index,
+            setup,
+            socket,
+            tcp_listener.take(),
+            mesh_end,
+            event_tx.clone(),
+            metrics.clone(),
+            cmd_rx,
+        )?;
+        threads.push(thread);
+        match inboxes.get(index) {
+            Some(inbox) => doors.push(crate::router::ShardDoor {
+                commands: cmd_tx,
+                inbox: inbox.clone(),
+            }),
+            // One shard: the control plane speaks to it directly.
+            None => single = Some(cmd_tx),
+        }
+    }
+    let commands = if let Some(direct) = single {
+        direct
+    } else {
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let router = crate::router::Router::new(doors, config.whole_room);
+        let thread = std::thread::Builder::new()
+            .name("media-router".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(router.run(cmd_rx)),
+                    Err(e) => warn!("media router runtime failed to start: {e}"),
+                }
+            })
+            .map_err(SfuError::Thread)?;
+        threads.push(thread);
+        cmd_tx
+    };
+    info!(%local_addr, ?tcp_addr, ?announced, ?announced_tcp, shards = count, "media plane listening");
+    Ok(Sfu {
+        commands,
+        events: Some(event_rx),
+        local_addr,
+        tcp_addr,
+        announced,
+        announced_tcp,
+        metrics,
+        shards: count,
+        threads,
+    })
+}
+
+/// Starts one media thread with its own runtime, socket and (shard 0) ICE-TCP listener.
+#[allow(clippy::too_many_arguments)]
+fn spawn_shard(
+    index: usize,
+    setup: Setup,
+    socket: std::net::UdpSocket,
+    tcp_listener: Option<std::net::TcpListener>,
+    mesh_end: Option<io_loop::MeshEnd>,
+    events: mpsc::UnboundedSender<ShardEvent>,
+    metrics: Arc<MediaMetrics>,
+    commands: mpsc::Receiver<ShardCommand>,
+) -> Result<JoinHandle<()>, SfuError> {
+    std::thread::Builder::new()
+        .name(format!("media-{index}"))
         .spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -152,7 +263,7 @@ pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
                 }
             };
             rt.block_on(async move {
-                let socket = match UdpSocket::from_std(std_socket) {
+                let socket = match UdpSocket::from_std(socket) {
                     Ok(s) => s,
                     Err(e) => {
                         warn!("media socket unusable: {e}");
@@ -166,38 +277,26 @@ pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
                         return;
                     }
                 };
-                let setup = Setup {
-                    announced: shard_announced,
-                    announced_tcp: shard_announced_tcp,
-                    candidates,
-                    bandwidth_estimation: config.bandwidth_estimation,
-                };
-                io_loop::IoLoop::new(setup, event_tx, shard_metrics, socket, tcp)
-                    .run(cmd_rx)
+                io_loop::IoLoop::new(setup, events, metrics, socket, tcp, mesh_end)
+                    .run(commands)
                     .await;
             });
         })
-        .map_err(SfuError::Thread)?;
-    info!(%local_addr, ?tcp_addr, ?announced, ?announced_tcp, "media plane listening");
-    Ok(Sfu {
-        commands: cmd_tx,
-        events: Some(event_rx),
-        local_addr,
-        tcp_addr,
-        announced,
-        announced_tcp,
-        metrics,
-        thread: Some(thread),
-    })
+        .map_err(SfuError::Thread)
 }
 
 /// Socket buffers sized for bursts: a keyframe for forty subscribers is thousands of datagrams
 /// written at once, and the kernel default (about 200 KiB) drops them silently.
 const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
-fn bind_media_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+/// `shared`: several shards bind the same port (`SO_REUSEPORT`); the kernel then picks a socket
+/// per datagram by a hash of its addresses, and only sockets of this process's user can join.
+fn bind_media_socket(addr: SocketAddr, shared: bool) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if shared {
+        set_reuse_port(&socket)?;
+    }
     // Best effort: the kernel caps these at net.core.[rw]mem_max.
     if let Err(e) = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES) {
         warn!("cannot enlarge the media receive buffer: {e}");
@@ -208,6 +307,28 @@ fn bind_media_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// socket2 offers this only with its `all` feature, which would rebuild tokio and everything on
+/// it with other features; the option is one `setsockopt`.
+fn set_reuse_port(socket: &socket2::Socket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid descriptor, and a pointer to a c_int with its size, as SO_REUSEPORT takes.
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// The configured addresses; without any, the bound address, or for a wildcard bind every
@@ -266,6 +387,13 @@ struct Track {
     speaker: crate::core::speaker::SpeakerDetector,
     /// Per spatial layer, the publisher's latest sender report and the SSRC it describes.
     sender_clocks: [Option<(u32, crate::core::forward::SenderClock)>; 3],
+    /// `None`: published here. `Some(shard)`: a mirror of a track published on that shard
+    /// (`cross`); `publisher` is then [`cross::NO_PEER`].
+    owner: Option<u8>,
+    /// A local track: the other shards hosting its room, which get each of its packets once.
+    forward_to: Vec<u8>,
+    /// A local track: what the subscribers of each other shard want of it (dynacast).
+    remote_viewers: Vec<(u8, Vec<crate::core::dynacast::Viewer>)>,
 }
 
 #[derive(Debug, Default)]
@@ -273,6 +401,8 @@ struct Room {
     members: Vec<ParticipantId>,
     tracks: Vec<TrackId>,
     speakers: crate::core::speaker::RoomSpeakers,
+    /// The shards hosting the room, sorted, this one included (empty with one shard).
+    hosts: Vec<u8>,
 }
 
 /// What a shard answers on, fixed when it starts.
@@ -284,6 +414,8 @@ pub(crate) struct Setup {
     pub candidates: Vec<Candidate>,
     /// `MediaConfig::bandwidth_estimation`.
     pub bandwidth_estimation: bool,
+    /// The other shards, when there are several.
+    pub mesh: Option<mesh::Link>,
 }
 
 /// Where a datagram came from: UDP, or a frame of an ICE-TCP connection (with the local address
@@ -326,6 +458,8 @@ pub(crate) struct Shard {
     events: mpsc::UnboundedSender<ShardEvent>,
     metrics: Arc<MediaMetrics>,
     counters: MediaCounters,
+    /// The counters as last published (`MediaMetrics` takes what changed since).
+    published: MediaCounters,
 
     /// Boxed: a `Peer` with its `Rtc` is kilobytes, and the table's spare capacity (up to half
     /// of it after growing) would otherwise hold that much per empty slot.
@@ -338,7 +472,12 @@ pub(crate) struct Shard {
     members: HashMap<ParticipantId, Member>,
     rooms: HashMap<RoomId, Room>,
     tracks: HashMap<TrackId, Track>,
+    /// Track ids are unique per process: shard `i` of `n` hands out `i + 1`, `i + 1 + n`, …
     next_track: u64,
+    track_stride: u64,
+    /// The other shards, and which of them owns the peer of a datagram that reached this one.
+    mesh: Option<mesh::Link>,
+    foreign: Demuxer<(u8, PeerKey)>,
     /// When link reports are next due.
     next_report: Instant,
 }
@@ -355,7 +494,11 @@ impl Shard {
             announced_tcp,
             candidates,
             bandwidth_estimation,
+            mesh,
         } = setup;
+        let (first_track, track_stride) = mesh
+            .as_ref()
+            .map_or((1, 1), |m| (u64::from(m.index) + 1, m.count() as u64));
         Shard {
             outbox: Outbox::default(),
             now,
@@ -369,6 +512,7 @@ impl Shard {
             events,
             metrics,
             counters: MediaCounters::default(),
+            published: MediaCounters::default(),
             peers: Vec::new(),
             free: Vec::new(),
             demux: Demuxer::default(),
@@ -377,7 +521,10 @@ impl Shard {
             members: HashMap::new(),
             rooms: HashMap::new(),
             tracks: HashMap::new(),
-            next_track: 1,
+            next_track: first_track,
+            track_stride,
+            mesh,
+            foreign: Demuxer::default(),
             next_report: now,
         }
     }
@@ -423,7 +570,12 @@ impl Shard {
     /// Whether datagrams on `route` reach a peer (an ICE-TCP connection not bound to one is
     /// closed by the loop after a while).
     pub(crate) fn is_bound(&self, route: Route) -> bool {
-        self.demux.is_bound(route)
+        self.demux.is_bound(route) || self.foreign.is_bound(route)
+    }
+
+    /// Packets another shard's queue had no room for (ICE-TCP relayed through shard 0).
+    pub(crate) fn note_mesh_drops(&mut self, dropped: u64) {
+        self.counters.mesh_queue_full += dropped;
     }
 
     /// Everything due by `now`: `Rtc` deadlines, then the allocation, speaker and metrics rounds.
@@ -447,10 +599,16 @@ impl Shard {
         if now >= self.next_metrics {
             self.next_metrics = now + METRICS_INTERVAL;
             self.counters.peers = self.demux.len() as u64;
-            self.metrics.publish(&self.counters);
+            self.publish_metrics();
             self.reap_disconnected(now);
             self.restart_quiet(now);
         }
+    }
+
+    fn publish_metrics(&mut self) {
+        let index = usize::from(self.index());
+        self.metrics.publish(index, &self.counters, &self.published);
+        self.published = self.counters.clone();
     }
 
     /// Closes every connection politely (`ShardCommand::Shutdown`); the caller then sends the
@@ -458,7 +616,7 @@ impl Shard {
     pub(crate) fn shutdown(&mut self, now: Instant) {
         self.enter(now);
         self.close_all();
-        self.metrics.publish(&self.counters);
+        self.publish_metrics();
     }
 
     /// A command from the control plane (`Shutdown` is the caller's: [`Shard::shutdown`]).
@@ -512,6 +670,17 @@ impl Shard {
 
     /// A datagram (or an ICE-TCP frame) for the peer it belongs to.
     pub(crate) fn handle_datagram(&mut self, now: Instant, arrival: Arrival, datagram: &[u8]) {
+        self.handle_arrival(now, arrival, datagram, true);
+    }
+
+    /// A datagram, received here or (`may_hand_off` false) handed over by another shard.
+    fn handle_arrival(
+        &mut self,
+        now: Instant,
+        arrival: Arrival,
+        datagram: &[u8],
+        may_hand_off: bool,
+    ) {
         self.enter(now);
         let destination = match arrival.transport {
             Transport::Udp => {
@@ -523,12 +692,7 @@ impl Shard {
                 local_candidate_for(&self.announced_tcp, arrival.local, arrival.source)
             }
         };
-        self.handle_packet(
-            self.now,
-            (arrival.transport, arrival.source),
-            destination,
-            datagram,
-        );
+        self.handle_packet(self.now, arrival, destination, datagram, may_hand_off);
     }
 
     /// A datagram from UDP or a frame from an ICE-TCP connection, for the peer it belongs to.
@@ -536,13 +700,17 @@ impl Shard {
     fn handle_packet(
         &mut self,
         now: Instant,
-        route: Route,
+        arrival: Arrival,
         destination: SocketAddr,
         datagram: &[u8],
+        may_hand_off: bool,
     ) {
+        let route = (arrival.transport, arrival.source);
         let (transport, source) = route;
         let key = match self.demux.route_via(route, datagram) {
             Ok(key) => key,
+            // Another shard's peer: the kernel's hash chose this socket, not the owner.
+            Err(_) if may_hand_off && self.hand_off(route, arrival, datagram) => return,
             Err(_) => {
                 self.counters.datagrams_unroutable += 1;
                 return;
@@ -676,14 +844,20 @@ impl Shard {
                 }
                 Output::Transmit(t) if t.proto == Protocol::Udp => {
                     peer.bytes_sent += t.contents.len() as u64;
-                    self.demux.confirm(key, t.destination, &t.contents);
+                    let bound = self.demux.confirm(key, t.destination, &t.contents);
+                    if bound {
+                        let route = (Transport::Udp, t.destination);
+                        self.announce_peer(key, cross::PeerChange::Bound(route));
+                    }
                     self.outbox.push(t.destination, t.contents.into());
                 }
                 Output::Transmit(t) => {
                     peer.bytes_sent += t.contents.len() as u64;
                     // Only TCP host candidates are ours besides UDP.
-                    self.demux
-                        .confirm_via(key, (Transport::Tcp, t.destination), &t.contents);
+                    let route = (Transport::Tcp, t.destination);
+                    if self.demux.confirm_via(key, route, &t.contents) {
+                        self.announce_peer(key, cross::PeerChange::Bound(route));
+                    }
                     self.outbox.push_tcp(t.destination, t.contents.into());
                 }
                 Output::Event(e) => self.handle_event(key, e),
@@ -781,6 +955,7 @@ impl Shard {
             }
         };
         self.demux.insert(&peer.ufrag, key);
+        self.announce_peer(key, cross::PeerChange::Added(&peer.ufrag));
         self.peers[key.0 as usize] = Some(Box::new(peer));
         self.mark_dirty(key);
         key
@@ -793,6 +968,7 @@ impl Shard {
         };
         self.free.push(key);
         self.demux.remove(&peer.ufrag, key);
+        self.announce_peer(key, cross::PeerChange::Gone(&peer.ufrag));
         if let Some(t) = peer.timer {
             self.timers.remove(&(t, key));
         }

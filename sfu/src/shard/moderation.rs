@@ -19,12 +19,24 @@ pub(super) const SPEAKER_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Shard {
     /// Who receives `track_id` from the next packet on.
+    /// A mirror's audience is its owner's to change (`cross`): the command reaches every shard,
+    /// and the owner passes it on with the order it keeps with the track's packets.
     pub(super) fn set_audience(&mut self, track_id: TrackId, audience: Audience) {
-        let Some(track) = self.tracks.get_mut(&track_id) else {
+        if self.tracks.get(&track_id).is_none_or(|t| t.owner.is_some()) {
             return;
+        }
+        if self.apply_audience(track_id, audience) {
+            self.propagate_audience(track_id);
+        }
+    }
+
+    /// Applies an audience to the subscriptions here; false if it did not change.
+    pub(super) fn apply_audience(&mut self, track_id: TrackId, audience: Audience) -> bool {
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            return false;
         };
         if track.audience == audience {
-            return;
+            return false;
         }
         track.audience = audience;
         let mut resumed_video: Vec<PeerKey> = Vec::new();
@@ -52,12 +64,18 @@ impl Shard {
                 self.allocate_connected(key, now);
             }
         }
+        true
     }
 
     /// Evaluates every room's microphones and reports the rooms whose speakers changed.
     pub(super) fn report_speakers(&mut self, now: Instant) {
+        let own = self.index();
         let tracks = &mut self.tracks;
         for (room_id, room) in &mut self.rooms {
+            // Every hosting shard sees every microphone of the room; the first one reports.
+            if room.hosts.first().is_some_and(|first| *first != own) {
+                continue;
+            }
             let microphones = room.tracks.iter().filter_map(|t| {
                 let track = tracks.get_mut(t)?;
                 (track.info.source == TrackSource::Microphone).then(|| {

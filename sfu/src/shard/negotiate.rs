@@ -190,7 +190,7 @@ impl Shard {
                 continue;
             }
             let track_id = TrackId(self.next_track);
-            self.next_track += 1;
+            self.next_track += self.track_stride;
             let rids = self
                 .peer(key)
                 .map(|p| simulcast_rids(&p.rtc, mid))
@@ -222,6 +222,9 @@ impl Shard {
                     audience: spec.audience,
                     speaker: Default::default(),
                     sender_clocks: Default::default(),
+                    owner: None,
+                    forward_to: Vec::new(),
+                    remote_viewers: Vec::new(),
                 },
             );
             if let Some(PeerRole::Publish { tracks, .. }) = self.peer_mut(key).map(|p| &mut p.role)
@@ -233,6 +236,7 @@ impl Shard {
                 .or_default()
                 .tracks
                 .push(track_id);
+            self.announce_track(track_id);
             debug!(%participant, track = %track_id, source = ?spec.source, "track published");
             added.push(info);
         }
@@ -272,6 +276,7 @@ impl Shard {
         let Some(track) = self.tracks.remove(&track_id) else {
             return;
         };
+        self.retract_track(&track);
         if let Some(PeerRole::Publish { tracks, by_ssrc }) =
             self.peer_mut(track.publisher).map(|p| &mut p.role)
         {

@@ -127,6 +127,7 @@ impl Shard {
         let old = std::mem::replace(&mut peer.ufrag, ufrag.clone());
         debug!(participant = %peer.participant, "ICE restarted");
         self.demux.rename(&old, &ufrag, key);
+        self.announce_peer(key, super::cross::PeerChange::Renamed(&old, &ufrag));
     }
 
     /// A subscribe connection's path went down (`false`) or came back: nothing is sent to it

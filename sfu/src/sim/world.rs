@@ -206,6 +206,7 @@ impl World {
                 announced_tcp: Vec::new(),
                 candidates: Candidate::host(server(), "udp").into_iter().collect(),
                 bandwidth_estimation: true,
+                mesh: None,
             },
             tx,
             metrics.clone(),
