@@ -9,13 +9,11 @@
 
 mod support;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use classroom_signaling::token::Role;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::simulcast::{
-    Rid, SeqExtender, SimulcastConfig, SimulcastOffer, SimulcastPublisher, analyse_video,
-    layer_bytes, only_layer,
+    Rid, SeqExtender, analyse_video, layer_bytes, only_layer, teacher_publishes_simulcast,
 };
 use support::{CONNECT_TIMEOUT, RecvPacket, TEST_TIMEOUT, TestClient, TestServer};
 use webrtc::peer_connection::RTCPeerConnectionState;
@@ -90,29 +88,6 @@ fn check_stream(who: &str, what: &str, packets: &[RecvPacket]) -> Result<()> {
         "{who}'s {what}: {out_of_order} packets out of order"
     );
     Ok(())
-}
-
-async fn teacher_publishes_simulcast(
-    server: &TestServer,
-) -> Result<(TestClient, Arc<SimulcastPublisher>)> {
-    let teacher = TestClient::connect(
-        &server.ws_url(),
-        &server.token("t-001", "Tanaka", Role::Teacher),
-    )
-    .await
-    .context("teacher joins")?;
-    let offer = SimulcastOffer::create().await?;
-    let reply = teacher
-        .request(offer.message())
-        .await
-        .context("publish simulcast")?;
-    if !support::is_type(&reply, "publish_answer") {
-        offer.abandon().await;
-        bail!("the server refused the simulcast offer: {reply}");
-    }
-    let publisher = offer.complete(&reply).await?;
-    publisher.start(SimulcastConfig::default());
-    Ok((teacher, publisher))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -13,7 +13,7 @@
 
 mod support;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use classroom_signaling::token::Role;
 use serde_json::json;
 use std::collections::HashMap;
@@ -26,6 +26,7 @@ use support::relay::{Relay, Shaping};
 use support::simulcast::{
     Rid, SeqExtender, SimTag, SimulcastConfig, SimulcastOffer, SimulcastPublisher, analyse_video,
     analyse_video_sent_from, frames_by_tid, layer_bytes, longest_gap, only_layer,
+    teacher_publishes_simulcast,
 };
 use support::{
     CONNECT_TIMEOUT, MediaPump, PumpConfig, RecvPacket, Source, TEST_TIMEOUT, TestClient,
@@ -34,30 +35,6 @@ use support::{
 use tokio::net::UdpSocket;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::RTCPeerConnectionState;
-
-/// The teacher joins `server`'s room and publishes the simulcast test stream (default rates).
-async fn teacher_publishes_simulcast(
-    server: &TestServer,
-) -> Result<(TestClient, Arc<SimulcastPublisher>)> {
-    let teacher = TestClient::connect(
-        &server.ws_url(),
-        &server.token("t-001", "Tanaka", Role::Teacher),
-    )
-    .await
-    .context("teacher joins")?;
-    let offer = SimulcastOffer::create().await?;
-    let reply = teacher
-        .request(offer.message())
-        .await
-        .context("publish simulcast")?;
-    if !support::is_type(&reply, "publish_answer") {
-        offer.abandon().await;
-        bail!("the server refused the simulcast offer: {reply}");
-    }
-    let publisher = offer.complete(&reply).await?;
-    publisher.start(SimulcastConfig::default());
-    Ok((teacher, publisher))
-}
 
 /// A pupil whose subscribe connection goes through `relay`, once that connection is up.
 async fn pupil_behind(

@@ -1477,3 +1477,27 @@ impl SeqExtender {
         ext
     }
 }
+
+/// A teacher joins `server` and publishes the simulcast test stream with the default settings.
+pub async fn teacher_publishes_simulcast(
+    server: &super::TestServer,
+) -> Result<(super::TestClient, Arc<SimulcastPublisher>)> {
+    let teacher = super::TestClient::connect(
+        &server.ws_url(),
+        &server.token("t-001", "Tanaka", classroom_signaling::token::Role::Teacher),
+    )
+    .await
+    .context("teacher joins")?;
+    let offer = SimulcastOffer::create().await?;
+    let reply = teacher
+        .request(offer.message())
+        .await
+        .context("publish simulcast")?;
+    if !super::is_type(&reply, "publish_answer") {
+        offer.abandon().await;
+        bail!("the server refused the simulcast offer: {reply}");
+    }
+    let publisher = offer.complete(&reply).await?;
+    publisher.start(SimulcastConfig::default());
+    Ok((teacher, publisher))
+}

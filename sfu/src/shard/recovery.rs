@@ -12,6 +12,7 @@ use super::peer::{PeerKey, PeerRole};
 use str0m::media::KeyframeRequestKind;
 
 use crate::command::{ShardEvent, SubscribedTrack, TrackKind};
+use crate::core::audience::Change;
 use crate::core::liveness::Liveness;
 use crate::core::restart::RestartSchedule;
 use crate::core::silence::Silence;
@@ -143,10 +144,11 @@ impl Shard {
         };
         let ids: Vec<TrackId> = tracks.values().copied().collect();
         let mut video = Vec::new();
+        let mut resumed = false;
         for id in ids {
             if let Some(track) = self.tracks.get_mut(&id) {
                 for sub in track.subscriptions.iter_mut().filter(|s| s.peer == key) {
-                    sub.down.set_reachable(reachable);
+                    resumed |= sub.down.set_reachable(reachable) != Change::Same;
                     if sub.selector().is_some() {
                         video.extend(sub.stream());
                     }
@@ -160,7 +162,12 @@ impl Shard {
         // and answering the NACKs for all of them at once would pass the resend cap, which
         // drops every queued resend, the one for a packet after the keyframe too: the picture
         // then stood still for a second (`peer::RESEND_RATIO_CAP`).
-        if reachable && let Some(peer) = self.peer_mut(key) {
+        // Only after a real outage: a path that merely blinked keeps its cache for the NACKs of
+        // what it missed.
+        if reachable
+            && resumed
+            && let Some(peer) = self.peer_mut(key)
+        {
             let mut api = peer.rtc.direct_api();
             for ssrc in &video {
                 if let Some(tx) = api.stream_tx(ssrc) {
