@@ -261,9 +261,11 @@ impl TcpMedia {
             let i = self.want_write[k];
             if self.write(i) {
                 k += 1;
-            } else {
+            } else if self.want_write.get(k) == Some(&i) {
                 self.want_write.swap_remove(k);
             }
+            // Otherwise a failed write closed the connection, and `close` already took it off
+            // the list (the entry now at `k` is the next one).
         }
     }
 
