@@ -13,16 +13,15 @@
 
 mod support;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use classroom_signaling::token::Role;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::relay::{DirectionStats, Relay, Shaping, TokenBucket};
 use support::simulcast::{
-    Rid, SeqExtender, SimTag, SimulcastConfig, SimulcastOffer, SimulcastPublisher, Vp8Descriptor,
-    analyse_video, frames_by_tid, layer_bytes, only_layer,
+    Rid, SeqExtender, SimTag, Vp8Descriptor, analyse_video, frames_by_tid, layer_bytes, only_layer,
+    teacher_publishes_simulcast,
 };
 use support::{CONNECT_TIMEOUT, RecvPacket, TestClient, TestServer};
 use tokio::net::UdpSocket;
@@ -527,23 +526,7 @@ impl Lesson {
 /// A teacher publishing the simulcast test stream, one pupil behind `link` for [`LESSON`].
 async fn run_lesson(link: BurstyLink) -> Result<Lesson> {
     let server = TestServer::start().await?;
-    let teacher = TestClient::connect(
-        &server.ws_url(),
-        &server.token("t-001", "Tanaka", Role::Teacher),
-    )
-    .await
-    .context("teacher joins")?;
-    let offer = SimulcastOffer::create().await?;
-    let reply = teacher
-        .request(offer.message())
-        .await
-        .context("publish simulcast")?;
-    if !support::is_type(&reply, "publish_answer") {
-        offer.abandon().await;
-        bail!("the server refused the simulcast offer: {reply}");
-    }
-    let publisher: Arc<SimulcastPublisher> = offer.complete(&reply).await?;
-    publisher.start(SimulcastConfig::default());
+    let (teacher, publisher) = teacher_publishes_simulcast(&server).await?;
 
     // The handshake crosses the bucket without random loss (a lost DTLS flight costs a second of
     // retransmission timer, not what is measured here); the loss applies once connected. The
