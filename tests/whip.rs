@@ -136,7 +136,24 @@ async fn a_whip_encoder_reaches_a_pupil_inner() -> Result<()> {
         patch.status
     );
 
-    let deleted = whip::request(Method::DELETE, &resource).await?;
+    // The resource URL alone ends nothing: it takes the session's credential.
+    let bare = whip::request(Method::DELETE, &resource).await?;
+    ensure!(
+        bare.status == StatusCode::UNAUTHORIZED && bare.error() == "missing_token",
+        "DELETE without a token: {} {}",
+        bare.status,
+        bare.body
+    );
+    let mut other = whip_claims(&server, &server.room);
+    other.sub = "whip:hall-b".to_owned();
+    let stranger = whip::request_as(Method::DELETE, &resource, &server.token_with(other)).await?;
+    ensure!(
+        stranger.status == StatusCode::NOT_FOUND,
+        "DELETE with another encoder's token: {} {}",
+        stranger.status,
+        stranger.body
+    );
+    let deleted = whip::request_as(Method::DELETE, &resource, &token).await?;
     ensure!(
         deleted.status == StatusCode::OK,
         "DELETE: {}",
@@ -146,7 +163,7 @@ async fn a_whip_encoder_reaches_a_pupil_inner() -> Result<()> {
         .expect_participant_left(&encoder, REPLY_TIMEOUT)
         .await
         .context("the encoder leaves the room on DELETE")?;
-    let again = whip::request(Method::DELETE, &resource).await?;
+    let again = whip::request_as(Method::DELETE, &resource, &token).await?;
     ensure!(
         again.status == StatusCode::NOT_FOUND && again.error() == "not_found",
         "a second DELETE: {} {}",
@@ -357,7 +374,7 @@ async fn bad_whip_requests_inner() -> Result<()> {
         server.handle.http_url(),
         ok.reply.header("location").context("Location")?
     );
-    let gone = whip::request(Method::DELETE, &first_resource).await?;
+    let gone = whip::request_as(Method::DELETE, &first_resource, &good).await?;
     ensure!(
         gone.status == StatusCode::NOT_FOUND,
         "the replaced session is gone: {}",

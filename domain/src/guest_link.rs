@@ -265,10 +265,15 @@ pub async fn revoke_guest_link(
     let mut tx = db.begin_write().await?;
     let sql = "UPDATE guest_links SET revoked_at = $1, revoked_by = $2 \
                WHERE id = $3 AND revoked_at IS NULL";
-    dispatch!(&mut tx, c => {
+    let changed = dispatch!(&mut tx, c => {
         sqlx::query(sql).bind(acting.at).bind(acting.person).bind(id)
-            .execute(c).await.map_err(DbError::from)?;
+            .execute(c).await.map_err(DbError::from)?.rows_affected()
     });
+    if changed == 0 {
+        // Revoked by someone else since it was read: one revocation, one audit entry.
+        drop(tx);
+        return guest_link(db, id).await?.ok_or(GuestLinkError::NotFound);
+    }
     let entry = AuditEntry {
         at: acting.at,
         actor: Some(acting.person),

@@ -23,7 +23,7 @@ use crate::Inner;
 use crate::protocol::{ClientMessage, ErrorCode, ServerMessage, Source, WireTrackSpec};
 use crate::sdp_check;
 use crate::session::{self, Frame};
-use crate::token::{Permission, TokenError};
+use crate::token::{Claims, Permission, TokenError};
 
 /// The largest SDP offer taken (a simulcast offer of audio and video is 5–10 KiB).
 pub const MAX_OFFER_BYTES: usize = 64 * 1024;
@@ -117,6 +117,8 @@ pub(crate) struct WhipSessions {
 
 struct Live {
     room: String,
+    /// Whose session it is: only the same identity's token ends it.
+    identity: String,
     /// Fired: the driver makes the session leave, then answers on the sender it was given.
     end: Option<oneshot::Sender<oneshot::Sender<()>>>,
 }
@@ -127,7 +129,7 @@ impl WhipSessions {
     }
 
     /// Takes a place for a new session in `room`, or says why there is none.
-    fn reserve(&self, room: &str) -> Result<String, WhipError> {
+    fn reserve(&self, room: &str, identity: &str) -> Result<String, WhipError> {
         let mut live = self.lock();
         if live.len() >= MAX_SESSIONS {
             return Err(WhipError::TooMany(format!(
@@ -144,6 +146,7 @@ impl WhipSessions {
             resource.clone(),
             Live {
                 room: room.to_owned(),
+                identity: identity.to_owned(),
                 end: None,
             },
         );
@@ -278,14 +281,7 @@ pub(crate) async fn publish(
 ) -> Result<Created, WhipError> {
     // Checked here first so that a bad request costs no session and says precisely what is
     // wrong; the session verifies the token again at its own door.
-    let claims = match inner.tokens.verify(token) {
-        Ok(c) => c,
-        Err(TokenError::Expired) => return Err(WhipError::TokenExpired),
-        Err(e) => return Err(WhipError::InvalidToken(e.to_string())),
-    };
-    if claims.room != room {
-        return Err(WhipError::WrongRoom);
-    }
+    let claims = verify(inner, room, token)?;
     if !claims.allows(Permission::PublishAudio) && !claims.allows(Permission::PublishVideo) {
         return Err(WhipError::PermissionDenied(
             "the token does not allow publishing".into(),
@@ -299,7 +295,7 @@ pub(crate) async fn publish(
         ));
     }
     let tracks = tracks_of(&offer)?;
-    let resource = inner.whip.reserve(room)?;
+    let resource = inner.whip.reserve(room, &claims.sub)?;
     match start(inner, token, offer, tracks, &resource).await {
         Ok(answer) => {
             info!(%room, identity = %claims.sub, %resource, "WHIP session started");
@@ -430,13 +426,34 @@ async fn drive(
     }
 }
 
-/// `DELETE` of a resource: the session leaves, and this returns once it has (or after
-/// [`END_TIMEOUT`]).
-pub(crate) async fn end(inner: &Arc<Inner>, room: &str, resource: &str) -> Result<(), WhipError> {
+/// The claims of a valid token for `room`.
+fn verify(inner: &Inner, room: &str, token: &str) -> Result<Claims, WhipError> {
+    let claims = match inner.tokens.verify(token) {
+        Ok(c) => c,
+        Err(TokenError::Expired) => return Err(WhipError::TokenExpired),
+        Err(e) => return Err(WhipError::InvalidToken(e.to_string())),
+    };
+    if claims.room != room {
+        return Err(WhipError::WrongRoom);
+    }
+    Ok(claims)
+}
+
+/// `DELETE` of a resource by the holder of `token` (the one it was created with, or another
+/// for the same identity): the session leaves, and this returns once it has (or after
+/// [`END_TIMEOUT`]). The resource URL alone is not enough: it appears in logs and proxies.
+pub(crate) async fn end(
+    inner: &Arc<Inner>,
+    room: &str,
+    resource: &str,
+    token: &str,
+) -> Result<(), WhipError> {
+    let claims = verify(inner, room, token)?;
     let end = {
         let mut live = inner.whip.lock();
         match live.get_mut(resource) {
-            Some(l) if l.room == room => l.end.take(),
+            // Another identity's session is reported as absent: it learns nothing of it.
+            Some(l) if l.room == room && l.identity == claims.sub => l.end.take(),
             _ => return Err(WhipError::NotFound),
         }
     };
@@ -480,14 +497,20 @@ mod tests {
     fn places_are_bounded_per_room_and_in_all() {
         let s = WhipSessions::default();
         let ids: Vec<String> = (0..MAX_PER_ROOM)
-            .map(|_| s.reserve("a").expect("place"))
+            .map(|_| s.reserve("a", "whip:x").expect("place"))
             .collect();
-        assert!(matches!(s.reserve("a"), Err(WhipError::TooMany(_))));
+        assert!(matches!(
+            s.reserve("a", "whip:x"),
+            Err(WhipError::TooMany(_))
+        ));
         s.release(&ids[0]);
-        assert!(s.reserve("a").is_ok());
+        assert!(s.reserve("a", "whip:x").is_ok());
         for i in 0..MAX_SESSIONS - MAX_PER_ROOM {
-            s.reserve(&format!("r{i}")).expect("place");
+            s.reserve(&format!("r{i}"), "whip:x").expect("place");
         }
-        assert!(matches!(s.reserve("z"), Err(WhipError::TooMany(_))));
+        assert!(matches!(
+            s.reserve("z", "whip:x"),
+            Err(WhipError::TooMany(_))
+        ));
     }
 }

@@ -59,9 +59,11 @@ fn bearer(headers: &HeaderMap) -> Result<&str, WhipError> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
+        // The scheme is case-insensitive (RFC 9110 §11.1).
         .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
+            v.get(..7)
+                .filter(|scheme| scheme.eq_ignore_ascii_case("bearer "))
+                .map(|_| &v[7..])
         })
         .map(str::trim)
         .filter(|t| !t.is_empty())
@@ -135,8 +137,13 @@ fn escape(s: &str) -> String {
 async fn delete(
     State(inner): State<Arc<Inner>>,
     Path((room, resource)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
-    match whip::end(&inner, &room, &resource).await {
+    let ended = match bearer(&headers) {
+        Ok(token) => whip::end(&inner, &room, &resource, token).await,
+        Err(e) => Err(e),
+    };
+    match ended {
         Ok(()) => {
             let mut resp = StatusCode::OK.into_response();
             cors(resp.headers_mut());

@@ -63,6 +63,17 @@ pub async fn request(method: reqwest::Method, url: &str) -> Result<WhipReply> {
     reply(resp).await
 }
 
+/// `method` on `url` with `Authorization: Bearer {token}`.
+pub async fn request_as(method: reqwest::Method, url: &str, token: &str) -> Result<WhipReply> {
+    let resp = client()
+        .request(method, url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .with_context(|| format!("request {url}"))?;
+    reply(resp).await
+}
+
 async fn reply(resp: reqwest::Response) -> Result<WhipReply> {
     let status = resp.status();
     let headers = resp.headers().clone();
