@@ -96,10 +96,16 @@ impl Placement {
         place.per_shard[usize::from(shard)] += 1;
         self.load[usize::from(shard)] += 1;
         self.participants.insert(participant, (shard, room.clone()));
-        let change = (before.len() != place.hosts().len()).then(|| HostsChange {
-            room: room.clone(),
-            hosts: place.hosts(),
-            tell: place.hosts(),
+        let change = (before.len() != place.hosts().len()).then(|| {
+            // The newcomer hears first: the other hosts answer their news by sending it their
+            // tracks, which it must not take for a room it does not host yet.
+            let mut tell = vec![shard];
+            tell.extend(place.hosts().into_iter().filter(|h| *h != shard));
+            HostsChange {
+                room: room.clone(),
+                hosts: place.hosts(),
+                tell,
+            }
         });
         (shard, change)
     }
@@ -174,6 +180,23 @@ mod tests {
         assert_eq!(p.join(ParticipantId(3), &room("b")).0, 1);
         assert_eq!(p.join(ParticipantId(4), &room("c")).0, 2);
         assert_eq!(p.join(ParticipantId(5), &room("d")).0, 1);
+    }
+
+    #[test]
+    fn a_shard_that_starts_hosting_a_room_hears_of_it_first() {
+        let mut p = Placement::new(2, 1);
+        let r = room("a");
+        let (_, first) = p.join(ParticipantId(1), &r);
+        assert_eq!(first.unwrap().tell, vec![0]);
+        let (shard, change) = p.join(ParticipantId(2), &r);
+        assert_eq!(shard, 1);
+        let change = change.unwrap();
+        assert_eq!(change.hosts, vec![0, 1]);
+        assert_eq!(
+            change.tell,
+            vec![1, 0],
+            "the newcomer before the owner it will hear from"
+        );
     }
 
     #[test]

@@ -40,7 +40,6 @@ impl RestartSchedule {
         }
     }
 
-    /// The path is back: nothing is due.
     /// ICE checks again after a restart, whoever asked for it.
     pub fn checking(&mut self, now: Instant) {
         if let Some(next) = self.next {
@@ -48,6 +47,7 @@ impl RestartSchedule {
         }
     }
 
+    /// The path is back: nothing is due.
     pub fn connected(&mut self) {
         *self = RestartSchedule::default();
     }

@@ -683,9 +683,12 @@ impl Shard {
     ) {
         self.enter(now);
         let destination = match arrival.transport {
+            // A datagram handed over was counted by the shard whose socket read it.
             Transport::Udp => {
-                self.counters.packets_in += 1;
-                self.counters.bytes_in += datagram.len() as u64;
+                if may_hand_off {
+                    self.counters.packets_in += 1;
+                    self.counters.bytes_in += datagram.len() as u64;
+                }
                 local_candidate_for(&self.announced, arrival.local, arrival.source)
             }
             Transport::Tcp => {
@@ -1044,7 +1047,9 @@ impl Shard {
         }
         if let Some(room) = self.rooms.get_mut(&member.room) {
             room.members.retain(|p| *p != participant);
-            if room.members.is_empty() && room.tracks.is_empty() {
+            // A room the router still counts this shard a host of stays: its `Hosts` may have
+            // overtaken this departure, and the next member here needs them.
+            if room.members.is_empty() && room.tracks.is_empty() && room.hosts.is_empty() {
                 self.rooms.remove(&member.room);
             }
         }
