@@ -6,6 +6,7 @@
 //! (through the transceiver that owns its receiver) to the `track_id` of the latest offer and
 //! records every RTP packet under that id, in arrival order.
 
+use super::media::is_vp8_keyframe_start;
 use super::peer::VideoCodec;
 use super::signal::Signal;
 use super::wait::wait_for;
@@ -73,6 +74,8 @@ pub struct SubscriberShared {
     connection: Mutex<Option<watch::Receiver<RTCPeerConnectionState>>>,
     pc: OnceLock<Weak<dyn PeerConnection>>,
     notify: Notify,
+    /// The one video codec this subscriber accepts.
+    video_codec: VideoCodec,
 }
 
 /// The subscribe side of one participant.
@@ -113,7 +116,10 @@ impl Subscriber {
         rewrite: Option<super::relay::SdpRewrite>,
         video: VideoCodec,
     ) -> Self {
-        let shared = Arc::new(SubscriberShared::default());
+        let shared = Arc::new(SubscriberShared {
+            video_codec: video,
+            ..SubscriberShared::default()
+        });
         let pc_slot: Arc<tokio::sync::Mutex<Option<SubscribePc>>> = Default::default();
         let task_shared = Arc::clone(&shared);
         let task_pc = Arc::clone(&pc_slot);
@@ -476,11 +482,42 @@ impl RecentSeqs {
     }
 }
 
+/// Whether a video stream has begun with a keyframe. Its first packet can be lost beyond repair
+/// (a receiver cannot ask for a packet before the first it saw), so a stream whose first packet
+/// is not a keyframe's start asks for one, as a browser's receiver does; otherwise the picture
+/// would wait for the publisher's next keyframe, which no one else may ask for.
+#[derive(Default)]
+struct StreamStart {
+    keyframe_seen: bool,
+    asked_at: Option<Instant>,
+}
+
+impl StreamStart {
+    /// How often the request is repeated while no keyframe arrives (a PLI can be lost too).
+    const REPEAT: Duration = Duration::from_millis(500);
+
+    fn wants_keyframe(&mut self, payload: &[u8], now: Instant) -> bool {
+        if self.keyframe_seen || is_vp8_keyframe_start(payload) {
+            self.keyframe_seen = true;
+            return false;
+        }
+        if self
+            .asked_at
+            .is_some_and(|at| now.saturating_duration_since(at) < Self::REPEAT)
+        {
+            return false;
+        }
+        self.asked_at = Some(now);
+        true
+    }
+}
+
 /// Records every packet of one remote track until it ends (repeats only counted).
 async fn read_track(shared: Arc<SubscriberShared>, track: Arc<dyn TrackRemote>) {
     let mut mid: Option<String> = None;
     let mut key_for_ssrc: HashMap<u32, String> = HashMap::new();
     let mut seen: HashMap<u32, RecentSeqs> = HashMap::new();
+    let mut starts: HashMap<u32, StreamStart> = HashMap::new();
     while let Some(event) = track.poll().await {
         match event {
             TrackRemoteEvent::OnOpen(init) => {
@@ -540,6 +577,28 @@ async fn read_track(shared: Arc<SubscriberShared>, track: Arc<dyn TrackRemote>) 
                 {
                     *shared.duplicates.lock().unwrap().entry(key).or_default() += 1;
                     continue;
+                }
+                let vp8 = matches!(shared.video_codec, VideoCodec::Vp8)
+                    && mid.as_ref().is_some_and(|mid| {
+                        shared
+                            .offered
+                            .lock()
+                            .unwrap()
+                            .get(mid)
+                            .is_some_and(|t| t.kind == "video")
+                    });
+                if vp8
+                    && starts
+                        .entry(ssrc)
+                        .or_default()
+                        .wants_keyframe(&packet.payload, Instant::now())
+                {
+                    let _ = track
+                        .write_rtcp(vec![Box::new(PictureLossIndication {
+                            sender_ssrc: 1,
+                            media_ssrc: ssrc,
+                        })])
+                        .await;
                 }
                 let received = RecvPacket {
                     ssrc,

@@ -38,6 +38,10 @@ pub(crate) struct Subscription {
     tx: Option<Ssrc>,
     /// NACKs counted so far from this subscriber's stats (they arrive as running totals).
     nacks_seen: u64,
+    /// Packets str0m had sent on this stream at its last stats: a report on a stream that sent
+    /// nothing since (a paused track) carries the round-trip time and loss of its last sender
+    /// report, however old.
+    packets_seen: u64,
     /// The highest layer the client asked for (`set_track_quality`).
     pub cap: Layer,
     /// What the client was last told about this track: (layer, paused).
@@ -93,6 +97,7 @@ impl Subscription {
             ),
             tx: None,
             nacks_seen: 0,
+            packets_seen: 0,
             cap: Layer::MAX,
             reported: None,
         }
@@ -403,9 +408,19 @@ impl Shard {
         let Some(track) = self.tracks.get_mut(&track_id) else {
             return;
         };
+        let mut fresh = false;
         if let Some(sub) = track.subscriptions.iter_mut().find(|s| s.peer == key) {
             self.counters.nacks_received += stats.nacks.saturating_sub(sub.nacks_seen);
             sub.nacks_seen = stats.nacks;
+            fresh = stats.packets > sub.packets_seen;
+            sub.packets_seen = stats.packets;
+        }
+        // Only a stream that is sending says what the link does now. A video paused through a
+        // weak spell kept reporting the 445 ms of the queue its last sender report stood in,
+        // every second beside the audio's 40 ms, long after the link had recovered; the rate
+        // proof took it for a queue each time and the pupil stayed at 7.5 frames a second.
+        if !fresh {
+            return;
         }
         if let Some(peer) = self.peer_mut(key) {
             if let Some(rtt) = stats.rtt {

@@ -64,7 +64,16 @@ fn video_pauses_on_a_link_too_weak_for_any_layer_and_resumes_by_itself() {
     let resumed_after = w.now - recovered;
     w.run_for(Duration::from_secs(2));
     let after = &w.pupil(p).decoded[decoded_before..];
-    assert!(after.len() > 20, "{} frames after the resume", after.len());
+    // The picture is back: its keyframe and at least the lowest temporal layer (7.5 frames a
+    // second) throughout. The frame rate climbs with the estimate, which grows only once the
+    // round-trip time no longer shows the weak spell's queue: the audio's receiver reports
+    // keep its 445 ms for a few seconds (one sender report every few seconds), so some runs
+    // stay at 7.5 frames a second for the whole 2 s, others reach 30.
+    assert!(
+        after.first().is_some_and(|&(_, _, keyframe)| keyframe),
+        "the picture came back without a keyframe"
+    );
+    assert!(after.len() >= 15, "{} frames after the resume", after.len());
     eprintln!(
         "paused {:.1} s after the link weakened (audio gap {} ms), resumed {:.1} s after it recovered",
         paused_after.as_secs_f64(),
