@@ -113,6 +113,46 @@ fn a_switch_starts_on_the_keyframe_of_the_target_layer() {
     assert_eq!(log.undecodable, 0);
 }
 
+/// Issue 14: on a layer switch the picture's timeline continues by the publisher's capture
+/// clock (its sender reports), not by when packets arrived. The small picture is captured
+/// 120 ms before it is sent, the others as they are sent, as an encoder whose sizes have
+/// different latencies: by arrival, a switch from `q` would jump 120 ms short.
+#[test]
+fn a_switch_keeps_the_timeline_of_the_capture_clock() {
+    let mut config = SourceConfig::realtime_test();
+    config.capture_lag = [Duration::from_millis(120), Duration::ZERO, Duration::ZERO];
+    let mut w = World::new(24, config);
+    let p = w.add_pupil(home(), home());
+    assert!(w.run_until_true(Duration::from_secs(10), |w| w.pupil_connected(p)));
+    w.run_for(Duration::from_secs(15));
+    let timeline = &w.pupil(p).timeline;
+    let mut switches = Vec::new();
+    for pair in timeline.windows(2) {
+        let [(from, a, a_rtp), (to, b, b_rtp)] = [pair[0], pair[1]];
+        if from == to {
+            continue;
+        }
+        let (Some(a_at), Some(b_at)) = (w.captured(from, a), w.captured(to, b)) else {
+            panic!("a frame the teacher never sent: {pair:?}");
+        };
+        let captured = b_at.saturating_duration_since(a_at).as_micros() as i64 * 90 / 1000;
+        let jumped = b_rtp as i64 - a_rtp as i64;
+        switches.push((from as char, to as char, captured, jumped));
+    }
+    assert!(
+        switches.iter().any(|s| s.0 == 'q'),
+        "no switch from q: {switches:?} ({:?})",
+        analyse(&w, p, "home")
+    );
+    // Within a frame (3000 ticks at 30 frames a second) of the capture clock.
+    for s in &switches {
+        assert!(
+            (s.3 - s.2).abs() <= 3000,
+            "switch {s:?} (from, to, captured, jumped)"
+        );
+    }
+}
+
 #[test]
 fn a_pupils_plis_reach_the_teacher_throttled() {
     let (mut w, p) = connected(23, home(), home());

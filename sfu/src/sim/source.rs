@@ -35,6 +35,10 @@ pub struct SourceConfig {
     pub keyframe_interval: Option<Duration>,
     /// Opus payload per 20 ms.
     pub audio_bytes: usize,
+    /// How long before it is sent each encoding's frame was captured (an encoder's latency,
+    /// which differs between the sizes of one camera's simulcast). Sender reports carry it;
+    /// arrival times do not.
+    pub capture_lag: [Duration; 3],
 }
 
 impl Default for SourceConfig {
@@ -48,6 +52,7 @@ impl Default for SourceConfig {
             keyframe_bytes: [4_000..=5_000, 36_000..=42_000, 150_000..=240_000],
             keyframe_interval: Some(Duration::from_secs(10)),
             audio_bytes: 80,
+            capture_lag: [Duration::ZERO; 3],
         }
     }
 }

@@ -9,6 +9,7 @@
 //! costs what its packets cost to process. Links draw loss and jitter from the seed; str0m draws
 //! its own unseeded randomness, so runs with one seed still differ (`docs/ADAPTATION.md`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,6 +127,8 @@ struct Teacher {
     keyframe_requests: Vec<(Duration, u8)>,
     /// Keyframes sent: (time since start, layer, asked for).
     keyframes: Vec<(Duration, u8)>,
+    /// When each frame was captured, by (rid letter, frame number of its tag).
+    captures: HashMap<(u8, u32), Instant>,
 }
 
 /// The shard's view of a pupil's link at one moment.
@@ -145,6 +148,8 @@ pub struct PupilLog {
     pub first_video: Option<Instant>,
     /// Every frame a decoder could show: (arrival, rid letter, keyframe).
     pub decoded: Vec<(Instant, u8, bool)>,
+    /// The same frames' (rid letter, frame number of its tag, RTP time as the pupil got it).
+    pub timeline: Vec<(u8, u32, u64)>,
     /// Frames that arrived but could not be decoded (their references were lost).
     pub undecodable: u64,
     pub audio: Vec<Instant>,
@@ -237,11 +242,14 @@ impl World {
                 opus: None,
                 encodings,
                 seq: [1; 4],
-                timestamps: [0; 4],
+                // Each encoding its own RTP clock, as every encoder picks a random one; `f`
+                // wraps within its first second.
+                timestamps: [0x1000_0000, 0x9000_0000, 0xffff_8000, 0],
                 frames: 0,
                 audio_packets: 0,
                 keyframe_requests: Vec::new(),
                 keyframes: Vec::new(),
+                captures: HashMap::new(),
             },
             pupils: Vec::new(),
             config,
@@ -353,6 +361,11 @@ impl World {
 
     pub fn pupil(&self, i: usize) -> &PupilLog {
         &self.pupils[i].log
+    }
+
+    /// When the teacher's camera captured frame `number` of the encoding `rid`.
+    pub fn captured(&self, rid: u8, number: u32) -> Option<Instant> {
+        self.teacher.captures.get(&(rid, number)).copied()
     }
 
     pub fn pupil_connected(&self, i: usize) -> bool {
@@ -570,8 +583,9 @@ impl World {
             }
             return;
         }
-        let rid = parse_tag(&data.data).map_or(b'?', |(rid, _)| rid);
+        let (rid, number) = parse_tag(&data.data).unwrap_or((b'?', 0));
         p.log.decoded.push((now, rid, keyframe));
+        p.log.timeline.push((rid, number, data.time.numer()));
     }
 
     /// When the teacher's next frame or audio packet is due.
@@ -621,6 +635,8 @@ impl World {
             self.teacher.frames += 1;
             for (s, name) in RIDS.iter().enumerate() {
                 let t = &mut self.teacher;
+                // The RTP clock runs with the camera's, whether or not this size is encoded.
+                t.timestamps[s] = t.timestamps[s].wrapping_add(ticks);
                 if !t.encodings[s].active {
                     continue;
                 }
@@ -628,7 +644,12 @@ impl World {
                 if frame.keyframe {
                     t.keyframes.push((elapsed, s as u8));
                 }
-                t.timestamps[s] = t.timestamps[s].wrapping_add(ticks);
+                let captured = now
+                    .checked_sub(self.config.capture_lag[s])
+                    .unwrap_or(now)
+                    .max(self.start);
+                let number = t.encodings[s].frames.wrapping_sub(1);
+                t.captures.insert((name.as_bytes()[0], number), captured);
                 let Some(pt) = t.vp8 else { continue };
                 let rid = Rid::from(*name);
                 let mut api = t.client.rtc.direct_api();
@@ -639,7 +660,7 @@ impl World {
                 for (k, payload) in frame.payloads.into_iter().enumerate() {
                     t.seq[s] += 1;
                     tx.write_rtp(
-                        RtpWrite::new(pt, t.seq[s].into(), t.timestamps[s], now, payload)
+                        RtpWrite::new(pt, t.seq[s].into(), t.timestamps[s], captured, payload)
                             .marker(k + 1 == count)
                             .nackable(true),
                     );
