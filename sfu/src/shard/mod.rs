@@ -918,6 +918,7 @@ impl Shard {
             Event::KeyframeRequest(req) => self.on_keyframe_request(key, req),
             Event::SenderFeedback(feedback) => self.on_sender_feedback(key, &feedback),
             Event::MediaEgressStats(stats) => self.on_egress_stats(key, &stats),
+            Event::PeerStats(stats) => self.on_peer_stats(key, &stats),
             Event::EgressBitrateEstimate(estimate) => self.on_estimate(key, estimate),
             _ => {}
         }
