@@ -207,9 +207,12 @@ async fn a_whip_encoder_reaches_a_pupil_inner() -> Result<()> {
     );
     let deleted = whip::request_as(Method::DELETE, &resource, &token).await?;
     ensure!(
-        deleted.status == StatusCode::OK,
-        "DELETE: {}",
-        deleted.status
+        deleted.status == StatusCode::OK
+            && deleted.json()["ended"] == true
+            && deleted.json()["phase"] == "running",
+        "DELETE: {} {}",
+        deleted.status,
+        deleted.body
     );
     pupil
         .expect_participant_left(&encoder, REPLY_TIMEOUT)
