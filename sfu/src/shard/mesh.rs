@@ -5,9 +5,10 @@
 //! - per packet, over bounded lock-free queues (`crossbeam_queue::ArrayQueue`, slots allocated
 //!   once): RTP a publisher on another shard sent ([`Forwarded`]: the packet behind an `Arc`, so
 //!   it crosses once per shard whatever the number of subscribers there), and datagrams the
-//!   kernel's `SO_REUSEPORT` hash gave to the wrong shard ([`HandOff`]: copied into the slot, no
-//!   allocation). A full queue drops the packet and counts it, as a full socket buffer would:
-//!   the media thread never blocks on another.
+//!   kernel's `SO_REUSEPORT` hash gave to the wrong shard ([`HandOff`]: the datagram's bytes
+//!   copied once into a buffer from the receiving inbox's preallocated pool, whose pointer is
+//!   queued; no allocation, no zero-fill). A full queue drops the packet and counts it, as a full
+//!   socket buffer would: the media thread never blocks on another.
 //! - rarely, over an unbounded channel ([`Control`]): which shards host a room, which peers and
 //!   addresses another shard owns, tracks published elsewhere, keyframe requests, layer demand.
 //!   These are as rare as signaling and must not be lost.
