@@ -64,12 +64,16 @@ fn video_pauses_on_a_link_too_weak_for_any_layer_and_resumes_by_itself() {
     let resumed_after = w.now - recovered;
     w.run_for(Duration::from_secs(2));
     let after = &w.pupil(p).decoded[decoded_before..];
-    // The picture is back, from a keyframe.
+    // The picture is back: its keyframe and at least the lowest temporal layer (7.5 frames a
+    // second) throughout. The frame rate climbs with the estimate, which grows only once the
+    // round-trip time no longer shows the weak spell's queue: the audio's receiver reports
+    // keep its 445 ms for a few seconds (one sender report every few seconds), so some runs
+    // stay at 7.5 frames a second for the whole 2 s, others reach 30.
     assert!(
         after.first().is_some_and(|&(_, _, keyframe)| keyframe),
         "the picture came back without a keyframe"
     );
-    assert!(after.len() > 20, "{} frames after the resume", after.len());
+    assert!(after.len() >= 15, "{} frames after the resume", after.len());
     eprintln!(
         "paused {:.1} s after the link weakened (audio gap {} ms), resumed {:.1} s after it recovered",
         paused_after.as_secs_f64(),
@@ -112,9 +116,9 @@ fn a_switch_starts_on_the_keyframe_of_the_target_layer() {
 /// The real-time `simulcast_e2e` test of three pupils, in virtual time: each gets the layer its
 /// link allows (300 kbit/s: `q`; 800 kbit/s: `h`; unlimited: `f`), and when the slow pupil's
 /// limit is lifted the estimate probes its way up and the pupil climbs back to `f`. Four seeds;
-/// three must climb back within 15 s (measured 2026-12-07: 7–12.5 s in 24 runs; in one of 27
-/// earlier runs str0m's estimate stood at 452 kbit/s for 30 s on the lifted link while probes
-/// were asked for, see docs/ADAPTATION.md). The real-time test allows 20 s.
+/// three must climb back within 15 s (measured 2026-12-07: 6–14 s in 26 of 27 runs; in one,
+/// str0m's estimate stood at 452 kbit/s for 30 s on the lifted link while probes were asked
+/// for, see docs/ADAPTATION.md). The real-time test allows 20 s.
 #[test]
 fn pupils_get_the_layer_their_link_allows_and_climb_back_when_it_is_lifted() {
     let climbs: Vec<Option<Duration>> = (25..29).map(climb_back).collect();
