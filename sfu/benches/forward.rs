@@ -16,9 +16,9 @@
 //!   the floor's `sendmmsg` (str0m already encrypts inside the shard).
 //!
 //! Times are CPU time of the bench thread (`CLOCK_THREAD_CPUTIME_ID`), not wall time: the
-//! machine's cores are shared. One `forward/lesson/N` iteration is one RTP packet sent to a
-//! pupil, so its time is the shard's CPU per outgoing packet, with everything it did for the
-//! incoming packets, RTCP and timers spread over them; a `floor` iteration is a batch of
+//! machine's cores are shared. One `forward/lesson/N` iteration is one media packet sent to a
+//! pupil, so its time is the shard's CPU per forwarded packet, with everything it did for the
+//! incoming packets, RTCP, bandwidth probes and timers spread over them; a `floor` iteration is a batch of
 //! [`BATCH`] packets. Results: `benches/RESULTS.md`.
 
 use std::hint::black_box;
@@ -612,7 +612,7 @@ fn lesson(n: usize) -> World {
     w
 }
 
-/// Runs the lesson until the shard has sent at least `packets` more RTP packets to pupils and
+/// Runs the lesson until the shard has sent at least `packets` more media packets to pupils and
 /// returns what that cost the shard.
 fn run_packets(w: &mut World, packets: u64) -> ShardCost {
     let before = w.shard_cost();
@@ -630,6 +630,7 @@ fn run_packets(w: &mut World, packets: u64) -> ShardCost {
         cpu: after.cpu - before.cpu,
         calls: after.calls - before.calls,
         packets: after.packets - before.packets,
+        padded: after.padded - before.padded,
         datagrams: after.datagrams - before.datagrams,
     }
 }
@@ -653,8 +654,8 @@ fn bench_forward(c: &mut Criterion) {
         let decoded_before: Vec<usize> = (0..n).map(|p| w.pupil(p).decoded.len()).collect();
         let mut total = ShardCost::default();
         let mut shard_time = Duration::ZERO;
-        // One iteration is one RTP packet out to a pupil: criterion's time per iteration is the
-        // shard's CPU per outgoing packet. A slice of virtual time sends a whole number of
+        // One iteration is one media packet out to a pupil: criterion's time per iteration is
+        // the shard's CPU per forwarded packet (bandwidth probes are sent on top, uncounted). A slice of virtual time sends a whole number of
         // packets, so each measurement is scaled from the packets it actually sent.
         g.throughput(Throughput::Elements(1));
         g.bench_function(BenchmarkId::new("lesson", n), |b| {
@@ -664,6 +665,7 @@ fn bench_forward(c: &mut Criterion) {
                 total.cpu += cost.cpu;
                 total.calls += cost.calls;
                 total.packets += cost.packets;
+                total.padded += cost.padded;
                 total.datagrams += cost.datagrams;
                 shard_time += cpu;
                 cpu.mul_f64(iters as f64 / cost.packets as f64)
@@ -686,18 +688,21 @@ fn bench_forward(c: &mut Criterion) {
             );
         }
         eprintln!(
-            "  [forward N={n}] {:.1} s of lesson measured: {} RTP packets to pupils ({:.0}/s), \
-             {} datagrams in all, {} shard calls, shard CPU {:?} ({:?} before taking off {:?} \
-             per clock read) = {:.2} µs per packet; pupils on high/medium/low/paused: {:?}",
+            "  [forward N={n}] {:.1} s of lesson measured: {} media packets to pupils ({:.0}/s) \
+             and {} padded ones (bandwidth probes), {} datagrams in all, {} shard calls; \
+             shard CPU {:?} ({:?} before taking off {:?} per clock read) = {:.2} µs per media \
+             packet, {:.2} per RTP packet; pupils on high/medium/low/paused: {:?}",
             simulated.as_secs_f64(),
             total.packets,
             total.packets as f64 / simulated.as_secs_f64(),
+            total.padded,
             total.datagrams,
             total.calls,
             shard_time,
             total.cpu,
             clock_read,
             shard_time.as_secs_f64() * 1e6 / total.packets.max(1) as f64,
+            shard_time.as_secs_f64() * 1e6 / (total.packets + total.padded).max(1) as f64,
             layers,
         );
     }

@@ -28,8 +28,11 @@ pub struct ShardCost {
     pub cpu: Duration,
     /// Entry points timed.
     pub calls: u64,
-    /// RTP packets (media and retransmissions, not RTCP) the shard sent to pupils.
+    /// RTP packets of media (and resends on NACK) the shard sent to pupils.
     pub packets: u64,
+    /// RTP packets with the padding bit it sent them besides: str0m's bandwidth probes (padding
+    /// only, or a resend used as padding).
+    pub padded: u64,
     /// Every datagram the shard sent, to anyone.
     pub datagrams: u64,
 }
@@ -53,6 +56,11 @@ pub(super) fn is_rtp(datagram: &[u8]) -> bool {
         [first, second, ..] => (128..=191).contains(first) && !(192..=223).contains(second),
         _ => false,
     }
+}
+
+/// Whether an RTP packet carries padding (RFC 3550 §5.1: the P bit).
+pub(super) fn is_padded(packet: &[u8]) -> bool {
+    packet.first().is_some_and(|b| b & 0x20 != 0)
 }
 
 /// What one [`thread_cpu`] read costs on this machine (it is a system call, not a vDSO read):
@@ -83,5 +91,7 @@ mod tests {
         assert!(!is_rtp(&[0x00, 0x01, 0, 0]));
         assert!(!is_rtp(&[22, 0xfe, 0xfd]));
         assert!(!is_rtp(&[0x80]));
+        assert!(is_padded(&[0xa0, 0x60]));
+        assert!(!is_padded(&[0x90, 0x60]));
     }
 }

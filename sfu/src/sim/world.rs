@@ -435,7 +435,11 @@ impl World {
                 if let Some(cost) = &mut self.meter {
                     cost.datagrams += 1;
                     if to != self.teacher.client.addr && meter::is_rtp(&bytes) {
-                        cost.packets += 1;
+                        if meter::is_padded(&bytes) {
+                            cost.padded += 1;
+                        } else {
+                            cost.packets += 1;
+                        }
                     }
                 }
                 let link = if to == self.teacher.client.addr {
