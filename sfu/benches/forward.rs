@@ -8,18 +8,18 @@
 //! - `forward/lesson/N`: the server's real `Shard` (`sfu/src/shard/`), driven by the
 //!   virtual-time harness (`classroom_sfu::sim`, the crate's `sim` feature) exactly as the I/O
 //!   loop drives it: commands, datagrams and timeouts into its entry points with the time, its
-//!   outbox emptied after each. A teacher publishes VP8 simulcast and Opus, N pupils subscribe;
-//!   all are str0m peers on unshaped links that answer with TWCC, receiver reports, NACKs and
-//!   PLIs, so the estimates, the allocation round and the pacer run as in a lesson. Only the
-//!   shard's calls are timed (`sim::meter`), not the peers; the socket send is not in the loop
-//!   (the harness carries the datagrams), so the server's cost per packet is the shard's plus
-//!   the floor's `sendmmsg` (str0m already encrypts inside the shard).
+//!   outbox emptied after each. A teacher publishes VP8 simulcast and Opus, N pupils subscribe.
+//!   All are str0m peers on 1 ms links without rate limit or loss, and the pupils answer with
+//!   TWCC, receiver reports, NACKs and PLIs, so the estimates, the allocation round and the pacer
+//!   run as in a lesson. Only the shard's calls are timed (`sim::meter`), not the peers. The
+//!   socket send is not in the loop (the harness carries the datagrams), so the server's cost per
+//!   packet is the shard's plus the floor's `sendmmsg` (str0m already encrypts inside the shard).
 //!
 //! Times are CPU time of the bench thread (`CLOCK_THREAD_CPUTIME_ID`), not wall time: the
 //! machine's cores are shared. One `forward/lesson/N` iteration is one media packet sent to a
 //! pupil, so its time is the shard's CPU per forwarded packet, with everything it did for the
-//! incoming packets, RTCP, bandwidth probes and timers spread over them; a `floor` iteration is a batch of
-//! [`BATCH`] packets. Results: `benches/RESULTS.md`.
+//! incoming packets, RTCP, bandwidth probes and timers spread over them. A `floor` iteration is a
+//! batch of [`BATCH`] packets. Results: `benches/RESULTS.md`.
 
 use std::hint::black_box;
 use std::net::{SocketAddr, UdpSocket};
@@ -584,8 +584,8 @@ fn bench_floor(c: &mut Criterion) {
 // The forwarding path: the server's shard in a simulated lesson
 // ---------------------------------------------------------------------------------------------
 
-/// Virtual time for the pupils to connect, and then for their estimates to climb to the top
-/// layer on unshaped links (about 8 s; the rest is margin).
+/// Virtual time for the pupils to connect, and then for their estimates to climb (the stderr
+/// line says which layer each pupil ended on).
 const CONNECT: Duration = Duration::from_secs(10);
 const WARM_UP: Duration = Duration::from_secs(15);
 /// Virtual time run at a stretch until an iteration's packets are out.
@@ -599,7 +599,7 @@ fn lan() -> Shaping {
 }
 
 /// A teacher (camera in VP8 simulcast q/h/f at 0.15/0.5/1.5 Mbit/s, 30 fps, a keyframe every
-/// 10 s, and Opus every 20 ms) and `n` pupils on unshaped 1 ms links, warmed up, metered from here.
+/// 10 s, and Opus every 20 ms) and `n` pupils on 1 ms links, warmed up, metered from here.
 fn lesson(n: usize) -> World {
     let mut w = World::new(14, SourceConfig::default());
     let pupils: Vec<usize> = (0..n).map(|_| w.add_pupil(lan(), lan())).collect();

@@ -3,8 +3,8 @@
 //! The forward benchmark (`benches/forward.rs`) asks for the server's CPU per outgoing packet.
 //! In the harness one thread runs the shard and every peer's `Rtc` (their decryption, their
 //! feedback), so the whole thread's CPU time would mostly measure the clients: the meter reads
-//! the thread's CPU clock around each call into the shard instead and counts the RTP packets the
-//! shard sends to pupils.
+//! the thread's CPU clock around each call into the shard instead and counts the media packets
+//! (and bandwidth probes) the shard sends to pupils.
 
 use std::time::Duration;
 
