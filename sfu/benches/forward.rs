@@ -671,6 +671,10 @@ fn bench_forward(c: &mut Criterion) {
                 cpu.mul_f64(iters as f64 / cost.packets as f64)
             })
         });
+        if total.packets == 0 {
+            // Filtered out on the command line: nothing was measured.
+            continue;
+        }
         let simulated = w.now - metered_from;
         let mut layers = [0usize; 4];
         for (p, &before) in decoded_before.iter().enumerate() {
