@@ -155,6 +155,7 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         sfu.commands.clone(),
         events,
     );
+    gate.attach(&signaling);
 
     let public_url = config.public_base_url(http_addr);
     let oidc = match &config.oidc {

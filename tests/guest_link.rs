@@ -26,7 +26,11 @@ const LIMIT: Duration = Duration::from_secs(120);
 const OTHER_LESSON: &str = "lesson-later";
 const OTHER_ROOM: &str = "lesson-p5-1-later";
 
-on_both_databases!(a_guest_link_admits_a_partner_lecturer_until_revoked);
+on_both_databases!(
+    a_guest_link_admits_a_partner_lecturer_until_revoked,
+    a_guest_link_opens_only_its_lessons_room_and_is_audited_sparingly,
+    only_the_lessons_teachers_and_its_schools_administrators_invite,
+);
 
 /// Joins the lesson's room with `token`; returns the connection and the reply.
 async fn join_with(server: &PortalServer, token: &str) -> Result<(RawConnection, Value)> {
@@ -392,6 +396,254 @@ async fn a_guest_link_admits_a_partner_lecturer_until_revoked(backend: Backend) 
             "use is audited: {of_first:?}"
         );
         drop((guest_ws, pupil_ws));
+        server.shutdown().await;
+        Ok(())
+    })
+    .await
+}
+
+/// Runs `sql` on the server's database (rows no API writes).
+async fn execute(db: &classroom_domain::Db, sql: &str) -> Result<()> {
+    match db {
+        classroom_domain::Db::Sqlite(p) => sqlx::query(sql).execute(p).await.map(drop),
+        classroom_domain::Db::Postgres(p) => sqlx::query(sql).execute(p).await.map(drop),
+    }
+    .with_context(|| sql.to_owned())
+}
+
+/// The `guest_link_used` entries of link `id`.
+async fn uses_of(db: &classroom_domain::Db, id: &str) -> Result<Vec<Value>> {
+    let rows = classroom_domain::audit_log(
+        db,
+        &AuditFilter {
+            action: Some(Action::GuestLinkUsed),
+            limit: 1000,
+            ..AuditFilter::default()
+        },
+    )
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| r.subject.as_deref() == Some(id))
+        .map(|r| r.detail)
+        .collect())
+}
+
+async fn a_guest_link_opens_only_its_lessons_room_and_is_audited_sparingly(
+    backend: Backend,
+) -> Result<()> {
+    bounded(LIMIT, async {
+        let server = PortalServer::start(Options::on(&backend)).await?;
+        let db = server.handle.db();
+        let lesson = server.lesson_id.clone();
+        let teacher = server.sign_in("t-001").await?;
+        let (status, body) = create(
+            &teacher,
+            &lesson,
+            json!({"display_name": "山田 太郎", "organisation": "東海大学"}),
+        )
+        .await?;
+        ensure!(status == StatusCode::CREATED, "create: {status} {body}");
+        let link_id = body["link"]["id"].as_str().context("link id")?.to_owned();
+        let token = token_of(body["url"].as_str().context("url")?)?;
+
+        // A guest who reconnects in a loop is admitted each time, and audited once: the audit
+        // log does not grow with the reconnections.
+        for i in 0..4 {
+            let (ws, joined) = join_with(&server, &token).await?;
+            ensure!(is_type(&joined, "joined"), "join {i}: {joined}");
+            drop(ws);
+        }
+        let admitted = uses_of(db, &link_id)
+            .await?
+            .into_iter()
+            .filter(|d| d["admitted"] == true)
+            .count();
+        ensure!(
+            admitted == 1,
+            "four admissions within minutes are audited once, not {admitted} times"
+        );
+
+        // The lesson moves to another room (or is gone): its room has no lesson now, and rooms
+        // without a lesson are open, but not to a guest link's token, still valid for hours.
+        execute(
+            db,
+            &format!("UPDATE lessons SET media_room = 'lesson-p5-1-moved' WHERE id = '{lesson}'"),
+        )
+        .await?;
+        let (_, reply) = join_with(&server, &token).await?;
+        ensure!(
+            reply["code"] == "not_admitted"
+                && reply["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("no longer exists")),
+            "a guest link into a room without its lesson: {reply}"
+        );
+        // Neither does a link token signed for some other lessonless room.
+        let mut claims = Claims::new(
+            "demo",
+            &format!("guest:{link_id}"),
+            "山田 太郎",
+            Role::PartnerLecturer,
+            Duration::from_secs(600),
+        );
+        claims.org = Some("東海大学".to_owned());
+        let (_, reply) = join_with(
+            &server,
+            &TokenIssuer::new(portal::SECRET.as_bytes()).issue(&claims)?,
+        )
+        .await?;
+        ensure!(
+            reply["code"] == "not_admitted",
+            "a guest token for the demo room: {reply}"
+        );
+        server.shutdown().await;
+        Ok(())
+    })
+    .await
+}
+
+/// The sample roster and administrator, plus a second school with its teacher t-101 and
+/// administrator a-101, and a signed-in partner lecturer pl-001 assigned to today's lesson.
+async fn add_outsiders(server: &PortalServer) -> Result<()> {
+    let db = server.handle.db();
+    let mut files = portal::roster_with_admin()?;
+    portal::append_line(
+        &mut files,
+        "orgs.csv",
+        "org-es-kita,,,高岡市立北小学校,school,B116220000100,org-board-takaoka",
+    )?;
+    for (id, email, role) in [
+        ("t-101", "t.ueda@kita-es", "teacher"),
+        ("a-101", "principal@kita-es", "administrator"),
+    ] {
+        let row = portal::copied_user(&files, "t-002", id)?
+            .replace("t.sato@mizuho-es", email)
+            .replace("org-es-mizuho", "org-es-kita");
+        portal::append_line(&mut files, "users.csv", &row)?;
+        portal::append_line(
+            &mut files,
+            "roles.csv",
+            &format!("role-{id},,,{id},primary,{role},,,org-es-kita,"),
+        )?;
+    }
+    portal::append_line(
+        &mut files,
+        "classes.csv",
+        "class-kita-4-1,,,4年1組,P4,course-hr-p4,4-1,homeroom,4年1組教室,org-es-kita,as-2026,,,",
+    )?;
+    portal::append_line(
+        &mut files,
+        "enrollments.csv",
+        "enr-kita-t-101,,,class-kita-4-1,org-es-kita,t-101,teacher,true,,",
+    )?;
+    let dir = tempfile::tempdir()?;
+    portal::write_roster(&files, dir.path())?;
+    classroom_domain::import_dir(db, dir.path()).await?;
+    // No roster carries partner lecturers; the school's own records do.
+    execute(
+        db,
+        "INSERT INTO people (id, role, username, given_name, family_name, email, enabled) \
+         VALUES ('pl-001', 'partner_lecturer', 'pl-001', '太郎', '山田', \
+         'yamada@tokai-u.example.jp', TRUE)",
+    )
+    .await?;
+    execute(
+        db,
+        &format!(
+            "INSERT INTO lesson_teachers (lesson_id, teacher_id) VALUES ('{}', 'pl-001')",
+            server.lesson_id
+        ),
+    )
+    .await
+}
+
+async fn only_the_lessons_teachers_and_its_schools_administrators_invite(
+    backend: Backend,
+) -> Result<()> {
+    bounded(LIMIT, async {
+        let server = PortalServer::start(Options::on(&backend)).await?;
+        add_outsiders(&server).await?;
+        let db = server.handle.db();
+        let lesson = server.lesson_id.clone();
+        let path = format!("/api/lessons/{lesson}/guest-links");
+        let lecturer = json!({"display_name": "山田 太郎", "organisation": "東海大学"});
+        let whip = json!({"kind": "whip", "display_name": "Hall", "organisation": "東海大学"});
+
+        // Each signs in and tries to invite a lecturer and an encoder, and to list the links.
+        for (person, who) in [
+            ("s-001", "a pupil of the lesson"),
+            ("g-002", "a guardian of the school"),
+            (
+                "t-002",
+                "a teacher of the school who does not teach this lesson",
+            ),
+            (
+                "pl-001",
+                "a partner lecturer signed in and assigned to the lesson",
+            ),
+            ("t-101", "a teacher of another school"),
+            ("a-101", "an administrator of another school"),
+        ] {
+            let session = server.sign_in(person).await?;
+            for body in [&lecturer, &whip] {
+                let (status, reply) = create(&session, &lesson, body.clone()).await?;
+                ensure!(
+                    status == StatusCode::FORBIDDEN,
+                    "{who} ({person}) creates a link: {status} {reply}"
+                );
+            }
+            let (status, reply) = session.get(&path).await?;
+            ensure!(
+                status == StatusCode::FORBIDDEN,
+                "{who} ({person}) lists the links: {status} {reply}"
+            );
+        }
+
+        // A guest, whose credential is a join token and not a session, cannot invite either:
+        // not with the token as a bearer, nor with no credential at all.
+        let teacher = server.sign_in("t-001").await?;
+        let (status, body) = create(&teacher, &lesson, lecturer.clone()).await?;
+        ensure!(
+            status == StatusCode::CREATED,
+            "the teacher: {status} {body}"
+        );
+        let guest_token = token_of(body["url"].as_str().context("url")?)?;
+        let link_id = body["link"]["id"].as_str().context("id")?.to_owned();
+        let url = format!("{}{path}", server.url());
+        let client = portal::client();
+        for (what, req) in [
+            (
+                "with the guest's token",
+                client.post(&url).bearer_auth(&guest_token),
+            ),
+            ("without credentials", client.post(&url)),
+        ] {
+            let resp = req.json(&lecturer).send().await?;
+            let status = resp.status();
+            ensure!(
+                status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN,
+                "a guest {what} creates a link: {status}"
+            );
+        }
+        // Nor revoke one.
+        let resp = client
+            .delete(format!("{url}/{link_id}"))
+            .bearer_auth(&guest_token)
+            .send()
+            .await?;
+        ensure!(
+            resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN,
+            "a guest revokes a link: {}",
+            resp.status()
+        );
+
+        // Only the teacher's link exists; the refusals created nothing.
+        let links = classroom_domain::guest_links_of_lesson(db, &lesson).await?;
+        ensure!(
+            links.len() == 1 && links[0].id == link_id && links[0].revoked_at.is_none(),
+            "only the teacher's link, unrevoked: {links:?}"
+        );
         server.shutdown().await;
         Ok(())
     })

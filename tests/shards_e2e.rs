@@ -4,52 +4,28 @@
 //! and four pupils are spread over both: the teacher's simulcast video and audio are published
 //! on one shard, and the pupils on the other receive them through the cross-shard queue
 //! (`sfu::shard::mesh`). Each pupil must receive each track exactly once, in order, with
-//! continuous sequence numbers and a stream a decoder accepts; and a keyframe request from a
-//! pupil on the other shard must reach the publisher.
+//! continuous sequence numbers and a stream a decoder accepts, starting at a keyframe; and a
+//! keyframe request from a pupil on the other shard must reach the publisher and bring that pupil
+//! a keyframe.
+//!
+//! A second test forges STUN binding requests for a publisher's connection from many sockets
+//! (so some land on every shard) and checks the publisher's media still reaches its pupil.
 
 mod support;
 
 use anyhow::{Context, Result, ensure};
 use classroom_signaling::token::Role;
 use std::time::{Duration, Instant};
+use support::lesson::bounded;
+use support::metrics::{scrape as metrics, series, shard_series};
 use support::simulcast::{
-    Rid, SeqExtender, analyse_video, layer_bytes, only_layer, teacher_publishes_simulcast,
+    Rid, SeqExtender, SimulcastConfig, SimulcastOffer, analyse_video, layer_bytes, longest_gap,
+    only_layer, teacher_publishes_simulcast,
 };
-use support::{CONNECT_TIMEOUT, RecvPacket, TEST_TIMEOUT, TestClient, TestServer};
+use support::{CONNECT_TIMEOUT, RecvPacket, TestClient, TestServer, is_vp8_keyframe_start};
 use webrtc::peer_connection::RTCPeerConnectionState;
 
 const PUPILS: usize = 4;
-
-async fn bounded(test: impl Future<Output = Result<()>>) -> Result<()> {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .with_context(|| format!("the test did not finish within {TEST_TIMEOUT:?}"))?
-}
-
-/// The server's `/metrics` text.
-async fn metrics(server: &TestServer) -> Result<String> {
-    Ok(
-        reqwest::get(format!("http://{}/metrics", server.handle.metrics_addr))
-            .await?
-            .text()
-            .await?,
-    )
-}
-
-/// The value of one series (`name{labels}`) in `/metrics`.
-fn series(metrics: &str, series: &str) -> Result<u64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .with_context(|| format!("/metrics has no {series}"))?
-        .trim()
-        .parse()
-        .with_context(|| format!("{series} is not a count"))
-}
-
-fn shard_series(metrics: &str, name: &str, shard: usize) -> Result<u64> {
-    series(metrics, &format!("{name}{{shard=\"{shard}\"}}"))
-}
 
 /// Extended sequence numbers of `packets` in arrival order.
 fn extended(packets: &[RecvPacket]) -> Vec<i64> {
@@ -184,8 +160,8 @@ async fn a_room_across_two_shards_delivers_every_track_once_in_order() -> Result
             .sum();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            pupils[1].subscriber.request_keyframe(&video_id).await?;
             let asked = Instant::now();
+            pupils[1].subscriber.request_keyframe(&video_id).await?;
             // Within half a second, or ask again (a throttled request is dropped, as a browser
             // expects, and repeated).
             let reached = support::wait::poll_for(
@@ -203,7 +179,14 @@ async fn a_room_across_two_shards_delivers_every_track_once_in_order() -> Result
                         .iter()
                         .map(|r| publisher.keyframe_requests(*r).len())
                         .sum();
-                    (across > across_before && requests > requests_before).then_some(())
+                    // ... and the pupil who asked gets the start of a keyframe after asking.
+                    let keyframe = pupils[1]
+                        .subscriber
+                        .received(&video_id)
+                        .iter()
+                        .any(|p| p.at >= asked && is_vp8_keyframe_start(&p.payload));
+                    (across > across_before && requests > requests_before && keyframe)
+                        .then_some(())
                 },
             )
             .await;
@@ -249,6 +232,19 @@ async fn a_room_across_two_shards_delivers_every_track_once_in_order() -> Result
             };
             let audio = take(&audio_id);
             let video = take(&video_id);
+            // The first picture a pupil can show, on either shard, is a keyframe: the packet its
+            // stream starts with (lowest sequence number) starts one.
+            let ext = extended(&video);
+            let first = ext
+                .iter()
+                .zip(&video)
+                .min_by_key(|(seq, _)| **seq)
+                .map(|(_, p)| p)
+                .with_context(|| format!("{who} received no video"))?;
+            ensure!(
+                is_vp8_keyframe_start(&first.payload),
+                "{who}'s video starts with a packet that does not start a keyframe"
+            );
             check_stream(&who, "audio", &audio)?;
             check_stream(&who, "video", &video)?;
             let analysis = analyse_video(&video);
@@ -296,9 +292,158 @@ async fn a_room_across_two_shards_delivers_every_track_once_in_order() -> Result
                 shard_series(&m, "classroom_media_shard_hand_offs_received_total", s)?,
                 shard_series(&m, "classroom_media_shard_cross_forwarded_total", s)?,
                 shard_series(&m, "classroom_media_shard_cross_forwarded_received_total", s)?,
-                shard_series(&m, "classroom_media_shard_queue_full_total", s)?,
+                series(
+                    &m,
+                    &format!(
+                        "classroom_media_shard_mesh_dropped_total{{shard=\"{s}\",reason=\"queue_full\"}}"
+                    )
+                )?,
             );
         }
+        Ok(())
+    })
+    .await
+}
+
+/// Forged requests sent, each from its own socket: with [`FORGING_SHARDS`] shards, the kernel's
+/// hash gives every shard about 16, and each shard keeps at most four addresses per peer
+/// (`core::demux::MAX_ADDRESSES_PER_PEER`).
+const FORGED_SOURCES: usize = 128;
+const FORGING_SHARDS: usize = 8;
+
+/// A STUN binding request (RFC 8489) addressed to `username` (`<server ufrag>:<client ufrag>`)
+/// with a MESSAGE-INTEGRITY no password produced: what someone who learned a ufrag, but not the
+/// password, can send.
+fn forged_binding_request(username: &str, id: u8) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    attrs.extend_from_slice(&0x0006u16.to_be_bytes());
+    attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
+    attrs.extend_from_slice(username.as_bytes());
+    while attrs.len() % 4 != 0 {
+        attrs.push(0);
+    }
+    attrs.extend_from_slice(&0x0008u16.to_be_bytes());
+    attrs.extend_from_slice(&20u16.to_be_bytes());
+    attrs.extend_from_slice(&[0x5a; 20]);
+    let mut d = vec![0x00, 0x01];
+    d.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    d.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+    d.extend_from_slice(&[id; 12]);
+    d.extend_from_slice(&attrs);
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_binding_requests_do_not_take_a_publishers_address() -> Result<()> {
+    bounded(async {
+        let mut config = classroom::server::Config::for_tests();
+        config.media.shards = FORGING_SHARDS;
+        let server = TestServer::start_with(config).await?;
+        // The teacher's publish connection, with the server's answer (its ICE ufrag).
+        let teacher = TestClient::connect(
+            &server.ws_url(),
+            &server.token("t-001", "Tanaka", Role::Teacher),
+        )
+        .await
+        .context("teacher joins")?;
+        let offer = SimulcastOffer::create().await?;
+        let reply = teacher.request(offer.message()).await?;
+        ensure!(
+            support::is_type(&reply, "publish_answer"),
+            "publish refused: {reply}"
+        );
+        let server_ufrag = reply
+            .get("sdp")
+            .and_then(|s| s.as_str())
+            .and_then(|sdp| {
+                sdp.lines()
+                    .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+                    .map(str::to_owned)
+            })
+            .with_context(|| format!("no ice-ufrag in the publish answer: {reply}"))?;
+        let publisher = offer.complete(&reply).await?;
+        publisher.start(SimulcastConfig::default());
+        let video_id = publisher.video_track_id.clone();
+
+        let pupil = TestClient::connect(
+            &server.ws_url(),
+            &server.token("s-001", "Pupil", Role::Student),
+        )
+        .await?;
+        pupil
+            .subscriber
+            .wait_count(&video_id, 60, CONNECT_TIMEOUT)
+            .await
+            .context("the pupil receives the teacher's video")?;
+
+        // The kernel spreads the teacher's datagrams to one shard by their addresses; unless
+        // that is the shard owning the connection, they are handed over by that shard's table of
+        // addresses, which the forged requests (about 16 per shard, each from a new address,
+        // again and again as an attacker would) would overflow if a request that only names the
+        // ufrag could bind an address: the teacher's address would be pushed out, and its
+        // datagrams dropped as unroutable until its next check.
+        let mut forgers = Vec::new();
+        for _ in 0..FORGED_SOURCES {
+            forgers.push(tokio::net::UdpSocket::bind("127.0.0.1:0").await?);
+        }
+        let unroutable_before = series(
+            &metrics(&server).await?,
+            "classroom_media_datagrams_unroutable_total",
+        )?;
+        let forging_since = Instant::now();
+        let before = pupil.subscriber.received_count(&video_id);
+        let media = server.media_addr();
+        let username = format!("{server_ufrag}:forged");
+        let forging = async {
+            for round in 0u8.. {
+                for (i, socket) in forgers.iter().enumerate() {
+                    let request = forged_binding_request(&username, round ^ i as u8);
+                    socket.send_to(&request, media).await?;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            anyhow::Ok(())
+        };
+        // Three more seconds of the teacher's video reach the pupil, without a break, while
+        // the forgeries go on.
+        tokio::select! {
+            done = pupil.subscriber.wait_count(&video_id, before + 90, Duration::from_secs(10)) => {
+                done.context("the teacher's video stopped under forged binding requests")?;
+            }
+            failed = forging => failed?,
+        }
+        let until = Instant::now();
+        let gap = longest_gap(&pupil.subscriber.received(&video_id), forging_since, until);
+        ensure!(
+            gap < Duration::from_millis(700),
+            "the teacher's video paused {gap:?} under forged binding requests"
+        );
+        // Counters are published once a second: the last one covers most of the forging.
+        let unroutable = series(
+            &metrics(&server).await?,
+            "classroom_media_datagrams_unroutable_total",
+        )? - unroutable_before;
+        ensure!(
+            unroutable < 10,
+            "{unroutable} datagrams were unroutable under forged binding requests"
+        );
+        // None of the forged requests was answered: they do not authenticate.
+        let mut buf = [0u8; 1500];
+        for socket in &forgers {
+            ensure!(
+                socket.try_recv_from(&mut buf).is_err(),
+                "a forged binding request was answered"
+            );
+        }
+        println!("longest pause of the video while forging: {gap:?}, unroutable {unroutable}");
+        let m = metrics(&server).await?;
+        let received: Vec<u64> = (0..FORGING_SHARDS)
+            .map(|s| shard_series(&m, "classroom_media_shard_packets_received_total", s))
+            .collect::<Result<_>>()?;
+        let handed: Vec<u64> = (0..FORGING_SHARDS)
+            .map(|s| shard_series(&m, "classroom_media_shard_hand_offs_total", s))
+            .collect::<Result<_>>()?;
+        println!("datagrams received per shard {received:?}, handed over {handed:?}");
         Ok(())
     })
     .await

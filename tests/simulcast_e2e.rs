@@ -583,14 +583,17 @@ async fn simulcast_adapts_inner() -> Result<()> {
     settle.context("the pupils did not settle on q, h and f")?;
     eprintln!("settled after {:?}", started.elapsed());
 
-    // Lift the slow pupil's limit: it must climb back to f.
+    // Lift the slow pupil's limit: it must climb back to f. Each larger picture waits for the
+    // link to prove it (`core::capacity`: 2 s sent, then its feedback) after the estimate has
+    // grown: 10.5–13.6 s measured 2026-12-07 beside parallel builds, 6–14 s in the harness
+    // (`sim::scenarios`), so 20 s.
     let slow = &pupils[0];
     let relay = slow.relay.as_ref().context("the slow pupil has a relay")?;
     relay.set_down(fiber.down());
     relay.set_up(fiber.up());
     let lifted = Instant::now();
     support::wait::poll_for(
-        Duration::from_secs(15),
+        Duration::from_secs(20),
         || slow.describe(&publisher, Duration::from_secs(2)),
         async || {
             let video = slow.video(&publisher);
@@ -599,7 +602,7 @@ async fn simulcast_adapts_inner() -> Result<()> {
         },
     )
     .await
-    .context("the slow pupil did not climb back to f within 15 s of the limit being lifted")?;
+    .context("the slow pupil did not climb back to f within 20 s of the limit being lifted")?;
     eprintln!("slow pupil back on f {:?} after the lift", lifted.elapsed());
 
     // Its audio kept flowing, and its video is one continuous stream for a decoder.

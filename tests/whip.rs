@@ -35,6 +35,57 @@ fn endpoint(server: &TestServer) -> String {
     format!("{}/whip/{}", server.handle.http_url(), server.room)
 }
 
+/// Makes the test room a lesson's (the sample roster's class 5-1, now) with WHIP links
+/// `hall-a` and `hall-b`, and pupil s-001 attending online: a WHIP credential opens only a
+/// lesson's room, through a live link.
+async fn make_lesson(server: &TestServer) -> Result<()> {
+    use classroom_domain::{Acting, GuestKind, Mode, ModeRequest, NewGuestLink};
+    let db = server.handle.db();
+    let roster = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("domain/tests/fixtures/oneroster-sample");
+    classroom_domain::import_dir(db, &roster).await?;
+    let now = unix_now() as i64;
+    let lesson = classroom_domain::create_lesson(
+        db,
+        &classroom_domain::NewLesson {
+            id: "lesson-whip".to_owned(),
+            class_id: "class-p5-1".to_owned(),
+            starts_at: now,
+            ends_at: now + 3600,
+            media_room: server.room.clone(),
+            teachers: None,
+        },
+        chrono_tz::Asia::Tokyo,
+    )
+    .await?;
+    let acting = Acting {
+        person: "t-001",
+        at: now,
+        remote_addr: None,
+    };
+    for id in ["hall-a", "hall-b"] {
+        let link = NewGuestLink {
+            id,
+            kind: GuestKind::Whip,
+            display_name: "Lecture hall A",
+            organisation: "Tokai University",
+            expires_at: now + 3600,
+        };
+        classroom_domain::create_guest_link(db, acting, &lesson, &link).await?;
+    }
+    let policy = classroom_domain::CutoffPolicy::default();
+    let today = policy.local_date(now);
+    let online = ModeRequest {
+        pupil: "s-001",
+        from: today,
+        to: today,
+        mode: Mode::Online,
+        reason: None,
+    };
+    classroom_domain::set_mode(db, &policy, acting, &online).await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_whip_encoder_reaches_a_pupil_and_delete_ends_it() -> Result<()> {
     bounded(a_whip_encoder_reaches_a_pupil_inner()).await
@@ -42,6 +93,7 @@ async fn a_whip_encoder_reaches_a_pupil_and_delete_ends_it() -> Result<()> {
 
 async fn a_whip_encoder_reaches_a_pupil_inner() -> Result<()> {
     let server = TestServer::start().await?;
+    make_lesson(&server).await?;
     let pupil = TestClient::connect(
         &server.ws_url(),
         &server.token("s-001", "Sato", Role::Student),
@@ -155,9 +207,12 @@ async fn a_whip_encoder_reaches_a_pupil_inner() -> Result<()> {
     );
     let deleted = whip::request_as(Method::DELETE, &resource, &token).await?;
     ensure!(
-        deleted.status == StatusCode::OK,
-        "DELETE: {}",
-        deleted.status
+        deleted.status == StatusCode::OK
+            && deleted.json()["ended"] == true
+            && deleted.json()["phase"] == "running",
+        "DELETE: {} {}",
+        deleted.status,
+        deleted.body
     );
     pupil
         .expect_participant_left(&encoder, REPLY_TIMEOUT)
@@ -198,6 +253,7 @@ async fn bad_whip_requests_get_documented_refusals() -> Result<()> {
 
 async fn bad_whip_requests_inner() -> Result<()> {
     let server = TestServer::start().await?;
+    make_lesson(&server).await?;
     let url = endpoint(&server);
     let offer =
         support::publisher::PublishOffer::create(&[Source::Microphone, Source::Camera]).await?;
@@ -392,6 +448,7 @@ async fn a_whip_session_without_media_is_removed() -> Result<()> {
 
 async fn a_whip_session_without_media_inner() -> Result<()> {
     let server = TestServer::start().await?;
+    make_lesson(&server).await?;
     let pupil = TestClient::connect(
         &server.ws_url(),
         &server.token("s-001", "Sato", Role::Student),
@@ -426,4 +483,101 @@ async fn a_whip_session_without_media_inner() -> Result<()> {
         .context("the silent encoder is removed")?;
     eprintln!("silent WHIP session removed after {:?}", started.elapsed());
     Ok(())
+}
+
+/// Sends the head of a WHIP `POST` announcing an offer of `length` bytes, and never the offer;
+/// returns the status line the server answers with (an error if none comes).
+async fn post_head_only(server: &TestServer, token: &str, length: usize) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let url = server.handle.http_url();
+    let addr = url.strip_prefix("http://").context("an http URL")?;
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    let head = format!(
+        "POST /whip/{} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {length}\r\n\r\n",
+        server.room
+    );
+    tcp.write_all(head.as_bytes()).await?;
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 1024];
+        while !got.windows(2).any(|w| w == b"\r\n") {
+            let n = tcp.read(&mut buf).await?;
+            if n == 0 {
+                anyhow::bail!("the server closed the connection without an answer");
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        Ok(())
+    };
+    tokio::time::timeout(REPLY_TIMEOUT, read)
+        .await
+        .context("no answer while the body was withheld: the server waits to read it")??;
+    let text = String::from_utf8_lossy(&got);
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
+/// A request whose credential is no good is answered before its body is read: the server holds
+/// no up-to-64-KiB read for a stranger. The body is announced and never sent, so an answer at
+/// all proves the body was not waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_whip_token_is_refused_before_the_offer_is_read() -> Result<()> {
+    bounded(async {
+        let server = TestServer::start().await?;
+        make_lesson(&server).await?;
+        let forged = server.forged_token(whip_claims(&server, &server.room));
+        let other_room = server.token_with(whip_claims(&server, "another-lesson"));
+        let browser = server.token("t-001", "Yamada", Role::Teacher);
+        for (what, token, status) in [
+            ("forged", forged, "401"),
+            ("garbage", "not-a-jwt".to_owned(), "401"),
+            ("other room", other_room, "403"),
+            ("a browser's token", browser, "403"),
+        ] {
+            let line = post_head_only(&server, &token, 60_000)
+                .await
+                .with_context(|| what.to_owned())?;
+            ensure!(
+                line.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{what}: {line}"
+            );
+        }
+        // A good token's request does wait for its offer (the server is not simply refusing).
+        let good = server.token_with(whip_claims(&server, &server.room));
+        ensure!(
+            post_head_only(&server, &good, 60_000).await.is_err(),
+            "a good token's request waits for its body"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// A WHIP credential opens only a lesson's room: for a room without a lesson (a lesson deleted,
+/// or moved), a token that is still valid is refused at the door.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_whip_token_for_a_room_without_a_lesson_is_refused() -> Result<()> {
+    bounded(async {
+        let server = TestServer::start().await?;
+        make_lesson(&server).await?;
+        let room = "room-without-lesson";
+        let token = server.token_with(whip_claims(&server, room));
+        let url = format!("{}/whip/{room}", server.handle.http_url());
+        let offer = WhipOffer::post(&url, &token, &[Source::Microphone, Source::Camera]).await?;
+        ensure!(
+            offer.reply.status == StatusCode::FORBIDDEN && offer.reply.error() == "not_admitted",
+            "a WHIP token for a room without a lesson: {} {}",
+            offer.reply.status,
+            offer.reply.body
+        );
+        ensure!(
+            offer.reply.json()["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no longer exists")),
+            "the refusal says why: {}",
+            offer.reply.body
+        );
+        Ok(())
+    })
+    .await
 }

@@ -110,6 +110,8 @@ pub enum DoorRefusal {
     Expired,
     /// The link is for another lesson than the room's.
     OtherLesson,
+    /// The room has no lesson (any more): no link admits to it.
+    NoLesson,
 }
 
 impl DoorRefusal {
@@ -119,6 +121,7 @@ impl DoorRefusal {
             DoorRefusal::Revoked => "revoked",
             DoorRefusal::Expired => "expired",
             DoorRefusal::OtherLesson => "other_lesson",
+            DoorRefusal::NoLesson => "no_lesson",
         }
     }
 }

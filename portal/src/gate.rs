@@ -8,7 +8,7 @@
 //! the background.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use classroom_domain::{
     Action, Admission, AuditEntry, Db, Lesson, RefusalReason, audit, lesson_by_media_room,
@@ -17,6 +17,7 @@ use classroom_domain::{
 use classroom_signaling::gate::{Entrant, GateFuture, GateRefusal, KeepFuture, RoomGate};
 use classroom_signaling::lesson::wire::ChatMessage;
 use classroom_signaling::token::Role;
+use classroom_signaling::{Signaling, WeakSignaling};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
@@ -36,15 +37,43 @@ const GUEST_EXPIRED_MESSAGE: &str =
     "This guest link has expired. / このゲストリンクは有効期限が切れています。";
 const GUEST_OTHER_LESSON_MESSAGE: &str =
     "This guest link is for another lesson. / このゲストリンクは別の授業のものです。";
+const GUEST_NO_LESSON_MESSAGE: &str =
+    "This guest link's lesson no longer exists. / このゲストリンクの授業はもうありません。";
 const UNAVAILABLE_MESSAGE: &str = "The lesson cannot check your attendance right now; please try again. / 出欠を確認できません。もう一度お試しください。";
 
 /// At most one `join_refused` audit entry per pupil and lesson in this many seconds.
 const AUDIT_REFUSAL_EVERY: i64 = 60;
+/// At most one `guest_link_used` admission entry per link and lesson in this many seconds.
+/// Every admission would let a guest who reconnects in a loop (or a flapping encoder) grow the
+/// audit log without bound; the log has to answer "was this link used, and when, roughly", and
+/// one entry per ten minutes of (re)joining answers that with at most six rows an hour per link
+/// (ten active links per lesson). The first admission after a server start is always written.
+const AUDIT_GUEST_USE_EVERY: i64 = 600;
+
+/// What an audit entry at the door records, each rate-limited on its own: an admission must
+/// not hide the refusal that follows a revocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Audited {
+    Refusal,
+    GuestAdmission,
+}
+
+impl Audited {
+    fn every(self) -> i64 {
+        match self {
+            Audited::Refusal => AUDIT_REFUSAL_EVERY,
+            Audited::GuestAdmission => AUDIT_GUEST_USE_EVERY,
+        }
+    }
+}
 
 pub struct LessonGate {
     db: Db,
-    /// (lesson, pupil) → when a refusal was last audited.
-    audited: Mutex<HashMap<(String, String), i64>>,
+    /// (lesson, identity, what) → when it was last audited.
+    audited: Mutex<HashMap<(String, String, Audited), i64>>,
+    /// The signaling service this gate is the door of, to remove a guest who entered while
+    /// their link was being revoked ([`LessonGate::attach`]).
+    signaling: OnceLock<WeakSignaling>,
     /// Arrivals and departures, written by one task in the order they happened: written by a
     /// task each, a quick leave could be stored before its join, and the report would then show
     /// the pupil connected for good (a leave without an open visit is ignored).
@@ -83,9 +112,16 @@ impl LessonGate {
         Arc::new(LessonGate {
             db: db.clone(),
             audited: Mutex::new(HashMap::new()),
+            signaling: OnceLock::new(),
             presence,
             chat: ChatKeeper::new(db),
         })
+    }
+
+    /// Gives the gate the service it guards, so that it can take out a guest whose link turned
+    /// out revoked just after the door let them in (see [`LessonGate::recheck_guest`]).
+    pub fn attach(&self, signaling: &Signaling) {
+        let _ = self.signaling.set(signaling.downgrade());
     }
 
     /// Waits until every arrival and departure seen so far is stored: at shutdown, the
@@ -101,7 +137,7 @@ impl LessonGate {
 
     /// A guest link's holder (partner lecturer or WHIP encoder): the link must be live and for
     /// this lesson, checked at every join and resume, so a revoked link stops working at once.
-    /// Admissions are audited each time, refusals at most once a minute per link.
+    /// Admissions are audited at most once every ten minutes per link, refusals once a minute.
     async fn admit_guest(&self, lesson: &Lesson, who: &Entrant) -> Result<(), GateRefusal> {
         use classroom_domain::guest_link::{DoorRefusal, audit_door, check_at_door};
         let now = unix_now();
@@ -114,7 +150,11 @@ impl LessonGate {
                 });
             }
         };
-        if (decision.is_ok() || self.should_audit(&lesson.id, &who.identity, now))
+        let what = match decision {
+            Ok(()) => Audited::GuestAdmission,
+            Err(_) => Audited::Refusal,
+        };
+        if self.should_audit(&lesson.id, &who.identity, what, now)
             && let Err(e) = audit_door(&self.db, lesson, &who.identity, decision, now).await
         {
             warn!(lesson = %lesson.id, "gate: cannot audit a guest at the door: {e}");
@@ -127,6 +167,7 @@ impl LessonGate {
                     DoorRefusal::Revoked => GUEST_REVOKED_MESSAGE,
                     DoorRefusal::Expired => GUEST_EXPIRED_MESSAGE,
                     DoorRefusal::OtherLesson => GUEST_OTHER_LESSON_MESSAGE,
+                    DoorRefusal::NoLesson => GUEST_NO_LESSON_MESSAGE,
                 }
                 .to_owned(),
             }
@@ -137,10 +178,16 @@ impl LessonGate {
         let refuse = |message: &str| GateRefusal {
             message: message.to_owned(),
         };
-        let guest = who.role == Role::PartnerLecturer
-            || classroom_domain::guest_link::parse_identity(&who.identity).is_some();
+        let guest = is_guest(who);
         let lesson = match lesson_by_media_room(&self.db, &who.room).await {
             Ok(Some(lesson)) => lesson,
+            // Rooms without a lesson are open, but not to guests: a guest credential is only
+            // as good as its link, and a link lives no longer than its lesson (a lesson that
+            // was deleted, or moved to another room, leaves tokens valid for up to 14 days).
+            Ok(None) if guest => {
+                info!(room = %who.room, "gate: guest refused, the room has no lesson");
+                return Err(refuse(GUEST_NO_LESSON_MESSAGE));
+            }
             Ok(None) => return Ok(()),
             Err(e) => {
                 warn!(room = %who.room, "gate: cannot look up the room, refusing: {e}");
@@ -178,7 +225,7 @@ impl LessonGate {
             Admission::NotEnrolled => (NOT_ENROLLED_MESSAGE, "not_enrolled"),
         };
         info!(lesson = %lesson.id, reason, "gate: pupil refused");
-        if self.should_audit(&lesson.id, &who.identity, now) {
+        if self.should_audit(&lesson.id, &who.identity, Audited::Refusal, now) {
             let entry = AuditEntry {
                 at: now,
                 actor: Some(&who.identity),
@@ -197,19 +244,61 @@ impl LessonGate {
         Err(refuse(message))
     }
 
-    fn should_audit(&self, lesson: &str, pupil: &str, now: i64) -> bool {
+    fn should_audit(&self, lesson: &str, who: &str, what: Audited, now: i64) -> bool {
         let mut map = self.audited.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() > 10_000 {
-            map.retain(|_, at| now - *at < AUDIT_REFUSAL_EVERY);
+            map.retain(|(_, _, what), at| now - *at < what.every());
         }
-        let key = (lesson.to_owned(), pupil.to_owned());
+        let key = (lesson.to_owned(), who.to_owned(), what);
         match map.get(&key) {
-            Some(at) if now - *at < AUDIT_REFUSAL_EVERY => false,
+            Some(at) if now - *at < what.every() => false,
             _ => {
                 map.insert(key, now);
                 true
             }
         }
+    }
+
+    /// Checks a guest's link again once they are in the room. Revoking a link marks it in the
+    /// database and then removes its holder from the room; a join whose door check ran just
+    /// before the mark but which entered the room just after the removal would stay. The order
+    /// closes that gap: this runs after the entrant is in the room (registered, or reattached on
+    /// resume), so either the revocation's removal finds them there, or its mark came before
+    /// this read and this takes them out (`goodbye` `revoked`). On a database error the guest
+    /// stays: the door admitted them a moment ago.
+    fn recheck_guest(&self, who: &Entrant) {
+        if !is_guest(who) {
+            return;
+        }
+        let Some(signaling) = self.signaling.get().cloned() else {
+            return;
+        };
+        let db = self.db.clone();
+        let who = who.clone();
+        tokio::spawn(async move {
+            use classroom_domain::guest_link::check_at_door;
+            let why = match lesson_by_media_room(&db, &who.room).await {
+                Ok(Some(lesson)) => {
+                    match check_at_door(&db, &lesson, &who.identity, unix_now()).await {
+                        Ok(Ok(_)) => return,
+                        Ok(Err(why)) => why.as_str(),
+                        Err(e) => {
+                            warn!(room = %who.room, "gate: cannot check a guest link again: {e}");
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => "no_lesson",
+                Err(e) => {
+                    warn!(room = %who.room, "gate: cannot check a guest's room again: {e}");
+                    return;
+                }
+            };
+            if let Some(signaling) = signaling.upgrade() {
+                let removed = signaling.remove_identity(&who.room, &who.identity).await;
+                info!(room = %who.room, reason = why, removed, "gate: guest removed after entering");
+            }
+        });
     }
 
     fn record(&self, who: &Entrant, change: Change) {
@@ -225,6 +314,13 @@ impl LessonGate {
             warn!(room = %who.room, "gate: the presence writer has stopped; not recorded");
         }
     }
+}
+
+/// A guest link's holder: the partner-lecturer role is only ever given to guest links' tokens (a
+/// signed-in partner lecturer joins with the teacher's), and their subjects name the link.
+fn is_guest(who: &Entrant) -> bool {
+    who.role == Role::PartnerLecturer
+        || classroom_domain::guest_link::parse_identity(&who.identity).is_some()
 }
 
 /// Stores presence events one after another, in the order the gate saw them (a gap's end must
@@ -274,6 +370,7 @@ impl RoomGate for LessonGate {
 
     fn entered(&self, who: &Entrant) {
         self.record(who, Change::Entered);
+        self.recheck_guest(who);
     }
 
     fn left(&self, who: &Entrant) {
@@ -286,6 +383,7 @@ impl RoomGate for LessonGate {
 
     fn back(&self, who: &Entrant) {
         self.record(who, Change::Back);
+        self.recheck_guest(who);
     }
 
     fn keep_chat<'a>(&'a self, who: &'a Entrant) -> KeepFuture<'a> {

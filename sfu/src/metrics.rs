@@ -51,6 +51,8 @@ pub struct MediaCounters {
     pub cross_forwarded_in: u64,
     /// Packets dropped because another shard's queue was full.
     pub mesh_queue_full: u64,
+    /// Datagrams not handed over because they were longer than a hand-off buffer.
+    pub mesh_oversize: u64,
     /// Keyframe requests from subscribers on other shards, for a publisher here.
     pub keyframe_requests_across: u64,
 }
@@ -133,6 +135,7 @@ pub struct ShardMetrics {
     pub cross_forwarded_out: AtomicU64,
     pub cross_forwarded_in: AtomicU64,
     pub mesh_queue_full: AtomicU64,
+    pub mesh_oversize: AtomicU64,
     pub keyframe_requests_across: AtomicU64,
 }
 
@@ -204,7 +207,7 @@ impl MediaMetrics {
     /// Publishes shard `index`'s counters `c`; `before` is what it published last time.
     pub(crate) fn publish(&self, index: usize, c: &MediaCounters, before: &MediaCounters) {
         let own = self.shard(index);
-        let mine: [(&AtomicU64, u64); 8] = [
+        let mine: [(&AtomicU64, u64); 9] = [
             (&own.packets_in, c.packets_in),
             (&own.peers, c.peers),
             (&own.hand_offs_out, c.hand_offs_out),
@@ -212,6 +215,7 @@ impl MediaMetrics {
             (&own.cross_forwarded_out, c.cross_forwarded_out),
             (&own.cross_forwarded_in, c.cross_forwarded_in),
             (&own.mesh_queue_full, c.mesh_queue_full),
+            (&own.mesh_oversize, c.mesh_oversize),
             (&own.keyframe_requests_across, c.keyframe_requests_across),
         ];
         for (a, v) in mine {
@@ -527,7 +531,7 @@ impl MediaMetrics {
             &'static str,
             fn(&ShardMetrics) -> u64,
         );
-        let rows: [Row; 8] = [
+        let rows: [Row; 7] = [
             (
                 "classroom_media_shard_packets_received_total",
                 "counter",
@@ -565,12 +569,6 @@ impl MediaMetrics {
                 |s| s.cross_forwarded_in.load(Ordering::Relaxed),
             ),
             (
-                "classroom_media_shard_queue_full_total",
-                "counter",
-                "Packets dropped because another shard's queue was full",
-                |s| s.mesh_queue_full.load(Ordering::Relaxed),
-            ),
-            (
                 "classroom_media_shard_keyframe_requests_across_total",
                 "counter",
                 "Keyframe requests from subscribers on other shards for a publisher on this one",
@@ -585,6 +583,23 @@ impl MediaMetrics {
             );
             for (i, shard) in self.shards.iter().enumerate() {
                 let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(shard));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP classroom_media_shard_mesh_dropped_total Packets a shard could not pass to another, by reason (queue_full: the other's queue was full; oversize: a datagram longer than a hand-off buffer)\n\
+             # TYPE classroom_media_shard_mesh_dropped_total counter"
+        );
+        for (i, shard) in self.shards.iter().enumerate() {
+            for (reason, n) in [
+                ("queue_full", &shard.mesh_queue_full),
+                ("oversize", &shard.mesh_oversize),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "classroom_media_shard_mesh_dropped_total{{shard=\"{i}\",reason=\"{reason}\"}} {}",
+                    n.load(Ordering::Relaxed)
+                );
             }
         }
         let _ = writeln!(
@@ -605,6 +620,30 @@ impl MediaMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mesh_drops_are_rendered_per_shard_and_reason() {
+        let c = MediaCounters {
+            mesh_queue_full: 3,
+            mesh_oversize: 2,
+            ..Default::default()
+        };
+        let m = MediaMetrics::new(2);
+        m.publish(1, &c, &MediaCounters::default());
+        let mut out = String::new();
+        m.render(&mut out);
+        for line in [
+            "# TYPE classroom_media_shard_mesh_dropped_total counter",
+            "classroom_media_shard_mesh_dropped_total{shard=\"0\",reason=\"queue_full\"} 0",
+            "classroom_media_shard_mesh_dropped_total{shard=\"1\",reason=\"queue_full\"} 3",
+            "classroom_media_shard_mesh_dropped_total{shard=\"1\",reason=\"oversize\"} 2",
+        ] {
+            assert!(
+                out.lines().any(|l| l == line),
+                "{line} missing from:\n{out}"
+            );
+        }
+    }
 
     #[test]
     fn drops_are_rendered_per_reason() {

@@ -3,7 +3,8 @@
 //!
 //! It places each joining participant (`core::placement`) and remembers where, so a
 //! participant's later commands reach its shard; commands about a track (`SetAudience`) go to
-//! every shard, and the track's owner passes them to its mirrors in order with the packets; when
+//! the shard it was published on (its id says which, `core::placement::track_owner`), which
+//! passes them to its mirrors in order with the packets; when
 //! the shards hosting a room change, every shard concerned is told (`mesh::Control::Hosts`).
 //! Nothing here is on the packet path.
 
@@ -14,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::command::ShardCommand;
-use crate::core::placement::{HostsChange, Placement};
+use crate::core::placement::{HostsChange, Placement, track_owner};
 use crate::shard::mesh::{Control, Inbox};
 
 /// The router's view of one shard.
@@ -78,11 +79,10 @@ impl Router {
                 let shard = self.placement.shard_of(participant).unwrap_or(0);
                 self.send(shard, cmd).await;
             }
-            ShardCommand::SetAudience { track, audience } => {
-                for i in 0..self.shards.len() {
-                    self.send(i as u8, ShardCommand::SetAudience { track, audience })
-                        .await;
-                }
+            ShardCommand::SetAudience { track, .. } => {
+                // Only the owner applies it; it passes it on to the shards mirroring the track.
+                let owner = track_owner(track.0, self.shards.len());
+                self.send(owner, cmd).await;
             }
             ShardCommand::Hold { held, release } => self.hold_all(held, release).await,
             ShardCommand::Shutdown => {}

@@ -20,6 +20,7 @@ mod parked;
 mod registry;
 mod unjoined;
 mod whip_http;
+mod whip_live;
 mod ws;
 
 use std::sync::Arc;
@@ -126,7 +127,7 @@ pub(crate) struct Inner {
     /// Numbers sessions, so a registry entry knows which socket owns it.
     next_session: AtomicU64,
     resumed: AtomicU64,
-    whip: whip::WhipSessions,
+    whip: whip_live::WhipSessions,
 }
 
 const ERROR_CODES: [ErrorCode; 23] = [
@@ -186,7 +187,22 @@ pub struct Signaling {
     inner: Arc<Inner>,
 }
 
+/// A handle to the signaling service that does not keep it alive: for its own gate, which the
+/// service holds (a strong handle there would be a cycle, and the service would never drop).
+#[derive(Clone)]
+pub struct WeakSignaling(std::sync::Weak<Inner>);
+
+impl WeakSignaling {
+    pub fn upgrade(&self) -> Option<Signaling> {
+        self.0.upgrade().map(|inner| Signaling { inner })
+    }
+}
+
 impl Signaling {
+    pub fn downgrade(&self) -> WeakSignaling {
+        WeakSignaling(Arc::downgrade(&self.inner))
+    }
+
     /// Must be called inside a tokio runtime: it spawns the task that relays media events.
     /// Every valid token enters its room ([`OpenGate`]); see [`Signaling::with_gate`].
     pub fn new(
@@ -226,7 +242,7 @@ impl Signaling {
             resumes: Default::default(),
             next_session: AtomicU64::new(1),
             resumed: AtomicU64::new(0),
-            whip: whip::WhipSessions::default(),
+            whip: whip_live::WhipSessions::default(),
         });
         tokio::spawn(relay_media_events(inner.clone(), events));
         Signaling { inner }

@@ -8,9 +8,8 @@
 //! replies out, pings to keep the session from idling, and an end when the publisher's media
 //! path is gone.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{Sink, Stream, sink, stream};
@@ -24,6 +23,7 @@ use crate::protocol::{ClientMessage, ErrorCode, ServerMessage, Source, WireTrack
 use crate::sdp_check;
 use crate::session::{self, Frame};
 use crate::token::{Claims, Permission, TokenError};
+use crate::whip_live::{EndPhase, Reservation};
 
 /// The largest SDP offer taken (a simulcast offer of audio and video is 5–10 KiB).
 pub const MAX_OFFER_BYTES: usize = 64 * 1024;
@@ -64,6 +64,8 @@ pub enum WhipError {
     NotFound,
     #[error("the server could not answer: {0}")]
     Unavailable(String),
+    #[error("the session was ended by a DELETE while it was being set up")]
+    Deleted,
 }
 
 impl WhipError {
@@ -78,6 +80,7 @@ impl WhipError {
             WhipError::TooLarge => 413,
             WhipError::BadSdp(_) => 400,
             WhipError::NotFound => 404,
+            WhipError::Deleted => 409,
             WhipError::TooMany(_) | WhipError::Unavailable(_) => 503,
         }
     }
@@ -97,6 +100,7 @@ impl WhipError {
             WhipError::TooMany(_) => "too_many_sessions",
             WhipError::NotFound => "not_found",
             WhipError::Unavailable(_) => "unavailable",
+            WhipError::Deleted => "deleted",
         }
     }
 }
@@ -107,64 +111,6 @@ pub struct Created {
     /// The resource's id: the last segment of its URL, unguessable (128 random bits).
     pub resource: String,
     pub answer: String,
-}
-
-/// The live WHIP sessions, by resource id.
-#[derive(Default)]
-pub(crate) struct WhipSessions {
-    live: Mutex<HashMap<String, Live>>,
-}
-
-struct Live {
-    room: String,
-    /// Whose session it is: only the same identity's token ends it.
-    identity: String,
-    /// Fired: the driver makes the session leave, then answers on the sender it was given.
-    end: Option<oneshot::Sender<oneshot::Sender<()>>>,
-}
-
-impl WhipSessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Takes a place for a new session in `room`, or says why there is none.
-    fn reserve(&self, room: &str, identity: &str) -> Result<String, WhipError> {
-        let mut live = self.lock();
-        if live.len() >= MAX_SESSIONS {
-            return Err(WhipError::TooMany(format!(
-                "the server already holds {MAX_SESSIONS} WHIP sessions"
-            )));
-        }
-        if live.values().filter(|l| l.room == room).count() >= MAX_PER_ROOM {
-            return Err(WhipError::TooMany(format!(
-                "this room already has {MAX_PER_ROOM} WHIP sessions"
-            )));
-        }
-        let resource = random_id();
-        live.insert(
-            resource.clone(),
-            Live {
-                room: room.to_owned(),
-                identity: identity.to_owned(),
-                end: None,
-            },
-        );
-        Ok(resource)
-    }
-
-    fn release(&self, resource: &str) {
-        self.lock().remove(resource);
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.lock().len()
-    }
-}
-
-fn random_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The tracks an encoder's offer publishes: its audio is the microphone, its first video the
@@ -272,15 +218,11 @@ fn refusal(code: ErrorCode, message: String) -> WhipError {
     }
 }
 
-/// Sets up a WHIP session in `room` for the holder of `token`, publishing `offer`.
-pub(crate) async fn publish(
-    inner: &Arc<Inner>,
-    room: &str,
-    token: &str,
-    offer: String,
-) -> Result<Created, WhipError> {
-    // Checked here first so that a bad request costs no session and says precisely what is
-    // wrong; the session verifies the token again at its own door.
+/// The claims of `token` if it may open a WHIP session in `room` now: a valid token for the
+/// room that publishes and does not receive, and a place free in the room and the server.
+/// Checked before the request's body is read, so that a request without a valid credential, or
+/// one the server has no room for, costs no read of its offer.
+pub(crate) fn authorize(inner: &Inner, room: &str, token: &str) -> Result<Claims, WhipError> {
     let claims = verify(inner, room, token)?;
     if !claims.allows(Permission::PublishAudio) && !claims.allows(Permission::PublishVideo) {
         return Err(WhipError::PermissionDenied(
@@ -294,18 +236,49 @@ pub(crate) async fn publish(
             "this token is for a browser; publish over WHIP with a WHIP link's token".into(),
         ));
     }
-    let tracks = tracks_of(&offer)?;
-    let resource = inner.whip.reserve(room, &claims.sub)?;
-    match start(inner, token, offer, tracks, &resource).await {
-        Ok(answer) => {
-            info!(%room, identity = %claims.sub, %resource, "WHIP session started");
-            Ok(Created { resource, answer })
-        }
-        Err(e) => {
-            inner.whip.release(&resource);
-            Err(e)
+    inner.whip.check_room(room)?;
+    Ok(claims)
+}
+
+/// Releases a place unless the session was handed to its driver: a `POST` whose client goes
+/// away mid set-up has its future dropped, and its place must not stay taken.
+struct Place<'a> {
+    inner: &'a Inner,
+    resource: String,
+    kept: bool,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.inner.whip.release(&self.resource);
         }
     }
+}
+
+/// Sets up a WHIP session in `room` for the holder of `token` (whose `claims` [`authorize`]
+/// gave), publishing `offer`.
+pub(crate) async fn publish(
+    inner: &Arc<Inner>,
+    room: &str,
+    token: &str,
+    claims: &Claims,
+    offer: String,
+) -> Result<Created, WhipError> {
+    let tracks = tracks_of(&offer)?;
+    let reservation = inner.whip.reserve(room, &claims.sub)?;
+    let mut place = Place {
+        inner,
+        resource: reservation.resource.clone(),
+        kept: false,
+    };
+    let answer = start(inner, token, offer, tracks, reservation).await?;
+    place.kept = true;
+    info!(%room, identity = %claims.sub, resource = %place.resource, "WHIP session started");
+    Ok(Created {
+        resource: place.resource.clone(),
+        answer,
+    })
 }
 
 async fn start(
@@ -313,8 +286,12 @@ async fn start(
     token: &str,
     offer: String,
     tracks: Vec<WireTrackSpec>,
-    resource: &str,
+    reservation: Reservation,
 ) -> Result<String, WhipError> {
+    let Reservation {
+        resource,
+        mut cancelled,
+    } = reservation;
     let (stream, sink, to_session, mut from_session) = socket();
     // Not aborted on failure: told to leave, it cleans up after itself (registry, counters).
     tokio::spawn(session::run(inner.clone(), stream, sink, None));
@@ -324,7 +301,7 @@ async fn start(
         id: Some("whip-join".into()),
         token: token.to_owned(),
     };
-    let outcome = async {
+    let setup = async {
         let _ = to_session.send(text(&join)).await;
         match reply(&mut from_session, "whip-join", deadline).await? {
             ServerMessage::Joined { .. } => {}
@@ -343,17 +320,25 @@ async fn start(
             ServerMessage::Error { code, message, .. } => Err(refusal(code, message)),
             _ => Err(WhipError::Unavailable("unexpected reply".into())),
         }
-    }
-    .await;
+    };
+    let outcome = tokio::select! {
+        o = setup => o,
+        Ok(()) = &mut cancelled => Err(WhipError::Deleted),
+    };
+    // Running from here on, unless a DELETE came first (also between the answer and now).
+    let (end, ended) = oneshot::channel();
+    let outcome = outcome.and_then(|answer| {
+        inner
+            .whip
+            .running(&resource, end)
+            .map(|()| answer)
+            .map_err(|_| WhipError::Deleted)
+    });
     match outcome {
         Ok(answer) => {
-            let (end, ended) = oneshot::channel();
-            if let Some(live) = inner.whip.lock().get_mut(resource) {
-                live.end = Some(end);
-            }
             tokio::spawn(drive(
                 inner.clone(),
-                resource.to_owned(),
+                resource,
                 to_session,
                 from_session,
                 ended,
@@ -361,6 +346,9 @@ async fn start(
             Ok(answer)
         }
         Err(e) => {
+            if e == WhipError::Deleted {
+                info!(%resource, "WHIP session deleted while being set up");
+            }
             leave(&to_session).await;
             drop(to_session);
             let _ = tokio::time::timeout(END_TIMEOUT, drain(&mut from_session)).await;
@@ -389,17 +377,13 @@ async fn drive(
     resource: String,
     to_session: mpsc::Sender<Frame>,
     mut from_session: mpsc::Receiver<Frame>,
-    mut ended: oneshot::Receiver<oneshot::Sender<()>>,
+    mut ended: oneshot::Receiver<()>,
 ) {
     let every = (inner.config.idle_timeout / 3).max(Duration::from_millis(100));
     let mut ping = tokio::time::interval_at(Instant::now() + every, every);
-    let mut done = None;
     let why = loop {
         tokio::select! {
-            asked = &mut ended => {
-                done = asked.ok();
-                break "deleted";
-            }
+            _ = &mut ended => break "deleted",
             frame = from_session.recv() => match frame {
                 None | Some(Frame::Close(..)) => break "session ended",
                 Some(Frame::Text(t)) => match serde_json::from_str::<ServerMessage>(&t) {
@@ -419,11 +403,9 @@ async fn drive(
     leave(&to_session).await;
     drop(to_session);
     let _ = tokio::time::timeout(END_TIMEOUT, drain(&mut from_session)).await;
+    // Waiting DELETEs hear of the end here, once the session has left the room.
     inner.whip.release(&resource);
     info!(%resource, why, "WHIP session ended");
-    if let Some(done) = done {
-        let _ = done.send(());
-    }
 }
 
 /// The claims of a valid token for `room`.
@@ -439,33 +421,36 @@ fn verify(inner: &Inner, room: &str, token: &str) -> Result<Claims, WhipError> {
     Ok(claims)
 }
 
+/// What a `DELETE` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// The session was still being set up (its `POST` unanswered); the set-up was cancelled.
+    pub during_setup: bool,
+    /// Whether the session had left the room when this returned (else it is still leaving).
+    pub done: bool,
+}
+
 /// `DELETE` of a resource by the holder of `token` (the one it was created with, or another
-/// for the same identity): the session leaves, and this returns once it has (or after
-/// [`END_TIMEOUT`]). The resource URL alone is not enough: it appears in logs and proxies.
+/// for the same identity): the session leaves, or its set-up is cancelled, and this returns
+/// once it is gone (or after twice [`END_TIMEOUT`], saying so). The resource URL alone is not
+/// enough: it appears in logs and proxies.
 pub(crate) async fn end(
     inner: &Arc<Inner>,
     room: &str,
     resource: &str,
     token: &str,
-) -> Result<(), WhipError> {
+) -> Result<Ended, WhipError> {
     let claims = verify(inner, room, token)?;
-    let end = {
-        let mut live = inner.whip.lock();
-        match live.get_mut(resource) {
-            // Another identity's session is reported as absent: it learns nothing of it.
-            Some(l) if l.room == room && l.identity == claims.sub => l.end.take(),
-            _ => return Err(WhipError::NotFound),
-        }
+    let request = inner.whip.request_end(room, resource, &claims.sub)?;
+    let done = match request.gone {
+        // A dropped sender is a released place too.
+        Some(gone) => tokio::time::timeout(END_TIMEOUT * 2, gone).await.is_ok(),
+        None => false,
     };
-    let Some(end) = end else {
-        // Already ending.
-        return Ok(());
-    };
-    let (done, gone) = oneshot::channel();
-    if end.send(done).is_ok() {
-        let _ = tokio::time::timeout(END_TIMEOUT * 2, gone).await;
-    }
-    Ok(())
+    Ok(Ended {
+        during_setup: request.phase == EndPhase::SettingUp,
+        done,
+    })
 }
 
 #[cfg(test)]
@@ -491,26 +476,5 @@ mod tests {
         assert!(matches!(tracks_of(no_mid), Err(WhipError::BadSdp(_))));
         let receiving = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=recvonly\r\n";
         assert!(matches!(tracks_of(receiving), Err(WhipError::BadSdp(_))));
-    }
-
-    #[test]
-    fn places_are_bounded_per_room_and_in_all() {
-        let s = WhipSessions::default();
-        let ids: Vec<String> = (0..MAX_PER_ROOM)
-            .map(|_| s.reserve("a", "whip:x").expect("place"))
-            .collect();
-        assert!(matches!(
-            s.reserve("a", "whip:x"),
-            Err(WhipError::TooMany(_))
-        ));
-        s.release(&ids[0]);
-        assert!(s.reserve("a", "whip:x").is_ok());
-        for i in 0..MAX_SESSIONS - MAX_PER_ROOM {
-            s.reserve(&format!("r{i}"), "whip:x").expect("place");
-        }
-        assert!(matches!(
-            s.reserve("z", "whip:x"),
-            Err(WhipError::TooMany(_))
-        ));
     }
 }

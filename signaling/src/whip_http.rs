@@ -109,7 +109,10 @@ async fn create_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<whip::Created, WhipError> {
+    // The credential and the places first: the body is read only for a request that may
+    // open a session now.
     let token = bearer(headers)?;
+    let claims = whip::authorize(inner, room, token)?;
     if !is_sdp(headers) {
         return Err(WhipError::NotSdp);
     }
@@ -118,7 +121,7 @@ async fn create_inner(
         .map_err(|_| WhipError::TooLarge)?;
     let offer = String::from_utf8(bytes.to_vec())
         .map_err(|_| WhipError::BadSdp("the offer is not UTF-8".into()))?;
-    whip::publish(inner, room, token, offer).await
+    whip::publish(inner, room, token, &claims, offer).await
 }
 
 /// A room name as a path segment: every byte but unreserved ones percent-encoded.
@@ -144,8 +147,19 @@ async fn delete(
         Err(e) => Err(e),
     };
     match ended {
-        Ok(()) => {
-            let mut resp = StatusCode::OK.into_response();
+        Ok(ended) => {
+            // 200 once the session is gone (RFC 9725 §4.2), 202 while it is still leaving; the
+            // body says whether it had been running or was cancelled while being set up.
+            let status = if ended.done {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            let body = json!({
+                "ended": ended.done,
+                "phase": if ended.during_setup { "setting_up" } else { "running" },
+            });
+            let mut resp = (status, axum::Json(body)).into_response();
             cors(resp.headers_mut());
             resp
         }

@@ -13,6 +13,7 @@
 //!   microphone would, and the checks that compare what a subscriber got with what was sent.
 //! * [`client`]: [`TestClient`], which ties the three together for one participant.
 //! * [`lesson`]: a class of clients and the lesson's actions (hands, floor, chat, last-N).
+//! * [`metrics`]: the server's `/metrics`, scraped and read series by series.
 //! * [`server`]: [`TestServer`], the server under test started in-process — the only place the
 //!   tests touch the server's Rust API.
 //! * [`simulcast`]: a simulcast publisher (VP8 rids q/h/f with L1T3 temporal layers, plus Opus)
@@ -30,6 +31,7 @@ pub mod checks;
 pub mod client;
 pub mod lesson;
 pub mod media;
+pub mod metrics;
 pub mod peer;
 pub mod profiles;
 pub mod publisher;

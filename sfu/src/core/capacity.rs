@@ -35,13 +35,6 @@ pub const HOLD: Duration = Duration::from_secs(2);
 /// How long after a stretch its feedback can still say the link queued it: receiver reports
 /// come about once a second, and the estimator needs a few feedback rounds to see a queue grow.
 pub const LAG: Duration = Duration::from_secs(1);
-/// The lag while nothing is proven yet. Then the rule of [`HIDDEN_BITS`] is measured against
-/// zero and cannot rule out a bucket (2 s at 0.6 Mbit/s is 1.2 Mbit "above" nothing, while a
-/// 64 kB bucket hides 0.5 Mbit of it on a 0.3 Mbit/s line), so only the feedback can, and the
-/// round-trip time shows a queue one sender report and one receiver report later: up to two
-/// seconds, each a second apart. With the 1 s lag a real-time pupil behind a 64 kB bucket had
-/// 0.6 Mbit/s proven half a second before its round-trip time went from 66 to 464 ms.
-pub const FIRST_LAG: Duration = Duration::from_secs(2);
 /// A round-trip time this much above the link's floor means a queue is building.
 pub const QUEUE_DELAY_MS: u32 = 40;
 /// Receiver-reported loss from which the link counts as congested whatever the delay says.
@@ -108,7 +101,7 @@ struct Sent {
 #[derive(Debug, Clone, Default)]
 pub struct CapacityProof {
     last: Option<(Instant, u64)>,
-    /// Recent rounds, oldest first; no older than `MAX_STRETCH + FIRST_LAG` plus a round.
+    /// Recent rounds, oldest first; no older than `HOLD + LAG` plus a round.
     rounds: VecDeque<Sent>,
     floor: RttFloor,
     /// The latest round that showed a queue.
@@ -141,7 +134,7 @@ impl CapacityProof {
             }
         }
         self.last = Some((o.now, o.bytes_sent));
-        let keep = MAX_STRETCH + FIRST_LAG + MAX_ROUND_GAP;
+        let keep = MAX_STRETCH + LAG + MAX_ROUND_GAP;
         while self
             .rounds
             .front()
@@ -184,12 +177,11 @@ impl CapacityProof {
         delayed || lossy
     }
 
-    /// The highest mean rate sent through a stretch of at least `HOLD` that ended `LAG` ago
-    /// (`FIRST_LAG` while nothing is proven), with nothing showing a queue since it began,
-    /// which sent `HIDDEN_BITS` more than the rate proven before.
+    /// The highest mean rate sent through a stretch of at least `HOLD` that ended `LAG` ago,
+    /// with nothing showing a queue since it began, which sent `HIDDEN_BITS` more than the
+    /// rate proven before.
     fn stretch(&self, now: Instant) -> Option<u64> {
-        let lag = if self.proven == 0 { FIRST_LAG } else { LAG };
-        let end = now.checked_sub(lag)?;
+        let end = now.checked_sub(LAG)?;
         let mut best = None;
         let (mut bits, mut lowest) = (0u128, u64::MAX);
         let mut last_start = end;
@@ -266,27 +258,10 @@ mod tests {
     fn a_rate_sent_for_the_hold_counts_once_its_feedback_is_in() {
         let mut r = Run::new();
         let proven = r.rounds(10, 600_000, 60, 0.0, 2_000_000);
-        // The first observation only starts the count; 4 rounds (2 s) of sending, then 2 s:
-        // the first proof waits for `FIRST_LAG`.
-        assert_eq!(proven[..8], [0; 8]);
-        assert!(proven[8..].iter().all(|&p| p == 600_000), "{proven:?}");
-        // A later one for `LAG`: 1.5 s more at 1.2 Mbit/s (the stretch's first round was at
-        // 0.6), then 1 s.
-        let proven = r.rounds(8, 1_200_000, 60, 0.0, 2_000_000);
-        assert_eq!(proven[..4], [600_000; 4]);
-        // (The last 0.15 Mbit/s would need 5.3 s more, `HIDDEN_BITS`.)
-        assert!(proven[4..].iter().all(|&p| p == 1_050_000), "{proven:?}");
-    }
-
-    #[test]
-    fn a_bucket_that_empties_after_the_first_stretch_is_found_out() {
-        // Real time behind a 64 kB bucket at 0.3 Mbit/s: 2 s at 0.6 Mbit/s crossed at once,
-        // and the round-trip time showed the queue 1.5 s after the stretch ended.
-        let mut r = Run::new();
-        r.rounds(5, 600_000, 66, 0.0, 1_500_000);
-        r.rounds(3, 600_000, 66, 0.0, 1_500_000);
-        let proven = r.rounds(4, 600_000, 464, 0.1, 1_000_000);
-        assert_eq!(r.proof.proven(), 0, "{proven:?}");
+        // The first observation only starts the count; 4 rounds (2 s) of sending, then 1 s.
+        assert_eq!(proven[..6], [0; 6]);
+        assert_eq!(proven[6], 600_000);
+        assert!(proven[6..].iter().all(|&p| p == 600_000));
     }
 
     #[test]
@@ -294,8 +269,8 @@ mod tests {
         let mut r = Run::new();
         r.rounds(3, 600_000, 60, 0.0, 2_000_000);
         r.rounds(1, 400_000, 60, 0.0, 2_000_000);
-        let proven = r.rounds(5, 600_000, 60, 0.0, 2_000_000);
-        // The stretch that ended two seconds ago holds the slower round.
+        let proven = r.rounds(3, 600_000, 60, 0.0, 2_000_000);
+        // The stretch that ended a second ago holds the slower round.
         assert_eq!(proven.last(), Some(&550_000), "{proven:?}");
         // 50 kbit/s more would take 16 s to prove: longer than a stretch is looked at.
         let later = r.rounds(30, 600_000, 60, 0.0, 2_000_000);
@@ -331,15 +306,15 @@ mod tests {
         r.rounds(4, 400_000, 60, 0.0, 1_000_000);
         r.rounds(2, 400_000, 300, 0.0, 1_000_000);
         // Clean again: a whole new stretch and its lag are needed.
-        let proven = r.rounds(10, 400_000, 60, 0.0, 1_000_000);
+        let proven = r.rounds(8, 400_000, 60, 0.0, 1_000_000);
         let first = proven.iter().position(|&p| p == 400_000);
-        assert!(first.is_some_and(|i| i >= 7), "{proven:?}");
+        assert!(first.is_some_and(|i| i >= 5), "{proven:?}");
     }
 
     #[test]
     fn never_above_the_estimate() {
         let mut r = Run::new();
-        r.rounds(10, 900_000, 60, 0.0, 2_000_000);
+        r.rounds(8, 900_000, 60, 0.0, 2_000_000);
         assert_eq!(r.proof.proven(), 900_000);
         let proven = r.rounds(1, 900_000, 60, 0.0, 500_000);
         assert_eq!(proven, [500_000]);
@@ -359,7 +334,7 @@ mod tests {
     #[test]
     fn a_small_step_takes_longer_to_prove() {
         let mut r = Run::new();
-        r.rounds(10, 400_000, 60, 0.0, 2_000_000);
+        r.rounds(8, 400_000, 60, 0.0, 2_000_000);
         assert_eq!(r.proof.proven(), 400_000);
         // 100 kbit/s above: 8 s of it, and the second of feedback.
         let proven = r.rounds(20, 500_000, 60, 0.0, 2_000_000);
@@ -368,7 +343,7 @@ mod tests {
         assert_eq!(proven[17], 500_000);
         // A bucket that hid it for four seconds is found out in time.
         let mut r = Run::new();
-        r.rounds(10, 400_000, 60, 0.0, 2_000_000);
+        r.rounds(8, 400_000, 60, 0.0, 2_000_000);
         r.rounds(8, 500_000, 60, 0.0, 2_000_000);
         let proven = r.rounds(6, 500_000, 250, 0.0, 2_000_000);
         assert!(proven.iter().all(|&p| p == 400_000), "{proven:?}");

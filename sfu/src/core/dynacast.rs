@@ -109,6 +109,25 @@ impl Dynacast {
     }
 }
 
+/// What a mirror of a track (on another shard than its publisher's) last told the track's owner
+/// of its subscribers' wants. The owner keeps the last word and uses it every round, so a word
+/// is sent only when it differs from the previous one: a quiet class sends nothing between shards.
+#[derive(Debug, Clone, Default)]
+pub struct DemandReport {
+    sent: Option<Vec<Viewer>>,
+}
+
+impl DemandReport {
+    /// `viewers`, when the owner must hear them (the first time, or changed since).
+    pub fn changed(&mut self, viewers: Vec<Viewer>) -> Option<Vec<Viewer>> {
+        if self.sent.as_ref() == Some(&viewers) {
+            return None;
+        }
+        self.sent = Some(viewers.clone());
+        Some(viewers)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +155,26 @@ mod tests {
             allowed: true,
             unplayable: false,
         }
+    }
+
+    #[test]
+    fn a_mirror_tells_its_owner_only_what_changed() {
+        let mut report = DemandReport::default();
+        // The first word goes even when nobody watches: the owner may hold an older one.
+        assert_eq!(report.changed(Vec::new()), Some(Vec::new()));
+        assert_eq!(report.changed(Vec::new()), None);
+        let watching = vec![viewer(Some((0, 2)), Some((1, 2)), 2)];
+        assert_eq!(report.changed(watching.clone()), Some(watching.clone()));
+        for _ in 0..10 {
+            assert_eq!(
+                report.changed(watching.clone()),
+                None,
+                "unchanged: not resent"
+            );
+        }
+        let climbed = vec![viewer(Some((1, 2)), Some((1, 2)), 2)];
+        assert_eq!(report.changed(climbed.clone()), Some(climbed));
+        assert_eq!(report.changed(Vec::new()), Some(Vec::new()), "all left");
     }
 
     const ON: Option<[bool; 3]> = None;

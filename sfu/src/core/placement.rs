@@ -17,6 +17,19 @@ pub const WHOLE_ROOM: usize = 8;
 /// Most shards: indices travel as `u8`, and beyond a few dozen cores the crossing dominates.
 pub const MAX_SHARDS: usize = 64;
 
+/// The first track id shard `shard` of `shards` hands out, and the step between its ids: ids
+/// are unique per process without a shared counter, and each names the shard it was published
+/// on ([`track_owner`]).
+pub fn track_ids(shard: u8, shards: usize) -> (u64, u64) {
+    (u64::from(shard) + 1, shards.clamp(1, MAX_SHARDS) as u64)
+}
+
+/// The shard a track was published on (its owner), from its id ([`track_ids`]): commands about
+/// a track go there only, and the owner passes them on to the shards mirroring it.
+pub fn track_owner(track: u64, shards: usize) -> u8 {
+    (track.saturating_sub(1) % shards.clamp(1, MAX_SHARDS) as u64) as u8
+}
+
 #[derive(Debug)]
 struct RoomPlace {
     /// The shard of the room's first participant.
@@ -148,6 +161,25 @@ mod tests {
 
     fn room(name: &str) -> RoomId {
         RoomId(name.into())
+    }
+
+    #[test]
+    fn a_track_id_names_the_shard_it_was_published_on() {
+        for shards in 1..=5 {
+            for shard in 0..shards as u8 {
+                let (first, step) = track_ids(shard, shards);
+                for k in 0..10 {
+                    assert_eq!(
+                        track_owner(first + k * step, shards),
+                        shard,
+                        "{shards} shards"
+                    );
+                }
+            }
+        }
+        // Nothing out of range, whatever the id.
+        assert_eq!(track_owner(0, 3), 0);
+        assert!(track_owner(u64::MAX, 7) < 7);
     }
 
     #[test]

@@ -281,8 +281,10 @@ impl Shard {
             });
             if track.owner.is_some() {
                 // A mirror: its owner asks the publisher, for the union of every shard's wants.
-                if !track.rids.is_empty() {
-                    demands.push((*track_id, viewers.collect::<Vec<_>>()));
+                if !track.rids.is_empty()
+                    && let Some(changed) = track.demand.changed(viewers.collect())
+                {
+                    demands.push((*track_id, changed));
                 }
                 continue;
             }

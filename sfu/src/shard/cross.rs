@@ -11,17 +11,16 @@
 use std::sync::Arc;
 
 use str0m::format::Codec;
-use str0m::media::{KeyframeRequestKind, Mid};
+use str0m::media::KeyframeRequestKind;
 use str0m::rtp::RtpPacket;
 use tracing::debug;
 
-use super::mesh::{Control, Forwarded, HandOff};
+use super::mesh::{Control, Forwarded, HandOff, HandOffRefused};
 use super::peer::PeerKey;
 use super::{Arrival, Shard, Track};
 use crate::core::demux::Route;
 use crate::core::dynacast::Viewer;
 use crate::core::forward::SenderClock;
-use crate::core::throttle::{Throttle, keyframe_request_interval};
 use crate::ids::{RoomId, TrackId};
 
 /// The publisher key of a mirror track: no peer has it.
@@ -34,30 +33,56 @@ impl Shard {
     }
 
     /// A datagram no local peer claims: hand it to the shard whose peer it is, if any. Returns
-    /// whether it went.
+    /// whether it was taken (handed over, or dropped and counted for the mesh's reason).
+    ///
+    /// Nothing here binds an address: a STUN check is routed by its ufrag, but whether it
+    /// authenticates only its owner's `Rtc` can tell, and the owner's word (`Control::Bound`)
+    /// is what binds. A spoofed check therefore cannot steer, move or evict anyone's address.
     pub(super) fn hand_off(&mut self, route: Route, arrival: Arrival, datagram: &[u8]) -> bool {
+        if self.mesh.is_none() {
+            return false;
+        }
+        let owner = match self.foreign.route_via(route, datagram) {
+            Ok(owner) => owner,
+            // The owner tells of a new peer or a bound address before its answer leaves, so
+            // before the client can send anything that depends on it (the DTLS after a check):
+            // a word still queued is applied, and the datagram routed again, rather than
+            // dropped and left to a retransmission.
+            Err(_) if self.apply_queued_control() => {
+                match self.foreign.route_via(route, datagram) {
+                    Ok(owner) => owner,
+                    Err(_) => return false,
+                }
+            }
+            Err(_) => return false,
+        };
         let Some(mesh) = &self.mesh else {
             return false;
         };
-        let Ok(owner) = self.foreign.route_via(route, datagram) else {
-            return false;
-        };
-        // A STUN check that reached this socket by its ufrag: the kernel hashes by addresses, so
-        // the DTLS and SRTP that follow from the same address land here too, possibly before the
-        // owner's word (`Control::Bound`) does; without this they would be dropped and the
-        // handshake would wait for a retransmission. Never over an address already bound: a
-        // spoofed check cannot take another client's address, and the owner's authenticated
-        // word replaces this one.
-        if !self.foreign.is_bound(route) {
-            self.foreign.bind(route, owner);
-        }
-        let shard = owner.0;
-        if mesh.hand_off(shard, arrival, datagram) {
-            self.counters.hand_offs_out += 1;
-        } else {
-            self.counters.mesh_queue_full += 1;
+        match mesh.hand_off(owner.0, arrival, datagram) {
+            Ok(()) => self.counters.hand_offs_out += 1,
+            Err(HandOffRefused::Oversize) => self.counters.mesh_oversize += 1,
+            Err(HandOffRefused::QueueFull | HandOffRefused::NoShard) => {
+                self.counters.mesh_queue_full += 1
+            }
         }
         true
+    }
+
+    /// Every message from other shards and the router queued now (`handle_control` each).
+    /// Returns whether there were any.
+    pub(crate) fn handle_queued_control(&mut self, now: std::time::Instant) -> bool {
+        self.enter(now);
+        self.apply_queued_control()
+    }
+
+    fn apply_queued_control(&mut self) -> bool {
+        let mut any = false;
+        while let Some(message) = self.control.as_mut().and_then(|c| c.try_recv().ok()) {
+            self.apply_control(message);
+            any = true;
+        }
+        any
     }
 
     /// A datagram another shard received for one of our peers.
@@ -218,8 +243,8 @@ impl Shard {
         }
     }
 
-    /// Mirrors tell their owners what their subscribers want of each track (each allocation
-    /// round), so the owner's dynacast asks the publisher for the union.
+    /// Mirrors tell their owners what their subscribers want of each track (when it changed,
+    /// `core::dynacast::DemandReport`), so the owner's dynacast asks the publisher for the union.
     pub(super) fn send_demand(&self, track: &Track, viewers: Vec<Viewer>) {
         let (Some(mesh), Some(owner)) = (&self.mesh, track.owner) else {
             return;
@@ -237,6 +262,10 @@ impl Shard {
     /// A message from another shard or the router.
     pub(crate) fn handle_control(&mut self, now: std::time::Instant, message: Control) {
         self.enter(now);
+        self.apply_control(message);
+    }
+
+    fn apply_control(&mut self, message: Control) {
         match message {
             Control::Hosts { room, shards } => self.set_hosts(room, shards),
             Control::PeerAdded { shard, key, ufrag } => self.foreign.insert(&ufrag, (shard, key)),
@@ -361,32 +390,17 @@ impl Shard {
             return;
         }
         let track_id = info.track_id;
-        let keyframe_throttle =
-            std::array::from_fn(|s| Throttle::new(keyframe_request_interval(s, rids.len())));
-        let mid = Mid::from(info.mid.as_str());
         debug!(track = %track_id, owner, shard = own, "track mirrored");
-        self.tracks.insert(
-            track_id,
-            Track {
-                info,
-                room: room_id.clone(),
-                publisher: NO_PEER,
-                mid,
-                codec: None,
-                rids,
-                class,
-                meter: Default::default(),
-                subscriptions: Vec::new(),
-                keyframe_throttle,
-                dynacast: Default::default(),
-                audience,
-                speaker: Default::default(),
-                sender_clocks: Default::default(),
-                owner: Some(owner),
-                forward_to: Vec::new(),
-                remote_viewers: Vec::new(),
-            },
+        let track = Track::new(
+            info,
+            room_id.clone(),
+            NO_PEER,
+            rids,
+            class,
+            audience,
+            Some(owner),
         );
+        self.tracks.insert(track_id, track);
         let members = match self.rooms.get_mut(&room_id) {
             Some(room) => {
                 room.tracks.push(track_id);

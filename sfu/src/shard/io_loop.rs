@@ -33,12 +33,6 @@ const TICK: Duration = Duration::from_secs(1);
 /// this shard's own socket (what is left waits for the next pass).
 const MESH_BATCH: usize = 64;
 
-/// What connects this shard's loop to the others', when there are several.
-pub(super) struct MeshEnd {
-    pub inbox: Arc<Inbox>,
-    pub control: mpsc::UnboundedReceiver<Control>,
-}
-
 pub(super) struct IoLoop {
     shard: Shard,
     socket: UdpSocket,
@@ -47,11 +41,21 @@ pub(super) struct IoLoop {
     sender: Sender,
     metrics: Arc<MediaMetrics>,
     index: usize,
-    /// This shard's inbox and control channel (`mesh`), when there are several shards.
+    /// This shard's inbox (`mesh`), when there are several shards (its control channel is the
+    /// shard's).
     inbox: Option<Arc<Inbox>>,
-    control: Option<mpsc::UnboundedReceiver<Control>>,
     /// Shards without the ICE-TCP listener send their peers' TCP packets through shard 0.
     tcp_relay: Option<super::mesh::Link>,
+}
+
+/// What ended the loop's wait.
+enum Woke {
+    Command(Option<ShardCommand>),
+    Datagram(std::io::Result<(usize, SocketAddr)>),
+    Tcp(tcp::Ready),
+    Control(Control),
+    Inbox,
+    Deadline,
 }
 
 async fn next_control(control: Option<&mut mpsc::UnboundedReceiver<Control>>) -> Control {
@@ -78,7 +82,7 @@ impl IoLoop {
         metrics: Arc<MediaMetrics>,
         socket: UdpSocket,
         tcp: Option<TcpMedia>,
-        mesh: Option<MeshEnd>,
+        inbox: Option<Arc<Inbox>>,
     ) -> IoLoop {
         let index = setup.mesh.as_ref().map_or(0, |m| usize::from(m.index));
         let tcp_relay = setup.mesh.clone().filter(|m| m.index != 0);
@@ -89,8 +93,7 @@ impl IoLoop {
             sender: Sender::default(),
             metrics,
             index,
-            inbox: mesh.as_ref().map(|m| m.inbox.clone()),
-            control: mesh.map(|m| m.control),
+            inbox,
             tcp_relay,
         }
     }
@@ -101,52 +104,57 @@ impl IoLoop {
         let mut next_tick = Instant::now() + TICK;
         loop {
             let deadline = self.shard.poll_deadline().min(next_tick);
-            tokio::select! {
+            let woke = tokio::select! {
                 biased;
-                cmd = commands.recv() => match cmd {
-                    Some(ShardCommand::Shutdown) | None => break,
-                    Some(cmd) => {
-                        self.shard.handle_command(Instant::now(), cmd);
-                        self.settle();
-                    }
-                },
-                received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((n, source)) => {
-                        self.datagram(source, &buf[..n]);
-                        // Whatever else is already waiting is taken in the same pass, before any
-                        // subscriber is drained: the packets of a frame then reach each
-                        // subscriber's `Rtc` together and leave as one GSO run (`outbox`), and a
-                        // busy loop spends less of its time waking up.
-                        for _ in 1..RECV_BATCH {
-                            match self.socket.try_recv_from(&mut buf) {
-                                Ok((n, source)) => self.datagram(source, &buf[..n]),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    Err(e) => debug!("media socket receive error: {e}"),
-                },
+                cmd = commands.recv() => Woke::Command(cmd),
+                received = self.socket.recv_from(&mut buf) => Woke::Datagram(received),
                 ready = std::future::poll_fn(|cx| match self.tcp.as_mut() {
                     Some(t) => t.poll_ready(cx),
                     None => std::task::Poll::Pending,
-                }) => self.handle_tcp(ready, &mut frame),
-                message = next_control(self.control.as_mut()) => {
-                    self.shard.handle_control(Instant::now(), message);
+                }) => Woke::Tcp(ready),
+                message = next_control(self.shard.control.as_mut()) => Woke::Control(message),
+                _ = inbox_woken(self.inbox.as_ref()) => Woke::Inbox,
+                _ = tokio::time::sleep_until(deadline.into()) => Woke::Deadline,
+            };
+            // The clock is read once per pass, here, and that time given to everything the pass
+            // handles: a batch of datagrams or of other shards' packets shares one reading.
+            let now = Instant::now();
+            match woke {
+                Woke::Command(Some(ShardCommand::Shutdown) | None) => break,
+                Woke::Command(Some(cmd)) => {
+                    self.shard.handle_command(now, cmd);
                     self.settle();
                 }
-                _ = inbox_woken(self.inbox.as_ref()) => {}
-                _ = tokio::time::sleep_until(deadline.into()) => {}
+                Woke::Datagram(Ok((n, source))) => {
+                    self.datagram(now, source, &buf[..n]);
+                    // Whatever else is already waiting is taken in the same pass, before any
+                    // subscriber is drained: the packets of a frame then reach each
+                    // subscriber's `Rtc` together and leave as one GSO run (`outbox`), and a
+                    // busy loop spends less of its time waking up.
+                    for _ in 1..RECV_BATCH {
+                        match self.socket.try_recv_from(&mut buf) {
+                            Ok((n, source)) => self.datagram(now, source, &buf[..n]),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Woke::Datagram(Err(e)) => debug!("media socket receive error: {e}"),
+                Woke::Tcp(ready) => self.handle_tcp(now, ready, &mut frame),
+                Woke::Control(message) => {
+                    self.shard.handle_control(now, message);
+                    self.settle();
+                }
+                Woke::Inbox | Woke::Deadline => {}
             }
-            self.drain_mesh();
+            self.drain_mesh(now);
             // Under a steady stream of datagrams the UDP branch always wins the biased select:
             // ICE-TCP connections get a turn after every wakeup all the same. (Polling with a
             // no-op waker is harmless: the next select polls again with the loop's own.)
             if let Some(std::task::Poll::Ready(ready)) = self.tcp.as_mut().map(|t| {
                 t.poll_ready(&mut std::task::Context::from_waker(std::task::Waker::noop()))
             }) {
-                self.handle_tcp(ready, &mut frame);
+                self.handle_tcp(now, ready, &mut frame);
             }
-            let now = Instant::now();
             if now >= next_tick {
                 next_tick = now + TICK;
                 if let Some(t) = self.tcp.as_mut() {
@@ -159,7 +167,8 @@ impl IoLoop {
                 self.shard.note_tcp(t.counters, t.open());
             }
             // Deadlines (pacing, RTCP, ICE consent) must still be met, so the shard is asked
-            // after every wakeup; this also drains what the pass touched.
+            // after every wakeup; this also drains what the pass touched. A deadline that fell
+            // due while the pass ran is met on the next one, which does not wait for it.
             self.shard.handle_timeout(now);
             self.settle();
             // Everything this pass produced leaves before the loop waits again.
@@ -172,13 +181,12 @@ impl IoLoop {
 
     /// What other shards sent: their control messages first (a track must be mirrored before
     /// its packets mean anything), then a bounded batch of hand-offs and forwarded packets.
-    fn drain_mesh(&mut self) {
+    fn drain_mesh(&mut self, now: Instant) {
         let Some(inbox) = self.inbox.clone() else {
             return;
         };
         inbox.clear();
-        while let Some(message) = self.control.as_mut().and_then(|c| c.try_recv().ok()) {
-            self.shard.handle_control(Instant::now(), message);
+        if self.shard.handle_queued_control(now) {
             self.settle();
         }
         let mut left = false;
@@ -196,7 +204,9 @@ impl IoLoop {
             let Some(handoff) = inbox.pop_handoff() else {
                 break;
             };
-            self.shard.handle_hand_off(Instant::now(), &handoff);
+            self.shard.handle_hand_off(now, &handoff);
+            // The buffer goes back to the free list before the next one is taken.
+            drop(handoff);
             self.settle();
             left |= i == MESH_BATCH;
         }
@@ -204,7 +214,7 @@ impl IoLoop {
             let Some(forwarded) = inbox.pop_forwarded() else {
                 break;
             };
-            self.shard.handle_forwarded(Instant::now(), forwarded);
+            self.shard.handle_forwarded(now, forwarded);
             self.settle();
             left |= i == MESH_BATCH;
         }
@@ -213,9 +223,9 @@ impl IoLoop {
         }
     }
 
-    fn datagram(&mut self, source: SocketAddr, datagram: &[u8]) {
+    fn datagram(&mut self, now: Instant, source: SocketAddr, datagram: &[u8]) {
         self.shard
-            .handle_datagram(Instant::now(), Arrival::udp(source), datagram);
+            .handle_datagram(now, Arrival::udp(source), datagram);
         self.settle();
     }
 
@@ -257,13 +267,13 @@ impl IoLoop {
     }
 
     /// Something happened on the ICE-TCP side.
-    fn handle_tcp(&mut self, ready: tcp::Ready, frame: &mut [u8]) {
+    fn handle_tcp(&mut self, now: Instant, ready: tcp::Ready, frame: &mut [u8]) {
         let Some(t) = self.tcp.as_mut() else {
             return;
         };
         let i = match ready {
             tcp::Ready::Accepted(stream, remote) => {
-                t.admit(Instant::now(), stream, remote);
+                t.admit(now, stream, remote);
                 return;
             }
             tcp::Ready::Writable(i) => {
@@ -284,8 +294,7 @@ impl IoLoop {
             local: Some(local.ip()),
         };
         while let Some(n) = self.tcp.as_mut().and_then(|t| t.next_frame(i, frame)) {
-            self.shard
-                .handle_datagram(Instant::now(), arrival, &frame[..n]);
+            self.shard.handle_datagram(now, arrival, &frame[..n]);
             self.settle();
         }
     }

@@ -11,7 +11,7 @@ use str0m::Rtc;
 use str0m::format::Codec;
 use str0m::media::{KeyframeRequest, KeyframeRequestKind, MediaKind, Mid, SenderFeedback};
 use str0m::rtp::{RtpPacket, Ssrc};
-use str0m::stats::MediaEgressStats;
+use str0m::stats::{MediaEgressStats, PeerStats};
 
 use super::Shard;
 use super::peer::{PeerKey, PeerRole};
@@ -423,14 +423,33 @@ impl Shard {
             return;
         }
         if let Some(peer) = self.peer_mut(key) {
-            if let Some(rtt) = stats.rtt {
-                peer.rtt_ms = Some(rtt.as_millis().min(u128::from(u32::MAX)) as u32);
+            if let Some(rtt) = stats.rtt
+                && !peer.rtt_from_twcc
+            {
+                peer.rtt_ms = Some(millis(rtt));
             }
             if stats.loss.is_some() {
                 peer.loss = stats.loss;
             }
         }
     }
+
+    /// The round-trip time of the latest packet transport-wide feedback covered: it comes ten
+    /// times a second and shows a queue within about a tenth of a second. A receiver report's
+    /// shows it only one sender report later, and goes on repeating that report's delay for as
+    /// long as the stream sends no newer one: after a 300 kbit/s link was lifted to fibre the
+    /// audio's reports said 142–271 ms for four seconds beside the video's 14 ms, the rate proof
+    /// took each for a queue, and the pupil took 15 s instead of 8 to climb back to `f`.
+    pub(super) fn on_peer_stats(&mut self, key: PeerKey, stats: &PeerStats) {
+        if let (Some(rtt), Some(peer)) = (stats.rtt, self.peer_mut(key)) {
+            peer.rtt_ms = Some(millis(rtt));
+            peer.rtt_from_twcc = true;
+        }
+    }
+}
+
+fn millis(d: std::time::Duration) -> u32 {
+    d.as_millis().min(u128::from(u32::MAX)) as u32
 }
 
 /// str0m's media kind for a track.

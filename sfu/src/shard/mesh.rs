@@ -5,9 +5,10 @@
 //! - per packet, over bounded lock-free queues (`crossbeam_queue::ArrayQueue`, slots allocated
 //!   once): RTP a publisher on another shard sent ([`Forwarded`]: the packet behind an `Arc`, so
 //!   it crosses once per shard whatever the number of subscribers there), and datagrams the
-//!   kernel's `SO_REUSEPORT` hash gave to the wrong shard ([`HandOff`]: copied into the slot, no
-//!   allocation). A full queue drops the packet and counts it, as a full socket buffer would:
-//!   the media thread never blocks on another.
+//!   kernel's `SO_REUSEPORT` hash gave to the wrong shard ([`HandOff`]: the datagram's bytes
+//!   copied once into a buffer from the receiving inbox's preallocated pool, whose pointer is
+//!   queued; no allocation, no zero-fill). A full queue drops the packet and counts it, as a full
+//!   socket buffer would: the media thread never blocks on another.
 //! - rarely, over an unbounded channel ([`Control`]): which shards host a room, which peers and
 //!   addresses another shard owns, tracks published elsewhere, keyframe requests, layer demand.
 //!   These are as rare as signaling and must not be lost.
@@ -55,17 +56,55 @@ pub(crate) struct Forwarded {
     pub packet: Arc<RtpPacket>,
 }
 
-/// A datagram received by the wrong shard, for the shard that owns its peer.
+/// A datagram received by the wrong shard, for the shard that owns its peer: its bytes in one of
+/// the receiving inbox's preallocated buffers, which go back to that inbox's free list when the
+/// hand-off is dropped. Only the buffer's pointer moves through the queue.
 pub(crate) struct HandOff {
     pub arrival: Arrival,
     len: u16,
-    bytes: [u8; HANDOFF_MAX],
+    buffer: Option<Box<[u8]>>,
 }
 
 impl HandOff {
     pub fn datagram(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
+        self.buffer
+            .as_deref()
+            .and_then(|b| b.get(..usize::from(self.len)))
+            .unwrap_or_default()
     }
+}
+
+/// A hand-off taken from an inbox; its buffer returns to the inbox's free list on drop.
+pub(crate) struct Received<'a> {
+    handoff: HandOff,
+    free: &'a ArrayQueue<Box<[u8]>>,
+}
+
+impl std::ops::Deref for Received<'_> {
+    type Target = HandOff;
+    fn deref(&self) -> &HandOff {
+        &self.handoff
+    }
+}
+
+impl Drop for Received<'_> {
+    fn drop(&mut self) {
+        if let Some(buffer) = self.handoff.buffer.take() {
+            // As many buffers as places in the free list: there is always room.
+            let _ = self.free.push(buffer);
+        }
+    }
+}
+
+/// Why a datagram was not handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HandOffRefused {
+    /// The owner's queue (its free buffers) is full: the owner is behind.
+    QueueFull,
+    /// Longer than a buffer: not a WebRTC datagram.
+    Oversize,
+    /// No such shard.
+    NoShard,
 }
 
 /// The shard-level facts other shards need; never per packet.
@@ -126,8 +165,8 @@ pub(crate) enum Control {
         spatial: u8,
         kind: KeyframeRequestKind,
     },
-    /// Dynacast: what the subscribers of shard `from` want of the track (every allocation
-    /// round), for the owner to ask its publisher for the union.
+    /// Dynacast: what the subscribers of shard `from` want of the track (sent when it changed;
+    /// the owner keeps the last word), for the owner to ask its publisher for the union.
     Demand {
         from: u8,
         track: TrackId,
@@ -139,6 +178,10 @@ pub(crate) enum Control {
 pub(crate) struct Inbox {
     forwarded: ArrayQueue<Forwarded>,
     handoffs: ArrayQueue<HandOff>,
+    /// The buffers of hand-offs not queued now, [`HANDOFF_QUEUE`] of them, allocated once: a
+    /// producer takes one, copies the datagram's bytes in (nothing else: no zero-fill), and
+    /// queues it; the owner puts it back once it has handled the datagram.
+    free: ArrayQueue<Box<[u8]>>,
     /// (connection's remote address, packet) for shard 0's ICE-TCP connections.
     tcp_out: ArrayQueue<(std::net::SocketAddr, Vec<u8>)>,
     control: mpsc::UnboundedSender<Control>,
@@ -150,9 +193,14 @@ impl Inbox {
     /// An inbox and the receiving end of its control channel.
     pub fn new() -> (Arc<Inbox>, mpsc::UnboundedReceiver<Control>) {
         let (control, receiver) = mpsc::unbounded_channel();
+        let free = ArrayQueue::new(HANDOFF_QUEUE);
+        for _ in 0..HANDOFF_QUEUE {
+            let _ = free.push(vec![0u8; HANDOFF_MAX].into_boxed_slice());
+        }
         let inbox = Inbox {
             forwarded: ArrayQueue::new(FORWARD_QUEUE),
             handoffs: ArrayQueue::new(HANDOFF_QUEUE),
+            free,
             tcp_out: ArrayQueue::new(TCP_QUEUE),
             control,
             pending: AtomicBool::new(false),
@@ -181,8 +229,13 @@ impl Inbox {
         self.forwarded.pop()
     }
 
-    pub fn pop_handoff(&self) -> Option<HandOff> {
-        self.handoffs.pop()
+    /// The oldest hand-off; its buffer is reused once the result is dropped.
+    pub fn pop_handoff(&self) -> Option<Received<'_>> {
+        let handoff = self.handoffs.pop()?;
+        Some(Received {
+            handoff,
+            free: &self.free,
+        })
     }
 
     pub fn pop_tcp(&self) -> Option<(std::net::SocketAddr, Vec<u8>)> {
@@ -231,23 +284,41 @@ impl Link {
         pushed
     }
 
-    /// Copies a datagram into shard `to`'s hand-off queue; false when full or too long.
-    pub fn hand_off(&self, to: u8, arrival: Arrival, datagram: &[u8]) -> bool {
-        let Some(inbox) = self.inboxes.get(usize::from(to)) else {
-            return false;
-        };
-        if datagram.len() > HANDOFF_MAX || inbox.handoffs.is_full() {
-            return false;
-        }
-        let mut slot = HandOff {
+    /// Copies a datagram into one of shard `to`'s free hand-off buffers (its bytes only) and
+    /// queues it.
+    pub fn hand_off(
+        &self,
+        to: u8,
+        arrival: Arrival,
+        datagram: &[u8],
+    ) -> Result<(), HandOffRefused> {
+        let inbox = self
+            .inboxes
+            .get(usize::from(to))
+            .ok_or(HandOffRefused::NoShard)?;
+        let len = u16::try_from(datagram.len())
+            .ok()
+            .filter(|l| usize::from(*l) <= HANDOFF_MAX)
+            .ok_or(HandOffRefused::Oversize)?;
+        let mut buffer = inbox.free.pop().ok_or(HandOffRefused::QueueFull)?;
+        buffer
+            .get_mut(..datagram.len())
+            .ok_or(HandOffRefused::Oversize)?
+            .copy_from_slice(datagram);
+        let handoff = HandOff {
             arrival,
-            len: datagram.len() as u16,
-            bytes: [0; HANDOFF_MAX],
+            len,
+            buffer: Some(buffer),
         };
-        slot.bytes[..datagram.len()].copy_from_slice(datagram);
-        let pushed = inbox.handoffs.push(slot).is_ok();
+        // A buffer taken means a place in the queue: both hold `HANDOFF_QUEUE`.
+        if let Err(mut refused) = inbox.handoffs.push(handoff) {
+            if let Some(buffer) = refused.buffer.take() {
+                let _ = inbox.free.push(buffer);
+            }
+            return Err(HandOffRefused::QueueFull);
+        }
         inbox.woken();
-        pushed
+        Ok(())
     }
 
     /// Queues a packet for an ICE-TCP connection of shard `to` (the frame is moved, not copied);
@@ -295,39 +366,115 @@ mod tests {
     fn a_hand_off_is_copied_whole_and_the_queue_is_bounded() {
         let a = link(0, 2);
         let b = Link::new(1, a.inboxes.clone());
-        assert!(a.hand_off(1, from(), b"\x16\xfe\xfd dtls"));
+        assert_eq!(a.hand_off(1, from(), b"\x16\xfe\xfd dtls"), Ok(()));
         let got = b.own().pop_handoff().expect("queued");
         assert_eq!(got.datagram(), b"\x16\xfe\xfd dtls");
         assert_eq!(got.arrival.source, from().source);
-        // Longer than any WebRTC datagram: refused, not truncated.
-        assert!(!a.hand_off(1, from(), &[0; HANDOFF_MAX + 1]));
+        drop(got);
+        // Longer than any WebRTC datagram: refused for its size, not truncated, and not taken
+        // for a full queue.
+        assert_eq!(
+            a.hand_off(1, from(), &[0; HANDOFF_MAX + 1]),
+            Err(HandOffRefused::Oversize)
+        );
+        assert_eq!(a.hand_off(1, from(), &[7; HANDOFF_MAX]), Ok(()));
+        assert_eq!(
+            b.own().pop_handoff().expect("queued").datagram(),
+            &[7; HANDOFF_MAX][..]
+        );
         for _ in 0..HANDOFF_QUEUE {
-            assert!(a.hand_off(1, from(), b"x"));
+            assert_eq!(a.hand_off(1, from(), b"x"), Ok(()));
         }
-        assert!(!a.hand_off(1, from(), b"x"), "a full queue drops");
-        // No such shard.
-        assert!(!a.hand_off(7, from(), b"x"));
+        assert_eq!(
+            a.hand_off(1, from(), b"x"),
+            Err(HandOffRefused::QueueFull),
+            "a full queue drops"
+        );
+        assert_eq!(a.hand_off(7, from(), b"x"), Err(HandOffRefused::NoShard));
+    }
+
+    #[test]
+    fn buffers_are_reused_and_only_the_datagram_is_seen() {
+        let a = link(0, 2);
+        let b = Link::new(1, a.inboxes.clone());
+        let mut buffers = std::collections::HashSet::new();
+        for round in 0..3 * HANDOFF_QUEUE {
+            // A long datagram, then a short one into whatever buffer comes: only its own bytes
+            // are seen, never the previous occupant's.
+            let datagram: &[u8] = if round % 2 == 0 {
+                &[0xaa; 1200]
+            } else {
+                b"short"
+            };
+            assert_eq!(a.hand_off(1, from(), datagram), Ok(()));
+            let got = b.own().pop_handoff().expect("queued");
+            assert_eq!(got.datagram(), datagram);
+            buffers.insert(got.datagram().as_ptr() as usize);
+        }
+        // Every hand-off used one of the buffers allocated with the inbox: none per packet.
+        assert!(buffers.len() <= HANDOFF_QUEUE, "{} buffers", buffers.len());
+        // Dropped hand-offs gave their buffers back: the whole queue is usable again.
+        for _ in 0..HANDOFF_QUEUE {
+            assert_eq!(a.hand_off(1, from(), b"x"), Ok(()));
+        }
     }
 
     #[tokio::test]
     async fn one_wake_up_per_drain() {
         let a = link(0, 2);
         let b = Link::new(1, a.inboxes.clone());
-        a.hand_off(1, from(), b"1");
-        a.hand_off(1, from(), b"2");
-        // The first push notified; the waiter is woken at once.
-        tokio::time::timeout(std::time::Duration::from_secs(1), b.own().notified())
-            .await
-            .expect("woken");
-        // The second push found the flag set: no second permit.
-        let again = tokio::time::timeout(std::time::Duration::ZERO, b.own().notified()).await;
-        assert!(again.is_err(), "woken twice for one drain");
+        let wait = || tokio::time::timeout(std::time::Duration::ZERO, b.own().notified());
+        assert!(wait().await.is_err(), "woken with nothing pushed");
+        a.hand_off(1, from(), b"1").expect("queued");
+        // The first push notified: the waiter is woken at once, and that takes the permit.
+        assert!(wait().await.is_ok(), "not woken by the first push");
+        // Until the owner drains, further pushes do not notify (a second notification would
+        // leave a permit behind, and this wait would end at once).
+        a.hand_off(1, from(), b"2").expect("queued");
+        assert!(wait().await.is_err(), "woken twice for one drain");
         b.own().clear();
         while b.own().pop_handoff().is_some() {}
-        a.hand_off(1, from(), b"3");
-        tokio::time::timeout(std::time::Duration::from_secs(1), b.own().notified())
-            .await
-            .expect("woken after the drain");
+        // After the drain the next push wakes the owner again: no lost wake-up.
+        a.hand_off(1, from(), b"3").expect("queued");
+        assert!(wait().await.is_ok(), "not woken after the drain");
+    }
+
+    /// CPU per hand-off (copy in, queue, take out), for BENCHMARKS.md: `cargo test --release -p
+    /// classroom-sfu --lib hand_off_cost -- --ignored --nocapture`. Thread CPU time, not wall
+    /// time: the machine's cores are shared.
+    #[test]
+    #[ignore]
+    fn hand_off_cost() {
+        fn thread_cpu() -> std::time::Duration {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: a valid clock id and a pointer to a timespec this frame owns.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+            std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+        }
+        let a = link(0, 2);
+        let b = Link::new(1, a.inboxes.clone());
+        for size in [100usize, 1200] {
+            let datagram = vec![0x80u8; size];
+            let rounds = 2_000_000u32;
+            let mut sum = 0u64;
+            let start = thread_cpu();
+            for _ in 0..rounds {
+                assert!(
+                    a.hand_off(1, from(), std::hint::black_box(&datagram))
+                        .is_ok()
+                );
+                let got = b.own().pop_handoff().expect("queued");
+                sum += u64::from(std::hint::black_box(got.datagram())[size - 1]);
+            }
+            let spent = thread_cpu() - start;
+            println!(
+                "hand-off of {size} bytes: {:.1} ns CPU each ({sum})",
+                spent.as_nanos() as f64 / f64::from(rounds)
+            );
+        }
     }
 
     #[test]

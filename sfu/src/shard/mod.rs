@@ -69,8 +69,6 @@ pub struct Sfu {
     /// The ICE-TCP addresses announced to peers.
     pub announced_tcp: Vec<SocketAddr>,
     pub metrics: Arc<MediaMetrics>,
-    /// How many media threads (shards) run.
-    pub shards: usize,
     /// The shards, then (with several) the router.
     threads: Vec<JoinHandle<()>>,
 }
@@ -170,25 +168,21 @@ pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
     for (index, socket) in sockets.into_iter().enumerate() {
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let link = several.then(|| mesh::Link::new(index as u8, inboxes.clone()));
-        let mesh_end = link.as_ref().and_then(|l| {
-            Some(io_loop::MeshEnd {
-                inbox: l.own().clone(),
-                control: controls.get_mut(index)?.take()?,
-            })
-        });
+        let inbox = link.as_ref().map(|l| l.own().clone());
         let setup = Setup {
             announced: announced.clone(),
             announced_tcp: announced_tcp.clone(),
             candidates: candidates.clone(),
             bandwidth_estimation: config.bandwidth_estimation,
             mesh: link,
+            control: controls.get_mut(index).and_then(Option::take),
         };
         let thread = spawn_shard(
             index,
             setup,
             socket,
             tcp_listener.take(),
-            mesh_end,
+            inbox,
             event_tx.clone(),
             metrics.clone(),
             cmd_rx,
@@ -232,7 +226,6 @@ pub fn start(config: MediaConfig) -> Result<Sfu, SfuError> {
         announced,
         announced_tcp,
         metrics,
-        shards: count,
         threads,
     })
 }
@@ -244,7 +237,7 @@ fn spawn_shard(
     setup: Setup,
     socket: std::net::UdpSocket,
     tcp_listener: Option<std::net::TcpListener>,
-    mesh_end: Option<io_loop::MeshEnd>,
+    inbox: Option<Arc<mesh::Inbox>>,
     events: mpsc::UnboundedSender<ShardEvent>,
     metrics: Arc<MediaMetrics>,
     commands: mpsc::Receiver<ShardCommand>,
@@ -277,7 +270,7 @@ fn spawn_shard(
                         return;
                     }
                 };
-                io_loop::IoLoop::new(setup, events, metrics, socket, tcp, mesh_end)
+                io_loop::IoLoop::new(setup, events, metrics, socket, tcp, inbox)
                     .run(commands)
                     .await;
             });
@@ -394,6 +387,50 @@ struct Track {
     forward_to: Vec<u8>,
     /// A local track: what the subscribers of each other shard want of it (dynacast).
     remote_viewers: Vec<(u8, Vec<crate::core::dynacast::Viewer>)>,
+    /// A mirror: what its subscribers' wants last told the owner.
+    demand: crate::core::dynacast::DemandReport,
+}
+
+impl Track {
+    /// A track with no subscriber yet: published here (`owner` `None`, by `publisher`) or a
+    /// mirror of one published on shard `owner` (`publisher` is then [`cross::NO_PEER`]).
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        info: crate::command::PublishedTrack,
+        room: RoomId,
+        publisher: PeerKey,
+        rids: Vec<str0m::media::Rid>,
+        class: crate::core::allocator::TrackClass,
+        audience: crate::command::Audience,
+        owner: Option<u8>,
+    ) -> Track {
+        let layers = rids.len();
+        let keyframe_throttle = std::array::from_fn(|s| {
+            crate::core::throttle::Throttle::new(crate::core::throttle::keyframe_request_interval(
+                s, layers,
+            ))
+        });
+        Track {
+            mid: str0m::media::Mid::from(info.mid.as_str()),
+            info,
+            room,
+            publisher,
+            codec: None,
+            rids,
+            class,
+            meter: Default::default(),
+            subscriptions: Vec::new(),
+            keyframe_throttle,
+            dynacast: Default::default(),
+            audience,
+            speaker: Default::default(),
+            sender_clocks: Default::default(),
+            owner,
+            forward_to: Vec::new(),
+            remote_viewers: Vec::new(),
+            demand: Default::default(),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -416,6 +453,8 @@ pub(crate) struct Setup {
     pub bandwidth_estimation: bool,
     /// The other shards, when there are several.
     pub mesh: Option<mesh::Link>,
+    /// This shard's end of its control channel (`mesh::Control`), with the mesh.
+    pub control: Option<mpsc::UnboundedReceiver<mesh::Control>>,
 }
 
 /// Where a datagram came from: UDP, or a frame of an ICE-TCP connection (with the local address
@@ -472,12 +511,15 @@ pub(crate) struct Shard {
     members: HashMap<ParticipantId, Member>,
     rooms: HashMap<RoomId, Room>,
     tracks: HashMap<TrackId, Track>,
-    /// Track ids are unique per process: shard `i` of `n` hands out `i + 1`, `i + 1 + n`, …
+    /// Track ids are unique per process and name their shard (`core::placement::track_ids`).
     next_track: u64,
     track_stride: u64,
     /// The other shards, and which of them owns the peer of a datagram that reached this one.
     mesh: Option<mesh::Link>,
     foreign: Demuxer<(u8, PeerKey)>,
+    /// Messages from the other shards and the router. The loop waits on it; the shard also
+    /// reads it itself before giving up on a datagram (`cross`).
+    control: Option<mpsc::UnboundedReceiver<mesh::Control>>,
     /// When link reports are next due.
     next_report: Instant,
 }
@@ -495,10 +537,11 @@ impl Shard {
             candidates,
             bandwidth_estimation,
             mesh,
+            control,
         } = setup;
-        let (first_track, track_stride) = mesh
-            .as_ref()
-            .map_or((1, 1), |m| (u64::from(m.index) + 1, m.count() as u64));
+        let (first_track, track_stride) = mesh.as_ref().map_or((1, 1), |m| {
+            crate::core::placement::track_ids(m.index, m.count())
+        });
         Shard {
             outbox: Outbox::default(),
             now,
@@ -525,6 +568,7 @@ impl Shard {
             track_stride,
             mesh,
             foreign: Demuxer::default(),
+            control,
             next_report: now,
         }
     }
@@ -918,6 +962,7 @@ impl Shard {
             Event::KeyframeRequest(req) => self.on_keyframe_request(key, req),
             Event::SenderFeedback(feedback) => self.on_sender_feedback(key, &feedback),
             Event::MediaEgressStats(stats) => self.on_egress_stats(key, &stats),
+            Event::PeerStats(stats) => self.on_peer_stats(key, &stats),
             Event::EgressBitrateEstimate(estimate) => self.on_estimate(key, estimate),
             _ => {}
         }

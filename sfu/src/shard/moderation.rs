@@ -19,8 +19,8 @@ pub(super) const SPEAKER_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Shard {
     /// Who receives `track_id` from the next packet on.
-    /// A mirror's audience is its owner's to change (`cross`): the command reaches every shard,
-    /// and the owner passes it on with the order it keeps with the track's packets.
+    /// A mirror's audience is its owner's to change (`cross`): the router sends the command to
+    /// the owner only, which passes it on in the order it keeps with the track's packets.
     pub(super) fn set_audience(&mut self, track_id: TrackId, audience: Audience) {
         if self.tracks.get(&track_id).is_none_or(|t| t.owner.is_some()) {
             return;

@@ -14,7 +14,6 @@ use crate::command::{
     PublishAnswer, PublishedTrack, ShardEvent, SubscribedTrack, TrackKind, TrackSpec,
 };
 use crate::core::allocator::TrackClass;
-use crate::core::throttle::{Throttle, keyframe_request_interval};
 use crate::error::SfuError;
 use crate::ids::{ParticipantId, TrackId};
 use crate::sdp_error;
@@ -203,29 +202,17 @@ impl Shard {
                 source: spec.source,
                 mid: spec.mid.clone(),
             };
-            let keyframe_throttle =
-                std::array::from_fn(|s| Throttle::new(keyframe_request_interval(s, rids.len())));
             self.tracks.insert(
                 track_id,
-                Track {
-                    info: info.clone(),
-                    room: room.clone(),
-                    publisher: key,
-                    mid,
-                    codec: None,
+                Track::new(
+                    info.clone(),
+                    room.clone(),
+                    key,
                     rids,
                     class,
-                    meter: Default::default(),
-                    subscriptions: Vec::new(),
-                    keyframe_throttle,
-                    dynacast: Default::default(),
-                    audience: spec.audience,
-                    speaker: Default::default(),
-                    sender_clocks: Default::default(),
-                    owner: None,
-                    forward_to: Vec::new(),
-                    remote_viewers: Vec::new(),
-                },
+                    spec.audience,
+                    None,
+                ),
             );
             if let Some(PeerRole::Publish { tracks, .. }) = self.peer_mut(key).map(|p| &mut p.role)
             {

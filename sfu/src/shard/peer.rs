@@ -74,8 +74,12 @@ pub(crate) struct Peer {
     pub dirty: bool,
     /// The latest bandwidth estimate towards this peer (subscribe connections).
     pub estimate: Option<u64>,
-    /// The latest round-trip time and loss fraction reported for this peer's streams.
+    /// The latest round-trip time: from transport-wide feedback once it comes, else from
+    /// receiver reports (see `Shard::on_peer_stats`).
     pub rtt_ms: Option<u32>,
+    /// Whether `rtt_ms` comes from transport-wide feedback.
+    pub rtt_from_twcc: bool,
+    /// The latest loss fraction receiver reports gave for this peer's streams.
     pub loss: Option<f32>,
     /// Every byte handed to the network towards this peer (media, resends, padding, RTCP, ICE):
     /// what the link was asked to carry.
@@ -127,6 +131,7 @@ impl Peer {
             dirty: false,
             estimate: None,
             rtt_ms: None,
+            rtt_from_twcc: false,
             loss: None,
             bytes_sent: 0,
             capacity: Default::default(),

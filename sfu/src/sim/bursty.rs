@@ -228,27 +228,23 @@ fn check(rate_bps: u64, burst: usize, settled: &[u8], unkept: usize, freeze: Dur
     }
 }
 
-/// The longest the picture may stand still on the 300 kbit/s lines. Issue 17 asks for 1 s, not
-/// yet met: in 2 of 16 runs of the whole set (2026-12-07) one seed stood still for 1.26 s on
-/// `q`, a lost packet whose resend was lost too, at 5 % loss behind the bucket's queue.
-const FREEZE_AT_300K: Duration = Duration::from_millis(1500);
-
 #[test]
 fn a_300_kbit_line_with_a_16_kb_burst_stays_on_the_small_picture() {
-    check(300_000, 16_000, b"q", 0, FREEZE_AT_300K);
+    check(300_000, 16_000, b"q", 0, Duration::from_secs(1));
 }
 
 #[test]
 fn a_300_kbit_line_with_a_64_kb_burst_stays_on_the_small_picture() {
-    check(300_000, 64_000, b"q", 0, FREEZE_AT_300K);
+    check(300_000, 64_000, b"q", 0, Duration::from_secs(1));
 }
 
 /// `h` at half its frame rate fits 0.5 Mbit/s by its average; its 40 kB keyframe on a line
 /// already carrying `q` and padding is what undoes it. Not yet as the issue asks (no try the
 /// line cannot hold, no freeze over 1 s): about one run in five still tries `h` once, and that
 /// try can stall the picture for up to 1.2 s; what is asserted is that it is tried at most
-/// once and the pupil is left on `q`, or on `h` when a try came late and held to the end (one
-/// run of 24, 2026-12-07: `h` from 25 s of 30; `h` at 15 frames a second fits the line).
+/// once and the pupil is left on `q`, or on `h` when a try came late and held to the end (`h`
+/// at 15 frames a second fits the line; 2026-12-07, with the round-trip time from
+/// transport-wide feedback: one seed of five tried `h` at 24 s and held it).
 #[test]
 fn a_500_kbit_line_with_a_32_kb_burst_settles_on_the_small_picture_and_tries_h_at_most_once() {
     check(500_000, 32_000, b"qh", 1, Duration::from_millis(1500));

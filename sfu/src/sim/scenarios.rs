@@ -64,16 +64,12 @@ fn video_pauses_on_a_link_too_weak_for_any_layer_and_resumes_by_itself() {
     let resumed_after = w.now - recovered;
     w.run_for(Duration::from_secs(2));
     let after = &w.pupil(p).decoded[decoded_before..];
-    // The picture is back: its keyframe and at least the lowest temporal layer (7.5 frames a
-    // second) throughout. The frame rate climbs with the estimate, which grows only once the
-    // round-trip time no longer shows the weak spell's queue: the audio's receiver reports
-    // keep its 445 ms for a few seconds (one sender report every few seconds), so some runs
-    // stay at 7.5 frames a second for the whole 2 s, others reach 30.
+    // The picture is back, from a keyframe.
     assert!(
         after.first().is_some_and(|&(_, _, keyframe)| keyframe),
         "the picture came back without a keyframe"
     );
-    assert!(after.len() >= 15, "{} frames after the resume", after.len());
+    assert!(after.len() > 20, "{} frames after the resume", after.len());
     eprintln!(
         "paused {:.1} s after the link weakened (audio gap {} ms), resumed {:.1} s after it recovered",
         paused_after.as_secs_f64(),
@@ -111,6 +107,98 @@ fn a_switch_starts_on_the_keyframe_of_the_target_layer() {
         analyse(&w, p, "home")
     );
     assert_eq!(log.undecodable, 0);
+}
+
+/// The real-time `simulcast_e2e` test of three pupils, in virtual time: each gets the layer its
+/// link allows (300 kbit/s: `q`; 800 kbit/s: `h`; unlimited: `f`), and when the slow pupil's
+/// limit is lifted the estimate probes its way up and the pupil climbs back to `f`. Four seeds;
+/// three must climb back within 15 s (measured 2026-12-07: 7–12.5 s in 24 runs; in one of 27
+/// earlier runs str0m's estimate stood at 452 kbit/s for 30 s on the lifted link while probes
+/// were asked for, see docs/ADAPTATION.md). The real-time test allows 20 s.
+#[test]
+fn pupils_get_the_layer_their_link_allows_and_climb_back_when_it_is_lifted() {
+    let climbs: Vec<Option<Duration>> = (25..29).map(climb_back).collect();
+    let within = climbs
+        .iter()
+        .filter(|c| c.is_some_and(|c| c <= Duration::from_secs(15)))
+        .count();
+    assert!(within >= 3, "climbed back to f after: {climbs:?}");
+}
+
+/// One run of the three pupils; how long the slow one took to climb back to `f` (`None`: not
+/// within 40 s).
+fn climb_back(seed: u64) -> Option<Duration> {
+    use super::profiles::HomeLink;
+    let congested = HomeLink {
+        down_mbps: 0.3,
+        ..HomeLink::named("congested")
+    };
+    let lte_weak = HomeLink {
+        down_mbps: 0.8,
+        ..HomeLink::named("lte-weak")
+    };
+    let fiber = HomeLink::named("fiber");
+    let mut w = World::new(seed, SourceConfig::realtime_test());
+    let pupils: Vec<(usize, &str)> = [(congested, "q"), (lte_weak, "h"), (fiber, "f")]
+        .iter()
+        .map(|(link, want)| (w.add_pupil(link.down(false), link.up(false)), *want))
+        .collect();
+    assert!(w.run_until_true(Duration::from_secs(10), |w| {
+        pupils.iter().all(|&(p, _)| w.pupil_connected(p))
+    }));
+    for (&(p, _), link) in pupils.iter().zip([congested, lte_weak, fiber]) {
+        w.down(p).reshape(link.down(true));
+        w.up(p).reshape(link.up(true));
+    }
+    let settled = |w: &World| {
+        pupils
+            .iter()
+            .all(|&(p, want)| analyse(w, p, "three").settled == want)
+    };
+    // Settled: each on its own layer for the last 3 s (the real-time test allows 35 s).
+    assert!(
+        w.run_until_true(Duration::from_secs(35), settled),
+        "seed {seed}: {:#?}",
+        pupils
+            .iter()
+            .map(|&(p, _)| analyse(&w, p, "three"))
+            .collect::<Vec<_>>()
+    );
+    let (slow, _) = pupils[0];
+    w.down(slow).reshape(fiber.down(true));
+    w.up(slow).reshape(fiber.up(true));
+    let lifted = w.now;
+    // Back on `f`: only `f` for the last second, as the real-time test checks.
+    let only_f_lately = |w: &World| {
+        let recent: Vec<u8> = w
+            .pupil(slow)
+            .decoded
+            .iter()
+            .filter(|(t, _, _)| w.now.saturating_duration_since(*t) <= Duration::from_secs(1))
+            .map(|(_, rid, _)| *rid)
+            .collect();
+        !recent.is_empty() && recent.iter().all(|&r| r == b'f')
+    };
+    let climbed = w
+        .run_until_true(Duration::from_secs(40), only_f_lately)
+        .then(|| w.now - lifted);
+    eprintln!(
+        "seed {seed}: climbed back to f after {climbed:?}; estimate {:?} bit/s",
+        w.pupil(slow).estimate_bps
+    );
+    if climbed.is_some() {
+        // The estimate went past `f`'s 1.5 Mbit/s: it was probed for, not merely allowed.
+        assert!(
+            w.pupil(slow).estimate_bps.is_some_and(|e| e > 1_500_000),
+            "seed {seed}: {:?}",
+            w.pupil(slow).estimate_bps
+        );
+    }
+    // The other two kept their layers meanwhile.
+    for &(p, want) in &pupils[1..] {
+        assert_eq!(analyse(&w, p, "kept").settled, want, "seed {seed}");
+    }
+    climbed
 }
 
 /// Issue 14: on a layer switch the picture's timeline continues by the publisher's capture

@@ -215,6 +215,7 @@ impl World {
                 candidates: Candidate::host(server(), "udp").into_iter().collect(),
                 bandwidth_estimation: true,
                 mesh: None,
+                control: None,
             },
             tx,
             metrics.clone(),
