@@ -1,52 +1,40 @@
-//! The floor of this machine beside the server's per-packet forwarding path.
+//! The floor of this machine beside the server's own shard forwarding a lesson.
 //!
 //! `cargo bench -p classroom-sfu --bench forward`
 //!
 //! - `floor/*`: what the kernel and the cipher alone cost per outgoing packet: SRTP protect
 //!   (aws-lc-rs primitives used directly, in the profile str0m negotiates by default) and
-//!   `sendmmsg`/`sendto` of the protected packets to a loopback socket a drain thread empties.
-//! - `forward/*`: the server's real per-packet path with str0m `Rtc`s configured as
-//!   `sfu/src/shard/peer.rs` configures them (ICE-lite, RTP mode, BWE and pacer on), connected
-//!   in-process: one datagram from a publisher is received from the media socket, demultiplexed
-//!   (`core::demux`), handed to the publisher's `Rtc`, its `RtpPacket` event described once
-//!   (`PacketInfo::describe`, the shard's own) and decided per subscriber by the server's down
-//!   track (`core::downtrack::DownTrack`: layer selector, forwarder, VP8 munger, payload type),
-//!   its answer written into each of N subscriber `Rtc`s with `StreamTx::write_rtp`
-//!   (`Outgoing::rtp_write`, the shard's own), and every subscriber drained (`poll_output`
-//!   until `Timeout`) with one `send_to` per `Transmit`, as `sfu/src/shard/mod.rs` did when
-//!   these numbers were taken (it now batches with `sendmmsg` and answers due timeouts inside
-//!   the drain; `BENCHMARKS.md` measures that on the whole server).
+//!   `sendmmsg`/`sendto` of the protected packets to a loopback socket nobody waits on.
+//! - `forward/lesson/N`: the server's real `Shard` (`sfu/src/shard/`), driven by the
+//!   virtual-time harness (`classroom_sfu::sim`, the crate's `sim` feature) exactly as the I/O
+//!   loop drives it: commands, datagrams and timeouts into its entry points with the time, its
+//!   outbox emptied after each. A teacher publishes VP8 simulcast and Opus, N pupils subscribe.
+//!   All are str0m peers on 1 ms links without rate limit or loss, and the pupils answer with
+//!   TWCC, receiver reports, NACKs and PLIs, so the estimates, the allocation round and the pacer
+//!   run as in a lesson. Only the shard's calls are timed (`sim::meter`), not the peers. The
+//!   socket send is not in the loop (the harness carries the datagrams), so the server's cost per
+//!   packet is the shard's plus the floor's `sendmmsg` (str0m already encrypts inside the shard).
 //!
 //! Times are CPU time of the bench thread (`CLOCK_THREAD_CPUTIME_ID`), not wall time: the
-//! machine's cores are shared. One `forward/video/N` iteration is one incoming packet and N
-//! outgoing ones (criterion's "elements"), so its time ÷ N is the server's CPU per outgoing
-//! packet; a `floor` iteration is a batch of [`BATCH`] packets. Results: `benches/RESULTS.md`.
+//! machine's cores are shared. One `forward/lesson/N` iteration is one media packet sent to a
+//! pupil, so its time is the shard's CPU per forwarded packet, with everything it did for the
+//! incoming packets, RTCP, bandwidth probes and timers spread over them. A `floor` iteration is a
+//! batch of [`BATCH`] packets. Results: `benches/RESULTS.md`.
 
-use std::collections::HashMap;
 use std::hint::black_box;
-use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_lc_rs::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::cipher::{AES_128, EncryptingKey, EncryptionContext, UnboundCipherKey};
 use aws_lc_rs::hmac;
 use aws_lc_rs::iv::FixedLength;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use str0m::change::SdpAnswer;
-use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, Mid, Pt};
-use str0m::net::{DatagramRecv, Protocol, Receive};
-use str0m::rtp::{RtpPacket, RtpWrite, Ssrc};
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
-use classroom_sfu::command::Audience;
-use classroom_sfu::core::demux::Demuxer;
-use classroom_sfu::core::downtrack::{
-    DownTrack, Negotiated, PacketInfo, Verdict, forwarded_extensions,
-};
-use classroom_sfu::core::layer::{KeyframeSizes, Layer, LayerBitrates, SelectorInput};
+use classroom_sfu::LayerName;
+use classroom_sfu::sim::meter::clock_read_cost;
+use classroom_sfu::sim::{Shaping, ShardCost, SourceConfig, World};
 
 /// Packets per `sendmmsg` batch in the floor.
 const BATCH: usize = 64;
@@ -58,12 +46,6 @@ const AUDIO_HEADER: usize = 24;
 const AUDIO_PAYLOAD: usize = 76;
 /// Same as the shard's media socket (`SOCKET_BUFFER_BYTES`).
 const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
-/// Virtual time between two publisher packets: about 0.9 Mbit/s of 1.1 kB packets, under the
-/// 1 Mbit/s initial estimate the bench's `Rtc`s get (the shard's when these numbers were taken;
-/// it now starts at 300 kbit/s) so str0m's pacer does not hold packets back.
-const PACKET_INTERVAL: Duration = Duration::from_millis(10);
-/// Publisher datagrams generated (untimed) per chunk of the `forward` measurement.
-const CHUNK: u64 = 64;
 
 // ---------------------------------------------------------------------------------------------
 // Sockets
@@ -293,7 +275,7 @@ fn send_gso(fd: i32, buf: &[u8], segment: u16, dest: &libc::sockaddr_in, stats: 
     }
 }
 
-/// One `sendto` per packet, as the shard does today (`try_send_to`).
+/// One `sendto` per packet, as the shard did before its outbox batched with `sendmmsg`.
 fn send_each(socket: &UdpSocket, packets: &[Vec<u8>], dest: SocketAddr, stats: &mut SendStats) {
     for p in packets {
         match socket.send_to(p, dest) {
@@ -599,660 +581,133 @@ fn bench_floor(c: &mut Criterion) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The forwarding path
+// The forwarding path: the server's shard in a simulated lesson
 // ---------------------------------------------------------------------------------------------
 
-/// The SFU side of a connection, configured as `sfu/src/shard/peer.rs` does.
-fn sfu_rtc(now: Instant, local: SocketAddr) -> Rtc {
-    use str0m::format::FormatParams;
-    use str0m::media::Frequency;
-    let mut config = RtcConfig::new()
-        .set_ice_lite(true)
-        .set_rtp_mode(true)
-        .clear_codecs()
-        .enable_vp8(true)
-        .enable_h264(true)
-        .enable_vp9(true)
-        .enable_bwe(Some(str0m::bwe::Bitrate::bps(1_000_000)))
-        .set_stats_interval(Some(Duration::from_secs(1)));
-    config.codec_config().add_config(
-        Pt::new_with_value(111),
-        None,
-        Codec::Opus,
-        Frequency::FORTY_EIGHT_KHZ,
-        Some(2),
-        FormatParams {
-            min_p_time: Some(10),
-            use_inband_fec: Some(true),
-            use_dtx: Some(true),
-            ..Default::default()
-        },
+/// Virtual time for the pupils to connect, and then for their estimates to climb (the stderr
+/// line says which layer each pupil ended on).
+const CONNECT: Duration = Duration::from_secs(10);
+const WARM_UP: Duration = Duration::from_secs(15);
+/// Virtual time run at a stretch until an iteration's packets are out.
+const SLICE: Duration = Duration::from_millis(20);
+/// A lesson that sends nothing for this long has stopped: the bench fails rather than spin.
+const STALL: Duration = Duration::from_secs(10);
+
+/// A link without a rate limit, loss or jitter: 1 ms one way, as the teacher's.
+fn lan() -> Shaping {
+    Shaping::NONE.delay(Duration::from_millis(1), Duration::ZERO)
+}
+
+/// A teacher (camera in VP8 simulcast q/h/f at 0.15/0.5/1.5 Mbit/s, 30 fps, a keyframe every
+/// 10 s, and Opus every 20 ms) and `n` pupils on 1 ms links, warmed up, metered from here.
+fn lesson(n: usize) -> World {
+    let mut w = World::new(14, SourceConfig::default());
+    let pupils: Vec<usize> = (0..n).map(|_| w.add_pupil(lan(), lan())).collect();
+    assert!(
+        w.run_until_true(CONNECT, |w| pupils.iter().all(|&p| w.pupil_connected(p))),
+        "not every one of {n} pupils connected"
     );
-    let mut rtc = config.build(now);
-    rtc.add_local_candidate(Candidate::host(local, "udp").expect("host candidate"));
-    rtc
+    w.run_for(WARM_UP);
+    w.meter();
+    w
 }
 
-/// A client: plain str0m defaults, in RTP mode so the bench can write packets directly.
-fn client_rtc(now: Instant, local: SocketAddr) -> Rtc {
-    let mut rtc = RtcConfig::new().set_rtp_mode(true).build(now);
-    rtc.add_local_candidate(Candidate::host(local, "udp").expect("host candidate"));
-    rtc
-}
-
-/// A datagram in flight between two in-memory `Rtc`s.
-struct Datagram {
-    source: SocketAddr,
-    destination: SocketAddr,
-    contents: Vec<u8>,
-}
-
-/// One connection: the SFU's `Rtc` and the client's, exchanging datagrams in memory during
-/// setup and maintenance.
-struct Pair {
-    server: Rtc,
-    client: Rtc,
-    connected: bool,
-    /// The server `Rtc`'s next deadline, as the shard's timer set would hold it.
-    server_timeout: Instant,
-}
-
-impl Pair {
-    /// Runs both sides at `now` until neither has anything more to say.
-    fn pump(&mut self, now: Instant) {
-        self.server
-            .handle_input(Input::Timeout(now))
-            .expect("server timeout");
-        self.client
-            .handle_input(Input::Timeout(now))
-            .expect("client timeout");
-        for _ in 0..50 {
-            let to_client = poll_all(
-                &mut self.server,
-                &mut self.connected,
-                &mut self.server_timeout,
-            );
-            let mut ignored = false;
-            let mut ignored_t = now;
-            let to_server = poll_all(&mut self.client, &mut ignored, &mut ignored_t);
-            if to_client.is_empty() && to_server.is_empty() {
-                return;
-            }
-            deliver(&mut self.client, now, to_client);
-            deliver(&mut self.server, now, to_server);
+/// Runs the lesson until the shard has sent at least `packets` more media packets to pupils and
+/// returns what that cost the shard.
+fn run_packets(w: &mut World, packets: u64) -> ShardCost {
+    let before = w.shard_cost();
+    let mut progress = (before.packets, w.now);
+    while w.shard_cost().packets < before.packets + packets {
+        w.run_for(SLICE);
+        let sent = w.shard_cost().packets;
+        if sent > progress.0 {
+            progress = (sent, w.now);
         }
+        assert!(w.now - progress.1 < STALL, "the lesson stopped sending");
+    }
+    let after = w.shard_cost();
+    ShardCost {
+        cpu: after.cpu - before.cpu,
+        calls: after.calls - before.calls,
+        packets: after.packets - before.packets,
+        padded: after.padded - before.padded,
+        datagrams: after.datagrams - before.datagrams,
     }
 }
 
-fn poll_all(rtc: &mut Rtc, connected: &mut bool, timeout: &mut Instant) -> Vec<Datagram> {
-    let mut out = Vec::new();
-    loop {
-        match rtc.poll_output().expect("poll_output") {
-            Output::Timeout(t) => {
-                *timeout = t;
-                return out;
-            }
-            Output::Transmit(t) => out.push(Datagram {
-                source: t.source,
-                destination: t.destination,
-                contents: t.contents.to_vec(),
-            }),
-            Output::Event(Event::Connected) => *connected = true,
-            Output::Event(_) => {}
-        }
-    }
-}
-
-fn deliver(rtc: &mut Rtc, now: Instant, datagrams: Vec<Datagram>) {
-    for d in datagrams {
-        let Ok(contents) = DatagramRecv::try_from(&d.contents[..]) else {
-            continue;
-        };
-        let _ = rtc.handle_input(Input::Receive(
-            now,
-            Receive {
-                proto: Protocol::Udp,
-                source: d.source,
-                destination: d.destination,
-                contents,
-            },
-        ));
-    }
-}
-
-/// The subscriber's part of the shard's per-track state (`shard/media.rs::Subscription`): the
-/// server's own down track, and the outgoing stream.
-struct Subscription {
-    down: DownTrack,
-    mid: Mid,
-    tx: Ssrc,
-}
-
-/// Counts of what the timed path did, to check the bench measures what it claims.
-#[derive(Default, Debug)]
-struct PathStats {
-    incoming: u64,
-    rtp_events: u64,
-    writes: u64,
-    /// Packets the down track did not send to a subscriber (none expected: one layer, TID 0).
-    drops: u64,
-    transmits: u64,
-    transmit_bytes: u64,
-    send_errors: u64,
-    timer_wakeups: u64,
-}
-
-/// A publisher, N subscribers, and the shard's tables for one video track.
-struct Room {
-    now: Instant,
-    socket: UdpSocket,
-    server_addr: SocketAddr,
-    /// The publisher client's socket: it sends into `socket`, and receives what the server
-    /// sends the publisher (receiver reports, TWCC feedback), passed on to the client untimed.
-    publisher_socket: UdpSocket,
-    publisher: Pair,
-    publisher_tx: (Ssrc, Pt),
-    subscribers: Vec<Pair>,
-    subs: Vec<Subscription>,
-    demux: Demuxer<usize>,
-    by_ssrc: HashMap<Ssrc, (u32, u8)>,
-    codec_of_track: HashMap<u32, (Pt, Codec)>,
-    /// Virtual time of each datagram queued on `socket`, in order.
-    queued: std::collections::VecDeque<Instant>,
-    recv_buf: Vec<u8>,
-    dirty: Vec<usize>,
-    stats: PathStats,
-    frame: u64,
-    packet_in_frame: u64,
-    seq: u64,
-}
-
-/// Packets per VP8 frame: 1 Mbit/s at 25 frames/s is about four 1.1 kB packets.
-const PACKETS_PER_FRAME: u64 = 4;
-
-impl Room {
-    fn new(n: usize, sink_addr: SocketAddr) -> Room {
-        let mut now = Instant::now();
-        let socket = media_socket();
-        let server_addr = socket.local_addr().expect("server address");
-        let publisher_socket = media_socket();
-        let publisher_addr = publisher_socket.local_addr().expect("publisher address");
-
-        // Publish connection: the client offers a send-only VP8 section, the SFU answers.
-        let mut pub_client = client_rtc(now, publisher_addr);
-        let mut pub_server = sfu_rtc(now, server_addr);
-        let mut change = pub_client.sdp_api();
-        let pub_mid = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
-        let (offer, pending) = change.apply().expect("publish offer");
-        let answer = pub_server
-            .sdp_api()
-            .accept_offer(offer)
-            .expect("SFU accepts the publish offer");
-        pub_client
-            .sdp_api()
-            .accept_answer(pending, answer)
-            .expect("client accepts the answer");
-        let vp8_pt = pub_client
-            .codec_config()
-            .params()
-            .iter()
-            .find(|p| p.spec().codec == Codec::Vp8)
-            .map(|p| p.pt())
-            .expect("VP8 negotiated");
-        let pub_ssrc = pub_client
-            .direct_api()
-            .stream_tx_by_mid(pub_mid, None)
-            .expect("publisher stream")
-            .ssrc();
-        let mut publisher = Pair {
-            server: pub_server,
-            client: pub_client,
-            connected: false,
-            server_timeout: now,
-        };
-
-        // Subscribe connections: the SFU offers one send-only video section each.
-        let mut subscribers = Vec::with_capacity(n);
-        let mut mids = Vec::with_capacity(n);
-        for i in 0..n {
-            let mut server = sfu_rtc(now, server_addr);
-            let mut client = client_rtc(now, sink_addr);
-            let mut change = server.sdp_api();
-            let mid = change.add_media(
-                MediaKind::Video,
-                Direction::SendOnly,
-                Some("publisher".into()),
-                Some(format!("track-{i}")),
-                None,
-            );
-            let (offer, pending) = change.apply().expect("subscriber offer");
-            let answer: SdpAnswer = client
-                .sdp_api()
-                .accept_offer(offer)
-                .expect("client accepts the offer");
-            server
-                .sdp_api()
-                .accept_answer(pending, answer)
-                .expect("SFU accepts the answer");
-            mids.push(mid);
-            subscribers.push(Pair {
-                server,
-                client,
-                connected: false,
-                server_timeout: now,
-            });
-        }
-
-        // ICE and DTLS, all connections at once on one virtual clock.
-        for _ in 0..5000 {
-            if publisher.connected && subscribers.iter().all(|s| s.connected) {
-                break;
-            }
-            now += Duration::from_millis(5);
-            publisher.pump(now);
-            for s in &mut subscribers {
-                s.pump(now);
-            }
-        }
-        assert!(
-            publisher.connected && subscribers.iter().all(|s| s.connected),
-            "connections did not come up"
-        );
-
-        let mut demux = Demuxer::default();
-        demux.insert(
-            &publisher.server.direct_api().local_ice_credentials().ufrag,
-            0usize,
-        );
-        // The shard learns the publisher's address from its STUN; the bench knows it.
-        demux.confirm(0, publisher_addr, &stun_binding_response());
-
-        let subs = subscribers
-            .iter_mut()
-            .zip(&mids)
-            .map(|(pair, mid)| {
-                assert!(
-                    matches!(
-                        negotiated(&pair.server, *mid, Codec::Vp8),
-                        Negotiated::Pt(_)
-                    ),
-                    "subscriber VP8"
-                );
-                let tx = pair
-                    .server
-                    .direct_api()
-                    .stream_tx_by_mid(*mid, None)
-                    .expect("subscriber stream")
-                    .ssrc();
-                let mut down = DownTrack::new(
-                    true,
-                    false,
-                    Audience::Everyone,
-                    rand::random(),
-                    rand::random(),
-                );
-                // One encoding at 1 Mbit/s and a budget far above it: the selector targets it
-                // from the start, as the allocation round would.
-                let rates = LayerBitrates([[1_000_000; 3], [0; 3], [0; 3]]);
-                if let Some(selector) = down.selector_mut() {
-                    selector.update(&SelectorInput {
-                        now,
-                        budget: 100_000_000,
-                        upgrade_budget: 100_000_000,
-                        available: rates,
-                        peaks: rates,
-                        keyframes: KeyframeSizes::default(),
-                        cap: Layer::MAX,
-                    });
-                }
-                Subscription {
-                    down,
-                    mid: *mid,
-                    tx,
-                }
-            })
-            .collect();
-
-        let mut by_ssrc = HashMap::new();
-        by_ssrc.insert(pub_ssrc, (1u32, 0u8));
-        let mut codec_of_track = HashMap::new();
-        codec_of_track.insert(1u32, (vp8_pt, Codec::Vp8));
-
-        Room {
-            now,
-            socket,
-            server_addr,
-            publisher_socket,
-            publisher,
-            publisher_tx: (pub_ssrc, vp8_pt),
-            subscribers,
-            subs,
-            demux,
-            by_ssrc,
-            codec_of_track,
-            queued: Default::default(),
-            recv_buf: vec![0; 2048],
-            dirty: Vec::with_capacity(n),
-            stats: PathStats::default(),
-            frame: 0,
-            packet_in_frame: 0,
-            seq: 0,
-        }
-    }
-
-    /// Untimed: the publisher client writes `count` VP8 packets at their virtual times and its
-    /// datagrams go into the media socket's receive queue; then every connection gets its
-    /// periodic STUN/RTCP exchange in memory, so ICE consent and RTCP keep going.
-    fn prepare(&mut self, count: u64) {
-        let now = self.now;
-        // What the server sent the publisher (receiver reports, TWCC feedback, STUN answers)
-        // reaches the publisher client, so its side of ICE and RTCP stays healthy.
-        let mut buf = [0u8; 2048];
-        let publisher_addr = self
-            .publisher_socket
-            .local_addr()
-            .expect("publisher address");
-        let mut to_client = Vec::new();
-        while let Ok((n, source)) = self.publisher_socket.recv_from(&mut buf) {
-            to_client.push(Datagram {
-                source,
-                destination: publisher_addr,
-                contents: buf[..n].to_vec(),
-            });
-        }
-        deliver(&mut self.publisher.client, now, to_client);
-        // Keepalive for the subscribe connections: the clients' STUN and RTCP and the server's
-        // answers, exchanged in memory and not part of the measurement.
-        for s in &mut self.subscribers {
-            s.pump(now);
-        }
-
-        let (ssrc, pt) = self.publisher_tx;
-        for _ in 0..count {
-            self.now += PACKET_INTERVAL;
-            let payload = vp8_payload(self.frame, self.packet_in_frame);
-            let marker = self.packet_in_frame + 1 == PACKETS_PER_FRAME;
-            let ts = (self.frame * 3600) as u32;
-            let client = &mut self.publisher.client;
-            client
-                .handle_input(Input::Timeout(self.now))
-                .expect("publisher client timeout");
-            let mut api = client.direct_api();
-            let tx = api.stream_tx(&ssrc).expect("publisher stream");
-            tx.write_rtp(RtpWrite::new(pt, self.seq.into(), ts, self.now, payload).marker(marker));
-            self.seq += 1;
-            self.packet_in_frame += 1;
-            if self.packet_in_frame == PACKETS_PER_FRAME {
-                self.packet_in_frame = 0;
-                self.frame += 1;
-            }
-            // str0m releases a written packet on the next timeout handling at or after now.
-            let mut rounds = 0;
-            loop {
-                match client.poll_output().expect("publisher client poll") {
-                    Output::Timeout(t) if t <= self.now && rounds < 8 => {
-                        rounds += 1;
-                        client
-                            .handle_input(Input::Timeout(self.now))
-                            .expect("publisher client timeout");
-                    }
-                    Output::Timeout(_) => break,
-                    Output::Transmit(t) => {
-                        self.publisher_socket
-                            .send_to(&t.contents, self.server_addr)
-                            .expect("publisher send");
-                        self.queued.push_back(self.now);
-                    }
-                    Output::Event(_) => {}
-                }
-            }
-        }
-    }
-
-    /// Timed: what the shard does for every datagram waiting on its socket.
-    fn process_queued(&mut self) {
-        while let Some(at) = self.queued.pop_front() {
-            self.fire_timers(at);
-            let (n, source) = match self.socket.recv_from(&mut self.recv_buf) {
-                Ok(r) => r,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    panic!("a publisher datagram was lost on loopback")
-                }
-                Err(e) => panic!("media socket receive: {e}"),
-            };
-            self.stats.incoming += 1;
-            self.handle_datagram(at, source, n);
-            self.drain_dirty();
-            // The shard's next wakeup: deadlines the drains just set to "now" (str0m's pacer
-            // releases written packets on a timeout) fire at once.
-            for _ in 0..8 {
-                if !self.fire_timers(at) {
-                    break;
-                }
-            }
-        }
-    }
-
-    /// `Shard::handle_timeouts`: every server `Rtc` whose deadline has passed.
-    /// Returns whether any deadline had passed.
-    fn fire_timers(&mut self, now: Instant) -> bool {
-        let mut fired = false;
-        if self.publisher.server_timeout <= now {
-            fired = true;
-            self.stats.timer_wakeups += 1;
-            let _ = self.publisher.server.handle_input(Input::Timeout(now));
-            self.drain_publisher();
-            self.drain_dirty();
-        }
-        for i in 0..self.subscribers.len() {
-            if self.subscribers[i].server_timeout <= now {
-                fired = true;
-                self.stats.timer_wakeups += 1;
-                let _ = self.subscribers[i].server.handle_input(Input::Timeout(now));
-                self.drain_subscriber(i);
-            }
-        }
-        fired
-    }
-
-    /// `Shard::handle_datagram`.
-    fn handle_datagram(&mut self, now: Instant, source: SocketAddr, n: usize) {
-        let datagram = &self.recv_buf[..n];
-        let Ok(key) = self.demux.route(source, datagram) else {
-            return;
-        };
-        debug_assert_eq!(key, 0);
-        let Ok(contents) = DatagramRecv::try_from(datagram) else {
-            return;
-        };
-        let input = Input::Receive(
-            now,
-            Receive {
-                proto: Protocol::Udp,
-                source,
-                destination: self.server_addr,
-                contents,
-            },
-        );
-        let _ = self.publisher.server.handle_input(input);
-        self.drain_publisher();
-    }
-
-    /// `Shard::drain` for the publisher's `Rtc`.
-    fn drain_publisher(&mut self) {
-        loop {
-            match self.publisher.server.poll_output() {
-                Ok(Output::Timeout(t)) => {
-                    self.publisher.server_timeout = t;
-                    return;
-                }
-                Ok(Output::Transmit(t)) => {
-                    self.demux.confirm(0, t.destination, &t.contents);
-                    match self.socket.send_to(&t.contents, t.destination) {
-                        Ok(_) => {}
-                        Err(_) => self.stats.send_errors += 1,
-                    }
-                }
-                Ok(Output::Event(Event::RtpPacket(packet))) => {
-                    self.stats.rtp_events += 1;
-                    self.on_rtp(&packet);
-                }
-                Ok(Output::Event(_)) => {}
-                Err(e) => panic!("publisher Rtc failed: {e}"),
-            }
-        }
-    }
-
-    /// `Shard::on_rtp` for a VP8 track without simulcast: the same description of the packet,
-    /// the same down track deciding per subscriber, the same write handed to str0m.
-    fn on_rtp(&mut self, packet: &RtpPacket) {
-        let Some(&(track, spatial)) = self.by_ssrc.get(&packet.header.ssrc) else {
-            return;
-        };
-        let Some(&(known_pt, codec)) = self.codec_of_track.get(&track) else {
-            return;
-        };
-        if known_pt != packet.header.payload_type {
-            return;
-        }
-        let info = PacketInfo::describe(packet, spatial, codec, true, None);
-        let extensions = forwarded_extensions(&packet.header.ext_vals);
-        for (i, sub) in self.subs.iter_mut().enumerate() {
-            let pair = &mut self.subscribers[i];
-            let mid = sub.mid;
-            let answer = sub.down.on_packet(&info, pair.connected, |codec| {
-                negotiated(&pair.server, mid, codec)
-            });
-            let Verdict::Send(send) = answer.verdict else {
-                self.stats.drops += 1;
-                continue;
-            };
-            let mut api = pair.server.direct_api();
-            let Some(tx) = api.stream_tx(&sub.tx) else {
-                continue;
-            };
-            tx.write_rtp(send.rtp_write(packet, &extensions, true));
-            self.stats.writes += 1;
-            self.dirty.push(i);
-        }
-    }
-
-    /// `Shard::drain_dirty`.
-    fn drain_dirty(&mut self) {
-        while let Some(i) = self.dirty.pop() {
-            self.drain_subscriber(i);
-        }
-    }
-
-    /// `Shard::drain` for a subscriber's `Rtc`: one `send_to` per `Transmit`.
-    fn drain_subscriber(&mut self, i: usize) {
-        let pair = &mut self.subscribers[i];
-        loop {
-            match pair.server.poll_output() {
-                Ok(Output::Timeout(t)) => {
-                    pair.server_timeout = t;
-                    return;
-                }
-                Ok(Output::Transmit(t)) => {
-                    self.demux.confirm(i + 1, t.destination, &t.contents);
-                    match self.socket.send_to(&t.contents, t.destination) {
-                        Ok(n) => {
-                            self.stats.transmits += 1;
-                            self.stats.transmit_bytes += n as u64;
-                        }
-                        Err(_) => self.stats.send_errors += 1,
-                    }
-                }
-                Ok(Output::Event(_)) => {}
-                Err(e) => panic!("subscriber Rtc failed: {e}"),
-            }
-        }
-    }
-}
-
-/// What a subscriber accepted for `codec` on `mid` (`shard/media.rs::negotiated`).
-fn negotiated(rtc: &Rtc, mid: Mid, codec: Codec) -> Negotiated {
-    let Some(media) = rtc.media(mid) else {
-        return Negotiated::NotAnswered;
-    };
-    let remote = media.remote_pts();
-    rtc.codec_config()
-        .params()
-        .iter()
-        .filter(|p| p.spec().codec == codec)
-        .find(|p| remote.is_empty() || remote.contains(&p.pt()))
-        .map_or(Negotiated::Refused, |p| Negotiated::Pt(p.pt()))
-}
-
-/// A minimal STUN header: all `Demuxer::confirm` looks at.
-fn stun_binding_response() -> Vec<u8> {
-    let mut m = vec![0u8; 20];
-    m[0..2].copy_from_slice(&0x0101u16.to_be_bytes());
-    m[4..8].copy_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
-    m
-}
-
-/// A VP8 RTP payload as Chrome sends it: descriptor with 15-bit PictureID, TL0PICIDX and TID,
-/// then the VP8 payload. The first frame is a keyframe.
-fn vp8_payload(frame: u64, packet_in_frame: u64) -> Vec<u8> {
-    let mut p = vec![0u8; VIDEO_PAYLOAD];
-    let start = packet_in_frame == 0;
-    p[0] = 0x80 | if start { 0x10 } else { 0 }; // X, S, PID 0
-    p[1] = 0x80 | 0x40 | 0x20; // I, L, T
-    let pid = (frame & 0x7fff) as u16;
-    p[2] = 0x80 | (pid >> 8) as u8;
-    p[3] = pid as u8;
-    p[4] = frame as u8; // TL0PICIDX
-    p[5] = 0x20; // TID 0, Y
-    // VP8 payload header: P = 0 on a keyframe.
-    p[6] = if frame == 0 { 0x00 } else { 0x01 };
-    for (i, b) in p.iter_mut().enumerate().skip(7) {
-        *b = i as u8;
-    }
-    p
+/// The shard's CPU time for `cost`, less what reading the clock around each call cost.
+fn shard_cpu(cost: &ShardCost, clock_read: Duration) -> Duration {
+    cost.cpu
+        .saturating_sub(clock_read.saturating_mul(cost.calls.min(u64::from(u32::MAX)) as u32))
 }
 
 fn bench_forward(c: &mut Criterion) {
-    let mut sink = Sink::new();
+    let clock_read = clock_read_cost();
+    eprintln!("  [forward] one read of the thread CPU clock costs {clock_read:?}");
     let mut g = c.benchmark_group("forward");
+    // Each sample runs several times its measured time in virtual peers (their `Rtc`s, the
+    // links): criterion's minimum of 10 samples keeps the run short.
+    g.sample_size(10).measurement_time(Duration::from_secs(2));
     for n in [1usize, 10, 50] {
-        let mut room = Room::new(n, sink.addr);
-        let before = udp_buffer_errors();
-        g.throughput(Throughput::Elements(n as u64));
-        g.bench_function(BenchmarkId::new("video", n), |b| {
+        let mut w = lesson(n);
+        let metered_from = w.now;
+        let decoded_before: Vec<usize> = (0..n).map(|p| w.pupil(p).decoded.len()).collect();
+        let mut total = ShardCost::default();
+        let mut shard_time = Duration::ZERO;
+        // One iteration is one media packet out to a pupil: criterion's time per iteration is
+        // the shard's CPU per forwarded packet (bandwidth probes are sent on top, uncounted). A slice of virtual time sends a whole number of
+        // packets, so each measurement is scaled from the packets it actually sent.
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(BenchmarkId::new("lesson", n), |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let chunk = left.min(CHUNK);
-                    sink.drain();
-                    room.prepare(chunk);
-                    let start = thread_cpu();
-                    room.process_queued();
-                    total += thread_cpu() - start;
-                    left -= chunk;
-                }
-                total
+                let cost = run_packets(&mut w, iters);
+                let cpu = shard_cpu(&cost, clock_read);
+                total.cpu += cost.cpu;
+                total.calls += cost.calls;
+                total.packets += cost.packets;
+                total.padded += cost.padded;
+                total.datagrams += cost.datagrams;
+                shard_time += cpu;
+                cpu.mul_f64(iters as f64 / cost.packets as f64)
             })
         });
-        sink.drain();
-        let after = udp_buffer_errors();
-        let s = &room.stats;
+        if total.packets == 0 {
+            // Filtered out on the command line: nothing was measured.
+            continue;
+        }
+        let simulated = w.now - metered_from;
+        let mut layers = [0usize; 4];
+        for (p, &before) in decoded_before.iter().enumerate() {
+            let log = w.pupil(p);
+            let slot = match log.quality.last() {
+                Some((_, _, Some(_))) | None => 3,
+                Some((_, Some(LayerName::High), None)) => 0,
+                Some((_, Some(LayerName::Medium), None)) => 1,
+                Some((_, _, None)) => 2,
+            };
+            layers[slot] += 1;
+            assert!(
+                log.decoded.len() > before,
+                "pupil {p} of {n} decoded no video while measured"
+            );
+        }
         eprintln!(
-            "  [forward N={n}] {} datagrams in, {} RTP events, {} writes, {} drops, {} transmits \
-             ({:.2} per write, {:.0} bytes avg), {} send errors, {} timer wakeups; \
-             kernel UDP RcvbufErrors +{}, SndbufErrors +{}",
-            s.incoming,
-            s.rtp_events,
-            s.writes,
-            s.drops,
-            s.transmits,
-            s.transmits as f64 / s.writes.max(1) as f64,
-            s.transmit_bytes as f64 / s.transmits.max(1) as f64,
-            s.send_errors,
-            s.timer_wakeups,
-            after.0 - before.0,
-            after.1 - before.1,
+            "  [forward N={n}] {:.1} s of lesson measured: {} media packets to pupils ({:.0}/s) \
+             and {} padded ones (bandwidth probes), {} datagrams in all, {} shard calls; \
+             shard CPU {:?} ({:?} before taking off {:?} per clock read) = {:.2} µs per media \
+             packet, {:.2} per RTP packet; pupils on high/medium/low/paused: {:?}",
+            simulated.as_secs_f64(),
+            total.packets,
+            total.packets as f64 / simulated.as_secs_f64(),
+            total.padded,
+            total.datagrams,
+            total.calls,
+            shard_time,
+            total.cpu,
+            clock_read,
+            shard_time.as_secs_f64() * 1e6 / total.packets.max(1) as f64,
+            shard_time.as_secs_f64() * 1e6 / (total.packets + total.padded).max(1) as f64,
+            layers,
         );
     }
     g.finish();

@@ -25,8 +25,8 @@ pub mod metrics;
 mod router;
 mod sdp_error;
 pub mod shard;
-#[cfg(test)]
-mod sim;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 
 pub use command::{
     Audience, LayerName, PauseReason, PublishedTrack, ShardCommand, ShardEvent, SubscribedTrack,

@@ -477,7 +477,7 @@ impl Arrival {
 }
 
 /// A subscribe link as the shard sees it: estimate, loss fraction, RTT (ms), bytes sent.
-#[cfg(test)]
+#[cfg(any(test, feature = "sim"))]
 pub(crate) type SubscriberLink = (Option<u64>, Option<f32>, Option<u32>, u64);
 
 /// Everything one media thread owns but its sockets and its clock.
@@ -975,7 +975,7 @@ impl Shard {
     }
 
     /// What the shard believes of a participant's subscribe link (the harness's timelines).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "sim"))]
     pub(crate) fn subscriber_link(&self, participant: ParticipantId) -> Option<SubscriberLink> {
         let key = self.members.get(&participant)?.subscriber?;
         self.peer(key)

@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use super::link::Shaping;
+use super::meter::thread_cpu;
 use super::source::SourceConfig;
 use super::world::World;
 use crate::command::PauseReason;
@@ -108,17 +109,6 @@ impl Outcome {
             self.cpu.as_secs_f64() * 1000.0 * 60.0 / self.simulated.as_secs_f64(),
         )
     }
-}
-
-/// CPU time of this thread (tests run in parallel threads).
-pub fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for the call to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Connects a pupil behind `link` without loss, switches the loss on, and runs `duration`.

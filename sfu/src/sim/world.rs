@@ -25,6 +25,7 @@ use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tokio::sync::{mpsc, oneshot};
 
 use super::link::{Datagram, Link, Shaping};
+use super::meter::{self, ShardCost, timed};
 use super::source::{Encoding, RIDS, SourceConfig, parse_tag};
 use crate::command::{
     Audience, LayerName, PauseReason, ShardCommand, ShardEvent, TrackSource, TrackSpec,
@@ -196,6 +197,8 @@ pub struct World {
     pub set_encodings: Vec<(Instant, Vec<String>)>,
     /// Shard entry points called, for the cost figures.
     pub steps: u64,
+    /// The shard's own CPU time, once [`World::meter`] has been called.
+    meter: Option<ShardCost>,
 }
 
 impl World {
@@ -259,6 +262,7 @@ impl World {
             room: RoomId::from("sim"),
             set_encodings: Vec::new(),
             steps: 0,
+            meter: None,
         };
         world.command(ShardCommand::Join {
             participant: ParticipantId(1),
@@ -404,9 +408,20 @@ impl World {
         self.poll(Who::Pupil(i));
     }
 
+    /// From now on, times every call into the shard (`shard_cost`).
+    pub fn meter(&mut self) {
+        self.meter.get_or_insert_default();
+    }
+
+    /// What the shard cost since [`World::meter`]: zero before.
+    pub fn shard_cost(&self) -> ShardCost {
+        self.meter.unwrap_or_default()
+    }
+
     fn command(&mut self, cmd: ShardCommand) {
         self.steps += 1;
-        self.shard.handle_command(self.now, cmd);
+        let now = self.now;
+        timed(&mut self.meter, || self.shard.handle_command(now, cmd));
         self.pump();
     }
 
@@ -418,6 +433,16 @@ impl World {
             self.shard.outbox().take_tcp().for_each(drop);
             let now = self.now;
             for (to, bytes) in out {
+                if let Some(cost) = &mut self.meter {
+                    cost.datagrams += 1;
+                    if to != self.teacher.client.addr && meter::is_rtp(&bytes) {
+                        if meter::is_padded(&bytes) {
+                            cost.padded += 1;
+                        } else {
+                            cost.packets += 1;
+                        }
+                    }
+                }
                 let link = if to == self.teacher.client.addr {
                     Some(&mut self.teacher.client.down)
                 } else {
@@ -440,7 +465,7 @@ impl World {
             if !full {
                 break;
             }
-            self.shard.drain_dirty();
+            timed(&mut self.meter, || self.shard.drain_dirty());
         }
         while let Ok(event) = self.events.try_recv() {
             self.on_shard_event(event);
@@ -726,8 +751,10 @@ impl World {
         for &who in &whos {
             while let Some(d) = self.client(who).up.receive(now) {
                 self.steps += 1;
-                self.shard
-                    .handle_datagram(now, Arrival::udp(d.source), &d.bytes);
+                timed(&mut self.meter, || {
+                    self.shard
+                        .handle_datagram(now, Arrival::udp(d.source), &d.bytes)
+                });
                 self.pump();
             }
         }
@@ -765,7 +792,7 @@ impl World {
             }
         }
         self.steps += 1;
-        self.shard.handle_timeout(now);
+        timed(&mut self.meter, || self.shard.handle_timeout(now));
         self.pump();
         for p in &mut self.pupils {
             if p.log.link.last().is_none_or(|l| now - l.at >= LINK_SAMPLE)
