@@ -488,6 +488,8 @@ impl RecentSeqs {
 /// would wait for the publisher's next keyframe, which no one else may ask for.
 #[derive(Default)]
 struct StreamStart {
+    /// A VP8 video stream (others are not looked at).
+    watched: bool,
     keyframe_seen: bool,
     asked_at: Option<Instant>,
 }
@@ -497,6 +499,9 @@ impl StreamStart {
     const REPEAT: Duration = Duration::from_millis(500);
 
     fn wants_keyframe(&mut self, payload: &[u8], now: Instant) -> bool {
+        if !self.watched {
+            return false;
+        }
         if self.keyframe_seen || is_vp8_keyframe_start(payload) {
             self.keyframe_seen = true;
             return false;
@@ -578,20 +583,22 @@ async fn read_track(shared: Arc<SubscriberShared>, track: Arc<dyn TrackRemote>) 
                     *shared.duplicates.lock().unwrap().entry(key).or_default() += 1;
                     continue;
                 }
-                let vp8 = matches!(shared.video_codec, VideoCodec::Vp8)
-                    && mid.as_ref().is_some_and(|mid| {
-                        shared
-                            .offered
-                            .lock()
-                            .unwrap()
-                            .get(mid)
-                            .is_some_and(|t| t.kind == "video")
-                    });
-                if vp8
-                    && starts
-                        .entry(ssrc)
-                        .or_default()
-                        .wants_keyframe(&packet.payload, Instant::now())
+                // Resolved once per SSRC, as the key above: only VP8 video is watched.
+                if starts
+                    .entry(ssrc)
+                    .or_insert_with(|| StreamStart {
+                        watched: matches!(shared.video_codec, VideoCodec::Vp8)
+                            && mid.as_ref().is_some_and(|mid| {
+                                shared
+                                    .offered
+                                    .lock()
+                                    .unwrap()
+                                    .get(mid)
+                                    .is_some_and(|t| t.kind == "video")
+                            }),
+                        ..StreamStart::default()
+                    })
+                    .wants_keyframe(&packet.payload, Instant::now())
                 {
                     let _ = track
                         .write_rtcp(vec![Box::new(PictureLossIndication {
