@@ -88,6 +88,20 @@ pub struct TrackSpec {
     pub source: TrackSource,
     /// Who receives it from its first packet on; a later `SetAudience` changes it.
     pub audience: Audience,
+    /// Whose track it is, when not the publishing participant's own: a partner server's link
+    /// publishes the tracks of the people on its side (docs/PARTNER.md, "Lesson links"). The
+    /// room then sees the track as `owner`'s (`PublishedTrack::participant`,
+    /// `SubscribedTrack::participant`, active speakers), while the link's connection carries it.
+    pub owner: Option<TrackOwner>,
+}
+
+/// A person on the far side of a lesson link, as the shard attributes a track to them. The
+/// person is not a member of the shard (they have no connection of their own here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackOwner {
+    pub participant: ParticipantId,
+    /// Their track is prioritised as a teacher's (`core::allocator::TrackClass`).
+    pub teacher: bool,
 }
 
 /// A track as the room sees it.
@@ -133,6 +147,11 @@ pub enum ShardCommand {
         subscribe: bool,
         /// A teacher's camera and screen come before pupils' videos when bandwidth is short.
         teacher: bool,
+        /// The participant is this server's end of a lesson link that this server dialled
+        /// (docs/PARTNER.md): its two connections are to the host server's media port, so they
+        /// run full ICE (the host is ICE-lite) from sockets of their own, not the shared media
+        /// port. `false` for every browser, WHIP encoder and for a link the host receives.
+        link: bool,
     },
     /// The highest layer a subscriber wants of one video track (`None`: no cap).
     SetTrackCap {

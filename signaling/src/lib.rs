@@ -5,6 +5,7 @@
 
 pub mod gate;
 pub mod lesson;
+pub mod link_gate;
 pub mod protocol;
 pub mod resume;
 pub mod sdp_check;
@@ -128,6 +129,8 @@ pub(crate) struct Inner {
     next_session: AtomicU64,
     resumed: AtomicU64,
     whip: whip_live::WhipSessions,
+    /// The door of lesson links (`Signaling::attach_links`); none until attached.
+    links: std::sync::OnceLock<Arc<dyn link_gate::LinkGate>>,
 }
 
 const ERROR_CODES: [ErrorCode; 23] = [
@@ -172,6 +175,15 @@ impl Inner {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         vec![turn.ice_server(now, identity)]
+    }
+
+    /// The lesson links' gate: the attached one, or [`link_gate::NoLinks`].
+    #[allow(dead_code)] // read by the link sessions
+    fn links(&self) -> Arc<dyn link_gate::LinkGate> {
+        match self.links.get() {
+            Some(gate) => gate.clone(),
+            None => Arc::new(link_gate::NoLinks),
+        }
     }
 
     fn count_slow_drop(&self, why: SlowDrop) {
@@ -243,9 +255,17 @@ impl Signaling {
             next_session: AtomicU64::new(1),
             resumed: AtomicU64::new(0),
             whip: whip_live::WhipSessions::default(),
+            links: std::sync::OnceLock::new(),
         });
         tokio::spawn(relay_media_events(inner.clone(), events));
         Signaling { inner }
+    }
+
+    /// Plugs in the gate of lesson links (docs/PARTNER.md, "Lesson links"): the host's door
+    /// for partner servers, and the list of links this server dials. Once; a second call is
+    /// ignored (returns `false`).
+    pub fn attach_links(&self, gate: Arc<dyn link_gate::LinkGate>) -> bool {
+        self.inner.links.set(gate).is_ok()
     }
 
     /// `GET /ws`, and the WHIP endpoint (`/whip/...`).

@@ -647,6 +647,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
                 room: room.clone(),
                 subscribe,
                 teacher,
+                link: false,
             })
             .await
             .is_err()
@@ -687,6 +688,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
                 mid: t.mid.clone(),
                 source,
                 audience,
+                owner: None,
             });
         }
         // The audience each track started with, to correct any the lesson changed meanwhile.

@@ -672,6 +672,7 @@ impl Shard {
                 room,
                 subscribe,
                 teacher,
+                link: _,
             } => self.join(participant, room, subscribe, teacher),
             ShardCommand::SetTrackCap {
                 participant,

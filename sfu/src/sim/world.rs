@@ -269,6 +269,7 @@ impl World {
             room: world.room.clone(),
             subscribe: false,
             teacher: true,
+            link: false,
         });
         world.publish();
         world
@@ -298,11 +299,13 @@ impl World {
                 mid: t.audio_mid.to_string(),
                 source: TrackSource::Microphone,
                 audience: Audience::Everyone,
+                owner: None,
             },
             TrackSpec {
                 mid: t.video_mid.to_string(),
                 source: TrackSource::Camera,
                 audience: Audience::Everyone,
+                owner: None,
             },
         ];
         self.command(ShardCommand::Publish {
@@ -360,6 +363,7 @@ impl World {
             room: self.room.clone(),
             subscribe: true,
             teacher: false,
+            link: false,
         });
         i
     }
