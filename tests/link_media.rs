@@ -623,7 +623,7 @@ async fn link_traffic_does_not_grow_with_the_partner_class() -> Result<()> {
     bounded(async {
         let host_teacher = 1;
         let link = linked(&[host_teacher], MediaConfig::loopback()).await?;
-        // Layer rates a loopback estimate reaches at once, so the layer settles quickly.
+        // Low layer rates, so that the host's estimate for the link reaches the top one soon.
         let config = SimulcastConfig {
             bitrates: [60_000, 120_000, 250_000],
             ..SimulcastConfig::default()
@@ -639,7 +639,9 @@ async fn link_traffic_does_not_grow_with_the_partner_class() -> Result<()> {
         for p in &pupils {
             p.subscriber.wait_count(&video, 60, CONNECT_TIMEOUT).await?;
         }
-        let settle = settled_layer(&link.host_layers).await?;
+        let start = Instant::now();
+        let top_since = settled_on_top(&link.host_layers).await?;
+        let settle = top_since - start;
         let (two, two_window) = link_bytes_over(&link.partner, 5).await?;
 
         for id in 2..12 {
@@ -650,11 +652,19 @@ async fn link_traffic_does_not_grow_with_the_partner_class() -> Result<()> {
             p.subscriber.wait_count(&video, 60, CONNECT_TIMEOUT).await?;
         }
         let (twelve, twelve_window) = link_bytes_over(&link.partner, 5).await?;
+        // Both windows saw the same layer: it has not changed since it settled.
+        let layers = link.host_layers.lock().unwrap().clone();
+        ensure!(
+            layers
+                .values()
+                .all(|(l, since)| *l == Some(LayerName::High) && *since == top_since),
+            "the link's layer changed while measuring: {layers:?}"
+        );
         let diff = (twelve as f64 - two as f64).abs() / two as f64;
         println!(
             "link bytes received on the partner over 5 s: {two} with 2 pupils ({two_window:?}), \
-             {twelve} with 12 ({twelve_window:?}): {:.1} % apart; the link's layer settled in \
-             {settle:?}",
+             {twelve} with 12 ({twelve_window:?}): {:.1} % apart; the host sent the link its top \
+             layer {settle:?} after two pupils received video",
             diff * 100.0
         );
         ensure!(
@@ -687,24 +697,24 @@ fn video_of(pupil: &Pupil, owner: ParticipantId) -> Result<String> {
         .ok_or_else(|| anyhow!("no camera of {owner} offered"))
 }
 
-/// Waits until the host has sent the link the same video layer for three seconds: (layer,
-/// how long that took).
-async fn settled_layer(layers: &Layers) -> Result<(LayerName, Duration)> {
-    let start = Instant::now();
+/// Waits until the host has sent the link the top video layer for three seconds (then its
+/// estimator has nothing more to probe for): since when it has.
+async fn settled_on_top(layers: &Layers) -> Result<Instant> {
     poll_for(
-        Duration::from_secs(40),
+        Duration::from_secs(45),
         || {
             format!(
-                "a settled layer towards the link: {:?}",
+                "the top layer towards the link: {:?}",
                 layers.lock().unwrap()
             )
         },
         async || {
             let layers = layers.lock().unwrap();
             let (layer, since) = layers.values().next()?;
-            let layer = (*layer)?;
-            (layers.len() == 1 && since.elapsed() >= Duration::from_secs(3))
-                .then(|| (layer, start.elapsed()))
+            (layers.len() == 1
+                && *layer == Some(LayerName::High)
+                && since.elapsed() >= Duration::from_secs(3))
+            .then_some(*since)
         },
     )
     .await
@@ -734,7 +744,11 @@ async fn imported_tracks_keep_their_owner_across_the_partners_shards() -> Result
             offered(p, owner, "microphone").await?;
             p.subscriber.wait_count(&video, 60, CONNECT_TIMEOUT).await?;
             let analysis = analyse_video(&p.subscriber.received(&video));
-            ensure!(analysis.ok(), "a partner pupil's video: {:?}", analysis.problems);
+            ensure!(
+                analysis.ok(),
+                "a partner pupil's video: {:?}",
+                analysis.problems
+            );
         }
         // Published once a second.
         poll_for(
