@@ -42,11 +42,11 @@ const HOST_LINK: ParticipantId = ParticipantId(900);
 const PARTNER_LINK: ParticipantId = ParticipantId(901);
 
 /// The two tests below load the machine; run them one after the other.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn bounded(test: impl Future<Output = Result<()>>) -> Result<()> {
     support::init_logging();
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     tokio::time::timeout(LINK_TEST_TIMEOUT, test)
         .await
         .with_context(|| format!("the test did not finish within {LINK_TEST_TIMEOUT:?}"))?
@@ -202,6 +202,8 @@ fn source_name(source: TrackSource) -> &'static str {
 
 /// One test client: `publish` and `subscriber_answer` in, `publish_answer` and
 /// `subscriber_offer` out (the subset of docs/PROTOCOL.md the support clients use).
+// The handshake callback's error type is tungstenite's: a whole HTTP response.
+#[allow(clippy::result_large_err)]
 async fn serve_client(plane: &Plane, stream: tokio::net::TcpStream) -> Result<()> {
     let mut query = String::new();
     let mut ws = tokio_tungstenite::accept_hdr_async(
