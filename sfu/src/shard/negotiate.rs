@@ -162,12 +162,13 @@ impl Shard {
         };
         let mut removed = Vec::new();
         for (mid, track_id) in &current {
+            // A section that now carries someone else's track (a link's) is a new track.
             let still = specs.iter().any(|s| {
                 Mid::from(s.mid.as_str()) == *mid
-                    && self
-                        .tracks
-                        .get(track_id)
-                        .is_some_and(|t| t.info.source == s.source)
+                    && self.tracks.get(track_id).is_some_and(|t| {
+                        t.info.source == s.source
+                            && t.info.participant == super::link::owner_of(s, participant, false).0
+                    })
             });
             if !still {
                 self.remove_track(*track_id);
