@@ -174,6 +174,13 @@ impl Plane {
         Ok(done.await??)
     }
 
+    async fn leave(&self, participant: ParticipantId) -> Result<()> {
+        self.commands
+            .send(ShardCommand::Leave { participant })
+            .await
+            .map_err(|_| anyhow!("{}: media plane gone", self.name))
+    }
+
     fn url(&self, participant: u64, teacher: bool) -> String {
         format!(
             "{}/?p={participant}&teacher={}",
@@ -567,6 +574,26 @@ async fn a_lesson_link_carries_each_sides_teacher_to_the_other_sides_pupils() ->
             "the partner's own teacher came back through the link: {partner_offers:?}"
         );
         link.check_errors()?;
+
+        // The partner ends the link: both its connections and their sockets go, and the host
+        // pupil loses the partner teacher's tracks once the host closes the link's side.
+        link.partner.leave(PARTNER_LINK).await?;
+        link_peers_become(&link.partner, 0).await?;
+        link.host.leave(HOST_LINK).await?;
+        let gone = ParticipantId(partner_teacher + REMOTE).to_string();
+        poll_for(
+            CONNECT_TIMEOUT,
+            || "the partner teacher's tracks leaving the host pupil's offer".to_owned(),
+            async || {
+                (!host_pupil
+                    .subscriber
+                    .offered()
+                    .values()
+                    .any(|t| t.participant_id == gone))
+                .then_some(())
+            },
+        )
+        .await?;
         publisher.close().await;
         Ok(())
     })
