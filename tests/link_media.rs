@@ -130,10 +130,21 @@ impl Plane {
     }
 
     async fn join(&self, participant: ParticipantId, teacher: bool, link: bool) -> Result<()> {
+        self.join_room(self.room.clone(), participant, teacher, link)
+            .await
+    }
+
+    async fn join_room(
+        &self,
+        room: RoomId,
+        participant: ParticipantId,
+        teacher: bool,
+        link: bool,
+    ) -> Result<()> {
         self.commands
             .send(ShardCommand::Join {
                 participant,
-                room: self.room.clone(),
+                room,
                 subscribe: true,
                 teacher,
                 link,
@@ -233,8 +244,11 @@ async fn serve_client(plane: &Plane, stream: tokio::net::TcpStream) -> Result<()
             .ok_or_else(|| anyhow!("no participant in {query}"))?,
     );
     let teacher = params.get("teacher") == Some(&"1");
+    let room = params
+        .get("room")
+        .map_or_else(|| plane.room.clone(), |r| RoomId::from(*r));
     let mut events = plane.route(participant);
-    plane.join(participant, teacher, false).await?;
+    plane.join_room(room, participant, teacher, false).await?;
     loop {
         tokio::select! {
             frame = ws.next() => {
@@ -796,6 +810,86 @@ async fn imported_tracks_keep_their_owner_across_the_partners_shards() -> Result
         )
         .await?;
         link.check_errors()?;
+        publisher.close().await;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_links_from_one_partner_to_one_host_do_not_collide() -> Result<()> {
+    bounded(async {
+        // One partner server links two of its lessons to the same host lesson: four
+        // connections from one machine to the host's one media port, told apart by the host
+        // only through their source ports.
+        let host_teacher = 1;
+        let host = Plane::start("host", "host-lesson", MediaConfig::loopback()).await?;
+        let partner = Plane::start("partner", "class-a", MediaConfig::loopback()).await?;
+        let teachers: Teachers = Arc::new([ParticipantId(host_teacher)].into_iter().collect());
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let links = [
+            (ParticipantId(910), ParticipantId(920), "class-a"),
+            (ParticipantId(911), ParticipantId(921), "class-b"),
+        ];
+        for (host_link, partner_link, room) in links {
+            carry(
+                host.clone(),
+                host_link,
+                partner.clone(),
+                partner_link,
+                teachers.clone(),
+                errors.clone(),
+                Arc::default(),
+            );
+            carry(
+                partner.clone(),
+                partner_link,
+                host.clone(),
+                host_link,
+                teachers.clone(),
+                errors.clone(),
+                Arc::default(),
+            );
+            host.join(host_link, false, false).await?;
+            partner
+                .join_room(RoomId::from(room), partner_link, false, true)
+                .await?;
+        }
+        let (_t, publisher) =
+            simulcast_teacher(&host, host_teacher, SimulcastConfig::default()).await?;
+        let owner = ParticipantId(host_teacher + REMOTE);
+        let mut pupils = Vec::new();
+        for (i, (_, _, room)) in links.iter().enumerate() {
+            let (signal, offers) = Signal::connect(
+                &format!("{}&room={room}", partner.url(60 + i as u64, false)),
+                REPLY_TIMEOUT,
+            )
+            .await?;
+            let signal = Arc::new(signal);
+            let subscriber = Subscriber::start(signal.clone(), offers);
+            pupils.push(Pupil {
+                _signal: signal,
+                subscriber,
+            });
+        }
+        for p in &pupils {
+            let video = offered(p, owner, "camera").await?;
+            let audio = offered(p, owner, "microphone").await?;
+            p.subscriber.wait_count(&video, 90, CONNECT_TIMEOUT).await?;
+            p.subscriber.wait_count(&audio, 50, CONNECT_TIMEOUT).await?;
+            let analysis = analyse_video(&p.subscriber.received(&video));
+            ensure!(
+                analysis.ok(),
+                "a partner pupil's video: {:?}",
+                analysis.problems
+            );
+        }
+        link_peers_become(&partner, 2).await?;
+        let errors = errors.lock().unwrap().clone();
+        ensure!(
+            errors.is_empty(),
+            "the links' negotiation failed: {errors:?}"
+        );
         publisher.close().await;
         Ok(())
     })
