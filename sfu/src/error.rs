@@ -29,6 +29,10 @@ pub enum SfuError {
     Negotiation(String),
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A connection of a lesson link this server dialled could not get a socket of its own
+    /// (`shard::link::MAX_LINK_SOCKETS` per media thread, or the bind failed).
+    #[error("no socket for a link connection: {0}")]
+    LinkSockets(String),
     #[error("unknown participant")]
     UnknownParticipant,
     #[error("the media plane has stopped")]

@@ -55,6 +55,11 @@ pub struct MediaCounters {
     pub mesh_oversize: u64,
     /// Keyframe requests from subscribers on other shards, for a publisher here.
     pub keyframe_requests_across: u64,
+    /// Connections of lesson links this server dialled (each on a socket of its own), now, and
+    /// the bytes received and sent on their sockets.
+    pub link_peers: u64,
+    pub link_bytes_in: u64,
+    pub link_bytes_out: u64,
 }
 
 /// Upper bounds (bits per second) of the estimate histogram: from a weak home uplink to wired.
@@ -119,6 +124,9 @@ pub struct MediaMetrics {
     pub tcp_dropped_out: AtomicU64,
     pub tcp_bad_frames: AtomicU64,
     pub tcp_unbound_closed: AtomicU64,
+    pub link_peers: AtomicU64,
+    pub link_bytes_in: AtomicU64,
+    pub link_bytes_out: AtomicU64,
     /// Per shard (media thread), in shard order.
     pub shards: Box<[ShardMetrics]>,
 }
@@ -184,6 +192,9 @@ impl MediaMetrics {
             tcp_dropped_out: zero(),
             tcp_bad_frames: zero(),
             tcp_unbound_closed: zero(),
+            link_peers: zero(),
+            link_bytes_in: zero(),
+            link_bytes_out: zero(),
             shards: (0..shards.max(1))
                 .map(|_| ShardMetrics::default())
                 .collect(),
@@ -310,6 +321,13 @@ impl MediaMetrics {
         for ((a, v), b) in tcp.into_iter().zip(tcp_before) {
             add(a, v, b);
         }
+        add(&self.link_peers, c.link_peers, before.link_peers);
+        add(&self.link_bytes_in, c.link_bytes_in, before.link_bytes_in);
+        add(
+            &self.link_bytes_out,
+            c.link_bytes_out,
+            before.link_bytes_out,
+        );
     }
 
     /// Renders the counters in the Prometheus text format.
@@ -466,6 +484,19 @@ impl MediaMetrics {
             );
         }
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP classroom_media_link_peers Connections of lesson links this server dialled, each on a UDP socket of its own\n\
+             # TYPE classroom_media_link_peers gauge\n\
+             classroom_media_link_peers {}\n\
+             # HELP classroom_media_link_bytes_total Bytes on the sockets of dialled lesson links\n\
+             # TYPE classroom_media_link_bytes_total counter\n\
+             classroom_media_link_bytes_total{{direction=\"received\"}} {}\n\
+             classroom_media_link_bytes_total{{direction=\"sent\"}} {}",
+            load(&self.link_peers),
+            load(&self.link_bytes_in),
+            load(&self.link_bytes_out)
+        );
         let _ = writeln!(
             out,
             "# HELP classroom_media_rtp_dropped_total RTP packets not handed to a subscriber, by reason\n\

@@ -297,7 +297,9 @@ impl Shard {
                 continue;
             };
             events.push(ShardEvent::SetEncodings {
-                participant: track.info.participant,
+                // The connection's participant encodes it, even for a track it carries for
+                // someone else (a link's).
+                participant: track.by,
                 track: *track_id,
                 mid: track.info.mid.clone(),
                 active: track

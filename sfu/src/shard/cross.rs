@@ -204,6 +204,7 @@ impl Shard {
                 owner: mesh.index,
                 room: track.room.clone(),
                 info: track.info.clone(),
+                by: track.by,
                 rids: track.rids.clone(),
                 class: track.class,
                 audience: track.audience,
@@ -284,7 +285,8 @@ impl Shard {
                 rids,
                 class,
                 audience,
-            } => self.add_mirror(owner, room, info, rids, class, audience),
+                by,
+            } => self.add_mirror(owner, room, info, by, rids, class, audience),
             Control::TrackRemoved { track } => {
                 if self.tracks.get(&track).is_some_and(|t| t.owner.is_some()) {
                     self.remove_track(track);
@@ -371,11 +373,13 @@ impl Shard {
     }
 
     /// Another shard's track, for the subscribers here.
+    #[allow(clippy::too_many_arguments)]
     fn add_mirror(
         &mut self,
         owner: u8,
         room_id: RoomId,
         info: crate::command::PublishedTrack,
+        by: crate::ids::ParticipantId,
         rids: Vec<str0m::media::Rid>,
         class: crate::core::allocator::TrackClass,
         audience: crate::command::Audience,
@@ -393,6 +397,7 @@ impl Shard {
         debug!(track = %track_id, owner, shard = own, "track mirrored");
         let track = Track::new(
             info,
+            by,
             room_id.clone(),
             NO_PEER,
             rids,

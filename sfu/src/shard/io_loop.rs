@@ -15,6 +15,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use super::link::LinkSockets;
 use super::mesh::{Control, Inbox};
 use super::outbox::Sender;
 use super::tcp::{self, TcpMedia};
@@ -46,12 +47,15 @@ pub(super) struct IoLoop {
     inbox: Option<Arc<Inbox>>,
     /// Shards without the ICE-TCP listener send their peers' TCP packets through shard 0.
     tcp_relay: Option<super::mesh::Link>,
+    /// The sockets of link connections (`super::link`); the shard opens and closes them.
+    links: LinkSockets,
 }
 
 /// What ended the loop's wait.
 enum Woke {
     Command(Option<ShardCommand>),
     Datagram(std::io::Result<(usize, SocketAddr)>),
+    LinkDatagram(u16, std::io::Result<(usize, SocketAddr)>),
     Tcp(tcp::Ready),
     Control(Control),
     Inbox,
@@ -86,8 +90,15 @@ impl IoLoop {
     ) -> IoLoop {
         let index = setup.mesh.as_ref().map_or(0, |m| usize::from(m.index));
         let tcp_relay = setup.mesh.clone().filter(|m| m.index != 0);
+        let bind = socket
+            .local_addr()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let links = LinkSockets::new(bind);
+        let mut shard = Shard::new(Instant::now(), setup, events, metrics.clone());
+        shard.set_link_ports(Box::new(links.clone()));
         IoLoop {
-            shard: Shard::new(Instant::now(), setup, events, metrics.clone()),
+            shard,
+            links,
             socket,
             tcp,
             sender: Sender::default(),
@@ -101,6 +112,7 @@ impl IoLoop {
     pub async fn run(mut self, mut commands: mpsc::Receiver<ShardCommand>) {
         let mut buf = vec![0u8; RECV_BUFFER];
         let mut frame = vec![0u8; tcp::MAX_FRAME];
+        let mut link_buf = vec![0u8; RECV_BUFFER];
         let mut next_tick = Instant::now() + TICK;
         loop {
             let deadline = self.shard.poll_deadline().min(next_tick);
@@ -108,6 +120,9 @@ impl IoLoop {
                 biased;
                 cmd = commands.recv() => Woke::Command(cmd),
                 received = self.socket.recv_from(&mut buf) => Woke::Datagram(received),
+                (port, received) = std::future::poll_fn(|cx| self.links.poll_recv(cx, &mut link_buf)) => {
+                    Woke::LinkDatagram(port, received)
+                }
                 ready = std::future::poll_fn(|cx| match self.tcp.as_mut() {
                     Some(t) => t.poll_ready(cx),
                     None => std::task::Poll::Pending,
@@ -139,6 +154,12 @@ impl IoLoop {
                     }
                 }
                 Woke::Datagram(Err(e)) => debug!("media socket receive error: {e}"),
+                Woke::LinkDatagram(port, Ok((n, source))) => {
+                    self.shard
+                        .handle_link_datagram(now, port, source, &link_buf[..n]);
+                    self.settle();
+                }
+                Woke::LinkDatagram(port, Err(e)) => debug!(port, "link socket receive error: {e}"),
                 Woke::Tcp(ready) => self.handle_tcp(now, ready, &mut frame),
                 Woke::Control(message) => {
                     self.shard.handle_control(now, message);
@@ -257,6 +278,18 @@ impl IoLoop {
             }
             (None, None) => outbox.take_tcp().for_each(drop),
         }
+        let (mut link_bytes, mut link_failed) = (0, 0);
+        for (port, to, datagram) in outbox.take_link() {
+            if self.links.send(port, to, &datagram) {
+                link_bytes += datagram.len() as u64;
+            } else {
+                link_failed += 1;
+            }
+        }
+        if link_bytes + link_failed > 0 {
+            self.shard.note_link_sent(link_bytes, link_failed);
+        }
+        let outbox = self.shard.outbox();
         if !outbox.is_empty() {
             let sent = self.sender.flush(outbox, &self.socket);
             self.shard.note_sent(sent);

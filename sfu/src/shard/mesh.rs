@@ -147,6 +147,8 @@ pub(crate) enum Control {
         owner: u8,
         room: RoomId,
         info: PublishedTrack,
+        /// The participant whose connection publishes it (`info.participant` names the owner).
+        by: crate::ids::ParticipantId,
         rids: Vec<Rid>,
         class: TrackClass,
         audience: Audience,

@@ -13,6 +13,7 @@
 mod allocation;
 mod cross;
 mod io_loop;
+mod link;
 mod media;
 pub(crate) mod mesh;
 mod moderation;
@@ -352,6 +353,8 @@ struct Member {
     room: RoomId,
     subscribe: bool,
     teacher: bool,
+    /// This server's end of a lesson link it dialled (`link`).
+    link: bool,
     publisher: Option<PeerKey>,
     subscriber: Option<PeerKey>,
 }
@@ -359,6 +362,9 @@ struct Member {
 /// A track and everyone receiving it.
 struct Track {
     info: crate::command::PublishedTrack,
+    /// The participant whose connection publishes it: `info.participant` unless the track is
+    /// a link's import owned by someone on the far side (`TrackSpec::owner`).
+    by: ParticipantId,
     room: RoomId,
     publisher: PeerKey,
     mid: str0m::media::Mid,
@@ -397,6 +403,7 @@ impl Track {
     #[allow(clippy::too_many_arguments)]
     fn new(
         info: crate::command::PublishedTrack,
+        by: ParticipantId,
         room: RoomId,
         publisher: PeerKey,
         rids: Vec<str0m::media::Rid>,
@@ -413,6 +420,7 @@ impl Track {
         Track {
             mid: str0m::media::Mid::from(info.mid.as_str()),
             info,
+            by,
             room,
             publisher,
             codec: None,
@@ -522,6 +530,10 @@ pub(crate) struct Shard {
     control: Option<mpsc::UnboundedReceiver<mesh::Control>>,
     /// When link reports are next due.
     next_report: Instant,
+    /// Sockets for the connections of links this server dialled (`link`), and which peer each
+    /// one's datagrams go to.
+    link_ports: Box<dyn link::LinkPorts>,
+    link_peers: link::LinkPeers,
 }
 
 impl Shard {
@@ -570,6 +582,8 @@ impl Shard {
             foreign: Demuxer::default(),
             control,
             next_report: now,
+            link_ports: Box::new(link::NoLinkPorts),
+            link_peers: Default::default(),
         }
     }
 
@@ -642,7 +656,8 @@ impl Shard {
         }
         if now >= self.next_metrics {
             self.next_metrics = now + METRICS_INTERVAL;
-            self.counters.peers = self.demux.len() as u64;
+            self.counters.peers = (self.demux.len() + self.link_peers.len()) as u64;
+            self.counters.link_peers = self.link_peers.len() as u64;
             self.publish_metrics();
             self.reap_disconnected(now);
             self.restart_quiet(now);
@@ -672,8 +687,8 @@ impl Shard {
                 room,
                 subscribe,
                 teacher,
-                link: _,
-            } => self.join(participant, room, subscribe, teacher),
+                link,
+            } => self.join(participant, room, subscribe, teacher, link),
             ShardCommand::SetTrackCap {
                 participant,
                 track,
@@ -892,6 +907,12 @@ impl Shard {
                 }
                 Output::Transmit(t) if t.proto == Protocol::Udp => {
                     peer.bytes_sent += t.contents.len() as u64;
+                    // A link's connection leaves from its own socket, never the media port.
+                    if let Some(port) = peer.link.as_ref().map(|end| end.port) {
+                        self.outbox
+                            .push_link(port, t.destination, t.contents.into());
+                        continue;
+                    }
                     let bound = self.demux.confirm(key, t.destination, &t.contents);
                     if bound {
                         let route = (Transport::Udp, t.destination);
@@ -995,6 +1016,7 @@ impl Shard {
             role,
             &self.candidates,
             self.bandwidth_estimation,
+            true,
         );
         let key = match self.free.pop() {
             Some(k) => k,
@@ -1016,8 +1038,13 @@ impl Shard {
             return;
         };
         self.free.push(key);
-        self.demux.remove(&peer.ufrag, key);
-        self.announce_peer(key, cross::PeerChange::Gone(&peer.ufrag));
+        match &peer.link {
+            Some(end) => self.forget_link_peer(end),
+            None => {
+                self.demux.remove(&peer.ufrag, key);
+                self.announce_peer(key, cross::PeerChange::Gone(&peer.ufrag));
+            }
+        }
         if let Some(t) = peer.timer {
             self.timers.remove(&(t, key));
         }
@@ -1062,7 +1089,14 @@ impl Shard {
         }
     }
 
-    fn join(&mut self, participant: ParticipantId, room: RoomId, subscribe: bool, teacher: bool) {
+    fn join(
+        &mut self,
+        participant: ParticipantId,
+        room: RoomId,
+        subscribe: bool,
+        teacher: bool,
+        link: bool,
+    ) {
         if self.members.contains_key(&participant) {
             return;
         }
@@ -1077,6 +1111,7 @@ impl Shard {
                 room,
                 subscribe,
                 teacher,
+                link,
                 publisher: None,
                 subscriber: None,
             },

@@ -72,7 +72,11 @@ impl Shard {
                     tracks: HashMap::new(),
                     by_ssrc: HashMap::new(),
                 };
-                self.add_peer(participant, role)
+                if self.is_link(participant) {
+                    self.add_link_peer(participant, role)?
+                } else {
+                    self.add_peer(participant, role)
+                }
             }
         };
         let result = self.apply_publish_offer(key, offer, specs);
@@ -158,12 +162,13 @@ impl Shard {
         };
         let mut removed = Vec::new();
         for (mid, track_id) in &current {
+            // A section that now carries someone else's track (a link's) is a new track.
             let still = specs.iter().any(|s| {
                 Mid::from(s.mid.as_str()) == *mid
-                    && self
-                        .tracks
-                        .get(track_id)
-                        .is_some_and(|t| t.info.source == s.source)
+                    && self.tracks.get(track_id).is_some_and(|t| {
+                        t.info.source == s.source
+                            && t.info.participant == super::link::owner_of(s, participant, false).0
+                    })
             });
             if !still {
                 self.remove_track(*track_id);
@@ -195,10 +200,11 @@ impl Shard {
                 .map(|p| simulcast_rids(&p.rtc, mid))
                 .unwrap_or_default();
             let teacher = self.members.get(&participant).is_some_and(|m| m.teacher);
+            let (owner, teacher) = super::link::owner_of(spec, participant, teacher);
             let class = track_class(spec.source, teacher);
             let info = PublishedTrack {
                 track_id,
-                participant,
+                participant: owner,
                 source: spec.source,
                 mid: spec.mid.clone(),
             };
@@ -206,6 +212,7 @@ impl Shard {
                 track_id,
                 Track::new(
                     info.clone(),
+                    participant,
                     room.clone(),
                     key,
                     rids,
@@ -300,7 +307,7 @@ impl Shard {
                     .filter(|t| {
                         self.tracks
                             .get(t)
-                            .is_some_and(|t| t.info.participant != participant)
+                            .is_some_and(|t| super::link::offered_to(t.by, participant))
                     })
                     .collect()
             })
@@ -314,7 +321,18 @@ impl Shard {
                     pending: None,
                     renegotiate: false,
                 };
-                let key = self.add_peer(participant, role);
+                let key = if member.link {
+                    match self.add_link_peer(participant, role) {
+                        Ok(key) => key,
+                        Err(e) => {
+                            tracing::warn!(%participant, "link subscribe connection: {e}");
+                            let _ = self.events.send(ShardEvent::ConnectionLost { participant });
+                            return;
+                        }
+                    }
+                } else {
+                    self.add_peer(participant, role)
+                };
                 if let Some(m) = self.members.get_mut(&participant) {
                     m.subscriber = Some(key);
                 }

@@ -47,6 +47,8 @@ pub(crate) struct Outbox {
     queue: Vec<(SocketAddr, Vec<u8>)>,
     /// Frames for ICE-TCP connections, by the client's address.
     tcp: Vec<(SocketAddr, Vec<u8>)>,
+    /// Datagrams of link connections (`super::link`): the port of the socket they leave from.
+    link: Vec<(u16, SocketAddr, Vec<u8>)>,
 }
 
 impl Outbox {
@@ -58,20 +60,29 @@ impl Outbox {
         self.tcp.push((destination, frame));
     }
 
+    pub fn push_link(&mut self, port: u16, destination: SocketAddr, datagram: Vec<u8>) {
+        self.link.push((port, destination, datagram));
+    }
+
     /// A batch is waiting: the loop should send it before the shard produces more, so what the
     /// shard holds stays bounded however many subscribers one packet fans out to.
     pub fn is_full(&self) -> bool {
-        self.queue.len() + self.tcp.len() >= BATCH
+        self.queue.len() + self.tcp.len() + self.link.len() >= BATCH
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty() && self.tcp.is_empty()
+        self.queue.is_empty() && self.tcp.is_empty() && self.link.is_empty()
     }
 
     /// Takes every queued UDP datagram, in order.
     #[cfg_attr(not(test), allow(dead_code))]
     pub fn take_udp(&mut self) -> std::vec::Drain<'_, (SocketAddr, Vec<u8>)> {
         self.queue.drain(..)
+    }
+
+    /// Takes every queued link datagram, in order.
+    pub fn take_link(&mut self) -> std::vec::Drain<'_, (u16, SocketAddr, Vec<u8>)> {
+        self.link.drain(..)
     }
 
     /// Takes every queued ICE-TCP frame, in order.

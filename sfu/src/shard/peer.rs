@@ -93,21 +93,25 @@ pub(crate) struct Peer {
     pub video_paced: bool,
     /// ICE restarts, re-sent offers, how long ICE has been disconnected.
     pub recovery: super::recovery::Recovery,
+    /// A connection of a link this server dialled: its own socket (`super::link`).
+    pub link: Option<super::link::LinkEnd>,
 }
 
 impl Peer {
-    /// An ICE-lite `Rtc` in RTP mode that answers on `candidates`; with `bandwidth_estimation`,
-    /// str0m estimates what the path to the peer carries and paces what is sent.
+    /// An `Rtc` in RTP mode that answers on `candidates`; with `bandwidth_estimation`, str0m
+    /// estimates what the path to the peer carries and paces what is sent. `ice_lite` for every
+    /// peer but a link's (`super::link`), whose far end is ICE-lite too.
     pub fn new(
         now: Instant,
         participant: ParticipantId,
         role: PeerRole,
         candidates: &[Candidate],
         bandwidth_estimation: bool,
+        ice_lite: bool,
     ) -> Peer {
         let initial = str0m::bwe::Bitrate::bps(crate::shard::allocation::INITIAL_ESTIMATE);
         let mut config = RtcConfig::new()
-            .set_ice_lite(true)
+            .set_ice_lite(ice_lite)
             .set_rtp_mode(true)
             .clear_codecs()
             .enable_vp8(true)
@@ -138,6 +142,7 @@ impl Peer {
             probe: ProbePacer::default(),
             video_paced: true,
             recovery: Default::default(),
+            link: None,
         }
     }
 

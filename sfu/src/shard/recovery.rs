@@ -127,6 +127,10 @@ impl Shard {
         }
         let old = std::mem::replace(&mut peer.ufrag, ufrag.clone());
         debug!(participant = %peer.participant, "ICE restarted");
+        // A link's connection is reached through its own socket, not by its ufrag.
+        if peer.link.is_some() {
+            return;
+        }
         self.demux.rename(&old, &ufrag, key);
         self.announce_peer(key, super::cross::PeerChange::Renamed(&old, &ufrag));
     }

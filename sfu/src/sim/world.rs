@@ -435,6 +435,7 @@ impl World {
             let full = self.shard.outbox().is_full();
             let out: Vec<(SocketAddr, Vec<u8>)> = self.shard.outbox().take_udp().collect();
             self.shard.outbox().take_tcp().for_each(drop);
+            self.shard.outbox().take_link().for_each(drop);
             let now = self.now;
             for (to, bytes) in out {
                 if let Some(cost) = &mut self.meter {
