@@ -135,10 +135,10 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
         })
         .await;
         info!(participant = %pid, room = %room, link = %seat.link_id, side = ?seat.side, "lesson link seated");
+        self.inner.link_stats.entered(seat.side);
         if let Some(admitted) = &seat.admitted {
             self.inner.links().entered(admitted);
         }
-        self.inner.link_stats.entered(seat.side);
         let link = seat.side == Side::Partner;
         let entrant = Entrant {
             room: seat.room.clone(),
@@ -227,6 +227,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
 
 /// The link left (socket gone, `leave`, replaced, revoked): its people leave with it.
 pub(super) async fn depart(inner: &Arc<Inner>, pid: ParticipantId, room: &RoomId, mut link: Link) {
+    inner.link_stats.left(link.seat.side);
     let _ = inner
         .sfu
         .send(ShardCommand::Leave { participant: pid })
@@ -244,6 +245,5 @@ pub(super) async fn depart(inner: &Arc<Inner>, pid: ParticipantId, room: &RoomId
     if let Some(admitted) = &link.seat.admitted {
         inner.links().left(admitted);
     }
-    inner.link_stats.left(link.seat.side);
     info!(participant = %pid, room = %room, link = %link.seat.link_id, "lesson link left");
 }
