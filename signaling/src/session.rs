@@ -147,57 +147,57 @@ async fn run_with<S, K>(
     // Pings keep a socket from being idle, not from having to join.
     let join_deadline = Instant::now() + join_timeout;
     let mut close_sent = false;
-    let mut seated = match seat {
-        Some(seat) => Some(s.seat_link(None, seat).await),
-        None => None,
+    // A seat the media plane could not take ends at once (its error was sent).
+    let seated = match seat {
+        Some(seat) => matches!(s.seat_link(None, seat).await, Flow::Continue),
+        None => true,
     };
     loop {
-        let flow = if let Some(flow) = seated.take() {
-            flow
-        } else {
-            tokio::select! {
-                frame = stream.next() => match frame {
-                    None | Some(Frame::Close(..)) => { s.park = true; break }
-                    Some(frame) => {
-                        deadline = Instant::now() + idle;
-                        s.on_frame(frame).await
+        if !seated {
+            break;
+        }
+        let flow = tokio::select! {
+            frame = stream.next() => match frame {
+                None | Some(Frame::Close(..)) => { s.park = true; break }
+                Some(frame) => {
+                    deadline = Instant::now() + idle;
+                    s.on_frame(frame).await
+                }
+            },
+            out = inbox.recv() => match out {
+                Some(Outbound::Send(msg)) => { s.send(&msg).await; Flow::Continue }
+                Some(Outbound::Close(reason)) => {
+                    if reason == GoodbyeReason::Replaced {
+                        s.send(&ServerMessage::error(None, ErrorCode::Replaced, "the same identity joined from another connection")).await;
                     }
-                },
-                out = inbox.recv() => match out {
-                    Some(Outbound::Send(msg)) => { s.send(&msg).await; Flow::Continue }
-                    Some(Outbound::Close(reason)) => {
-                        if reason == GoodbyeReason::Replaced {
-                            s.send(&ServerMessage::error(None, ErrorCode::Replaced, "the same identity joined from another connection")).await;
-                        }
-                        s.send(&ServerMessage::Goodbye { reason }).await;
-                        Flow::Close(CLOSE_POLICY, "goodbye")
-                    }
-                    Some(Outbound::Detach) => {
-                        // The participant lives on in the session that resumed it.
-                        s.joined = None;
-                        s.send(&ServerMessage::Goodbye { reason: GoodbyeReason::Replaced }).await;
-                        Flow::Close(CLOSE_POLICY, "resumed elsewhere")
-                    }
-                    None => Flow::Continue,
-                },
-                () = overflow.overflowed() => Flow::Drop(SlowDrop::QueueFull),
-                _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
-                    s.send(&ServerMessage::Goodbye { reason: GoodbyeReason::ServerShutdown }).await;
-                    Flow::Close(CLOSE_GOING_AWAY, "server shutdown")
-                },
-                _ = tokio::time::sleep_until(deadline) => {
-                    s.send(&ServerMessage::error(None, ErrorCode::Timeout, format!("no message for {} s", idle.as_secs()))).await;
-                    s.send(&ServerMessage::Goodbye { reason: GoodbyeReason::Timeout }).await;
-                    // A silent socket is usually a dropped link: keep the place for a resume.
-                    s.park = true;
-                    Flow::Close(CLOSE_POLICY, "idle")
-                },
-                _ = tokio::time::sleep_until(join_deadline), if s.joined.is_none() => {
-                    s.send(&ServerMessage::error(None, ErrorCode::Timeout, format!("no join within {join_timeout:?}"))).await;
-                    s.send(&ServerMessage::Goodbye { reason: GoodbyeReason::Timeout }).await;
-                    Flow::Close(CLOSE_POLICY, "join timeout")
-                },
-            }
+                    s.send(&ServerMessage::Goodbye { reason }).await;
+                    Flow::Close(CLOSE_POLICY, "goodbye")
+                }
+                Some(Outbound::Detach) => {
+                    // The participant lives on in the session that resumed it.
+                    s.joined = None;
+                    s.send(&ServerMessage::Goodbye { reason: GoodbyeReason::Replaced }).await;
+                    Flow::Close(CLOSE_POLICY, "resumed elsewhere")
+                }
+                None => Flow::Continue,
+            },
+            () = overflow.overflowed() => Flow::Drop(SlowDrop::QueueFull),
+            _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => {
+                s.send(&ServerMessage::Goodbye { reason: GoodbyeReason::ServerShutdown }).await;
+                Flow::Close(CLOSE_GOING_AWAY, "server shutdown")
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                s.send(&ServerMessage::error(None, ErrorCode::Timeout, format!("no message for {} s", idle.as_secs()))).await;
+                s.send(&ServerMessage::Goodbye { reason: GoodbyeReason::Timeout }).await;
+                // A silent socket is usually a dropped link: keep the place for a resume.
+                s.park = true;
+                Flow::Close(CLOSE_POLICY, "idle")
+            },
+            _ = tokio::time::sleep_until(join_deadline), if s.joined.is_none() => {
+                s.send(&ServerMessage::error(None, ErrorCode::Timeout, format!("no join within {join_timeout:?}"))).await;
+                s.send(&ServerMessage::Goodbye { reason: GoodbyeReason::Timeout }).await;
+                Flow::Close(CLOSE_POLICY, "join timeout")
+            },
         };
         let flow = match s.broken {
             Some(Broken::SendTimeout) => Flow::Drop(SlowDrop::SendTimeout),
