@@ -380,12 +380,12 @@ async fn bridge(
     let outcome = loop {
         let step = tokio::select! {
             msg = read_host(inner, host) => match msg {
-                Some(msg) => bridge.from_host(msg),
+                Some(msg) => bridge.on_host(msg),
                 None => break Outcome::Lost { seated: true },
             },
             frame = from_local.recv() => match frame {
                 Some(Frame::Text(t)) => match serde_json::from_str::<ServerMessage>(&t) {
-                    Ok(msg) => bridge.from_local(msg, &link.host_school),
+                    Ok(msg) => bridge.on_local(msg, &link.host_school),
                     Err(_) => Step::default(),
                 },
                 // The local seat ended (its media path failed): start over.
@@ -467,7 +467,7 @@ impl Bridge {
         Some(format!("{prefix}{}", self.serial))
     }
 
-    fn from_host(&mut self, msg: ServerMessage) -> Step {
+    fn on_host(&mut self, msg: ServerMessage) -> Step {
         let mut step = Step::default();
         match msg {
             ServerMessage::ParticipantJoined { participant } => self.host_roster.add(&participant),
@@ -518,7 +518,7 @@ impl Bridge {
         step
     }
 
-    fn from_local(&mut self, msg: ServerMessage, host_school: &str) -> Step {
+    fn on_local(&mut self, msg: ServerMessage, host_school: &str) -> Step {
         let mut step = Step::default();
         match msg {
             ServerMessage::Joined { participants, .. } => {

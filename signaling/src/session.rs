@@ -224,7 +224,7 @@ async fn run_with<S, K>(
         }
     }
     // A link is not parked: its dialer comes back with a new `link_join`.
-    if s.park && !*shutdown.borrow() && !s.joined.as_ref().is_some_and(|j| j.link.is_some()) {
+    if s.park && !*shutdown.borrow() && s.joined.as_ref().is_none_or(|j| j.link.is_none()) {
         s.park();
     } else {
         s.leave().await;

@@ -1,8 +1,9 @@
 //! Lesson links' control channel over real sockets: a host server's `/ws` door for links
 //! (`link_join`, `link_people`, `person` tracks), and a partner server's dialer that keeps the
-//! link up through a cut and stops for good when the host revokes it. Two signaling servers in
-//! one process, each with a fake link gate; the media plane is a channel nobody answers (the
-//! media of links is the shard's, tested there).
+//! link up through a cut and stops for good when the host revokes it, and the bridge that
+//! carries each side's offers and answers to the other. Two signaling servers in one process,
+//! each with a fake link gate and a fake media plane that answers publishes and records what it
+//! was asked (the media of links is the shard's, tested there).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,11 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
+use classroom_sfu::command::PublishAnswer;
+use classroom_sfu::{
+    ParticipantId, PublishedTrack, ShardCommand, ShardEvent, SubscribedTrack, TrackId, TrackSource,
+    TrackSpec,
+};
 use classroom_signaling::link_gate::{
     AdmitFuture, LinkAdmitted, LinkGate, LinkRefusal, LinkRequest, OutgoingFuture, OutgoingLink,
 };
@@ -118,20 +124,92 @@ impl FakeGate {
     }
 }
 
+/// What the fake media plane was asked.
+#[derive(Default)]
+struct Media {
+    /// Each publish: the publisher and its tracks' specs.
+    publishes: Mutex<Vec<(ParticipantId, Vec<TrackSpec>)>>,
+    /// Each subscriber answer: the subscriber and the SDP.
+    answers: Mutex<Vec<(ParticipantId, String)>>,
+    changed: Notify,
+}
+
+impl Media {
+    async fn until(&self, what: &str, ok: impl Fn(&Media) -> bool) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let changed = self.changed.notified();
+            if ok(self) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                panic!("timed out waiting for the media plane: {what}");
+            }
+        }
+    }
+}
+
+/// Answers publishes (`answer from <publisher>`, each track the owner's when it has one) and
+/// subscriber answers, and records them.
+async fn fake_media(mut commands: mpsc::Receiver<ShardCommand>, media: Arc<Media>) {
+    let mut next_track = 1;
+    while let Some(cmd) = commands.recv().await {
+        match cmd {
+            ShardCommand::Publish {
+                participant,
+                tracks,
+                reply,
+                ..
+            } => {
+                let published: Vec<PublishedTrack> = tracks
+                    .iter()
+                    .map(|t| {
+                        next_track += 1;
+                        PublishedTrack {
+                            track_id: TrackId(next_track),
+                            participant: t.owner.map_or(participant, |o| o.participant),
+                            source: t.source,
+                            mid: t.mid.clone(),
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(Ok(PublishAnswer {
+                    sdp: format!("answer from {participant}"),
+                    tracks: published.clone(),
+                    added: published,
+                    removed: Vec::new(),
+                }));
+                media.publishes.lock().unwrap().push((participant, tracks));
+            }
+            ShardCommand::SubscriberAnswer {
+                participant,
+                answer,
+                reply,
+            } => {
+                let _ = reply.send(Ok(()));
+                media.answers.lock().unwrap().push((participant, answer));
+            }
+            _ => continue,
+        }
+        media.changed.notify_waiters();
+    }
+}
+
 struct Server {
     signaling: Signaling,
     gate: Arc<FakeGate>,
+    media: Arc<Media>,
+    events: mpsc::UnboundedSender<ShardEvent>,
     addr: SocketAddr,
     tokens: TokenIssuer,
 }
 
-/// A signaling server on a real port. Its media plane takes commands and answers none.
+/// A signaling server on a real port, with a fake media plane.
 async fn server() -> Server {
-    let (sfu, mut commands) = mpsc::channel(256);
-    tokio::spawn(async move { while commands.recv().await.is_some() {} });
-    let (_events_tx, events) = mpsc::unbounded_channel();
-    // The event sender lives as long as the test: a closed channel would end the relay.
-    std::mem::forget(_events_tx);
+    let (sfu, commands) = mpsc::channel(256);
+    let media = Arc::new(Media::default());
+    tokio::spawn(fake_media(commands, media.clone()));
+    let (events_tx, events) = mpsc::unbounded_channel();
     let signaling = Signaling::new(
         SignalingConfig::default(),
         TokenIssuer::new(SECRET),
@@ -148,6 +226,8 @@ async fn server() -> Server {
     Server {
         signaling,
         gate,
+        media,
+        events: events_tx,
         addr,
         tokens: TokenIssuer::new(SECRET),
     }
@@ -569,5 +649,161 @@ async fn a_dialled_link_comes_back_after_a_cut_and_stops_when_revoked() {
         partner
             .metrics()
             .contains("classroom_links{side=\"partner\"} 0")
+    );
+}
+
+/// A sending offer of `n` video sections, as a subscriber offer or a publish offer.
+fn video_offer(n: usize) -> String {
+    let mut sdp = String::from("v=0\r\n");
+    for mid in 0..n {
+        sdp.push_str(&format!(
+            "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:{mid}\r\na=sendonly\r\n"
+        ));
+    }
+    sdp
+}
+
+fn pid(v: &Value) -> ParticipantId {
+    ParticipantId::parse(v.as_str().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_carries_each_sides_media_offers_to_the_other() {
+    let host = server().await;
+    host.attach();
+    let partner = server().await;
+    let (mut host_pupil, host_pupil_joined) =
+        host.member("host-room", "host-pupil", Role::Student).await;
+    let (mut partner_pupil, partner_pupil_joined) = partner
+        .member("partner-room", "partner-pupil", Role::Student)
+        .await;
+    partner.gate.outgoing.lock().unwrap().push(OutgoingLink {
+        link_id: "L".into(),
+        key: "k".into(),
+        host_ws_url: host.url(),
+        host_room: "host-room".into(),
+        host_school: "南小学校".into(),
+        local_room: "partner-room".into(),
+    });
+    partner.attach();
+    let at_host = host_pupil
+        .expect("the link at the host", |m| {
+            m["type"] == "participant_joined"
+        })
+        .await;
+    let host_link = pid(&at_host["participant"]["participant_id"]);
+    let at_partner = partner_pupil
+        .expect("the link at the partner", |m| {
+            m["type"] == "participant_joined"
+        })
+        .await;
+    let partner_link = pid(&at_partner["participant"]["participant_id"]);
+
+    // Host → partner: the host's subscriber offer for the link, with the host pupil's camera,
+    // is published on the partner as that pupil's, who appears there as a remote participant.
+    let host_pupil_id = pid(&host_pupil_joined["participant"]["participant_id"]);
+    host.events
+        .send(ShardEvent::SubscriberOffer {
+            participant: host_link,
+            sdp: video_offer(1),
+            tracks: vec![SubscribedTrack {
+                mid: "0".into(),
+                track_id: TrackId(900),
+                participant: host_pupil_id,
+                source: TrackSource::Camera,
+            }],
+        })
+        .unwrap();
+    let remote = partner_pupil
+        .expect("the host pupil, remote", |m| {
+            m["type"] == "participant_joined" && m["participant"]["remote"] == true
+        })
+        .await;
+    assert_eq!(remote["participant"]["name"], "host-pupil");
+    assert_eq!(remote["participant"]["school"], "南小学校");
+    let published = partner_pupil
+        .expect("the imported camera", |m| m["type"] == "track_published")
+        .await;
+    assert_eq!(
+        published["track"]["participant_id"],
+        remote["participant"]["participant_id"]
+    );
+    partner
+        .media
+        .until("the import published", |m| {
+            !m.publishes.lock().unwrap().is_empty()
+        })
+        .await;
+    {
+        let publishes = partner.media.publishes.lock().unwrap();
+        let (publisher, specs) = &publishes[0];
+        assert_eq!(*publisher, partner_link);
+        assert_eq!(specs[0].audience, classroom_sfu::Audience::Everyone);
+        let owner = specs[0].owner.expect("an owner");
+        assert_eq!(
+            owner.participant,
+            pid(&remote["participant"]["participant_id"])
+        );
+        assert!(!owner.teacher);
+    }
+    // The partner's answer goes back to the host's media plane as the link's answer.
+    host.media
+        .until("the link's answer at the host", |m| {
+            m.answers
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(p, _)| *p == host_link)
+        })
+        .await;
+    assert!(
+        host.media.answers.lock().unwrap()[0]
+            .1
+            .contains(&format!("answer from {partner_link}"))
+    );
+
+    // Partner → host: the partner seat's subscriber offer with the partner pupil's camera.
+    let partner_pupil_id = pid(&partner_pupil_joined["participant"]["participant_id"]);
+    partner
+        .events
+        .send(ShardEvent::SubscriberOffer {
+            participant: partner_link,
+            sdp: video_offer(1),
+            tracks: vec![SubscribedTrack {
+                mid: "0".into(),
+                track_id: TrackId(901),
+                participant: partner_pupil_id,
+                source: TrackSource::Camera,
+            }],
+        })
+        .unwrap();
+    let remote = host_pupil
+        .expect("the partner pupil, remote", |m| {
+            m["type"] == "participant_joined" && m["participant"]["remote"] == true
+        })
+        .await;
+    assert_eq!(remote["participant"]["name"], "partner-pupil");
+    assert_eq!(remote["participant"]["school"], "北小学校");
+    let published = host_pupil
+        .expect("the partner's camera", |m| m["type"] == "track_published")
+        .await;
+    assert_eq!(
+        published["track"]["participant_id"],
+        remote["participant"]["participant_id"]
+    );
+    partner
+        .media
+        .until("the host's answer at the partner", |m| {
+            m.answers
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(p, _)| *p == partner_link)
+        })
+        .await;
+    assert!(
+        partner.media.answers.lock().unwrap()[0]
+            .1
+            .contains(&format!("answer from {host_link}"))
     );
 }
