@@ -807,3 +807,50 @@ async fn the_bridge_carries_each_sides_media_offers_to_the_other() {
             .contains(&format!("answer from {host_link}"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_no_longer_listed_leaves_the_host() {
+    let host = server().await;
+    host.attach();
+    let partner = server().await;
+    let (mut host_pupil, _) = host.member("host-room", "host-pupil", Role::Student).await;
+    let (mut partner_pupil, _) = partner
+        .member("partner-room", "partner-pupil", Role::Student)
+        .await;
+    partner.gate.outgoing.lock().unwrap().push(OutgoingLink {
+        link_id: "L".into(),
+        key: "k".into(),
+        host_ws_url: host.url(),
+        host_room: "host-room".into(),
+        host_school: "南小学校".into(),
+        local_room: "partner-room".into(),
+    });
+    partner.attach();
+    let m = host_pupil
+        .expect("the link at the host", |m| {
+            m["type"] == "participant_joined"
+        })
+        .await;
+    let link = m["participant"]["participant_id"].clone();
+    // The partner's admin ends the link (or its lesson is over): at the next look it leaves.
+    partner.gate.outgoing.lock().unwrap().clear();
+    let m = host_pupil
+        .expect("the link leaves", |m| m["type"] == "participant_left")
+        .await;
+    assert_eq!(m["participant_id"], link);
+    host.gate
+        .until("left", |g| *g.left.lock().unwrap() == 1)
+        .await;
+    partner_pupil
+        .expect("the link leaves the partner room", |m| {
+            m["type"] == "participant_left"
+        })
+        .await;
+    assert!(partner.gate.refused.lock().unwrap().is_empty());
+    assert_eq!(host.gate.admitted.lock().unwrap().len(), 1);
+    assert!(
+        partner
+            .metrics()
+            .contains("classroom_links{side=\"partner\"} 0")
+    );
+}
