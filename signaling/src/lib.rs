@@ -273,6 +273,7 @@ impl Signaling {
     /// Plugs in the gate of lesson links (docs/PARTNER.md, "Lesson links"): the host's door
     /// for partner servers, and the list of links this server dials. Once; a second call is
     /// ignored (returns `false`).
+    ///
     /// Must be called inside a tokio runtime: it spawns the dialer of the links this server
     /// dials (`link_dial.rs`).
     pub fn attach_links(&self, gate: Arc<dyn link_gate::LinkGate>) -> bool {

@@ -561,9 +561,176 @@ impl Bridge {
             ServerMessage::Error { code, message, .. } => {
                 warn!(?code, %message, school = host_school, "this server refused a lesson link's request");
             }
+            // This server removed the seat (its side of the link was ended): leave the host;
+            // the supervisor dials again only if the gate still lists the link.
+            ServerMessage::Goodbye {
+                reason: GoodbyeReason::Revoked,
+            } => {
+                step.to_host
+                    .push(ClientMessage::Leave { v: None, id: None });
+                step.end = Some(Outcome::Stopped);
+            }
             ServerMessage::Goodbye { .. } => step.end = Some(Outcome::Lost { seated: true }),
             _ => {}
         }
         step
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Kind, Source};
+
+    fn bridge() -> Bridge {
+        Bridge {
+            host_roster: Roster::default(),
+            local_roster: Roster::default(),
+            announced_here: None,
+            announced_there: None,
+            serial: 0,
+        }
+    }
+
+    fn person(id: &str, name: &str, role: Role, remote: bool) -> ParticipantInfo {
+        ParticipantInfo {
+            participant_id: id.into(),
+            identity: id.into(),
+            name: name.into(),
+            role,
+            school: None,
+            remote,
+        }
+    }
+
+    fn track(mid: &str, owner: &str) -> TrackInfo {
+        TrackInfo {
+            mid: Some(mid.into()),
+            track_id: format!("TR_{mid}"),
+            participant_id: owner.into(),
+            kind: Kind::Video,
+            source: Source::Camera,
+        }
+    }
+
+    #[test]
+    fn refusals_stop_the_dialer_unless_the_lesson_is_only_not_on() {
+        for code in [
+            ErrorCode::LinkUnknown,
+            ErrorCode::LinkBadKey,
+            ErrorCode::LinkRevoked,
+            ErrorCode::LinkExpired,
+            ErrorCode::LinkWrongRoom,
+        ] {
+            assert!(refusal_of(code, String::new()).permanent, "{code:?}");
+        }
+        assert!(!refusal_of(ErrorCode::LinkNotRunning, String::new()).permanent);
+        assert!(!refusal_of(ErrorCode::Internal, String::new()).permanent);
+    }
+
+    #[test]
+    fn a_host_offer_is_announced_once_and_published_with_owners() {
+        let mut b = bridge();
+        b.on_host(ServerMessage::ParticipantJoined {
+            participant: person("PA_1", "先生", Role::Teacher, false),
+        });
+        let offer = ServerMessage::SubscriberOffer {
+            sdp: "o".into(),
+            tracks: vec![track("0", "PA_1"), track("1", "PA_1")],
+        };
+        let step = b.on_host(offer.clone());
+        assert!(step.to_host.is_empty());
+        match &step.to_local[..] {
+            [
+                ClientMessage::LinkPeople { people, .. },
+                ClientMessage::Publish { tracks, .. },
+            ] => {
+                assert_eq!(people.len(), 1);
+                assert!(people[0].teacher);
+                assert_eq!(people[0].name, "先生");
+                assert!(tracks.iter().all(|t| t.person.as_deref() == Some("PA_1")));
+            }
+            other => panic!("{other:?}"),
+        }
+        // The same people again: only the offer.
+        let step = b.on_host(offer);
+        assert!(matches!(
+            &step.to_local[..],
+            [ClientMessage::Publish { .. }]
+        ));
+    }
+
+    #[test]
+    fn this_sides_people_cross_but_imported_ones_do_not_enter_the_roster() {
+        let mut b = bridge();
+        b.on_local(
+            ServerMessage::ParticipantJoined {
+                participant: person("PA_9", "remote", Role::Student, true),
+            },
+            "S",
+        );
+        b.on_local(
+            ServerMessage::ParticipantJoined {
+                participant: person("PA_2", "花子", Role::Student, false),
+            },
+            "S",
+        );
+        assert!(!b.local_roster.people.contains_key("PA_9"));
+        let step = b.on_local(
+            ServerMessage::SubscriberOffer {
+                sdp: "o".into(),
+                tracks: vec![track("0", "PA_2")],
+            },
+            "S",
+        );
+        match &step.to_host[..] {
+            [
+                ClientMessage::LinkPeople { people, .. },
+                ClientMessage::Publish { .. },
+            ] => {
+                assert_eq!(people[0].name, "花子");
+            }
+            other => panic!("{other:?}"),
+        }
+        let step = b.on_local(
+            ServerMessage::PublishAnswer {
+                id: None,
+                sdp: "a".into(),
+                tracks: vec![],
+            },
+            "S",
+        );
+        assert!(matches!(
+            &step.to_host[..],
+            [ClientMessage::SubscriberAnswer { .. }]
+        ));
+    }
+
+    #[test]
+    fn goodbyes_end_the_connection_as_they_mean() {
+        let mut b = bridge();
+        let step = b.on_host(ServerMessage::Goodbye {
+            reason: GoodbyeReason::Revoked,
+        });
+        assert!(matches!(
+            step.end,
+            Some(Outcome::Refused(LinkRefusal {
+                permanent: true,
+                ..
+            }))
+        ));
+        let step = b.on_host(ServerMessage::Goodbye {
+            reason: GoodbyeReason::ServerShutdown,
+        });
+        assert!(matches!(step.end, Some(Outcome::Lost { .. })));
+        // This server ended its seat: the host is left, nothing is redialled by this task.
+        let step = b.on_local(
+            ServerMessage::Goodbye {
+                reason: GoodbyeReason::Revoked,
+            },
+            "S",
+        );
+        assert!(matches!(step.end, Some(Outcome::Stopped)));
+        assert!(matches!(&step.to_host[..], [ClientMessage::Leave { .. }]));
     }
 }
