@@ -341,6 +341,7 @@ impl Session for ClassroomSession {
                     PublishSource::Microphone => Source::Microphone,
                     PublishSource::Camera => Source::Camera,
                 },
+                person: None,
             })
             .collect();
         let id = self

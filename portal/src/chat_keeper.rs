@@ -238,5 +238,6 @@ fn role_name(role: Role) -> &'static str {
         Role::Student => "student",
         Role::Observer => "observer",
         Role::PartnerLecturer => "partner_lecturer",
+        Role::PartnerLink => "partner_link",
     }
 }

@@ -313,7 +313,7 @@ pub fn page_for(role: Role) -> &'static str {
     match role {
         Role::Teacher => "teacher.html",
         // A guest publishes from the pupil page, without the teacher's controls.
-        Role::Student | Role::Observer | Role::PartnerLecturer => "pupil.html",
+        Role::Student | Role::Observer | Role::PartnerLecturer | Role::PartnerLink => "pupil.html",
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod gate;
 pub mod lesson;
 pub mod link_gate;
+pub mod link_host;
 pub mod protocol;
 pub mod resume;
 pub mod sdp_check;
@@ -16,6 +17,7 @@ pub mod turn;
 pub mod whip;
 
 mod lessons;
+mod link_dial;
 mod outbox;
 mod parked;
 mod registry;
@@ -131,9 +133,10 @@ pub(crate) struct Inner {
     whip: whip_live::WhipSessions,
     /// The door of lesson links (`Signaling::attach_links`); none until attached.
     links: std::sync::OnceLock<Arc<dyn link_gate::LinkGate>>,
+    link_stats: link_host::LinkStats,
 }
 
-const ERROR_CODES: [ErrorCode; 23] = [
+const ERROR_CODES: [ErrorCode; 29] = [
     ErrorCode::BadJson,
     ErrorCode::UnknownType,
     ErrorCode::BadRequest,
@@ -157,6 +160,12 @@ const ERROR_CODES: [ErrorCode; 23] = [
     ErrorCode::RateLimited,
     ErrorCode::NotFound,
     ErrorCode::Internal,
+    ErrorCode::LinkUnknown,
+    ErrorCode::LinkBadKey,
+    ErrorCode::LinkRevoked,
+    ErrorCode::LinkExpired,
+    ErrorCode::LinkWrongRoom,
+    ErrorCode::LinkNotRunning,
 ];
 
 impl Inner {
@@ -178,7 +187,6 @@ impl Inner {
     }
 
     /// The lesson links' gate: the attached one, or [`link_gate::NoLinks`].
-    #[allow(dead_code)] // read by the link sessions
     fn links(&self) -> Arc<dyn link_gate::LinkGate> {
         match self.links.get() {
             Some(gate) => gate.clone(),
@@ -256,6 +264,7 @@ impl Signaling {
             resumed: AtomicU64::new(0),
             whip: whip_live::WhipSessions::default(),
             links: std::sync::OnceLock::new(),
+            link_stats: link_host::LinkStats::default(),
         });
         tokio::spawn(relay_media_events(inner.clone(), events));
         Signaling { inner }
@@ -264,8 +273,15 @@ impl Signaling {
     /// Plugs in the gate of lesson links (docs/PARTNER.md, "Lesson links"): the host's door
     /// for partner servers, and the list of links this server dials. Once; a second call is
     /// ignored (returns `false`).
+    ///
+    /// Must be called inside a tokio runtime: it spawns the dialer of the links this server
+    /// dials (`link_dial.rs`).
     pub fn attach_links(&self, gate: Arc<dyn link_gate::LinkGate>) -> bool {
-        self.inner.links.set(gate).is_ok()
+        if self.inner.links.set(gate).is_err() {
+            return false;
+        }
+        tokio::spawn(link_dial::supervise(Arc::downgrade(&self.inner)));
+        true
     }
 
     /// `GET /ws`, and the WHIP endpoint (`/whip/...`).
@@ -399,6 +415,7 @@ impl Signaling {
             );
         }
         self.inner.lessons.render_metrics(out);
+        self.inner.link_stats.render(out);
     }
 }
 

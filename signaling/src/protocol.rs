@@ -73,6 +73,29 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
     },
+    /// Instead of `join`: a partner server's lesson link enters the host's room (docs/PROTOCOL.md,
+    /// "Lesson links").
+    LinkJoin {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        v: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        link_id: String,
+        key: String,
+        room: String,
+        /// The partner school as it calls itself; informative only (the host shows the name
+        /// it stored when the invitation was redeemed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        school: Option<String>,
+    },
+    /// From a lesson link: the whole list of the people on its side whose tracks it publishes.
+    LinkPeople {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        v: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        people: Vec<LinkPerson>,
+    },
     /// A lesson action (`raise_hand`, `chat`, …; see `lesson::wire::ACTION_TYPES`), decoded by
     /// [`decode`] rather than by this enum's tag.
     #[serde(skip)]
@@ -94,6 +117,8 @@ impl ClientMessage {
             | ClientMessage::SetTrackQuality { v, .. }
             | ClientMessage::Ping { v, .. }
             | ClientMessage::Leave { v, .. }
+            | ClientMessage::LinkJoin { v, .. }
+            | ClientMessage::LinkPeople { v, .. }
             | ClientMessage::Lesson { v, .. } => *v,
         }
     }
@@ -108,6 +133,8 @@ impl ClientMessage {
             | ClientMessage::SetTrackQuality { id, .. }
             | ClientMessage::Ping { id, .. }
             | ClientMessage::Leave { id, .. }
+            | ClientMessage::LinkJoin { id, .. }
+            | ClientMessage::LinkPeople { id, .. }
             | ClientMessage::Lesson { id, .. } => id.as_deref(),
         }
     }
@@ -119,6 +146,22 @@ impl ClientMessage {
 pub struct WireTrackSpec {
     pub mid: String,
     pub source: Source,
+    /// Only from a lesson link: the `ref` (in its `link_people`) of the person the track is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<String>,
+}
+
+/// One person on the far side of a lesson link (`link_people`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LinkPerson {
+    /// The link's own reference for the person (its server's participant id); nothing more
+    /// of the person crosses.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub name: String,
+    #[serde(default)]
+    pub teacher: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -180,9 +223,18 @@ pub struct ParticipantInfo {
     pub identity: String,
     pub name: String,
     pub role: crate::token::Role,
-    /// A partner lecturer's school or organisation (from their guest link).
+    /// A partner lecturer's school or organisation (from their guest link), or the school on
+    /// the far side of a lesson link.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub school: Option<String>,
+    /// A person on the far side of a lesson link: no connection here, their tracks arrive
+    /// through the link.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub remote: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A track as the room sees it; `mid` only where it means something to the receiver.
@@ -231,6 +283,34 @@ pub enum ErrorCode {
     /// No such participant, chat message or quick check in the lesson.
     NotFound,
     Internal,
+    /// Lesson links (`link_join`): the host knows no such link.
+    LinkUnknown,
+    /// The link's key is wrong.
+    LinkBadKey,
+    /// The host revoked the link.
+    LinkRevoked,
+    /// The link's invitation or acceptance has expired.
+    LinkExpired,
+    /// The link belongs to another room.
+    LinkWrongRoom,
+    /// The host lesson is not on now (try again later).
+    LinkNotRunning,
+}
+
+impl ErrorCode {
+    /// The error code of a lesson link's refusal (`LinkRefusal::code`); a code this server
+    /// does not know is `not_admitted`.
+    pub fn of_link_refusal(code: &str) -> ErrorCode {
+        match code {
+            "link_unknown" => ErrorCode::LinkUnknown,
+            "link_bad_key" => ErrorCode::LinkBadKey,
+            "link_revoked" => ErrorCode::LinkRevoked,
+            "link_expired" => ErrorCode::LinkExpired,
+            "link_wrong_room" => ErrorCode::LinkWrongRoom,
+            "link_not_running" => ErrorCode::LinkNotRunning,
+            _ => ErrorCode::NotAdmitted,
+        }
+    }
 }
 
 impl ErrorCode {
@@ -248,6 +328,12 @@ impl ErrorCode {
                 | ErrorCode::ResumeInvalid
                 | ErrorCode::ResumeExpired
                 | ErrorCode::ResumeUsed
+                | ErrorCode::LinkUnknown
+                | ErrorCode::LinkBadKey
+                | ErrorCode::LinkRevoked
+                | ErrorCode::LinkExpired
+                | ErrorCode::LinkWrongRoom
+                | ErrorCode::LinkNotRunning
         )
     }
 }
@@ -415,7 +501,7 @@ pub struct DecodeError {
     pub id: Option<String>,
 }
 
-const CLIENT_TYPES: [&str; 8] = [
+const CLIENT_TYPES: [&str; 10] = [
     "join",
     "resume",
     "ice_restart",
@@ -424,6 +510,8 @@ const CLIENT_TYPES: [&str; 8] = [
     "set_track_quality",
     "ping",
     "leave",
+    "link_join",
+    "link_people",
 ];
 
 /// Reads a text frame, telling apart bad JSON, unknown types and bad fields.

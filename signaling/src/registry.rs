@@ -38,6 +38,14 @@ const DETACHED: u64 = 0;
 struct RoomState {
     members: Vec<ParticipantId>,
     tracks: Vec<TrackInfo>,
+    /// People on the far side of lesson links, by the link participant that brings them.
+    remote: Vec<(ParticipantId, ParticipantInfo)>,
+}
+
+impl RoomState {
+    fn remote_infos(&self) -> impl Iterator<Item = ParticipantInfo> + '_ {
+        self.remote.iter().map(|(_, info)| info.clone())
+    }
 }
 
 /// Rooms and participants of the control plane.
@@ -66,13 +74,14 @@ impl Registry {
         outbox: Outbox,
         session: u64,
     ) -> Admission {
-        let (members, tracks) = {
+        let (members, tracks, remote) = {
             let mut state = self.rooms.entry(room.clone()).or_default();
-            let snapshot = (state.members.clone(), state.tracks.clone());
+            let remote: Vec<ParticipantInfo> = state.remote_infos().collect();
+            let snapshot = (state.members.clone(), state.tracks.clone(), remote);
             state.members.push(id);
             snapshot
         };
-        let mut others = Vec::with_capacity(members.len());
+        let mut others = Vec::with_capacity(members.len() + remote.len());
         let mut replaced = None;
         for m in members {
             if let Some(e) = self.participants.get(&m) {
@@ -82,6 +91,7 @@ impl Registry {
                 others.push(e.info.clone());
             }
         }
+        others.extend(remote);
         self.participants.insert(
             id,
             Entry {
@@ -133,15 +143,17 @@ impl Registry {
             let old = std::mem::replace(&mut e.outbox, outbox);
             (e.room.clone(), old)
         };
-        let (members, tracks) = {
+        let (members, tracks, remote) = {
             let state = self.rooms.get(&room)?;
-            (state.members.clone(), state.tracks.clone())
+            let remote: Vec<ParticipantInfo> = state.remote_infos().collect();
+            (state.members.clone(), state.tracks.clone(), remote)
         };
         let mine = id.to_string();
         let others = members
             .into_iter()
             .filter(|m| *m != id)
             .filter_map(|m| self.participants.get(&m).map(|e| e.info.clone()))
+            .chain(remote)
             .collect();
         let tracks = tracks
             .into_iter()
@@ -170,6 +182,7 @@ impl Registry {
                 return Some(entry.room);
             };
             state.members.retain(|m| *m != id);
+            state.remote.retain(|(link, _)| *link != id);
             state.members.is_empty() && state.tracks.is_empty()
         };
         if empty {
@@ -217,6 +230,15 @@ impl Registry {
                         .is_some_and(|e| e.info.role == crate::token::Role::Teacher)
             })
             .collect()
+    }
+
+    /// Sets the people lesson link `link` brings into `room` (its whole list).
+    pub fn set_remote(&self, room: &RoomId, link: ParticipantId, people: Vec<ParticipantInfo>) {
+        let Some(mut state) = self.rooms.get_mut(room) else {
+            return;
+        };
+        state.remote.retain(|(l, _)| *l != link);
+        state.remote.extend(people.into_iter().map(|p| (link, p)));
     }
 
     pub fn add_tracks(&self, room: &RoomId, tracks: &[TrackInfo]) {

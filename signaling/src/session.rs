@@ -35,6 +35,9 @@ use crate::track_limits;
 use crate::unjoined::UnjoinedSlot;
 use crate::{Inner, SlowDrop};
 
+mod link;
+pub(crate) use link::Seat;
+
 /// A WebSocket frame as the session sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -59,6 +62,8 @@ struct Joined {
     claims: Claims,
     /// As the gate saw them at the door, to tell it of the departure.
     entrant: Entrant,
+    /// A lesson link's seat and the people it brings (`session/link.rs`).
+    link: Option<link::Link>,
 }
 
 enum Flow {
@@ -95,11 +100,30 @@ struct Session<K> {
 /// Runs a session until the client leaves, the socket closes, the client falls behind, or the
 /// server shuts down. `unjoined` is the socket's place under its address's cap, given back on
 /// join.
-pub(crate) async fn run<S, K>(
+pub(crate) async fn run<S, K>(inner: Arc<Inner>, stream: S, sink: K, unjoined: Option<UnjoinedSlot>)
+where
+    S: Stream<Item = Frame> + Unpin,
+    K: Sink<Frame> + Unpin,
+{
+    run_with(inner, stream, sink, unjoined, None).await;
+}
+
+/// Runs a session whose lesson link the dialer seats at once (`link_dial.rs`), over an
+/// in-memory socket.
+pub(crate) async fn run_seated<S, K>(inner: Arc<Inner>, stream: S, sink: K, seat: Seat)
+where
+    S: Stream<Item = Frame> + Unpin,
+    K: Sink<Frame> + Unpin,
+{
+    run_with(inner, stream, sink, None, Some(seat)).await;
+}
+
+async fn run_with<S, K>(
     inner: Arc<Inner>,
     mut stream: S,
     sink: K,
     unjoined: Option<UnjoinedSlot>,
+    seat: Option<Seat>,
 ) where
     S: Stream<Item = Frame> + Unpin,
     K: Sink<Frame> + Unpin,
@@ -123,7 +147,15 @@ pub(crate) async fn run<S, K>(
     // Pings keep a socket from being idle, not from having to join.
     let join_deadline = Instant::now() + join_timeout;
     let mut close_sent = false;
+    // A seat the media plane could not take ends at once (its error was sent).
+    let seated = match seat {
+        Some(seat) => matches!(s.seat_link(None, seat).await, Flow::Continue),
+        None => true,
+    };
     loop {
+        if !seated {
+            break;
+        }
         let flow = tokio::select! {
             frame = stream.next() => match frame {
                 None | Some(Frame::Close(..)) => { s.park = true; break }
@@ -191,7 +223,8 @@ pub(crate) async fn run<S, K>(
             }
         }
     }
-    if s.park && !*shutdown.borrow() {
+    // A link is not parked: its dialer comes back with a new `link_join`.
+    if s.park && !*shutdown.borrow() && s.joined.as_ref().is_none_or(|j| j.link.is_none()) {
         s.park();
     } else {
         s.leave().await;
@@ -357,6 +390,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
         let opening = match &msg {
             ClientMessage::Join { .. } => Some("join"),
             ClientMessage::Resume { .. } => Some("resume"),
+            ClientMessage::LinkJoin { .. } => Some("link_join"),
             _ => None,
         };
         if let Some(what) = opening.filter(|_| msg.version().is_none()) {
@@ -385,6 +419,10 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             ClientMessage::Publish { sdp, tracks, .. } => self.publish(id, sdp, tracks).await,
             ClientMessage::SubscriberAnswer { sdp, .. } => self.subscriber_answer(id, sdp).await,
             ClientMessage::Lesson { action, .. } => self.lesson(id, action).await,
+            ClientMessage::LinkJoin {
+                link_id, key, room, ..
+            } => self.link_join(id, link_id, key, room).await,
+            ClientMessage::LinkPeople { people, .. } => self.link_people(id, people).await,
         }
     }
 
@@ -411,6 +449,16 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             }
             Err(e) => return self.fail(id, ErrorCode::InvalidToken, e.to_string()).await,
         };
+        if claims.role == crate::token::Role::PartnerLink {
+            // Links enter through `link_join` and the link gate only.
+            return self
+                .fail(
+                    id,
+                    ErrorCode::InvalidToken,
+                    "a join token cannot be a lesson link's",
+                )
+                .await;
+        }
         let entrant = Entrant {
             room: claims.room.clone(),
             identity: claims.sub.clone(),
@@ -526,6 +574,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             room,
             claims,
             entrant,
+            link: None,
         });
         // The old socket may have taken an offer the client never saw.
         let cmd = ShardCommand::Reoffer {
@@ -595,6 +644,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             name: claims.name.clone(),
             role: claims.role,
             school: claims.org.clone(),
+            remote: false,
         };
         let admission =
             self.inner
@@ -637,6 +687,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             room: room.clone(),
             claims,
             entrant,
+            link: None,
         });
         self.inner.joins.fetch_add(1, Ordering::Relaxed);
         if self
@@ -675,20 +726,31 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             return self.fail(id, ErrorCode::NotJoined, "join first").await;
         };
         let (pid, room) = (joined.id, joined.room.clone());
+        let is_link = joined.link.is_some();
+        let owners =
+            match crate::link_host::owners(joined.link.as_ref().map(|l| &l.people), &tracks) {
+                Ok(owners) => owners,
+                Err(message) => return self.fail(id, ErrorCode::BadRequest, message).await,
+            };
         if let Err(refusal) = check_publish(&joined.claims, &sdp, &tracks) {
             return self
                 .fail_with(id, refusal.code, refusal.permission, refusal.message)
                 .await;
         }
         let mut specs = Vec::with_capacity(tracks.len());
-        for t in &tracks {
+        for (t, owner) in tracks.iter().zip(owners) {
             let source = source_to_sfu(t.source);
-            let audience = lessons::audience(&self.inner, &room, pid, source).await;
+            // The far side's teacher moderated these tracks already (docs/PROTOCOL.md).
+            let audience = if is_link {
+                Audience::Everyone
+            } else {
+                lessons::audience(&self.inner, &room, pid, source).await
+            };
             specs.push(TrackSpec {
                 mid: t.mid.clone(),
                 source,
                 audience,
-                owner: None,
+                owner,
             });
         }
         // The audience each track started with, to correct any the lesson changed meanwhile.
@@ -814,6 +876,15 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
         let Some(joined) = &self.joined else {
             return self.fail(id, ErrorCode::NotJoined, "join first").await;
         };
+        if joined.link.is_some() {
+            return self
+                .fail(
+                    id,
+                    ErrorCode::PermissionDenied,
+                    "a lesson link takes no part in the lesson's actions",
+                )
+                .await;
+        }
         let (pid, room) = (joined.id, joined.room.clone());
         match lessons::act(&self.inner, &room, pid, action).await {
             Ok(()) => Flow::Continue,
@@ -845,6 +916,10 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
         };
         if !self.inner.registry.detach(joined.id, self.serial) {
             // Another socket resumed this participant; it is theirs now.
+            return;
+        }
+        if let Some(link) = joined.link {
+            link::depart(&self.inner, joined.id, &joined.room, link).await;
             return;
         }
         let who = Departure {
@@ -1162,6 +1237,7 @@ mod tests {
         WireTrackSpec {
             mid: mid.into(),
             source,
+            person: None,
         }
     }
 

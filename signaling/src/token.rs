@@ -22,6 +22,9 @@ pub enum Role {
     /// encoder): publishes like a teacher, is not held by the lesson's floor, but has no
     /// `teacher` permission, so cannot moderate the host's pupils.
     PartnerLecturer,
+    /// A partner school's lesson link (docs/PROTOCOL.md, "Lesson links"): one participant whose
+    /// connections carry the other side's people's tracks. Never from a join token.
+    PartnerLink,
 }
 
 impl Role {
@@ -38,7 +41,9 @@ impl Role {
             ],
             Role::Student => vec![PublishAudio, PublishVideo, Subscribe],
             Role::Observer => vec![Subscribe],
-            Role::PartnerLecturer => vec![PublishAudio, PublishVideo, PublishScreen, Subscribe],
+            Role::PartnerLecturer | Role::PartnerLink => {
+                vec![PublishAudio, PublishVideo, PublishScreen, Subscribe]
+            }
         }
     }
 }
@@ -50,6 +55,7 @@ impl fmt::Display for Role {
             Role::Student => "student",
             Role::Observer => "observer",
             Role::PartnerLecturer => "partner_lecturer",
+            Role::PartnerLink => "partner_link",
         })
     }
 }

@@ -14,6 +14,7 @@ use crate::token::Role;
 /// The most tracks of `source` a participant of `role` may publish at once.
 pub fn max_tracks(role: Role, source: Source) -> usize {
     match (role, source) {
+        (Role::PartnerLink, _) => crate::link_host::MAX_LINK_TRACKS,
         (_, Source::Microphone | Source::Camera) => 1,
         (Role::Teacher | Role::PartnerLecturer, Source::Screen) => 1,
         (Role::Student | Role::Observer, Source::Screen) => 0,
@@ -41,6 +42,7 @@ impl OverLimit {
             Role::Student => "a student",
             Role::Observer => "an observer",
             Role::PartnerLecturer => "a partner lecturer",
+            Role::PartnerLink => "a lesson link",
         };
         match self.max {
             0 => format!("{who} may not publish a {what} track"),
@@ -84,6 +86,7 @@ mod tests {
             .map(|(i, s)| WireTrackSpec {
                 mid: i.to_string(),
                 source: *s,
+                person: None,
             })
             .collect()
     }

@@ -135,7 +135,11 @@ fn tracks_of(offer: &str) -> Result<Vec<WireTrackSpec>, WhipError> {
                 }
             }
         };
-        tracks.push(WireTrackSpec { mid, source });
+        tracks.push(WireTrackSpec {
+            mid,
+            source,
+            person: None,
+        });
     }
     if tracks.is_empty() {
         return Err(WhipError::BadSdp(
