@@ -62,6 +62,13 @@ pub struct Links {
 impl Links {
     /// `secret` is the server's token secret; codes are signed with it.
     pub fn new(public_url: &str, allow_http: bool, secret: &[u8]) -> Result<Links, String> {
+        let public_url = public_url.trim().trim_end_matches('/');
+        if !url_allowed(public_url, &["https"], Some("http")) {
+            return Err(format!(
+                "links.public_url {public_url:?} must be an absolute http(s) URL without \
+                 credentials, query or fragment"
+            ));
+        }
         let http = reqwest::Client::builder()
             .timeout(REDEEM_CALL_TIMEOUT)
             .connect_timeout(REDEEM_CALL_TIMEOUT)
@@ -70,7 +77,7 @@ impl Links {
             .build()
             .map_err(|e| format!("cannot build the HTTP client for lesson links: {e}"))?;
         Ok(Links {
-            public_url: public_url.trim().trim_end_matches('/').to_owned(),
+            public_url: public_url.to_owned(),
             allow_http,
             codes: LinkCodes::new(secret),
             http,
@@ -687,5 +694,6 @@ mod tests {
         assert_eq!(loose.ws_url(), "ws://127.0.0.1:8080/ws");
         assert!(loose.host_url_allowed("http://127.0.0.1:9"));
         assert!(loose.ws_url_allowed("ws://127.0.0.1:9/ws"));
+        assert!(Links::new("lessons.example.org", false, b"0123456789abcdef").is_err());
     }
 }
