@@ -147,24 +147,22 @@ impl PortalLinkGate {
 
 /// Ends the partner-side link that the host refused for good.
 pub async fn end_refused(db: &Db, link: &OutgoingLink, code: &str) {
-    {
-        let found = lesson_link::partner_link_for_host(db, &link.host_ws_url, &link.link_id).await;
-        let stored = match found {
-            Ok(Some(l)) => l,
-            Ok(None) => return,
-            Err(e) => {
-                warn!(link = %link.link_id, "link gate: cannot find a refused link: {e}");
-                return;
-            }
-        };
-        let by = EndedBy::Host {
-            code,
-            at: unix_now(),
-        };
-        match lesson_link::end_partner_link(db, &stored.id, by).await {
-            Ok(_) => info!(link = %stored.id, code, "link ended: the host refused it for good"),
-            Err(e) => warn!(link = %stored.id, "link gate: cannot end a refused link: {e}"),
+    let found = lesson_link::partner_link_for_host(db, &link.host_ws_url, &link.link_id).await;
+    let stored = match found {
+        Ok(Some(l)) => l,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(link = %link.link_id, "link gate: cannot find a refused link: {e}");
+            return;
         }
+    };
+    let by = EndedBy::Host {
+        code,
+        at: unix_now(),
+    };
+    match lesson_link::end_partner_link(db, &stored.id, by).await {
+        Ok(_) => info!(link = %stored.id, code, "link ended: the host refused it for good"),
+        Err(e) => warn!(link = %stored.id, "link gate: cannot end a refused link: {e}"),
     }
 }
 
