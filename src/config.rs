@@ -67,6 +67,20 @@ pub struct Config {
     pub turn: Option<TurnSettings>,
     /// Defaults of a lesson's rules (`[lesson]`).
     pub lesson: LessonSettings,
+    /// Lesson links between two schools' servers (`[links]`, docs/PARTNER.md).
+    pub links: LinksSettings,
+}
+
+/// Lesson links (`[links]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinksSettings {
+    /// This server's base URL written into invitation codes: where partners redeem them and
+    /// whose `/ws` they dial. Default: the server's own public URL ([`Config::public_base_url`]).
+    pub public_url: Option<String>,
+    /// Accept `http://` hosts and `ws://` signaling URLs from codes and hosts' answers. Only for
+    /// tests on loopback or a closed lab network: the link key would cross in the clear.
+    pub allow_http: bool,
 }
 
 /// Defaults of every lesson's rules; the teacher changes them live (`set_lesson`).
@@ -136,6 +150,7 @@ impl Default for Config {
             connections: ConnectionSettings::default(),
             turn: None,
             lesson: LessonSettings::default(),
+            links: LinksSettings::default(),
         }
     }
 }
@@ -785,6 +800,11 @@ impl Config {
             connections: ConnectionSettings::default(),
             turn: None,
             lesson: LessonSettings::default(),
+            // Two test servers link over plain loopback HTTP.
+            links: LinksSettings {
+                public_url: None,
+                allow_http: true,
+            },
         }
     }
 

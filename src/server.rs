@@ -156,6 +156,10 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
         events,
     );
     gate.attach(&signaling);
+    signaling.attach_links(Arc::new(classroom_portal::link_gate::PortalLinkGate::new(
+        db.clone(),
+        policy.timezone,
+    )));
 
     let public_url = config.public_base_url(http_addr);
     let oidc = match &config.oidc {
@@ -199,7 +203,15 @@ pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
             oidc,
             config.data_dir.clone(),
         )
-        .with_trusted_proxies(trusted_proxies),
+        .with_trusted_proxies(trusted_proxies)
+        .with_links(
+            classroom_portal::lesson_links::Links::new(
+                config.links.public_url.as_deref().unwrap_or(&public_url),
+                config.links.allow_http,
+                secret.expose().as_bytes(),
+            )
+            .map_err(|e| anyhow!(e))?,
+        ),
     );
     // A revoked guest link removes its holder from the room.
     let _ = portal.signaling.set(signaling.clone());

@@ -32,10 +32,22 @@ pub enum Action {
     GuestLinkRevoked,
     /// A guest link's holder came to the room's door: admitted, or why not.
     GuestLinkUsed,
+    /// Lesson links (docs/PARTNER.md "Lesson links"). Host: an invitation was created, a
+    /// partner's server redeemed it, the link was admitted at the door (at most one per link
+    /// every ten minutes) or refused (at most one a minute, with the code), it was revoked.
+    LessonLinkCreated,
+    LessonLinkRedeemed,
+    LessonLinkUsed,
+    LessonLinkRefused,
+    LessonLinkRevoked,
+    /// Partner: an invitation was accepted for a local lesson; the link was ended (by a person,
+    /// or by the host's refusal).
+    LessonLinkAccepted,
+    LessonLinkEnded,
 }
 
 impl Action {
-    const ALL: [Action; 15] = [
+    const ALL: [Action; 22] = [
         Action::SignIn,
         Action::SignInFailed,
         Action::ModeChanged,
@@ -51,6 +63,13 @@ impl Action {
         Action::GuestLinkCreated,
         Action::GuestLinkRevoked,
         Action::GuestLinkUsed,
+        Action::LessonLinkCreated,
+        Action::LessonLinkRedeemed,
+        Action::LessonLinkUsed,
+        Action::LessonLinkRefused,
+        Action::LessonLinkRevoked,
+        Action::LessonLinkAccepted,
+        Action::LessonLinkEnded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +89,13 @@ impl Action {
             Action::GuestLinkCreated => "guest_link_created",
             Action::GuestLinkRevoked => "guest_link_revoked",
             Action::GuestLinkUsed => "guest_link_used",
+            Action::LessonLinkCreated => "lesson_link_created",
+            Action::LessonLinkRedeemed => "lesson_link_redeemed",
+            Action::LessonLinkUsed => "lesson_link_used",
+            Action::LessonLinkRefused => "lesson_link_refused",
+            Action::LessonLinkRevoked => "lesson_link_revoked",
+            Action::LessonLinkAccepted => "lesson_link_accepted",
+            Action::LessonLinkEnded => "lesson_link_ended",
         }
     }
 

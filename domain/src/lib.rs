@@ -30,6 +30,7 @@ pub mod external_identity;
 pub mod guest_link;
 pub mod join;
 pub mod lesson;
+pub mod lesson_link;
 pub mod model;
 pub mod oneroster;
 pub mod provision;

@@ -47,7 +47,11 @@ impl From<GuestLinkError> for ApiError {
 
 /// The lesson, if the caller may invite into it: a teacher of the lesson or an administrator
 /// of its school. A partner lecturer (signed in, or a guest) invites no one.
-async fn inviting_lesson(portal: &Shared, staff: &Staff, id: &str) -> Result<Lesson, ApiError> {
+pub(crate) async fn inviting_lesson(
+    portal: &Shared,
+    staff: &Staff,
+    id: &str,
+) -> Result<Lesson, ApiError> {
     let lesson = crate::api::staff_lesson(portal, staff, id).await?;
     match staff.session.role() {
         Some(PersonRole::Teacher | PersonRole::Administrator) => Ok(lesson),

@@ -13,6 +13,9 @@ mod errors;
 pub mod extract;
 pub mod gate;
 pub mod guests;
+pub mod lesson_links;
+pub mod link_code;
+pub mod link_gate;
 pub mod links;
 pub mod next;
 pub mod purge;
@@ -75,6 +78,8 @@ pub struct Portal {
     pub data_dir: PathBuf,
     /// The rooms, to remove a guest whose link is revoked (set once the server has them).
     pub signaling: std::sync::OnceLock<classroom_signaling::Signaling>,
+    /// Lesson links between servers ([`lesson_links`]); none until [`Portal::with_links`].
+    pub links: Option<lesson_links::Links>,
 }
 
 pub type Shared = Arc<Portal>;
@@ -108,7 +113,14 @@ impl Portal {
             denials: extract::DenialLog::default(),
             data_dir,
             signaling: std::sync::OnceLock::new(),
+            links: None,
         }
+    }
+
+    /// Turns lesson links on (`[links]` of the configuration).
+    pub fn with_links(mut self, links: lesson_links::Links) -> Portal {
+        self.links = Some(links);
+        self
     }
 
     /// Believe the forwarded header of requests from these reverse proxies.
@@ -329,6 +341,7 @@ pub fn router(portal: Shared) -> Router {
     let api = api::routes()
         .merge(chat_api::routes())
         .merge(guests::routes())
+        .merge(lesson_links::routes())
         .merge(signin::protected_routes())
         .layer(axum::middleware::from_fn_with_state(
             portal.clone(),
@@ -337,5 +350,6 @@ pub fn router(portal: Shared) -> Router {
     Router::new()
         .merge(api)
         .merge(signin::open_routes())
+        .merge(lesson_links::open_routes())
         .with_state(portal)
 }

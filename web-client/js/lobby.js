@@ -17,6 +17,7 @@
 
 import { get, post, seg } from './api.js';
 import { showGuestLinks } from './guestlinks.js';
+import { showPartnerLinks } from './partnerlinks.js';
 import { t, formatDate, formatTime, formatInstant } from './i18n.js';
 import {
   bootPage, byId, errorText, h, markFailed, markReady, nameNode, personName, poll, showError,
@@ -103,6 +104,7 @@ async function chooseLesson(lesson) {
   await refresh();
   stopPolling = poll(refresh, POLL_MS);
   await showGuestLinks(lesson.id, me.person?.role);
+  await showPartnerLinks(lesson.id, me.person?.role);
 }
 
 /** Reads the chosen lesson's lobby and shows it. Failures are shown but polling goes on. */
