@@ -109,6 +109,63 @@ impl Links {
     }
 }
 
+/// Whether the signaling URL a host answered is on the host the code named: the partner
+/// server dials it for the link's whole life, so a host may not point it elsewhere.
+fn same_host(host_url: &str, ws_url: &str) -> bool {
+    match (url::Url::parse(host_url), url::Url::parse(ws_url)) {
+        (Ok(a), Ok(b)) => a.host_str().is_some() && a.host_str() == b.host_str(),
+        _ => false,
+    }
+}
+
+/// Whether every address `url`'s host resolves to is a public one (not loopback, private,
+/// link-local, shared, documentation or unspecified). A name that does not resolve is not.
+async fn resolves_to_public_addresses(url: &str) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
+    let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let lookup = tokio::net::lookup_host((host, port));
+    let Ok(Ok(addresses)) = tokio::time::timeout(std::time::Duration::from_secs(5), lookup).await
+    else {
+        return false;
+    };
+    let addresses: Vec<std::net::SocketAddr> = addresses.collect();
+    !addresses.is_empty() && addresses.iter().all(|a| is_public(a.ip()))
+}
+
+fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_multicast()
+                || (a == 100 && (64..128).contains(&b)) // shared address space (RFC 6598)
+                || a == 0)
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00 // unique local
+                    || (first & 0xffc0) == 0xfe80) // link-local
+            }
+        },
+    }
+}
+
 fn url_allowed(url: &str, schemes: &[&str], plain: Option<&str>) -> bool {
     let Ok(parsed) = url::Url::parse(url) else {
         return false;
@@ -534,6 +591,16 @@ async fn accept(
                  links.allow_http is set).",
             ));
         }
+        if !links.allow_http && !resolves_to_public_addresses(&host).await {
+            // A code is written by whoever made it: without this, any teacher could make the
+            // server call into its own network (an internal admin page, a cloud metadata
+            // address).
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "link_host_not_allowed",
+                "The code names a host that is not on the public internet.",
+            ));
+        }
         let now = unix_now();
         // The host spends the code when it answers: refuse here first what would make storing
         // its answer fail.
@@ -573,10 +640,10 @@ async fn accept(
         }
         let answer: HostAnswer = serde_json::from_slice(&bytes)
             .map_err(|e| host_error(format!("The host's answer is not understood: {e}")))?;
-        if !links.ws_url_allowed(&answer.ws_url) {
+        if !links.ws_url_allowed(&answer.ws_url) || !same_host(&host, &answer.ws_url) {
             return Err(host_error(
-                "The host's signaling URL is not wss:// (plain ws is allowed only when \
-                 links.allow_http is set).",
+                "The host's signaling URL is not wss:// on the host's own name (plain ws is \
+                 allowed only when links.allow_http is set).",
             ));
         }
         let local_id = classroom_auth::token::new_token().map_err(|e| {
@@ -678,6 +745,33 @@ async fn end(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_code_cannot_send_the_server_into_its_own_network() {
+        for inside in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: std::net::IpAddr = inside.parse().expect("address");
+            assert!(!is_public(ip), "{inside}");
+        }
+        for outside in ["203.0.114.1", "8.8.8.8", "2001:4860::8888"] {
+            let ip: std::net::IpAddr = outside.parse().expect("address");
+            assert!(is_public(ip), "{outside}");
+        }
+        assert!(same_host("https://a.example", "wss://a.example/ws"));
+        assert!(!same_host("https://a.example", "wss://internal.example/ws"));
+        assert!(!same_host("https://a.example", "not a url"));
+    }
 
     #[test]
     fn only_secure_hosts_unless_allowed() {

@@ -33,6 +33,10 @@ pub struct PortalLinkGate {
     audited: Mutex<HashMap<(String, bool), i64>>,
 }
 
+/// The key under which refusals of link ids the host does not know are rate-limited together
+/// (no real id has this form: ids are URL-safe tokens).
+const UNKNOWN_LINKS: &str = "<unknown>";
+
 impl PortalLinkGate {
     pub fn new(db: Db, timezone: Tz) -> PortalLinkGate {
         PortalLinkGate {
@@ -93,9 +97,15 @@ impl PortalLinkGate {
             Ok(a) => (Some(a.lesson.id.as_str()), Ok(())),
             Err(why) => (None, Err(why.code())),
         };
-        // An unknown id is audited too, under the id presented: bounded by the refusal limit
-        // and by the limiter's table.
-        if self.should_audit(&request.link_id, audited.is_ok(), now)
+        // Refusals of unknown ids share one limit: anyone can present a fresh random id on
+        // every socket, which must not grow the audit log nor the limiter's table. Only ids of
+        // real links (bounded per lesson) get a limit of their own.
+        let limit_key = if audited == Err("link_unknown") {
+            UNKNOWN_LINKS
+        } else {
+            request.link_id.as_str()
+        };
+        if self.should_audit(limit_key, audited.is_ok(), now)
             && let Err(e) =
                 lesson_link::audit_link_door(&self.db, &request.link_id, lesson, audited, now).await
         {

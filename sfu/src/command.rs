@@ -152,6 +152,11 @@ pub enum ShardCommand {
         /// run full ICE (the host is ICE-lite) from sockets of their own, not the shared media
         /// port. `false` for every browser, WHIP encoder and for a link the host receives.
         link: bool,
+        /// The participant is a lesson link's seat, on either server (the host's `link_join`
+        /// or the partner's own seat): it is never offered a track that another link brought
+        /// in. Such a track would reach a third school under the wrong school's name, and
+        /// links forming a cycle would pass a track round it.
+        relay: bool,
     },
     /// The highest layer a subscriber wants of one video track (`None`: no cap).
     SetTrackCap {

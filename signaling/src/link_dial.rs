@@ -44,6 +44,8 @@ const PING_EVERY: Duration = Duration::from_secs(10);
 /// Reconnect backoff: from the first to the longest wait, doubling, with jitter.
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// How long a seated link must have stayed up for its loss to start the backoff over.
+const STABLE: Duration = Duration::from_secs(30);
 /// Frames above this are cut by the WebSocket layer (as the server's own, `ws.rs`).
 const WEBSOCKET_HARD_LIMIT: usize = 1024 * 1024;
 /// How long the local seat may take to leave when the link ends.
@@ -134,6 +136,7 @@ async fn dial(inner: Arc<Inner>, link: OutgoingLink, mut stop: watch::Receiver<b
     let mut wait = BACKOFF_FIRST;
     let mut shutdown = inner.shutdown.subscribe();
     loop {
+        let began = tokio::time::Instant::now();
         match connect_once(&inner, &link, &mut stop).await {
             Outcome::Stopped => return Ended::Stopped,
             Outcome::Refused(refusal) if refusal.permanent => {
@@ -145,7 +148,10 @@ async fn dial(inner: Arc<Inner>, link: OutgoingLink, mut stop: watch::Receiver<b
                 debug!(link = %link.link_id, code = refusal.code, "the host refused the lesson link for now");
             }
             Outcome::Lost { seated } => {
-                if seated {
+                // Only a link that stayed up starts the backoff over: one whose media never
+                // connects, or that two dialers keep replacing, would otherwise come and go
+                // every half second, each time telling both rooms.
+                if seated && began.elapsed() >= STABLE {
                     wait = BACKOFF_FIRST;
                 }
             }

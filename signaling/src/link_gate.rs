@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 /// What a partner server presents at the host's door (`link_join`, docs/PROTOCOL.md).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct LinkRequest {
     /// The link's id, as the host issued it with the invitation.
     pub link_id: String,
@@ -18,6 +18,15 @@ pub struct LinkRequest {
     pub key: String,
     /// The room the partner asks to enter.
     pub room: String,
+}
+
+impl std::fmt::Debug for LinkRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkRequest")
+            .field("link_id", &self.link_id)
+            .field("room", &self.room)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A link admitted at the host's door.
@@ -80,7 +89,7 @@ pub trait LinkGate: Send + Sync + 'static {
     /// database is down) refuses, not permanently.
     fn admit<'a>(&'a self, request: &'a LinkRequest) -> AdmitFuture<'a>;
 
-    /// Host side: the link entered (after `link_joined` was sent). Must not block.
+    /// Host side: the link entered (after its `joined` was sent). Must not block.
     fn entered(&self, _link: &LinkAdmitted) {}
 
     /// Host side: the link left, for whatever reason. Must not block.
@@ -99,16 +108,18 @@ pub trait LinkGate: Send + Sync + 'static {
 /// Links one server dials at once.
 pub const MAX_OUTGOING_LINKS: usize = 16;
 
-/// The gate of a server without lesson links: every link refused, nothing dialled.
+/// The gate of a server without lesson links: every link refused, nothing dialled. The refusal
+/// is not permanent: a partner reaching a host before its links are attached (or while they are
+/// switched off) must not end the link for good.
 pub struct NoLinks;
 
 impl LinkGate for NoLinks {
     fn admit<'a>(&'a self, _request: &'a LinkRequest) -> AdmitFuture<'a> {
         Box::pin(async {
             Err(LinkRefusal {
-                code: "link_unknown",
-                message: "this server has no lesson links".into(),
-                permanent: true,
+                code: "link_not_running",
+                message: "this server takes no lesson links now".into(),
+                permanent: false,
             })
         })
     }

@@ -289,7 +289,12 @@ where
 
 impl<K: Sink<Frame> + Unpin> Session<K> {
     async fn send(&mut self, msg: &ServerMessage) {
-        self.write(Frame::Text(msg.to_json())).await;
+        let to_link = self.joined.as_ref().is_some_and(|j| j.link.is_some());
+        let text = match to_link.then(|| link::without_identities(msg)).flatten() {
+            Some(redacted) => redacted.to_json(),
+            None => msg.to_json(),
+        };
+        self.write(Frame::Text(text)).await;
     }
 
     /// Writes one frame within the send timeout; a client that does not take it in time is
@@ -699,6 +704,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
                 subscribe,
                 teacher,
                 link: false,
+                relay: false,
             })
             .await
             .is_err()

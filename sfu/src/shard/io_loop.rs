@@ -119,10 +119,12 @@ impl IoLoop {
             let woke = tokio::select! {
                 biased;
                 cmd = commands.recv() => Woke::Command(cmd),
-                received = self.socket.recv_from(&mut buf) => Woke::Datagram(received),
+                // Before the shared socket, which is never empty under load: a link carries a
+                // whole school's media, and would otherwise wait behind every pupil's RTCP.
                 (port, received) = std::future::poll_fn(|cx| self.links.poll_recv(cx, &mut link_buf)) => {
                     Woke::LinkDatagram(port, received)
                 }
+                received = self.socket.recv_from(&mut buf) => Woke::Datagram(received),
                 ready = std::future::poll_fn(|cx| match self.tcp.as_mut() {
                     Some(t) => t.poll_ready(cx),
                     None => std::task::Poll::Pending,

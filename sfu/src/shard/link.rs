@@ -75,11 +75,19 @@ pub(crate) fn owner_of(
     }
 }
 
-/// Whether `subscriber` is offered a track that `by`'s connection published. The publishing
-/// participant, not the owner, decides: a link never gets back the tracks it imported (no echo
-/// to the server they came from), while the people they belong to are not members here.
-pub(crate) fn offered_to(by: ParticipantId, subscriber: ParticipantId) -> bool {
-    by != subscriber
+/// Whether `subscriber` is offered a track that `by`'s connection published for `owner`. The
+/// publishing participant, not the owner, decides: a link never gets back the tracks it
+/// imported (no echo to the server they came from), while the people they belong to are not
+/// members here. And a link seat (`relay`) gets no track another link imported: only the
+/// people of this server's own lesson cross a link, so a third school's tracks never arrive
+/// under the wrong school's name and links in a cycle cannot pass a track round it.
+pub(crate) fn offered_to(
+    by: ParticipantId,
+    owner: ParticipantId,
+    subscriber: ParticipantId,
+    relay: bool,
+) -> bool {
+    by != subscriber && !(relay && owner != by)
 }
 
 impl Shard {
@@ -325,11 +333,16 @@ mod tests {
     fn a_link_is_never_offered_what_its_own_connection_imported() {
         let link = ParticipantId(9);
         let pupil = ParticipantId(3);
+        let far = ParticipantId(101);
+        let other_link = ParticipantId(12);
         // A track the link imported, owned by someone on the far side.
-        assert!(!offered_to(link, link));
-        assert!(offered_to(link, pupil));
+        assert!(!offered_to(link, far, link, true));
+        assert!(offered_to(link, far, pupil, false));
         // A local pupil's track goes to the link (and so across).
-        assert!(offered_to(pupil, link));
+        assert!(offered_to(pupil, pupil, link, true));
+        // Another link's import stays on this server: no third school, no cycle.
+        assert!(!offered_to(other_link, far, link, true));
+        assert!(offered_to(other_link, far, pupil, false));
     }
 
     #[test]

@@ -355,6 +355,8 @@ struct Member {
     teacher: bool,
     /// This server's end of a lesson link it dialled (`link`).
     link: bool,
+    /// A lesson link's seat, on either server (`ShardCommand::Join::relay`).
+    relay: bool,
     publisher: Option<PeerKey>,
     subscriber: Option<PeerKey>,
 }
@@ -688,7 +690,8 @@ impl Shard {
                 subscribe,
                 teacher,
                 link,
-            } => self.join(participant, room, subscribe, teacher, link),
+                relay,
+            } => self.join(participant, room, subscribe, teacher, link, relay),
             ShardCommand::SetTrackCap {
                 participant,
                 track,
@@ -1096,6 +1099,7 @@ impl Shard {
         subscribe: bool,
         teacher: bool,
         link: bool,
+        relay: bool,
     ) {
         if self.members.contains_key(&participant) {
             return;
@@ -1112,6 +1116,7 @@ impl Shard {
                 subscribe,
                 teacher,
                 link,
+                relay,
                 publisher: None,
                 subscriber: None,
             },

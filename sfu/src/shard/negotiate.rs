@@ -297,6 +297,7 @@ impl Shard {
             return;
         }
         let teacher = member.teacher;
+        let relay = member.relay;
         let desired: Vec<TrackId> = self
             .rooms
             .get(&member.room)
@@ -305,9 +306,9 @@ impl Shard {
                     .iter()
                     .copied()
                     .filter(|t| {
-                        self.tracks
-                            .get(t)
-                            .is_some_and(|t| super::link::offered_to(t.by, participant))
+                        self.tracks.get(t).is_some_and(|t| {
+                            super::link::offered_to(t.by, t.info.participant, participant, relay)
+                        })
                     })
                     .collect()
             })

@@ -270,6 +270,7 @@ impl World {
             subscribe: false,
             teacher: true,
             link: false,
+            relay: false,
         });
         world.publish();
         world
@@ -364,6 +365,7 @@ impl World {
             subscribe: true,
             teacher: false,
             link: false,
+            relay: false,
         });
         i
     }

@@ -87,7 +87,20 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             side: Side::Host,
             admitted: Some(admitted),
         };
-        self.seat_link(id, seat).await
+        let flow = self.seat_link(id, seat).await;
+        // Revoking marks the link, then removes its seat: a revoke that ran between the check
+        // above and the seat found nothing to remove. A second check, once seated, catches it.
+        if matches!(flow, Flow::Continue)
+            && let Err(refusal) = self.inner.links().admit(&request).await
+            && refusal.permanent
+            && let Some(joined) = &self.joined
+        {
+            info!(link = %request.link_id, code = refusal.code, "lesson link refused once seated");
+            self.inner
+                .registry
+                .send(joined.id, Outbound::Close(GoodbyeReason::Revoked));
+        }
+        flow
     }
 
     /// Seats a link as one participant of its room: `joined` to it, the shard told, the room
@@ -122,12 +135,15 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             Duration::ZERO,
         );
         // No resume credential: a link comes back through the link gate, not around it.
+        let mut others = admission.others;
+        // Roster ids do not cross (`without_identities`, which covers what follows).
+        others.iter_mut().for_each(|p| p.identity.clear());
         self.send(&ServerMessage::Joined {
             id,
             participant: me.clone(),
             room: seat.room.clone(),
             permissions: claims.perms.clone(),
-            participants: admission.others,
+            participants: others,
             tracks: admission.tracks,
             resume: None,
             resumed: false,
@@ -162,6 +178,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             subscribe: true,
             teacher: false,
             link,
+            relay: true,
         };
         if self.inner.sfu.send(join).await.is_err() {
             self.fail(None, ErrorCode::Internal, "the media plane is not running")
@@ -246,4 +263,30 @@ pub(super) async fn depart(inner: &Arc<Inner>, pid: ParticipantId, room: &RoomId
         inner.links().left(admitted);
     }
     info!(participant = %pid, room = %room, link = %link.seat.link_id, "lesson link left");
+}
+
+/// `msg` as a lesson link may see it, when it names people: with their identities (roster ids)
+/// left empty, so nothing but a display name, a role and a school crosses to the other server
+/// (docs/PARTNER.md, "what crosses"). `None`: send `msg` as it is.
+pub(super) fn without_identities(msg: &ServerMessage) -> Option<ServerMessage> {
+    fn blank(p: &mut crate::protocol::ParticipantInfo) {
+        p.identity.clear();
+    }
+    match msg {
+        ServerMessage::Joined { .. } => {
+            let mut m = msg.clone();
+            if let ServerMessage::Joined { participants, .. } = &mut m {
+                participants.iter_mut().for_each(blank);
+            }
+            Some(m)
+        }
+        ServerMessage::ParticipantJoined { .. } => {
+            let mut m = msg.clone();
+            if let ServerMessage::ParticipantJoined { participant } = &mut m {
+                blank(participant);
+            }
+            Some(m)
+        }
+        _ => None,
+    }
 }
