@@ -199,6 +199,32 @@ async fn a_partner_accepts_an_invitation_and_the_host_admits_it_until_revoked(
                     .any(|d| d["code"] == "link_bad_key"),
             "use and refusal are audited"
         );
+        // Anyone can present a fresh made-up id on every socket: those refusals share one
+        // audit limit (one a minute in all), so they cannot grow the log.
+        for i in 0..20 {
+            let got = refusal_code(
+                &host_gate,
+                &request(&format!("made-up-{i}"), &key, portal::LESSON_ROOM),
+            )
+            .await?;
+            ensure!(got == "link_unknown", "made-up id {i}: {got}");
+        }
+        let unknown = classroom_domain::audit_log(
+            host_db,
+            &AuditFilter {
+                action: Some(Action::LessonLinkRefused),
+                limit: 1000,
+                ..AuditFilter::default()
+            },
+        )
+        .await?
+        .into_iter()
+        .filter(|r| r.detail["code"] == "link_unknown")
+        .count();
+        ensure!(
+            unknown == 1,
+            "21 unknown ids within a minute wrote {unknown} audit rows, not 1"
+        );
 
         // The key is no API credential: a bearer of it is a stranger to the session routes.
         for path in [

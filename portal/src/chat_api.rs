@@ -81,8 +81,7 @@ async fn set(
     body: Bytes,
 ) -> ApiResult {
     own_school(&portal, &admin, &school).await?;
-    let body: SetBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?;
+    let body: SetBody = crate::api::parse_body(&body)?;
     let days = match body.days {
         Some(d) => d,
         None => i64::from(

@@ -102,8 +102,7 @@ async fn create(
 ) -> Response {
     let run = async {
         let lesson = inviting_lesson(&portal, &staff, &id).await?;
-        let body: CreateBody = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?;
+        let body: CreateBody = crate::api::parse_body(&body)?;
         let kind = match body.kind.as_deref() {
             None | Some("guest") => GuestKind::Guest,
             Some("whip") => GuestKind::Whip,

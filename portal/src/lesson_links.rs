@@ -309,8 +309,7 @@ async fn create(
     let run = async {
         let links = links(&portal)?;
         let lesson = crate::guests::inviting_lesson(&portal, &staff, &id).await?;
-        let body: CreateBody = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?;
+        let body: CreateBody = crate::api::parse_body(&body)?;
         let hours = body.ttl_hours.unwrap_or(DEFAULT_HOURS);
         let now = unix_now();
         let link_id = classroom_auth::token::new_token().map_err(|e| {
@@ -415,8 +414,7 @@ async fn redeem(State(portal): State<Shared>, ClientAddr(ip): ClientAddr, body: 
                     "The request is larger than 16 KiB.",
                 )
             })?;
-        let body: RedeemBody = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?;
+        let body: RedeemBody = crate::api::parse_body(&bytes)?;
         let claims = links.codes.verify(&body.code).map_err(|e| match e {
             CodeError::Expired => redeem_refused(
                 StatusCode::GONE,
@@ -572,8 +570,7 @@ async fn accept(
     let run = async {
         let links = links(&portal)?;
         let lesson = crate::guests::inviting_lesson(&portal, &staff, &id).await?;
-        let body: AcceptBody = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid body: {e}")))?;
+        let body: AcceptBody = crate::api::parse_body(&body)?;
         let code = body.code.trim();
         let host = peek_host(code).map_err(|_| {
             ApiError::new(
@@ -769,6 +766,21 @@ mod tests {
             assert!(is_public(ip), "{outside}");
         }
         assert!(same_host("https://a.example", "wss://a.example/ws"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        for inside in [
+            "https://127.0.0.1:8443",
+            "https://[::1]",
+            "https://10.0.0.1",
+        ] {
+            assert!(
+                !rt.block_on(resolves_to_public_addresses(inside)),
+                "{inside}"
+            );
+        }
+        assert!(!rt.block_on(resolves_to_public_addresses("not a url")));
         assert!(!same_host("https://a.example", "wss://internal.example/ws"));
         assert!(!same_host("https://a.example", "not a url"));
     }

@@ -311,6 +311,28 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
         }
     }
 
+    /// Enters `me` into the room's registry under this socket; whoever held the same identity
+    /// there is told `goodbye` `replaced`.
+    fn take_seat(
+        &mut self,
+        pid: ParticipantId,
+        room: &RoomId,
+        me: ParticipantInfo,
+    ) -> crate::registry::Admission {
+        let admission = self
+            .inner
+            .registry
+            .admit(pid, room, me, self.outbox.clone(), self.serial);
+        // Joined: the socket no longer counts against its address's unjoined ones.
+        self.unjoined = None;
+        if let Some(old) = admission.replaced {
+            self.inner
+                .registry
+                .send(old, Outbound::Close(GoodbyeReason::Replaced));
+        }
+        admission
+    }
+
     async fn fail(
         &mut self,
         id: Option<String>,
@@ -651,17 +673,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             school: claims.org.clone(),
             remote: false,
         };
-        let admission =
-            self.inner
-                .registry
-                .admit(pid, &room, me.clone(), self.outbox.clone(), self.serial);
-        // Joined: the socket no longer counts against its address's unjoined ones.
-        self.unjoined = None;
-        if let Some(old) = admission.replaced {
-            self.inner
-                .registry
-                .send(old, Outbound::Close(GoodbyeReason::Replaced));
-        }
+        let admission = self.take_seat(pid, &room, me.clone());
         // `joined` goes out before the media plane hears of us, so it precedes any offer.
         self.send(&ServerMessage::Joined {
             id,

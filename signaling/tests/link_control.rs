@@ -405,6 +405,22 @@ async fn an_admitted_link_brings_its_people_to_the_room_within_limits() {
         .until("entered", |g| *g.entered.lock().unwrap() == 1)
         .await;
     assert!(host.metrics().contains("classroom_links{side=\"host\"} 1"));
+    // A pupil who comes later is announced to the link without their roster id too.
+    let (_late, _) = host.member("host-room", "pupil-2", Role::Student).await;
+    let late = link
+        .expect("the late pupil", |m| {
+            m["type"] == "participant_joined" && m["participant"]["name"] == "pupil-2"
+        })
+        .await;
+    assert_eq!(
+        late["participant"]["identity"], "",
+        "no roster id crosses: {late}"
+    );
+    pupil
+        .expect("the late pupil joins", |m| {
+            m["type"] == "participant_joined"
+        })
+        .await;
 
     link.send(json!({"type": "link_people", "people": [
         {"ref": "7", "name": "山田 花子", "teacher": false},

@@ -19,11 +19,11 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use str0m::Candidate;
 use str0m::net::{DatagramRecv, Protocol, Receive};
-use str0m::{Candidate, Input};
 use tokio::io::ReadBuf;
 use tokio::net::UdpSocket;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::peer::{Peer, PeerKey, PeerRole};
 use super::{Shard, local_candidate_for};
@@ -167,31 +167,17 @@ impl Shard {
             self.counters.datagrams_rejected += 1;
             return;
         };
-        let Some(peer) = self.peer_mut(key) else {
-            return;
-        };
-        let destination = match &peer.link {
+        let destination = match self.peer(key).and_then(|p| p.link.as_ref()) {
             Some(end) => local_candidate_for(&end.local, None, source),
             None => return,
         };
-        let back = peer.recovery.silence.heard(now) && peer.recovery.heard_again();
-        let input = Input::Receive(
-            now,
-            Receive {
-                proto: Protocol::Udp,
-                source,
-                destination,
-                contents,
-            },
-        );
-        if let Err(e) = peer.rtc.handle_input(input) {
-            debug!(participant = %peer.participant, "link datagram refused: {e}");
-            self.counters.datagrams_rejected += 1;
-        }
-        self.drain(key);
-        if back {
-            self.path_back(key);
-        }
+        let receive = Receive {
+            proto: Protocol::Udp,
+            source,
+            destination,
+            contents,
+        };
+        self.receive(now, key, receive);
     }
 
     /// The I/O loop sent link datagrams.

@@ -786,23 +786,27 @@ impl Shard {
             self.counters.datagrams_rejected += 1;
             return;
         };
+        let proto = match transport {
+            Transport::Udp => Protocol::Udp,
+            Transport::Tcp => Protocol::Tcp,
+        };
+        let receive = Receive {
+            proto,
+            source,
+            destination,
+            contents,
+        };
+        self.receive(now, key, receive);
+    }
+
+    /// Hands one received datagram to `key`'s `Rtc` and drains what it produced. A datagram
+    /// after a silence counts the path back up (`recovery`).
+    fn receive(&mut self, now: Instant, key: PeerKey, receive: Receive<'_>) {
         let Some(peer) = self.peer_mut(key) else {
             return;
         };
         let back = peer.recovery.silence.heard(now) && peer.recovery.heard_again();
-        let input = Input::Receive(
-            now,
-            Receive {
-                proto: match transport {
-                    Transport::Udp => Protocol::Udp,
-                    Transport::Tcp => Protocol::Tcp,
-                },
-                source,
-                destination,
-                contents,
-            },
-        );
-        if let Err(e) = peer.rtc.handle_input(input) {
+        if let Err(e) = peer.rtc.handle_input(Input::Receive(now, receive)) {
             debug!(participant = %peer.participant, "datagram refused: {e}");
             self.counters.datagrams_rejected += 1;
         }

@@ -117,16 +117,7 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
             school: None,
             remote: false,
         };
-        let admission =
-            self.inner
-                .registry
-                .admit(pid, &room, me.clone(), self.outbox.clone(), self.serial);
-        self.unjoined = None;
-        if let Some(old) = admission.replaced {
-            self.inner
-                .registry
-                .send(old, Outbound::Close(GoodbyeReason::Replaced));
-        }
+        let admission = self.take_seat(pid, &room, me.clone());
         let claims = Claims::new(
             &seat.room,
             &identity,
