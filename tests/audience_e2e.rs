@@ -5,7 +5,7 @@
 //! directly (`ServerHandle::set_track_audience`, which returns once the media thread applied
 //! it), so every packet sent afterwards is judged by it.
 
-mod support;
+use crate::support;
 
 use anyhow::{Context, Result, ensure};
 use classroom_sfu::Audience;

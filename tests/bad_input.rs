@@ -4,7 +4,7 @@
 //! student's media must keep flowing throughout — and at the end, every packet sent must have
 //! arrived intact and in order.
 
-mod support;
+use crate::support;
 
 use anyhow::{Context, Result, ensure};
 use classroom_signaling::token::{Permission, Role};

@@ -11,7 +11,7 @@
 //! and temporal layers, what the relay delivered and dropped, the server's estimate) before it
 //! checks.
 
-mod support;
+use crate::support;
 
 use anyhow::{Context, Result, ensure};
 use classroom_signaling::token::Role;

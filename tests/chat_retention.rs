@@ -7,10 +7,8 @@
 //!
 //! SQLite always; PostgreSQL too when `CLASSROOM_TEST_POSTGRES_URL` is set.
 
-#[macro_use]
-#[path = "support/portal.rs"]
-mod portal;
-mod support;
+use crate::portal_support as portal;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! participant that stops reading, HTTP requests that are never finished (issue 11,
 //! "Connections").
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

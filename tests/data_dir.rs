@@ -8,9 +8,7 @@
 //! `CLASSROOM_TEST_POSTGRES_URL` is set, on a fresh PostgreSQL database. File modes are about
 //! files, so they run on SQLite only.
 
-#[macro_use]
-#[path = "support/portal.rs"]
-mod portal;
+use crate::portal_support as portal;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

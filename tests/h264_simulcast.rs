@@ -9,7 +9,7 @@
 //! and raises it to `high` (it must climb to `f`); every switch it sees must start with a
 //! keyframe, its sequence numbers must stay gapless, and its audio must keep flowing.
 
-mod support;
+use crate::support;
 
 use anyhow::{Context, Result, bail, ensure};
 use classroom_signaling::token::Role;

@@ -2,7 +2,7 @@
 //! publish, what a bad SDP is told, `/healthz` when the media thread stalls, who may read
 //! `/metrics`, and the pages' Content-Security-Policy.
 
-mod support;
+use crate::support;
 
 use std::future::Future;
 use std::time::Duration;

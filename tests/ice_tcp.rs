@@ -1,17 +1,16 @@
 //! ICE-TCP (RFC 6544) and TURN credentials, end to end with the independent webrtc-rs stack.
 //!
-//! Every client in this file has a TCP socket and no UDP one (`support::peer::TCP_ONLY`), so
+//! Every client in this file has a TCP socket and no UDP one (`support::peer::TcpOnly`), so
 //! media can only flow over the server's passive TCP candidates; the server's UDP counters prove
 //! nothing went by UDP. The TCP port itself is held to its limits: garbage and silent
 //! connections are closed, and the server goes on.
 
-mod support;
+use crate::support;
 
 use anyhow::{Context, Result, ensure};
 use classroom::config::{Secret, TurnSettings};
 use classroom::server::Config;
 use classroom_signaling::token::Role;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use support::{CONNECT_TIMEOUT, MediaPump, PumpConfig, Source, TEST_TIMEOUT};
 use support::{TestClient, TestServer};
@@ -57,7 +56,7 @@ async fn wait_metric(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn media_flows_over_ice_tcp_when_the_client_has_no_udp() -> Result<()> {
-    support::peer::TCP_ONLY.store(true, Ordering::Relaxed);
+    let _tcp_only = support::peer::TcpOnly::on();
     bounded(async {
         let server = TestServer::start().await?;
         ensure!(
@@ -125,7 +124,7 @@ async fn media_flows_over_ice_tcp_when_the_client_has_no_udp() -> Result<()> {
 /// cross to shard 1 for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ice_tcp_serves_a_pupil_on_the_shard_without_the_listener() -> Result<()> {
-    support::peer::TCP_ONLY.store(true, Ordering::Relaxed);
+    let _tcp_only = support::peer::TcpOnly::on();
     bounded(async {
         let mut config = Config::for_tests();
         config.media.shards = 2;
@@ -183,7 +182,7 @@ async fn ice_tcp_serves_a_pupil_on_the_shard_without_the_listener() -> Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tcp_port_closes_garbage_and_silent_connections() -> Result<()> {
-    support::peer::TCP_ONLY.store(true, Ordering::Relaxed);
+    let _tcp_only = support::peer::TcpOnly::on();
     bounded(async {
         let server = TestServer::start().await?;
         let addr = server.handle.media_tcp_addr.context("ICE-TCP listener")?;
@@ -259,7 +258,7 @@ async fn the_tcp_port_closes_garbage_and_silent_connections() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joined_carries_turn_credentials_only_when_configured() -> Result<()> {
-    support::peer::TCP_ONLY.store(true, Ordering::Relaxed);
+    let _tcp_only = support::peer::TcpOnly::on();
     bounded(async {
         let server = TestServer::start().await?;
         let pupil = TestClient::connect(

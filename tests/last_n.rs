@@ -4,7 +4,7 @@
 //! pupil receives the cameras of the `last_n` most recent pupil speakers only: when a new pupil
 //! speaks, the one who spoke longest ago stops reaching classmates.
 
-mod support;
+use crate::support;
 
 use anyhow::{Context, Result, anyhow, ensure};
 use serde_json::{Value, json};

@@ -6,7 +6,7 @@
 //! does. Clients are webrtc-rs peers (tests/support) speaking the protocol's JSON to a small
 //! WebSocket front that turns it into `ShardCommand`s of the plane they join.
 
-mod support;
+use crate::support;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

@@ -5,7 +5,7 @@
 //! video starting at a keyframe. Keyframes are only sent when the server asks for one, so a late
 //! subscriber can only start if the server requests a keyframe on its behalf.
 
-mod support;
+use crate::support;
 
 use anyhow::{Context, Result, ensure};
 use classroom_signaling::token::Role;

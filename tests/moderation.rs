@@ -1,7 +1,7 @@
 //! The lesson's rules end to end (docs/PROTOCOL.md, "Lesson"): real sockets, the server in
 //! process, webrtc-rs clients counting the RTP packets each classmate receives.
 
-mod support;
+use crate::support;
 
 use anyhow::{Context, Result, ensure};
 use classroom_signaling::token::Role;

@@ -7,9 +7,7 @@
 //! a fresh PostgreSQL database. Roster: t-001 is t.yamada@mizuho-es.example.jp (a teacher, home
 //! `/lobby.html`), g-001 g.nakagawa@home.example.jp (a guardian).
 
-#[macro_use]
-#[path = "support/portal.rs"]
-mod portal;
+use crate::portal_support as portal;
 
 use std::time::Duration;
 

@@ -7,9 +7,7 @@
 //! `CLASSROOM_TEST_POSTGRES_URL` is set, on a fresh PostgreSQL database created and dropped for
 //! it (`<test>::postgres`; without the variable that variant passes with a note).
 
-#[macro_use]
-#[path = "support/portal.rs"]
-mod portal;
+use crate::portal_support as portal;
 
 use std::process::Stdio;
 use std::time::Duration;

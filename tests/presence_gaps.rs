@@ -3,9 +3,7 @@
 //! `leave`, then `resume` with the credential of `joined`, against the in-process server with
 //! the sample roster; on SQLite and, with `CLASSROOM_TEST_POSTGRES_URL`, PostgreSQL.
 
-#[macro_use]
-#[path = "support/portal.rs"]
-mod portal;
+use crate::portal_support as portal;
 
 use std::time::Duration;
 

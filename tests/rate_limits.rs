@@ -9,9 +9,7 @@
 //!
 //! Each runs on SQLite and, with `CLASSROOM_TEST_POSTGRES_URL` set, on PostgreSQL.
 
-#[macro_use]
-#[path = "support/portal.rs"]
-mod portal;
+use crate::portal_support as portal;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! a subscribe connection gets fresh ICE credentials on `ice_restart` and media carries on.
 //! Clients are webrtc-rs peer connections (tests/support).
 
-mod support;
+use crate::support;
 
 use anyhow::{Context, Result, ensure};
 use classroom::server::Config;

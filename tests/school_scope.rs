@@ -7,9 +7,7 @@
 //!
 //! SQLite always; PostgreSQL too when `CLASSROOM_TEST_POSTGRES_URL` is set.
 
-#[macro_use]
-#[path = "support/portal.rs"]
-mod portal;
+use crate::portal_support as portal;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@
 //! A second test forges STUN binding requests for a publisher's connection from many sockets
 //! (so some land on every shard) and checks the publisher's media still reaches its pupil.
 
-mod support;
+use crate::support;
 
 use anyhow::{Context, Result, ensure};
 use classroom_signaling::token::Role;

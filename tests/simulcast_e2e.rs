@@ -11,7 +11,7 @@
 //! The first two tests need no server: the relay's shaping, and the simulcast publisher against a
 //! plain webrtc-rs receiver.
 
-mod support;
+use crate::support;
 
 use anyhow::{Context, Result, ensure};
 use classroom_signaling::token::Role;
@@ -1130,7 +1130,7 @@ async fn measure_profile(link: HomeLink) -> Result<AdaptationRow> {
 /// For each home profile as given (rate, delay, loss): a teacher publishing simulcast, one pupil
 /// behind the relay for [`ADAPT_RUN`]; prints a markdown table of where it settles and what it
 /// cost. A measurement, not a check: run it with
-/// `cargo test --release --test simulcast_e2e -- --ignored --nocapture adaptation_table`.
+/// `cargo test --release --test integration -- --ignored --nocapture simulcast_e2e::adaptation_table`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "a ~2 minute measurement; prints a table for docs/ADAPTATION.md"]
 async fn adaptation_table() -> Result<()> {

@@ -4,7 +4,7 @@
 //! partner lecturer with its name and organisation, and see it leave on `DELETE`. Bad requests
 //! get the documented status and body, and the server keeps serving.
 
-mod support;
+use crate::support;
 
 use anyhow::{Context, Result, ensure};
 use classroom_signaling::token::{Claims, Permission, Role};

@@ -206,10 +206,27 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
-/// When set, every peer connection this test binary builds afterwards has only a TCP socket
-/// (ICE-TCP, active candidates) and no UDP one. Process-wide: only for a test file whose every
-/// client goes over TCP (tests/ice_tcp.rs).
+/// When set, every peer connection built afterwards has only a TCP socket (ICE-TCP, active
+/// candidates) and no UDP one. Process-wide, so set it only through [`TcpOnly`], which clears it
+/// when the test ends: every test file shares this binary (tests run one at a time).
 pub static TCP_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Every client built while this lives goes over ICE-TCP only ([`TCP_ONLY`]).
+#[must_use = "clients are TCP-only only while the guard lives"]
+pub struct TcpOnly(());
+
+impl TcpOnly {
+    pub fn on() -> TcpOnly {
+        TCP_ONLY.store(true, std::sync::atomic::Ordering::Relaxed);
+        TcpOnly(())
+    }
+}
+
+impl Drop for TcpOnly {
+    fn drop(&mut self) {
+        TCP_ONLY.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// webrtc-rs dials a remote passive TCP candidate only when it is trickled
 /// (`add_ice_candidate`), not when it comes in a description; with [`TCP_ONLY`], this hands it
