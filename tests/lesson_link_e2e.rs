@@ -139,8 +139,8 @@ async fn a_whip_encoder_in_the_host_lesson_reaches_pupils_on_both_servers() -> R
         ensure!(status == StatusCode::CREATED, "whip link: {status} {body}");
         let bearer = body["bearer_token"].as_str().context("bearer_token")?;
         let endpoint = format!("{}/whip/{}", host.url(), portal::LESSON_ROOM);
-        let offer = WhipOffer::post(&endpoint, bearer, &[Source::Microphone, Source::Camera])
-            .await?;
+        let offer =
+            WhipOffer::post(&endpoint, bearer, &[Source::Microphone, Source::Camera]).await?;
         ensure!(
             offer.reply.status == StatusCode::CREATED,
             "WHIP POST: {} {}",
@@ -172,9 +172,13 @@ async fn a_whip_encoder_in_the_host_lesson_reaches_pupils_on_both_servers() -> R
             PumpConfig::default(),
         );
 
-        receives(&host_pupil, &encoder)
-            .await
-            .context("the host's pupil receives the encoder")?;
+        for (source, count) in [(Source::Microphone, 25), (Source::Camera, 30)] {
+            host_pupil
+                .subscriber
+                .wait_count(&ids[&source], count, MEDIA)
+                .await
+                .with_context(|| format!("the host's pupil gets the encoder's {source:?}"))?;
+        }
         let encoder_there = remote_participant(&partner_pupil, "講堂 A", SCHOOL).await?;
         receives(&partner_pupil, &encoder_there)
             .await

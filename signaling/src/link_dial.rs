@@ -280,7 +280,8 @@ async fn open_host(url: &str, tcp_limit: Duration) -> Result<HostSocket, String>
     let config = WebSocketConfig::default()
         .max_message_size(Some(WEBSOCKET_HARD_LIMIT))
         .max_frame_size(Some(WEBSOCKET_HARD_LIMIT));
-    let handshake = tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config), None);
+    let handshake =
+        tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config), None);
     match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok((socket, _))) => Ok(socket),
         Ok(Err(e)) => Err(e.to_string()),
@@ -620,7 +621,8 @@ impl Bridge {
             // The host saw the path of this side's media down and wants the connection
             // carrying it restarted: its offers come from this side's shard.
             ServerMessage::IceRestartWanted { .. } => {
-                step.to_local.push(ClientMessage::IceRestart { v: None, id: None });
+                step.to_local
+                    .push(ClientMessage::IceRestart { v: None, id: None });
             }
             ServerMessage::Error { code, message, .. } => {
                 warn!(?code, %message, "the host refused a lesson link's request");
@@ -683,7 +685,8 @@ impl Bridge {
             // This shard saw the path of the host's media down: the host's offers carry it,
             // so the host restarts it.
             ServerMessage::IceRestartWanted { .. } => {
-                step.to_host.push(ClientMessage::IceRestart { v: None, id: None });
+                step.to_host
+                    .push(ClientMessage::IceRestart { v: None, id: None });
             }
             ServerMessage::Error { code, message, .. } => {
                 warn!(?code, %message, school = host_school, "this server refused a lesson link's request");
@@ -840,7 +843,10 @@ mod tests {
         let step = b.on_host(ServerMessage::IceRestartWanted {
             connection: "publish".into(),
         });
-        assert!(matches!(&step.to_local[..], [ClientMessage::IceRestart { .. }]));
+        assert!(matches!(
+            &step.to_local[..],
+            [ClientMessage::IceRestart { .. }]
+        ));
         assert!(step.to_host.is_empty());
         // This side's import (the host's media) is quiet: the host offers it.
         let step = b.on_local(
@@ -849,7 +855,10 @@ mod tests {
             },
             "S",
         );
-        assert!(matches!(&step.to_host[..], [ClientMessage::IceRestart { .. }]));
+        assert!(matches!(
+            &step.to_host[..],
+            [ClientMessage::IceRestart { .. }]
+        ));
         assert!(step.to_local.is_empty());
     }
 

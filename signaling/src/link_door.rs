@@ -30,10 +30,7 @@ impl LinkDoor {
     /// Counts an attempt from `host` at `now`, or refuses it: `Err` is how long until the
     /// address may try again.
     pub fn knock(&self, host: Host, now: Instant) -> Result<(), Duration> {
-        let mut attempts = self
-            .attempts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut attempts = self.attempts.lock().unwrap_or_else(PoisonError::into_inner);
         let fresh = |t: &Instant| now.saturating_duration_since(*t) < WINDOW;
         if !attempts.contains_key(&host) && attempts.len() >= MAX_ADDRESSES {
             attempts.retain(|_, times| times.back().is_some_and(fresh));

@@ -896,15 +896,20 @@ async fn a_link_flooding_its_people_lists_is_paced_and_stays_seated() {
 
     // Forty lists at once, each naming someone new: twenty are taken, the rest refused.
     for i in 0..40 {
-        link.send(json!({"type": "link_people", "id": format!("p{i}"), "people": [
-            {"ref": i.to_string(), "name": format!("生徒 {i}"), "teacher": false},
-        ]}))
+        link.send(
+            json!({"type": "link_people", "id": format!("p{i}"), "people": [
+                {"ref": i.to_string(), "name": format!("生徒 {i}"), "teacher": false},
+            ]}),
+        )
         .await;
     }
     let refused = link
         .expect("a list refused", is_error("rate_limited"))
         .await;
-    assert_eq!(refused["id"], "p20", "the 21st list is the first refused: {refused}");
+    assert_eq!(
+        refused["id"], "p20",
+        "the 21st list is the first refused: {refused}"
+    );
     assert!(
         refused["message"]
             .as_str()
@@ -945,7 +950,9 @@ async fn link_join_from_one_address_is_paced_before_the_gate_is_asked() {
     let e = c.expect("rate_limited", is_error("rate_limited")).await;
     assert_eq!(e["id"], "j", "{e}");
     assert!(
-        e["message"].as_str().is_some_and(|m| m.contains("at most 20")),
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("at most 20")),
         "{e}"
     );
     c.closed().await;

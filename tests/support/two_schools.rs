@@ -53,7 +53,10 @@ pub async fn online_today(admin: &Session, pupil: &str) -> Result<()> {
 /// The host's teacher `t-001` invites the partner; the partner's administrator `a-001` accepts
 /// for the partner's lesson. Pupil `s-001` attends online today on both servers. Returns the
 /// link id and the host teacher's signed-in session (which may revoke the link).
-pub async fn link_lessons(host: &PortalServer, partner: &PortalServer) -> Result<(String, Session)> {
+pub async fn link_lessons(
+    host: &PortalServer,
+    partner: &PortalServer,
+) -> Result<(String, Session)> {
     let host_teacher = host.sign_in("t-001").await?;
     let partner_admin = partner.sign_in("a-001").await?;
     online_today(&host.sign_in("a-001").await?, "s-001").await?;
