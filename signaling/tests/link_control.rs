@@ -406,10 +406,10 @@ async fn an_admitted_link_brings_its_people_to_the_room_within_limits() {
         .await;
     assert!(host.metrics().contains("classroom_links{side=\"host\"} 1"));
     // A pupil who comes later is announced to the link without their roster id too.
-    let (_late, _) = host.member("host-room", "pupil-2", Role::Student).await;
+    let (_early, _) = host.member("host-room", "pupil-3", Role::Student).await;
     let late = link
         .expect("the late pupil", |m| {
-            m["type"] == "participant_joined" && m["participant"]["name"] == "pupil-2"
+            m["type"] == "participant_joined" && m["participant"]["name"] == "pupil-3"
         })
         .await;
     assert_eq!(
