@@ -136,6 +136,19 @@ async function heard(page, speakerMatch) {
   return inbound(page, { kind: 'audio', source: 'microphone', participantId: who.participant_id });
 }
 
+/** `page` receives `match`'s microphone with sound in it: packets and energy rising on one track. */
+async function expectHeard(label, page, match, name) {
+  const first = await until(`${label}: audio packets of ${name}`, async () => {
+    const s = await heard(page, match);
+    return { ...s, ok: s.found && s.packetsReceived > 0 };
+  }, LINK_MS);
+  const later = await until(`${label}: audio energy of ${name} to rise`, async () => {
+    const s = await heard(page, match);
+    return { ...s, ok: s.found && s.trackId === first.trackId && s.totalAudioEnergy > first.totalAudioEnergy + SILENT_ENERGY && s.packetsReceived > first.packetsReceived };
+  }, MEDIA_MS);
+  console.log(`  ${label}: packets ${first.packetsReceived} -> ${later.packetsReceived}, energy ${first.totalAudioEnergy.toFixed(5)} -> ${later.totalAudioEnergy.toFixed(5)}`);
+}
+
 function nft(rules) {
   execFileSync('nft', ['-f', '-'], { input: rules, timeout: 5000 });
 }
@@ -326,17 +339,7 @@ runScenario('link', async (closers) => {
 
   await step(`the host teacher, both host pupils and the other partner pupil hear ${speakerName}`, async () => {
     for (const [label, page] of listeners) await allowSound(page);
-    for (const [label, page, match] of listeners) {
-      const first = await until(`${label}: audio packets of ${speakerName}`, async () => {
-        const s = await heard(page, match);
-        return { ...s, ok: s.found && s.packetsReceived > 0 };
-      }, LINK_MS);
-      const later = await until(`${label}: audio energy of ${speakerName} to rise`, async () => {
-        const s = await heard(page, match);
-        return { ...s, ok: s.found && s.trackId === first.trackId && s.totalAudioEnergy > first.totalAudioEnergy + SILENT_ENERGY && s.packetsReceived > first.packetsReceived };
-      }, MEDIA_MS);
-      console.log(`  ${label}: packets ${first.packetsReceived} -> ${later.packetsReceived}, energy ${first.totalAudioEnergy.toExponential(2)} -> ${later.totalAudioEnergy.toExponential(2)}`);
-    }
+    for (const [label, page, match] of listeners) await expectHeard(label, page, match, speakerName);
     await screenshots('floor');
   });
 
@@ -384,7 +387,8 @@ runScenario('link', async (closers) => {
     }
   });
 
-  await step('after the outage both teachers keep decoding on every pupil', async () => {
+  await step(`after the outage both teachers keep decoding on every pupil, and ${speakerName} is heard again`, async () => {
+    for (const [label, page, match] of listeners) await expectHeard(label, page, match, speakerName);
     for (const [label, page] of pupils) {
       for (const match of [OWN_TEACHER, OTHER_TEACHER]) {
         const who = await waitParticipant(page, label, match, JOIN_MS);

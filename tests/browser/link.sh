@@ -211,7 +211,8 @@ partner_pid=$!
 
 mkdir -p "$work/tmp"
 log "scenario link (path: $((2 * one_way_ms)) ms round trip, $loss_pct % loss each way, $rate)"
-pathrun timeout --kill-after=10 "$limit" env \
+# Directly, not through pathrun, so that $! is the test itself (as for the delay line).
+ip netns exec "$path_ns" timeout --kill-after=10 "$limit" env \
   TMPDIR="$work/tmp" \
   HOST_URL="$host_url" \
   PARTNER_URL="$partner_url" \
