@@ -16,6 +16,12 @@
 #               lesson by themselves: link down 5 s and 40 s, address change, server SIGKILL
 #   transport   transport.sh, its own server and namespaces: ICE-TCP with UDP dropped, TURN over
 #               TLS through coturn, a Firefox pupil against the default configuration
+#   link        (link.sh + link.mjs, issue 15) two servers, each with its own database and roster,
+#               in two namespaces joined through a third whose path delays (userspace, 150 ms
+#               round trip), loses 1 % and rate-limits: a lesson link set up through the API, a
+#               teacher and two pupils on each side, every pupil decodes both teachers, a partner
+#               pupil given the floor by the partner teacher is heard on both sides; the path cut
+#               for 5 s: own teachers never stop, the other school's teacher is back within 5 s
 # First, without a browser (plain node --test): next.test.mjs, the sign-in page's check of `?next=`;
 # i18n.test.mjs, every locale's keys and placeholders in step and every key the pages use defined.
 #
@@ -31,7 +37,7 @@
 #   CLASSROOM_BIN  server binary to test (default: build target/release/classroom)
 #   E2E_TIMEOUT    seconds for each scenario (default 240)
 #   ARTIFACT_DIR   where to keep the server log and failure screenshots (default: discarded)
-#   SCENARIOS      which scenarios to run (default "e2e portal moderation shaped reconnect transport"), e.g. to repeat one
+#   SCENARIOS      which scenarios to run (default "e2e portal moderation shaped reconnect transport link"), e.g. to repeat one
 #   LESSON_SCREENSHOTS  a directory for moderation.mjs's named screenshots (docs/LESSON.md's:
 #                  LESSON_SCREENSHOTS=docs/img SCENARIOS=moderation tests/browser/run.sh)
 set -euo pipefail
@@ -43,7 +49,7 @@ limit=${E2E_TIMEOUT:-240}
 # burst and 5 % loss the pupil stays at or below h, but Chromium's estimate falls to 0.1-0.2
 # Mbit/s and the video pauses for seconds (measured 2026-12-07, docs/ADAPTATION.md).
 #   SCENARIOS=bursty tests/browser/run.sh
-wanted=" ${SCENARIOS:-e2e portal moderation shaped reconnect transport} "
+wanted=" ${SCENARIOS:-e2e portal moderation shaped reconnect transport link} "
 want() { [[ $wanted == *" $1 "* ]]; }
 
 ns=clsbr$$
@@ -329,6 +335,8 @@ fi
 # taken away and given back.
 ! want reconnect || CLASSROOM_BIN="$bin" E2E_TIMEOUT="$limit" "$here/reconnect.sh" || status=$?
 ! want transport || { log "scenario transport (transport.sh)"; CLASSROOM_BIN="$bin" "$here/transport.sh" || status=$?; }
+# Two servers of two schools and the path between them (link.sh): namespaces and subnets of its own.
+! want link || { log "scenario link (link.sh)"; CLASSROOM_BIN="$bin" "$here/link.sh" || status=$?; }
 if ! kill -0 "$server_pid" 2>/dev/null; then
   log "the server exited during the test"
   status=1
