@@ -984,7 +984,7 @@ async fn partner_pupils_pick_their_own_layers_and_unwanted_layers_stay_home() ->
         let link = linked(&[host_teacher], MediaConfig::loopback()).await?;
         // Layers light enough for the link's first estimate to carry all three at once.
         let config = SimulcastConfig {
-            bitrates: [30_000, 60_000, 120_000],
+            bitrates: [20_000, 40_000, 80_000],
             ..SimulcastConfig::default()
         };
         let (_t, publisher) = simulcast_teacher(&link.host, host_teacher, config).await?;
