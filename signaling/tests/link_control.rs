@@ -195,7 +195,11 @@ async fn fake_media(mut commands: mpsc::Receiver<ShardCommand>, media: Arc<Media
                 participant,
                 mid,
                 active,
-            } => media.layers.lock().unwrap().push((participant, mid, active)),
+            } => media
+                .layers
+                .lock()
+                .unwrap()
+                .push((participant, mid, active)),
             _ => continue,
         }
         media.changed.notify_waiters();
