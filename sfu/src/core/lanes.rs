@@ -151,14 +151,15 @@ impl Lanes {
     /// Switches lanes; one switched on waits for a keyframe of its layer. Whether any changed.
     pub fn set_on(&mut self, on: LayerSet) -> bool {
         let mut changed = false;
-        for s in 0..MAX_SPATIAL {
-            let now = on[s] && s < self.layers;
-            if now != self.on[s] {
+        let layers = self.layers;
+        for (s, (lane, was)) in self.lanes.iter_mut().zip(self.on.iter_mut()).enumerate() {
+            let now = on[s] && s < layers;
+            if now != *was {
                 changed = true;
                 if now {
-                    self.lanes[s].resume();
+                    lane.resume();
                 }
-                self.on[s] = now;
+                *was = now;
             }
         }
         changed
