@@ -72,7 +72,6 @@ impl Router {
                 }
             }
             ShardCommand::SetTrackCap { participant, .. }
-            | ShardCommand::LinkLayers { participant, .. }
             | ShardCommand::Publish { participant, .. }
             | ShardCommand::SubscriberAnswer { participant, .. }
             | ShardCommand::Reoffer { participant, .. } => {
