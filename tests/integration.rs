@@ -9,6 +9,8 @@ mod support;
 #[macro_use]
 #[path = "support/portal.rs"]
 mod portal_support;
+#[path = "support/two_schools.rs"]
+mod two_schools;
 
 mod audience_e2e;
 mod bad_input;
@@ -24,6 +26,7 @@ mod last_n;
 mod lesson_link;
 mod lesson_link_e2e;
 mod link_media;
+mod link_outage;
 mod media_e2e;
 mod moderation;
 mod oidc_signin;

@@ -11,102 +11,22 @@
 
 use crate::portal_support as portal;
 use crate::support;
+use crate::two_schools;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use classroom_signaling::token::{Claims, Role, TokenIssuer};
-use portal::{Options, PortalServer, Session, bounded, school_date};
+use classroom_signaling::token::Role;
+use portal::{Options, PortalServer, bounded};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{MediaPump, PumpConfig, Source, TestClient, init_logging, is_type};
+use support::whip::WhipOffer;
+use support::{MediaPump, PumpConfig, Source, is_type};
+use two_schools::{SCHOOL, SEATED, join, link_lessons, receives, remote_participant, track_of};
 
 const LIMIT: Duration = Duration::from_secs(120);
-/// The sample roster's school, on both servers.
-const SCHOOL: &str = "高岡市立瑞穂小学校";
-/// How long the partner's dialer may take to seat the link (it asks for its links every 5 s).
-const SEATED: Duration = Duration::from_secs(20);
-const MEDIA: Duration = Duration::from_secs(20);
-
-fn token(identity: &str, name: &str, role: Role) -> Result<String> {
-    let claims = Claims::new(
-        portal::LESSON_ROOM,
-        identity,
-        name,
-        role,
-        Duration::from_secs(600),
-    );
-    Ok(TokenIssuer::new(portal::SECRET.as_bytes()).issue(&claims)?)
-}
-
-/// Joins `server`'s lesson room; a pupil must attend online today.
-async fn join(server: &PortalServer, identity: &str, name: &str, role: Role) -> Result<TestClient> {
-    TestClient::connect(&server.handle.ws_url(), &token(identity, name, role)?)
-        .await
-        .with_context(|| format!("{name} joins"))
-}
-
-/// Waits for a remote participant named `name` of `school` to be announced to `client`; returns
-/// their participant id there.
-async fn remote_participant(client: &TestClient, name: &str, school: &str) -> Result<String> {
-    let event = client
-        .expect_event(
-            |e| {
-                is_type(e, "participant_joined")
-                    && e.pointer("/participant/remote") == Some(&Value::Bool(true))
-                    && e.pointer("/participant/name").and_then(Value::as_str) == Some(name)
-            },
-            SEATED,
-        )
-        .await
-        .with_context(|| format!("{name} of {school} appears as a remote participant"))?;
-    ensure!(
-        event.pointer("/participant/school").and_then(Value::as_str) == Some(school),
-        "the remote participant carries their school: {event}"
-    );
-    Ok(event
-        .pointer("/participant/participant_id")
-        .and_then(Value::as_str)
-        .context("participant id")?
-        .to_owned())
-}
-
-/// Waits for `owner`'s track of `source` to be published to `client`; returns its track id.
-async fn track_of(client: &TestClient, owner: &str, source: Source) -> Result<String> {
-    let event = client
-        .expect_event(
-            |e| {
-                is_type(e, "track_published")
-                    && e.pointer("/track/participant_id").and_then(Value::as_str) == Some(owner)
-                    && e.pointer("/track/source").and_then(Value::as_str) == Some(source.as_str())
-            },
-            SEATED,
-        )
-        .await
-        .with_context(|| format!("{owner}'s {} is published", source.as_str()))?;
-    Ok(event
-        .pointer("/track/track_id")
-        .and_then(Value::as_str)
-        .context("track id")?
-        .to_owned())
-}
-
-/// Audio and video of `owner` reach `pupil`; returns the track ids.
-async fn receives(pupil: &TestClient, owner: &str) -> Result<(String, String)> {
-    let audio = track_of(pupil, owner, Source::Microphone).await?;
-    let video = track_of(pupil, owner, Source::Camera).await?;
-    pupil
-        .subscriber
-        .wait_count(&audio, 25, MEDIA)
-        .await
-        .context("audio crosses the link")?;
-    pupil
-        .subscriber
-        .wait_count(&video, 30, MEDIA)
-        .await
-        .context("video crosses the link")?;
-    Ok((audio, video))
-}
+const MEDIA: Duration = two_schools::MEDIA;
 
 /// A camera light enough that each pupil's first estimate carries both teachers' pictures. The
 /// default pump (~0.45 Mbit/s) made a pupil's second camera wait for the estimate to pass
@@ -121,38 +41,13 @@ fn light_camera() -> PumpConfig {
     }
 }
 
-async fn online_today(admin: &Session, pupil: &str) -> Result<()> {
-    admin.set_pupil_mode(pupil, &school_date(0), "online").await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_schools_hold_one_lesson_until_the_host_revokes_the_link() -> Result<()> {
-    init_logging();
     bounded(LIMIT, async {
         let host = PortalServer::start(Options::default()).await?;
         let partner = PortalServer::start(Options::default()).await?;
-        let host_teacher_session = host.sign_in("t-001").await?;
-        let partner_admin = partner.sign_in("a-001").await?;
-        online_today(&host.sign_in("a-001").await?, "s-001").await?;
-        online_today(&partner_admin, "s-001").await?;
-
-        // The host's teacher invites; the partner's administrator accepts for their lesson.
-        let (status, body) = host_teacher_session
-            .post(
-                &format!("/api/lessons/{}/partner-links", host.lesson_id),
-                json!({"partner_name": "北小学校", "ttl_hours": 2}),
-            )
-            .await?;
-        ensure!(status == StatusCode::CREATED, "invite: {status} {body}");
-        let link_id = body["link_id"].as_str().context("link_id")?.to_owned();
-        let code = body["code"].as_str().context("code")?.to_owned();
-        let (status, body) = partner_admin
-            .post(
-                &format!("/api/lessons/{}/partner-links/accept", partner.lesson_id),
-                json!({ "code": code }),
-            )
-            .await?;
-        ensure!(status == StatusCode::CREATED, "accept: {status} {body}");
+        // The host's teacher invites, the partner's administrator accepts for their lesson.
+        let (link_id, host_teacher_session) = link_lessons(&host, &partner).await?;
 
         // Each class: a teacher who publishes, a pupil who watches.
         let host_teacher = join(&host, "t-001", "田中 先生", Role::Teacher).await?;
@@ -225,6 +120,81 @@ async fn two_schools_hold_one_lesson_until_the_host_revokes_the_link() -> Result
 
         host_pump.stop().await?;
         partner_pump.stop().await?;
+        host.shutdown().await;
+        partner.shutdown().await;
+        Ok(())
+    })
+    .await
+}
+
+/// A lecture hall's encoder publishes over WHIP into the host's lesson: the host's pupils and,
+/// across the link, the partner's pupils receive it; at the partner it is a remote participant
+/// under the encoder's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_whip_encoder_in_the_host_lesson_reaches_pupils_on_both_servers() -> Result<()> {
+    bounded(LIMIT, async {
+        let host = PortalServer::start(Options::default()).await?;
+        let partner = PortalServer::start(Options::default()).await?;
+        let (_, host_teacher_session) = link_lessons(&host, &partner).await?;
+        let host_pupil = join(&host, "s-001", "佐藤 さん", Role::Student).await?;
+        let partner_pupil = join(&partner, "s-001", "高橋 さん", Role::Student).await?;
+
+        // The host's teacher makes a WHIP link for the hall; its encoder POSTs its offer.
+        let (status, body) = host_teacher_session
+            .post(
+                &format!("/api/lessons/{}/guest-links", host.lesson_id),
+                json!({"kind": "whip", "display_name": "講堂 A", "organisation": "東海大学"}),
+            )
+            .await?;
+        ensure!(status == StatusCode::CREATED, "whip link: {status} {body}");
+        let bearer = body["bearer_token"].as_str().context("bearer_token")?;
+        let endpoint = format!("{}/whip/{}", host.url(), portal::LESSON_ROOM);
+        let offer =
+            WhipOffer::post(&endpoint, bearer, &[Source::Microphone, Source::Camera]).await?;
+        ensure!(
+            offer.reply.status == StatusCode::CREATED,
+            "WHIP POST: {} {}",
+            offer.reply.status,
+            offer.reply.body
+        );
+        let joined = host_pupil
+            .expect_event(
+                |e| {
+                    is_type(e, "participant_joined")
+                        && e.pointer("/participant/role").and_then(Value::as_str)
+                            == Some("partner_lecturer")
+                },
+                SEATED,
+            )
+            .await
+            .context("the encoder joins the host's lesson")?;
+        let encoder = joined
+            .pointer("/participant/participant_id")
+            .and_then(Value::as_str)
+            .context("participant id")?
+            .to_owned();
+        let mut ids = HashMap::new();
+        for source in [Source::Microphone, Source::Camera] {
+            ids.insert(source, track_of(&host_pupil, &encoder, source).await?);
+        }
+        let pump = MediaPump::start(
+            offer.complete(&ids).await.context("the WHIP connection")?,
+            PumpConfig::default(),
+        );
+
+        for (source, count) in [(Source::Microphone, 25), (Source::Camera, 30)] {
+            host_pupil
+                .subscriber
+                .wait_count(&ids[&source], count, MEDIA)
+                .await
+                .with_context(|| format!("the host's pupil gets the encoder's {source:?}"))?;
+        }
+        let encoder_there = remote_participant(&partner_pupil, "講堂 A", SCHOOL).await?;
+        receives(&partner_pupil, &encoder_there)
+            .await
+            .context("the partner's pupil receives the encoder across the link")?;
+
+        pump.stop().await?;
         host.shutdown().await;
         partner.shutdown().await;
         Ok(())

@@ -18,6 +18,7 @@ pub mod whip;
 
 mod lessons;
 mod link_dial;
+mod link_door;
 mod outbox;
 mod parked;
 mod registry;
@@ -133,6 +134,8 @@ pub(crate) struct Inner {
     whip: whip_live::WhipSessions,
     /// The door of lesson links (`Signaling::attach_links`); none until attached.
     links: std::sync::OnceLock<Arc<dyn link_gate::LinkGate>>,
+    /// `link_join` attempts by address.
+    link_door: link_door::LinkDoor,
     link_stats: link_host::LinkStats,
 }
 
@@ -264,6 +267,7 @@ impl Signaling {
             resumed: AtomicU64::new(0),
             whip: whip_live::WhipSessions::default(),
             links: std::sync::OnceLock::new(),
+            link_door: link_door::LinkDoor::default(),
             link_stats: link_host::LinkStats::default(),
         });
         tokio::spawn(relay_media_events(inner.clone(), events));

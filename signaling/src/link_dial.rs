@@ -16,10 +16,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt, sink, stream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{debug, info, warn};
 
@@ -39,13 +41,29 @@ const POLL: Duration = Duration::from_secs(5);
 const POLL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Opening the host's socket, and the host's answer to `link_join`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pings on both sockets (the server closes a socket silent for 30 s).
-const PING_EVERY: Duration = Duration::from_secs(10);
+/// Pings on both sockets (the server closes a socket silent for 30 s); the host answers each.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// A host heard nothing from for this long (three pings unanswered) is gone: its socket is
+/// given up and dialled again. Longer than a short outage of the path, which the link rides
+/// out on the same socket and the same connections; shorter than the host's own limit (30 s),
+/// and than the time its link connections' checks take to fail (about 20 s), so a longer
+/// outage ends in a new seat, not a socket that TCP retries for minutes.
+const HOST_SILENT: Duration = Duration::from_secs(15);
 /// Reconnect backoff: from the first to the longest wait, doubling, with jitter.
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(8);
 /// How long a seated link must have stayed up for its loss to start the backoff over.
 const STABLE: Duration = Duration::from_secs(30);
+/// For this long after a seated link was lost, dials that fail to reach the host are retried
+/// quickly ([`QUICK_PAUSE`], [`QUICK_CONNECT`]): the path may come back any moment, and the
+/// joint lesson should resume within seconds of it, not after an 8 s backoff. A failed dial
+/// seats nothing, so it costs neither room anything.
+const QUICK_FOR: Duration = Duration::from_secs(60);
+/// The longest pause between such quick dials.
+const QUICK_PAUSE: Duration = Duration::from_secs(1);
+/// How long a quick dial waits for the host's TCP handshake (a SYN lost to a dead path is
+/// otherwise retried by the kernel only after 1, 3, 7 s).
+const QUICK_CONNECT: Duration = Duration::from_secs(2);
 /// Frames above this are cut by the WebSocket layer (as the server's own, `ws.rs`).
 const WEBSOCKET_HARD_LIMIT: usize = 1024 * 1024;
 /// How long the local seat may take to leave when the link ends.
@@ -131,13 +149,80 @@ enum Outcome {
     },
 }
 
+/// When to dial again: a doubling backoff with jitter, quick for a while after a seated link
+/// was lost. Plain state, so the policy is tested without sockets.
+#[derive(Debug)]
+struct Redial {
+    wait: Duration,
+    /// When a seated link was last lost.
+    lost_seated: Option<Instant>,
+}
+
+/// What a dial came to, as far as the next one is concerned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Dialled {
+    /// Seated, and lost after this long.
+    Seated(Duration),
+    /// The host was not reached, or did not answer `link_join` in time.
+    Failed,
+    /// The host refused for now (its lesson is not on).
+    Refused,
+}
+
+impl Redial {
+    fn new() -> Redial {
+        Redial {
+            wait: BACKOFF_FIRST,
+            lost_seated: None,
+        }
+    }
+
+    /// Whether the next dial is a quick one (shorter TCP handshake limit, short pauses).
+    fn quick(&self, now: Instant) -> bool {
+        self.lost_seated
+            .is_some_and(|at| now.saturating_duration_since(at) < QUICK_FOR)
+    }
+
+    /// The pause before the next dial after `dialled`; `jitter` in 0.75..1.25.
+    fn pause(&mut self, dialled: Dialled, now: Instant, jitter: f64) -> Duration {
+        let quick = match dialled {
+            Dialled::Seated(lasted) => {
+                // Only a link that stayed up starts the backoff over: one whose media never
+                // connects, or that two dialers keep replacing, would otherwise come and go
+                // every half second, each time telling both rooms.
+                if lasted >= STABLE {
+                    self.wait = BACKOFF_FIRST;
+                }
+                self.lost_seated = Some(now);
+                false
+            }
+            Dialled::Failed => self.quick(now),
+            Dialled::Refused => false,
+        };
+        // Jitter: links cut together (the host restarted) do not all come back at once.
+        let wait = if quick {
+            self.wait.min(QUICK_PAUSE)
+        } else {
+            self.wait
+        };
+        let pause = wait.mul_f64(jitter).min(BACKOFF_MAX);
+        self.wait = (self.wait * 2).min(BACKOFF_MAX);
+        pause
+    }
+}
+
 /// Dials one link until told to stop or refused for good, reconnecting with backoff.
 async fn dial(inner: Arc<Inner>, link: OutgoingLink, mut stop: watch::Receiver<bool>) -> Ended {
-    let mut wait = BACKOFF_FIRST;
+    let mut redial = Redial::new();
     let mut shutdown = inner.shutdown.subscribe();
     loop {
-        let began = tokio::time::Instant::now();
-        match connect_once(&inner, &link, &mut stop).await {
+        let began = Instant::now();
+        let tcp_limit = if redial.quick(began) {
+            QUICK_CONNECT
+        } else {
+            CONNECT_TIMEOUT
+        };
+        let dialled = match connect_once(&inner, &link, &mut stop, tcp_limit).await {
             Outcome::Stopped => return Ended::Stopped,
             Outcome::Refused(refusal) if refusal.permanent => {
                 info!(link = %link.link_id, code = refusal.code, "the host refused the lesson link for good");
@@ -146,20 +231,14 @@ async fn dial(inner: Arc<Inner>, link: OutgoingLink, mut stop: watch::Receiver<b
             }
             Outcome::Refused(refusal) => {
                 debug!(link = %link.link_id, code = refusal.code, "the host refused the lesson link for now");
+                Dialled::Refused
             }
-            Outcome::Lost { seated } => {
-                // Only a link that stayed up starts the backoff over: one whose media never
-                // connects, or that two dialers keep replacing, would otherwise come and go
-                // every half second, each time telling both rooms.
-                if seated && began.elapsed() >= STABLE {
-                    wait = BACKOFF_FIRST;
-                }
-            }
-        }
-        // Jitter: links cut together (the host restarted) do not all come back at once.
+            Outcome::Lost { seated: true } => Dialled::Seated(began.elapsed()),
+            Outcome::Lost { seated: false } => Dialled::Failed,
+        };
         let jitter = rand::random::<f64>() * 0.5 + 0.75;
-        let pause = wait.mul_f64(jitter).min(BACKOFF_MAX);
-        wait = (wait * 2).min(BACKOFF_MAX);
+        let pause = redial.pause(dialled, Instant::now(), jitter);
+        debug!(link = %link.link_id, ?dialled, ?pause, "dialling the host again");
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = stop.wait_for(|s| *s) => return Ended::Stopped,
@@ -176,26 +255,51 @@ fn client_text(msg: &ClientMessage) -> String {
     serde_json::to_string(msg).unwrap_or_default()
 }
 
+/// Opens the host's WebSocket: the TCP handshake within `tcp_limit`, all of it within
+/// [`CONNECT_TIMEOUT`].
+async fn open_host(url: &str, tcp_limit: Duration) -> Result<HostSocket, String> {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    let request = url.into_client_request().map_err(|e| e.to_string())?;
+    let uri = request.uri();
+    let host = uri.host().ok_or("the host's URL names no host")?;
+    let port = uri
+        .port_u16()
+        .or(match uri.scheme_str() {
+            Some("wss") => Some(443),
+            Some("ws") => Some(80),
+            _ => None,
+        })
+        .ok_or("the host's URL is not ws:// or wss://")?;
+    let address = format!("{host}:{port}");
+    let tcp = match tokio::time::timeout(tcp_limit, TcpStream::connect(address)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err(format!("no TCP handshake within {tcp_limit:?}")),
+    };
+    let _ = tcp.set_nodelay(true);
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(WEBSOCKET_HARD_LIMIT))
+        .max_frame_size(Some(WEBSOCKET_HARD_LIMIT));
+    let handshake =
+        tokio_tungstenite::client_async_tls_with_config(request, tcp, Some(config), None);
+    match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok((socket, _))) => Ok(socket),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the WebSocket handshake did not end in time".into()),
+    }
+}
+
 /// One connection: open, `link_join`, seat locally, bridge until it ends.
 async fn connect_once(
     inner: &Arc<Inner>,
     link: &OutgoingLink,
     stop: &mut watch::Receiver<bool>,
+    tcp_limit: Duration,
 ) -> Outcome {
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(WEBSOCKET_HARD_LIMIT))
-        .max_frame_size(Some(WEBSOCKET_HARD_LIMIT));
-    let connect =
-        tokio_tungstenite::connect_async_with_config(link.host_ws_url.as_str(), Some(config), true);
-    let mut host = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-        Ok(Ok((socket, _))) => socket,
-        Ok(Err(e)) => {
+    let mut host = match open_host(&link.host_ws_url, tcp_limit).await {
+        Ok(socket) => socket,
+        Err(e) => {
             debug!(link = %link.link_id, "could not open the host's socket: {e}");
-            inner.link_stats.dialled(Dial::Failed);
-            return Outcome::Lost { seated: false };
-        }
-        Err(_) => {
-            debug!(link = %link.link_id, "the host's socket did not open in time");
             inner.link_stats.dialled(Dial::Failed);
             return Outcome::Lost { seated: false };
         }
@@ -383,12 +487,20 @@ async fn bridge(
     }
     let mut shutdown = inner.shutdown.subscribe();
     let mut ping = tokio::time::interval(PING_EVERY);
+    let mut heard = Instant::now();
     let outcome = loop {
         let step = tokio::select! {
             msg = read_host(inner, host) => match msg {
-                Some(msg) => bridge.on_host(msg),
+                Some(msg) => {
+                    heard = Instant::now();
+                    bridge.on_host(msg)
+                }
                 None => break Outcome::Lost { seated: true },
             },
+            () = tokio::time::sleep_until(heard + HOST_SILENT) => {
+                info!(link = %link.link_id, "the host has not answered for {HOST_SILENT:?}; dialling again");
+                break Outcome::Lost { seated: true };
+            }
             frame = from_local.recv() => match frame {
                 Some(Frame::Text(t)) => match serde_json::from_str::<ServerMessage>(&t) {
                     Ok(msg) => bridge.on_local(msg, &link.host_school),
@@ -506,6 +618,12 @@ impl Bridge {
                     sdp,
                 });
             }
+            // The host saw the path of this side's media down and wants the connection
+            // carrying it restarted: its offers come from this side's shard.
+            ServerMessage::IceRestartWanted { .. } => {
+                step.to_local
+                    .push(ClientMessage::IceRestart { v: None, id: None });
+            }
             ServerMessage::Error { code, message, .. } => {
                 warn!(?code, %message, "the host refused a lesson link's request");
             }
@@ -563,6 +681,12 @@ impl Bridge {
                     id: None,
                     sdp,
                 });
+            }
+            // This shard saw the path of the host's media down: the host's offers carry it,
+            // so the host restarts it.
+            ServerMessage::IceRestartWanted { .. } => {
+                step.to_host
+                    .push(ClientMessage::IceRestart { v: None, id: None });
             }
             ServerMessage::Error { code, message, .. } => {
                 warn!(?code, %message, school = host_school, "this server refused a lesson link's request");
@@ -710,6 +834,73 @@ mod tests {
             &step.to_host[..],
             [ClientMessage::SubscriberAnswer { .. }]
         ));
+    }
+
+    #[test]
+    fn ice_restarts_go_to_the_side_whose_offers_carry_the_path() {
+        let mut b = bridge();
+        // The host's publish connection (this side's media) is quiet: this shard offers it.
+        let step = b.on_host(ServerMessage::IceRestartWanted {
+            connection: "publish".into(),
+        });
+        assert!(matches!(
+            &step.to_local[..],
+            [ClientMessage::IceRestart { .. }]
+        ));
+        assert!(step.to_host.is_empty());
+        // This side's import (the host's media) is quiet: the host offers it.
+        let step = b.on_local(
+            ServerMessage::IceRestartWanted {
+                connection: "publish".into(),
+            },
+            "S",
+        );
+        assert!(matches!(
+            &step.to_host[..],
+            [ClientMessage::IceRestart { .. }]
+        ));
+        assert!(step.to_local.is_empty());
+    }
+
+    #[test]
+    fn redials_are_quick_for_a_while_after_a_seated_link_was_lost() {
+        let t0 = Instant::now();
+        let mut r = Redial::new();
+        // Never seated: the ordinary backoff, doubling to its cap.
+        let pauses: Vec<Duration> = (0..6).map(|_| r.pause(Dialled::Failed, t0, 1.0)).collect();
+        assert_eq!(pauses[0], BACKOFF_FIRST);
+        assert_eq!(pauses[1], BACKOFF_FIRST * 2);
+        assert_eq!(pauses[5], BACKOFF_MAX);
+        assert!(!r.quick(t0));
+
+        // A link seated for long is lost: the backoff starts over, and dials that do not reach
+        // the host come at most a second apart for a while.
+        let lost = t0 + Duration::from_secs(100);
+        assert_eq!(r.pause(Dialled::Seated(STABLE), lost, 1.0), BACKOFF_FIRST);
+        assert!(r.quick(lost));
+        for i in 1..10 {
+            let p = r.pause(Dialled::Failed, lost + Duration::from_secs(i * 3), 1.25);
+            assert!(p <= QUICK_PAUSE.mul_f64(1.25), "{p:?}");
+        }
+        // Long after the loss, the ordinary backoff again.
+        let later = lost + QUICK_FOR;
+        assert!(!r.quick(later));
+        assert_eq!(r.pause(Dialled::Failed, later, 1.0), BACKOFF_MAX);
+
+        // A seat that keeps being lost soon keeps backing off: the rooms are not told every
+        // half second.
+        let mut r = Redial::new();
+        let short = Duration::from_secs(2);
+        let pauses: Vec<Duration> = (0..5)
+            .map(|i| r.pause(Dialled::Seated(short), t0 + Duration::from_secs(i), 1.0))
+            .collect();
+        assert_eq!(pauses[4], BACKOFF_MAX);
+        // A host whose lesson is not on is asked at the ordinary pace.
+        let mut r = Redial::new();
+        r.pause(Dialled::Seated(STABLE), t0, 1.0);
+        r.pause(Dialled::Refused, t0, 1.0);
+        r.pause(Dialled::Refused, t0, 1.0);
+        assert_eq!(r.pause(Dialled::Refused, t0, 1.0), BACKOFF_FIRST * 8);
     }
 
     #[test]

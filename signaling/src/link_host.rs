@@ -3,6 +3,7 @@
 //! links' counters for `/metrics`. The session (`session/link.rs`) carries the outcomes out.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use classroom_sfu::ParticipantId;
 use classroom_sfu::command::TrackOwner;
@@ -18,6 +19,11 @@ pub const MAX_NAME_CHARS: usize = 64;
 pub const MAX_LINK_TRACKS: usize = 32;
 /// Tracks one remote person may have at once (microphone, camera, screen).
 pub const MAX_TRACKS_PER_PERSON: usize = 3;
+/// `link_people` lists one link may send per [`PEOPLE_WINDOW`]. A partner sends a new list only
+/// when who publishes on its side changes (a few times as a lesson starts); one that floods
+/// would make this server check lists and tell its room of people coming and going for nothing.
+pub const PEOPLE_LISTS: usize = 20;
+pub const PEOPLE_WINDOW: Duration = Duration::from_secs(10);
 
 /// Which end of the link this server is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +46,8 @@ struct Remote {
 #[derive(Debug, Default)]
 pub(crate) struct People {
     list: Vec<Remote>,
+    /// When the lists of the last [`PEOPLE_WINDOW`] came.
+    lists: std::collections::VecDeque<Instant>,
 }
 
 /// What a new `link_people` list changed.
@@ -78,6 +86,26 @@ pub(crate) fn check_people(people: &[LinkPerson]) -> Result<(), String> {
 }
 
 impl People {
+    /// Counts a new list at `now`, or refuses it: `Err` is how long until one is taken.
+    pub fn pace(&mut self, now: Instant) -> Result<(), Duration> {
+        while self
+            .lists
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= PEOPLE_WINDOW)
+        {
+            self.lists.pop_front();
+        }
+        match self.lists.front() {
+            Some(oldest) if self.lists.len() >= PEOPLE_LISTS => {
+                Err((*oldest + PEOPLE_WINDOW).saturating_duration_since(now))
+            }
+            _ => {
+                self.lists.push_back(now);
+                Ok(())
+            }
+        }
+    }
+
     /// Replaces the list with `people` (checked by [`check_people`]). A reference already
     /// known keeps its participant id (and its name: a person is not renamed while seated);
     /// a new one takes `next_id()`.
@@ -330,6 +358,20 @@ mod tests {
         assert!(people.infos().iter().any(|p| p.participant_id == kept));
         assert_eq!(people.drain().len(), 2);
         assert!(people.infos().is_empty());
+    }
+
+    #[test]
+    fn people_lists_are_paced() {
+        let t0 = Instant::now();
+        let mut people = People::default();
+        for i in 0..PEOPLE_LISTS as u64 {
+            assert_eq!(people.pace(t0 + Duration::from_millis(i)), Ok(()));
+        }
+        let wait = people.pace(t0 + Duration::from_secs(1)).unwrap_err();
+        assert_eq!(wait, PEOPLE_WINDOW - Duration::from_secs(1));
+        // Refused lists do not count: the window frees as the first ones age.
+        assert_eq!(people.pace(t0 + PEOPLE_WINDOW), Ok(()));
+        assert!(people.pace(t0 + PEOPLE_WINDOW).is_err());
     }
 
     #[test]

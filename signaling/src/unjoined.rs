@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// The unit an address is counted under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Host {
+pub(crate) enum Host {
     V4(u32),
     /// The upper 64 bits of an IPv6 address.
     V6Prefix(u64),
@@ -94,6 +94,13 @@ impl UnjoinedSockets {
         // The map stays consistent whatever panicked while holding it: every change is one
         // arithmetic step.
         self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl UnjoinedSlot {
+    /// The address (or IPv6 /64) the socket is counted under.
+    pub fn host(&self) -> Host {
+        self.host
     }
 }
 

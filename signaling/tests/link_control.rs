@@ -881,3 +881,83 @@ async fn a_link_no_longer_listed_leaves_the_host() {
             .contains("classroom_links{side=\"partner\"} 0")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_flooding_its_people_lists_is_paced_and_stays_seated() {
+    let host = server().await;
+    host.attach();
+    let (mut pupil, _) = host.member("host-room", "pupil-1", Role::Student).await;
+    let mut link = Client::open(&host.url()).await;
+    link.send(link_join("L", "k")).await;
+    link.expect("joined", |m| m["type"] == "joined").await;
+    pupil
+        .expect("the link joins", |m| m["type"] == "participant_joined")
+        .await;
+
+    // Forty lists at once, each naming someone new: twenty are taken, the rest refused.
+    for i in 0..40 {
+        link.send(
+            json!({"type": "link_people", "id": format!("p{i}"), "people": [
+                {"ref": i.to_string(), "name": format!("生徒 {i}"), "teacher": false},
+            ]}),
+        )
+        .await;
+    }
+    let refused = link
+        .expect("a list refused", is_error("rate_limited"))
+        .await;
+    assert_eq!(
+        refused["id"], "p20",
+        "the 21st list is the first refused: {refused}"
+    );
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("at most 20")),
+        "{refused}"
+    );
+    // The room heard of the twenty taken (each replacing the one before), then nothing more.
+    let mut last = Value::Null;
+    for _ in 0..20 {
+        last = pupil
+            .expect("a remote person", |m| {
+                m["type"] == "participant_joined" && m["participant"]["remote"] == true
+            })
+            .await;
+    }
+    assert_eq!(last["participant"]["name"], "生徒 19", "{last}");
+    // The link is still seated and answers.
+    link.send(json!({"type": "ping", "id": "still"})).await;
+    link.expect("pong", |m| m["type"] == "pong" && m["id"] == "still")
+        .await;
+    assert!(host.metrics().contains("classroom_links{side=\"host\"} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_join_from_one_address_is_paced_before_the_gate_is_asked() {
+    let host = server().await;
+    host.attach();
+    // Twenty guesses from this address reach the gate and are refused by it.
+    for _ in 0..20 {
+        let mut c = Client::open(&host.url()).await;
+        c.send(link_join("link_unknown", "k")).await;
+        c.expect("link_unknown", is_error("link_unknown")).await;
+        c.closed().await;
+    }
+    // The next one, even with the right key, is refused at the door and its socket closed.
+    let mut c = Client::open(&host.url()).await;
+    c.send(link_join("L", "k")).await;
+    let e = c.expect("rate_limited", is_error("rate_limited")).await;
+    assert_eq!(e["id"], "j", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("at most 20")),
+        "{e}"
+    );
+    c.closed().await;
+    assert!(host.gate.admitted.lock().unwrap().is_empty());
+    // The server goes on serving everyone else.
+    let (_pupil, joined) = host.member("host-room", "pupil-1", Role::Student).await;
+    assert_eq!(joined["type"], "joined");
+}

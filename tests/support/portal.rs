@@ -163,6 +163,11 @@ pub struct Options {
     pub purge_interval: Option<String>,
     /// `proxy.trusted`: networks whose forwarded header names the client.
     pub trusted_proxies: Vec<String>,
+    /// `media.bind`'s address (port 0): another loopback address (127.0.0.0/8) puts this
+    /// server's media, and the link sockets it dials from, apart from another server's.
+    pub media_address: Option<std::net::IpAddr>,
+    /// `links.public_url`: where invitations send partners (a relay in front of this server).
+    pub links_public_url: Option<String>,
 }
 
 impl Default for Options {
@@ -173,6 +178,8 @@ impl Default for Options {
             oidc: None,
             purge_interval: None,
             trusted_proxies: Vec::new(),
+            media_address: None,
+            links_public_url: None,
         }
     }
 }
@@ -199,6 +206,12 @@ impl PortalServer {
             config.purge_interval = every;
         }
         config.proxy.trusted = options.trusted_proxies;
+        if let Some(address) = options.media_address {
+            config.media.bind = std::net::SocketAddr::new(address, 0);
+        }
+        if let Some(url) = options.links_public_url {
+            config.links.public_url = Some(url);
+        }
         let handle =
             tokio::time::timeout(Duration::from_secs(20), classroom::server::start(config))
                 .await

@@ -4,16 +4,17 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::Sink;
 use tracing::info;
 
 use classroom_sfu::{ParticipantId, RoomId, ShardCommand};
 
-use super::{CLOSE_GOING_AWAY, Flow, Frame, Joined, Session};
+use super::{CLOSE_GOING_AWAY, CLOSE_POLICY, Flow, Frame, Joined, Session};
 use crate::Inner;
 use crate::gate::Entrant;
+use crate::link_door;
 use crate::link_gate::{LinkAdmitted, LinkRequest};
 use crate::link_host::{self, People, Side};
 use crate::protocol::{ErrorCode, GoodbyeReason, LinkPerson, ParticipantInfo, ServerMessage};
@@ -70,6 +71,25 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
                     format!("link_id, key and room must be 1 to {MAX_FIELD_BYTES} bytes"),
                 )
                 .await;
+        }
+        // Each knock costs the gate a lookup: an address guessing at the door is paced first.
+        if let Some(slot) = &self.unjoined
+            && let Err(wait) = self.inner.link_door.knock(slot.host(), Instant::now())
+        {
+            info!(link = %link_id, "link_join refused: too many from one address");
+            let _ = self
+                .fail(
+                    id,
+                    ErrorCode::RateLimited,
+                    format!(
+                        "at most {} link_join per {} s from one address; try again in {:.1} s",
+                        link_door::ATTEMPTS,
+                        link_door::WINDOW.as_secs(),
+                        wait.as_secs_f64()
+                    ),
+                )
+                .await;
+            return Flow::Close(CLOSE_POLICY, "refused");
         }
         let request = LinkRequest { link_id, key, room };
         let admitted = match self.inner.links().admit(&request).await {
@@ -202,6 +222,20 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
                 )
                 .await;
         };
+        if let Err(wait) = link.people.pace(std::time::Instant::now()) {
+            return self
+                .fail(
+                    id,
+                    ErrorCode::RateLimited,
+                    format!(
+                        "at most {} people lists per {} s; try again in {:.1} s",
+                        link_host::PEOPLE_LISTS,
+                        link_host::PEOPLE_WINDOW.as_secs(),
+                        wait.as_secs_f64()
+                    ),
+                )
+                .await;
+        }
         if let Err(message) = link_host::check_people(&people) {
             return self.fail(id, ErrorCode::BadRequest, message).await;
         }
