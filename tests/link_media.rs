@@ -25,7 +25,9 @@ use serde_json::{Value, json};
 use support::media::verify_stream;
 use support::publisher::{PublishOffer, Publisher};
 use support::signal::Signal;
-use support::simulcast::{SimulcastConfig, SimulcastOffer, SimulcastPublisher, analyse_video};
+use support::simulcast::{
+    Rid, SimTag, SimulcastConfig, SimulcastOffer, SimulcastPublisher, analyse_video,
+};
 use support::subscriber::Subscriber;
 use support::wait::poll_for;
 use support::{CONNECT_TIMEOUT, MediaPump, PumpConfig, REPLY_TIMEOUT, Source};
@@ -89,7 +91,8 @@ impl Plane {
                     ShardEvent::SubscriberOffer { participant, .. }
                     | ShardEvent::TrackQuality { participant, .. }
                     | ShardEvent::ConnectionLost { participant }
-                    | ShardEvent::TracksUnpublished { participant, .. } => *participant,
+                    | ShardEvent::TracksUnpublished { participant, .. }
+                    | ShardEvent::SetEncodings { participant, .. } => *participant,
                     _ => continue,
                 };
                 let route = dispatch.lock().unwrap().get(&participant).cloned();
@@ -352,6 +355,19 @@ fn carry(
                     let mut layers = layers.lock().unwrap();
                     if layers.get(&track).is_none_or(|(l, _)| *l != layer) {
                         layers.insert(track, (layer, Instant::now()));
+                    }
+                    continue;
+                }
+                // Dynacast across the link: the layers this side's subscribers need of a track
+                // the link imported go back to the side that sends it (`link_layers`).
+                ShardEvent::SetEncodings { mid, active, .. } => {
+                    let layers = ShardCommand::LinkLayers {
+                        participant: to_link,
+                        mid,
+                        active,
+                    };
+                    if to.commands.send(layers).await.is_err() {
+                        break;
                     }
                     continue;
                 }
@@ -911,6 +927,120 @@ async fn two_links_from_one_partner_to_one_host_do_not_collide() -> Result<()> {
             errors.is_empty(),
             "the links' negotiation failed: {errors:?}"
         );
+        publisher.close().await;
+        Ok(())
+    })
+    .await
+}
+
+/// The rid of the last video packet `pupil` received of `track`.
+fn latest_rid(pupil: &Pupil, track: &str) -> Option<Rid> {
+    let packets = pupil.subscriber.received(track);
+    packets
+        .iter()
+        .rev()
+        .find_map(|p| SimTag::parse(&p.payload))
+        .map(|t| t.rid)
+}
+
+/// Waits until `pupil` has received `rid` of `track` for a second.
+async fn receives(pupil: &Pupil, track: &str, rid: Rid, what: &str) -> Result<()> {
+    let mut since: Option<Instant> = None;
+    poll_for(
+        Duration::from_secs(40),
+        || {
+            format!(
+                "{what} receiving {rid} (last {:?})",
+                latest_rid(pupil, track)
+            )
+        },
+        async || {
+            if latest_rid(pupil, track) != Some(rid) {
+                since = None;
+                return None;
+            }
+            (since.get_or_insert_with(Instant::now).elapsed() >= Duration::from_secs(1))
+                .then_some(())
+        },
+    )
+    .await
+}
+
+async fn cap(plane: &Plane, participant: u64, track: &str, max_spatial: Option<u8>) -> Result<()> {
+    let track =
+        classroom_sfu::TrackId::parse(track).ok_or_else(|| anyhow!("bad track id {track}"))?;
+    plane
+        .commands
+        .send(ShardCommand::SetTrackCap {
+            participant: ParticipantId(participant),
+            track,
+            max_spatial,
+        })
+        .await
+        .map_err(|_| anyhow!("{}: media plane gone", plane.name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partner_pupils_pick_their_own_layers_and_unwanted_layers_stay_home() -> Result<()> {
+    bounded(async {
+        let host_teacher = 1;
+        let link = linked(&[host_teacher], MediaConfig::loopback()).await?;
+        // Layers light enough for the link's first estimate to carry all three at once.
+        let config = SimulcastConfig {
+            bitrates: [20_000, 40_000, 80_000],
+            ..SimulcastConfig::default()
+        };
+        let (_t, publisher) = simulcast_teacher(&link.host, host_teacher, config).await?;
+        let owner = ParticipantId(host_teacher + REMOTE);
+        let (fast_id, weak_id) = (41, 42);
+        let fast = pupil(&link.partner, fast_id).await?;
+        let weak = pupil(&link.partner, weak_id).await?;
+        let video = offered(&fast, owner, "camera").await?;
+        ensure!(offered(&weak, owner, "camera").await? == video);
+        // The weak pupil's client asks for the lowest layer (as a pupil on a poor line does).
+        cap(&link.partner, weak_id, &video, Some(0)).await?;
+
+        // The link carries all three layers; each partner pupil gets its own.
+        receives(&fast, &video, Rid::F, "the fast partner pupil").await?;
+        receives(&weak, &video, Rid::Q, "the capped partner pupil").await?;
+        for (who, p) in [("fast", &fast), ("capped", &weak)] {
+            let analysis = analyse_video(&p.subscriber.received(&video));
+            ensure!(
+                analysis.ok(),
+                "the {who} partner pupil's video: {:?}",
+                analysis.problems
+            );
+        }
+        let (all, all_window) = link_bytes_over(&link.partner, 3).await?;
+
+        // Nobody on the partner wants more than the lowest layer: after the partner's dynacast
+        // grace, only it crosses.
+        cap(&link.partner, fast_id, &video, Some(0)).await?;
+        receives(&fast, &video, Rid::Q, "the fast pupil, capped").await?;
+        let (mut low, mut low_window) = (all, all_window);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while low * 2 > all && Instant::now() < deadline {
+            (low, low_window) = link_bytes_over(&link.partner, 3).await?;
+        }
+        println!(
+            "link bytes over 3 s: {all} with every layer wanted ({all_window:?}), {low} with \
+             the lowest only ({low_window:?})"
+        );
+        ensure!(
+            low * 2 <= all,
+            "the link kept carrying layers nobody on the partner wants: {all} -> {low} bytes"
+        );
+
+        // The fast pupil may have the top layer again: it crosses again and reaches it.
+        cap(&link.partner, fast_id, &video, None).await?;
+        receives(&fast, &video, Rid::F, "the fast pupil, uncapped").await?;
+        let analysis = analyse_video(&fast.subscriber.received(&video));
+        ensure!(
+            analysis.ok(),
+            "the fast partner pupil's video across the layer changes: {:?}",
+            analysis.problems
+        );
+        link.check_errors()?;
         publisher.close().await;
         Ok(())
     })

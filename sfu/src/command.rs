@@ -164,6 +164,14 @@ pub enum ShardCommand {
         track: TrackId,
         max_spatial: Option<u8>,
     },
+    /// From the far side of a lesson link (`link_layers`): the simulcast layers (rids) its
+    /// subscribers need of the track the link participant's subscribe connection carries on
+    /// `mid`; the others stop crossing. Unknown mids and rids are ignored.
+    LinkLayers {
+        participant: ParticipantId,
+        mid: String,
+        active: Vec<String>,
+    },
     /// A publish offer, already checked against the participant's permissions.
     Publish {
         participant: ParticipantId,

@@ -72,6 +72,7 @@ impl Router {
                 }
             }
             ShardCommand::SetTrackCap { participant, .. }
+            | ShardCommand::LinkLayers { participant, .. }
             | ShardCommand::Publish { participant, .. }
             | ShardCommand::SubscriberAnswer { participant, .. }
             | ShardCommand::Reoffer { participant, .. } => {

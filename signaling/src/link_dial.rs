@@ -624,6 +624,16 @@ impl Bridge {
                 step.to_local
                     .push(ClientMessage::IceRestart { v: None, id: None });
             }
+            // The host's subscribers need only these layers of a track this side sends it:
+            // the local shard stops the others crossing.
+            ServerMessage::SetEncodings { mid, active, .. } => {
+                step.to_local.push(ClientMessage::LinkLayers {
+                    v: None,
+                    id: None,
+                    mid,
+                    active,
+                });
+            }
             ServerMessage::Error { code, message, .. } => {
                 warn!(?code, %message, "the host refused a lesson link's request");
             }
@@ -687,6 +697,16 @@ impl Bridge {
             ServerMessage::IceRestartWanted { .. } => {
                 step.to_host
                     .push(ClientMessage::IceRestart { v: None, id: None });
+            }
+            // This side's subscribers need only these layers of a track the host sends: the
+            // host stops the others crossing (dynacast across the link).
+            ServerMessage::SetEncodings { mid, active, .. } => {
+                step.to_host.push(ClientMessage::LinkLayers {
+                    v: None,
+                    id: None,
+                    mid,
+                    active,
+                });
             }
             ServerMessage::Error { code, message, .. } => {
                 warn!(?code, %message, school = host_school, "this server refused a lesson link's request");
@@ -929,5 +949,29 @@ mod tests {
         );
         assert!(matches!(step.end, Some(Outcome::Stopped)));
         assert!(matches!(&step.to_host[..], [ClientMessage::Leave { .. }]));
+    }
+
+    #[test]
+    fn each_sides_layer_wants_go_to_the_side_that_sends_the_track() {
+        let mut b = bridge();
+        let wants = || ServerMessage::SetEncodings {
+            track_id: "T1".into(),
+            mid: "4".into(),
+            active: vec!["q".into(), "h".into()],
+        };
+        // The host's pupils want two layers of a partner track: the partner's seat hears it.
+        let step = b.on_host(wants());
+        assert!(step.to_host.is_empty());
+        assert!(matches!(
+            &step.to_local[..],
+            [ClientMessage::LinkLayers { mid, active, .. }] if mid == "4" && active.len() == 2
+        ));
+        // The partner's pupils want two layers of a host track: the host hears it.
+        let step = b.on_local(wants(), "S");
+        assert!(step.to_local.is_empty());
+        assert!(matches!(
+            &step.to_host[..],
+            [ClientMessage::LinkLayers { mid, active, .. }] if mid == "4" && active[1] == "h"
+        ));
     }
 }

@@ -85,6 +85,33 @@ pub(crate) fn check_people(people: &[LinkPerson]) -> Result<(), String> {
     Ok(())
 }
 
+/// The longest mid or rid a `link_layers` may name (ours are a few characters).
+pub const MAX_LAYER_NAME: usize = 16;
+
+/// Checks a `link_layers` message: a mid and at most three rids, each short and printable.
+pub(crate) fn check_layers(mid: &str, active: &[String]) -> Result<(), String> {
+    let fine = |s: &str| {
+        !s.is_empty() && s.len() <= MAX_LAYER_NAME && s.chars().all(|c| c.is_ascii_graphic())
+    };
+    if !fine(mid) {
+        return Err(format!(
+            "mid must be 1 to {MAX_LAYER_NAME} printable ASCII characters"
+        ));
+    }
+    if active.len() > 3 {
+        return Err(format!(
+            "a track has at most 3 layers; active lists {}",
+            active.len()
+        ));
+    }
+    if let Some(bad) = active.iter().position(|r| !fine(r)) {
+        return Err(format!(
+            "active[{bad}] must be 1 to {MAX_LAYER_NAME} printable ASCII characters"
+        ));
+    }
+    Ok(())
+}
+
 impl People {
     /// Counts a new list at `now`, or refuses it: `Err` is how long until one is taken.
     pub fn pace(&mut self, now: Instant) -> Result<(), Duration> {
@@ -307,6 +334,26 @@ mod tests {
             source: Source::Camera,
             person: person.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn layer_wants_are_bounded_and_checked() {
+        let rids = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(check_layers("3", &rids(&["q", "h", "f"])), Ok(()));
+        assert_eq!(check_layers("3", &[]), Ok(()));
+        assert!(check_layers("", &[]).is_err());
+        assert!(check_layers(&"9".repeat(MAX_LAYER_NAME + 1), &[]).is_err());
+        assert!(
+            check_layers("3", &rids(&["q", "h", "f", "x"]))
+                .unwrap_err()
+                .contains("at most 3")
+        );
+        assert!(
+            check_layers("3", &rids(&["q", "h f"]))
+                .unwrap_err()
+                .contains("active[1]")
+        );
+        assert!(check_layers("3\n", &[]).is_err());
     }
 
     #[test]

@@ -96,6 +96,16 @@ pub enum ClientMessage {
         id: Option<String>,
         people: Vec<LinkPerson>,
     },
+    /// From a lesson link: the simulcast layers (rids) its side's subscribers need of the
+    /// track the other side sends it on `mid` (dynacast across the link).
+    LinkLayers {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        v: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        mid: String,
+        active: Vec<String>,
+    },
     /// A lesson action (`raise_hand`, `chat`, …; see `lesson::wire::ACTION_TYPES`), decoded by
     /// [`decode`] rather than by this enum's tag.
     #[serde(skip)]
@@ -119,6 +129,7 @@ impl ClientMessage {
             | ClientMessage::Leave { v, .. }
             | ClientMessage::LinkJoin { v, .. }
             | ClientMessage::LinkPeople { v, .. }
+            | ClientMessage::LinkLayers { v, .. }
             | ClientMessage::Lesson { v, .. } => *v,
         }
     }
@@ -135,6 +146,7 @@ impl ClientMessage {
             | ClientMessage::Leave { id, .. }
             | ClientMessage::LinkJoin { id, .. }
             | ClientMessage::LinkPeople { id, .. }
+            | ClientMessage::LinkLayers { id, .. }
             | ClientMessage::Lesson { id, .. } => id.as_deref(),
         }
     }
@@ -501,7 +513,7 @@ pub struct DecodeError {
     pub id: Option<String>,
 }
 
-const CLIENT_TYPES: [&str; 10] = [
+const CLIENT_TYPES: [&str; 11] = [
     "join",
     "resume",
     "ice_restart",
@@ -512,6 +524,7 @@ const CLIENT_TYPES: [&str; 10] = [
     "leave",
     "link_join",
     "link_people",
+    "link_layers",
 ];
 
 /// Reads a text frame, telling apart bad JSON, unknown types and bad fields.

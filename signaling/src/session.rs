@@ -450,6 +450,9 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
                 link_id, key, room, ..
             } => self.link_join(id, link_id, key, room).await,
             ClientMessage::LinkPeople { people, .. } => self.link_people(id, people).await,
+            ClientMessage::LinkLayers { mid, active, .. } => {
+                self.link_layers(id, mid, active).await
+            }
         }
     }
 

@@ -131,6 +131,8 @@ struct Media {
     publishes: Mutex<Vec<(ParticipantId, Vec<TrackSpec>)>>,
     /// Each subscriber answer: the subscriber and the SDP.
     answers: Mutex<Vec<(ParticipantId, String)>>,
+    /// Each `link_layers` passed on: the link participant, the mid and the rids.
+    layers: Mutex<Vec<(ParticipantId, String, Vec<String>)>>,
     changed: Notify,
 }
 
@@ -189,6 +191,15 @@ async fn fake_media(mut commands: mpsc::Receiver<ShardCommand>, media: Arc<Media
                 let _ = reply.send(Ok(()));
                 media.answers.lock().unwrap().push((participant, answer));
             }
+            ShardCommand::LinkLayers {
+                participant,
+                mid,
+                active,
+            } => media
+                .layers
+                .lock()
+                .unwrap()
+                .push((participant, mid, active)),
             _ => continue,
         }
         media.changed.notify_waiters();
@@ -832,6 +843,56 @@ async fn the_bridge_carries_each_sides_media_offers_to_the_other() {
             .1
             .contains(&format!("answer from {host_link}"))
     );
+
+    // Dynacast across the link: the layers each side's pupils need of a track the other side
+    // sends go back to that side's media plane, for the link's subscribe connection.
+    partner
+        .events
+        .send(ShardEvent::SetEncodings {
+            participant: partner_link,
+            track: TrackId(77),
+            mid: "0".into(),
+            active: vec!["q".into()],
+        })
+        .unwrap();
+    host.media
+        .until("the partner's wants at the host", |m| {
+            !m.layers.lock().unwrap().is_empty()
+        })
+        .await;
+    assert_eq!(
+        host.media.layers.lock().unwrap()[0],
+        (host_link, "0".to_owned(), vec!["q".to_owned()])
+    );
+    host.events
+        .send(ShardEvent::SetEncodings {
+            participant: host_link,
+            track: TrackId(78),
+            mid: "0".into(),
+            active: vec!["q".into(), "h".into()],
+        })
+        .unwrap();
+    partner
+        .media
+        .until("the host's wants at the partner", |m| {
+            !m.layers.lock().unwrap().is_empty()
+        })
+        .await;
+    assert_eq!(
+        partner.media.layers.lock().unwrap()[0],
+        (
+            partner_link,
+            "0".to_owned(),
+            vec!["q".to_owned(), "h".to_owned()]
+        )
+    );
+    // Only a link sends link_layers, and what it names is bounded.
+    host_pupil
+        .send(json!({"type": "link_layers", "id": "ll", "mid": "0", "active": ["q"]}))
+        .await;
+    host_pupil
+        .expect("link_layers from a pupil", is_error("permission_denied"))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

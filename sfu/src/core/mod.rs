@@ -11,6 +11,7 @@ pub mod dynacast;
 pub mod forward;
 pub mod framing;
 pub mod keyframe;
+pub mod lanes;
 pub mod layer;
 pub mod liveness;
 pub mod pacing;

@@ -14,12 +14,14 @@ use tracing::{debug, trace};
 
 use super::Shard;
 use super::peer::{PeerKey, PeerRole};
-use crate::command::{PauseReason, ShardEvent};
+use crate::command::{LayerName, PauseReason, ShardEvent};
 pub(crate) use crate::core::allocation_round::INITIAL_ESTIMATE;
 use crate::core::allocation_round::{self, Link, RoundTrack};
+use crate::core::allocator::{AUDIO_BPS, TrackClass};
 use crate::core::capacity::Observation;
 pub(crate) use crate::core::dynacast::Dynacast;
 use crate::core::dynacast::Viewer;
+use crate::core::lanes::{self, LaneTrack};
 use crate::core::layer::{Layer, MAX_SPATIAL};
 use crate::ids::{ParticipantId, TrackId};
 
@@ -141,6 +143,23 @@ impl Shard {
             %participant, estimate = link.usable_estimate(), proven = ?link.proven, ?rtt_ms, ?loss,
             "allocation round"
         );
+        // A link's simulcast lanes take their share first, after its audio; the round shares
+        // out what is left among its other tracks.
+        let audio = subscribed
+            .iter()
+            .filter(|t| {
+                self.tracks
+                    .get(t)
+                    .is_some_and(|t| t.class == TrackClass::Audio)
+            })
+            .count() as u64;
+        let lane_budget = link.usable_estimate().saturating_sub(audio * AUDIO_BPS);
+        let (lanes_used, lanes_desired) =
+            self.allocate_lanes(key, participant, subscribed, now, lane_budget);
+        if lanes_used > 0 {
+            link.estimate = Some(link.usable_estimate().saturating_sub(lanes_used));
+            link.proven = link.proven.map(|p| p.saturating_sub(lanes_used));
+        }
         let mut inputs = self.round_tracks(key, subscribed, now);
         let Some(peer) = self.peer_mut(key) else {
             return 0;
@@ -199,9 +218,11 @@ impl Shard {
         }
         if let Some(peer) = self.peer_mut(key) {
             let targets = round.targets;
+            // A link probes towards every lane the far side wants.
+            let desired = targets.desired + lanes_desired;
             peer.rtc
                 .bwe()
-                .set_bitrate(Bitrate::bps(targets.minimum), Bitrate::bps(targets.desired));
+                .set_bitrate(Bitrate::bps(targets.minimum), Bitrate::bps(desired));
             if let Some(paced) = round.paced {
                 let mut api = peer.rtc.direct_api();
                 for ssrc in &video_streams {
@@ -232,6 +253,116 @@ impl Shard {
         round.paused
     }
 
+    /// Decides the lanes of every simulcast track a link connection carries (`core::lanes`)
+    /// within `budget`, and tells the link's side which layer is the highest it carries now;
+    /// returns the measured rate of the lanes on and of every lane the far side wants.
+    fn allocate_lanes(
+        &mut self,
+        key: PeerKey,
+        participant: ParticipantId,
+        subscribed: &[TrackId],
+        now: Instant,
+        budget: u64,
+    ) -> (u64, u64) {
+        let mut ids = Vec::new();
+        let mut inputs = Vec::new();
+        for track_id in subscribed {
+            let Some(track) = self.tracks.get(track_id) else {
+                continue;
+            };
+            let Some((sub, lanes)) = track
+                .subscriptions
+                .iter()
+                .find(|s| s.peer == key)
+                .and_then(|s| Some((s, s.lanes.as_deref()?)))
+            else {
+                continue;
+            };
+            if !sub.allowed() {
+                continue;
+            }
+            ids.push(*track_id);
+            inputs.push(LaneTrack {
+                class: track.class,
+                layers: lanes.layers(),
+                rates: track.meter.rates(now),
+                wanted: lanes.wanted(),
+                cap: sub.cap.spatial,
+            });
+        }
+        if ids.is_empty() {
+            return (0, 0);
+        }
+        let allocation = lanes::allocate(&inputs, budget);
+        let mut events = Vec::new();
+        for (track_id, on) in ids.iter().zip(&allocation.on) {
+            let Some(sub) = self
+                .tracks
+                .get_mut(track_id)
+                .and_then(|t| t.subscriptions.iter_mut().find(|s| s.peer == key))
+            else {
+                continue;
+            };
+            let Some(lanes) = sub.lanes.as_deref_mut() else {
+                continue;
+            };
+            if lanes.set_on(*on) {
+                debug!(%participant, track = %track_id, lanes = ?on, budget, "link lanes");
+            }
+            let shown = (
+                lanes.highest_on().map(|s| LayerName::of(s, lanes.layers())),
+                false,
+            );
+            if sub.reported != Some(shown) {
+                sub.reported = Some(shown);
+                events.push(ShardEvent::TrackQuality {
+                    participant,
+                    track: *track_id,
+                    layer: shown.0,
+                    paused: None,
+                });
+            }
+        }
+        for e in events {
+            let _ = self.events.send(e);
+        }
+        (allocation.used, allocation.desired)
+    }
+
+    /// The far side of a link asked for the layers its subscribers need of the track the
+    /// link's subscribe connection carries on `mid` (`link_layers`). A mid that carries no
+    /// simulcast track of this participant is ignored: the track may have just gone.
+    pub(super) fn set_link_layers(
+        &mut self,
+        participant: ParticipantId,
+        mid: &str,
+        active: &[String],
+    ) {
+        let Some(key) = self.members.get(&participant).and_then(|m| m.subscriber) else {
+            return;
+        };
+        let track_id = match self.peer(key).map(|p| &p.role) {
+            Some(PeerRole::Subscribe { tracks, .. }) => {
+                tracks.get(&str0m::media::Mid::from(mid)).copied()
+            }
+            _ => None,
+        };
+        let Some(track) = track_id.and_then(|t| self.tracks.get_mut(&t)) else {
+            debug!(%participant, mid, "link layers for no track");
+            return;
+        };
+        let wanted = lanes::layers_named(&track.rids, active);
+        if let Some(lanes) = track
+            .subscriptions
+            .iter_mut()
+            .find(|s| s.peer == key)
+            .and_then(|s| s.lanes.as_deref_mut())
+        {
+            debug!(%participant, mid, ?wanted, "link layers wanted");
+            lanes.set_wanted(wanted);
+        }
+    }
+
     /// What the round needs to know of each track `key` receives, in the order given. Each
     /// selector is copied in; `allocate_subscriber` stores the updated one back.
     fn round_tracks(
@@ -245,7 +376,11 @@ impl Shard {
             let Some(track) = self.tracks.get(track_id) else {
                 continue;
             };
-            let Some(sub) = track.subscriptions.iter().find(|s| s.peer == key) else {
+            let Some(sub) = track
+                .subscriptions
+                .iter()
+                .find(|s| s.peer == key && s.lanes.is_none())
+            else {
                 continue;
             };
             inputs.push(RoundTrack {
@@ -273,7 +408,7 @@ impl Shard {
         for (track_id, track) in &mut self.tracks {
             let viewers = track.subscriptions.iter().filter_map(|sub| {
                 Some(Viewer {
-                    decision: sub.selector()?.decision(),
+                    decision: sub.decision()?,
                     cap: sub.cap,
                     allowed: sub.allowed(),
                     unplayable: sub.unplayable().is_some(),

@@ -22,6 +22,7 @@ use crate::core::downtrack::{
     DownTrack, DropReason, Negotiated, PacketInfo, Verdict, forwarded_extensions,
 };
 use crate::core::forward::SenderClock;
+use crate::core::lanes::Lanes;
 use crate::core::layer::{Layer, LayerSelector};
 use crate::ids::TrackId;
 
@@ -46,6 +47,11 @@ pub(crate) struct Subscription {
     pub cap: Layer,
     /// What the client was last told about this track: (layer, paused).
     pub reported: Option<(Option<crate::command::LayerName>, bool)>,
+    /// A link's subscription of a simulcast track: every layer it carries is a stream of its
+    /// own (`core::lanes`); `down` then only says whether the audience admits the link.
+    pub lanes: Option<Box<Lanes>>,
+    /// The outgoing stream of each lane, found once.
+    lane_tx: [Option<Ssrc>; 3],
 }
 
 impl Subscription {
@@ -76,6 +82,24 @@ impl Subscription {
     /// The subscriber answered a new offer: what it accepts may have changed.
     pub fn renegotiated(&mut self) {
         self.down.renegotiated();
+        if let Some(lanes) = &mut self.lanes {
+            lanes.renegotiated();
+        }
+    }
+
+    /// Makes this a link's subscription of a track with `layers` simulcast layers.
+    pub fn with_lanes(mut self, layers: usize) -> Self {
+        let seed = || (rand::random(), rand::random());
+        self.lanes = Some(Box::new(Lanes::new(layers, [seed(), seed(), seed()])));
+        self
+    }
+
+    /// The layer the subscriber receives now, as its selector or its lanes say.
+    pub fn decision(&self) -> Option<crate::core::layer::Decision> {
+        match &self.lanes {
+            Some(lanes) => Some(lanes.decision()),
+            None => self.selector().map(|s| s.decision()),
+        }
     }
 
     pub fn new(
@@ -100,6 +124,8 @@ impl Subscription {
             packets_seen: 0,
             cap: Layer::MAX,
             reported: None,
+            lanes: None,
+            lane_tx: [None; 3],
         }
     }
 
@@ -243,6 +269,49 @@ impl Shard {
                 continue;
             };
             let mid = sub.mid;
+            if let Some(lanes) = &mut sub.lanes {
+                // A link's simulcast: the packet goes out on its own layer's stream.
+                if !peer.connected {
+                    self.counters.count_drop(DropReason::NotConnected);
+                    continue;
+                }
+                if !sub.down.allowed() {
+                    self.counters.count_drop(DropReason::Withheld);
+                    continue;
+                }
+                let answer = lanes.on_packet(&info, |codec| negotiated(&peer.rtc, mid, codec));
+                if let Some(layer) = answer.wants_keyframe {
+                    wants_keyframe[usize::from(layer).min(2)] = true;
+                }
+                let send = match answer.verdict {
+                    Verdict::Send(send) => send,
+                    Verdict::Drop(reason) => {
+                        self.counters.count_drop(reason);
+                        continue;
+                    }
+                };
+                let lane = usize::from(spatial).min(2);
+                let mut api = peer.rtc.direct_api();
+                let tx = match sub.lane_tx[lane] {
+                    Some(ssrc) => api.stream_tx(&ssrc),
+                    None => api.stream_tx_by_mid(mid, track.rids.get(lane).copied()),
+                };
+                let Some(tx) = tx else {
+                    self.counters.count_drop(DropReason::NoOutgoingStream);
+                    continue;
+                };
+                if sub.lane_tx[lane].is_none() {
+                    super::peer::configure_video_resends(tx);
+                }
+                sub.lane_tx[lane] = Some(tx.ssrc());
+                tx.write_rtp(send.rtp_write(packet, &extensions, true));
+                self.counters.rtp_forwarded += 1;
+                if !peer.dirty {
+                    peer.dirty = true;
+                    self.dirty.push(sub.peer);
+                }
+                continue;
+            }
             let answer = sub.down.on_packet(&info, peer.connected, |codec| {
                 negotiated(&peer.rtc, mid, codec)
             });
@@ -392,8 +461,16 @@ impl Shard {
         if sub.is_some_and(|s| !s.allowed()) {
             return; // It receives nothing of this track: no reason to disturb the publisher.
         }
-        // The subscriber lost its picture: it needs a keyframe of the layer it receives now.
-        let spatial = sub.map_or(0, |s| s.down.current_spatial());
+        // The subscriber lost its picture: it needs a keyframe of the layer it receives now;
+        // a link names the lane (rid) that lost it.
+        let lane = sub.filter(|s| s.lanes.is_some()).and_then(|_| {
+            let rids = &self.tracks.get(&track_id)?.rids;
+            rids.iter().position(|r| Some(*r) == req.rid)
+        });
+        let spatial = match lane {
+            Some(s) => s as u8,
+            None => sub.map_or(0, |s| s.down.current_spatial()),
+        };
         self.request_keyframe(track_id, spatial, req.kind, self.now);
     }
 

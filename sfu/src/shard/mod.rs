@@ -697,6 +697,11 @@ impl Shard {
                 track,
                 max_spatial,
             } => self.set_track_cap(participant, track, max_spatial),
+            ShardCommand::LinkLayers {
+                participant,
+                mid,
+                active,
+            } => self.set_link_layers(participant, &mid, &active),
             ShardCommand::Publish {
                 participant,
                 offer,

@@ -375,15 +375,29 @@ impl Shard {
                 continue;
             };
             let kind = track.info.source.kind();
+            // A link carries a simulcast track as simulcast: the far server's own selectors
+            // pick a layer for each of its pupils (`core::lanes`).
+            let lanes = relay && kind == TrackKind::Video && track.rids.len() > 1;
+            let simulcast = lanes.then(|| str0m::media::Simulcast {
+                send: track
+                    .rids
+                    .iter()
+                    .map(|rid| str0m::media::SimulcastLayer::new(rid))
+                    .collect(),
+                recv: Vec::new(),
+            });
             let mid = api.add_media(
                 media_kind(kind),
                 Direction::SendOnly,
                 Some(track.info.participant.to_string()),
                 Some(track_id.to_string()),
-                None,
+                simulcast,
             );
             sent.insert(mid, *track_id);
-            let sub = Subscription::new(key, mid, kind, teacher, track.audience);
+            let mut sub = Subscription::new(key, mid, kind, teacher, track.audience);
+            if lanes {
+                sub = sub.with_lanes(track.rids.len());
+            }
             new_subscriptions.push((*track_id, sub));
         }
         let gone: Vec<Mid> = sent

@@ -267,6 +267,44 @@ impl<K: Sink<Frame> + Unpin> Session<K> {
     }
 }
 
+impl<K: Sink<Frame> + Unpin> Session<K> {
+    /// `link_layers`: the layers the far side's subscribers need of one track this side sends
+    /// the link (dynacast across the link). The shard ignores a mid that carries no track.
+    pub(super) async fn link_layers(
+        &mut self,
+        id: Option<String>,
+        mid: String,
+        active: Vec<String>,
+    ) -> Flow {
+        let Some(joined) = &self.joined else {
+            return self.fail(id, ErrorCode::NotJoined, "join first").await;
+        };
+        if joined.link.is_none() {
+            return self
+                .fail(
+                    id,
+                    ErrorCode::PermissionDenied,
+                    "only a lesson link sends link_layers",
+                )
+                .await;
+        }
+        if let Err(message) = link_host::check_layers(&mid, &active) {
+            return self.fail(id, ErrorCode::BadRequest, message).await;
+        }
+        let cmd = ShardCommand::LinkLayers {
+            participant: joined.id,
+            mid,
+            active,
+        };
+        if self.inner.sfu.send(cmd).await.is_err() {
+            return self
+                .fail(id, ErrorCode::Internal, "the media plane is not running")
+                .await;
+        }
+        Flow::Continue
+    }
+}
+
 /// The link left (socket gone, `leave`, replaced, revoked): its people leave with it.
 pub(super) async fn depart(inner: &Arc<Inner>, pid: ParticipantId, room: &RoomId, mut link: Link) {
     inner.link_stats.left(link.seat.side);
