@@ -1,4 +1,4 @@
-# Shared by run.sh, reconnect.sh and transport.sh, which source it after defining `log`, `here`
+# Shared by run.sh, reconnect.sh, transport.sh and link.sh, which source it after defining `log`, `here`
 # and `root`.
 
 # IPv6 off in a namespace: otherwise each veth gains a link-local address a second or two after
@@ -17,4 +17,15 @@ server_binary() {
     bin=$root/target/release/classroom
   fi
   [ -x "$bin" ] || { log "no server binary at $bin"; exit 2; }
+}
+
+# Stops a process we started: TERM, up to 10 s to exit, then KILL; reaps it. Empty pid: nothing.
+stop_pid() {
+  local pid=$1
+  [ -n "$pid" ] || return 0
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    timeout 10 tail --pid="$pid" -f /dev/null || kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
 }

@@ -53,16 +53,6 @@ test_pid=
 log() { echo "link: $*"; }
 . "$here/common.sh"
 
-stop_pid() {
-  local pid=$1
-  [ -n "$pid" ] || return 0
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    timeout 10 tail --pid="$pid" -f /dev/null || kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
 cleanup() {
   local status=$?
   trap - EXIT

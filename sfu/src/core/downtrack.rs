@@ -162,6 +162,15 @@ pub enum DropReason {
     NoOutgoingStream,
 }
 
+impl From<forward::DropReason> for DropReason {
+    fn from(reason: forward::DropReason) -> DropReason {
+        match reason {
+            forward::DropReason::WaitingForKeyframe => DropReason::WaitingForKeyframe,
+            forward::DropReason::BeforeStart => DropReason::BeforeStart,
+        }
+    }
+}
+
 impl DropReason {
     /// Every reason, in the order of [`DropReason::index`].
     pub const ALL: [DropReason; 13] = [
@@ -458,10 +467,7 @@ impl DownTrack {
                 }
             }
             Forward::Drop(reason) => Answer {
-                verdict: Verdict::Drop(match reason {
-                    forward::DropReason::WaitingForKeyframe => DropReason::WaitingForKeyframe,
-                    forward::DropReason::BeforeStart => DropReason::BeforeStart,
-                }),
+                verdict: Verdict::Drop(reason.into()),
                 wants_keyframe: self.forwarder.wants_keyframe().then_some(p.spatial),
                 report_unplayable: None,
             },

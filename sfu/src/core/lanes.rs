@@ -245,10 +245,7 @@ impl Lanes {
                 report_unplayable: None,
             },
             Forward::Drop(reason) => Answer {
-                verdict: Verdict::Drop(match reason {
-                    forward::DropReason::WaitingForKeyframe => DropReason::WaitingForKeyframe,
-                    forward::DropReason::BeforeStart => DropReason::BeforeStart,
-                }),
+                verdict: Verdict::Drop(reason.into()),
                 wants_keyframe: lane.wants_keyframe().then_some(p.spatial),
                 report_unplayable: None,
             },
