@@ -44,6 +44,8 @@ const LONG_OUTAGE_MS = 40000;
 const PUPIL_UPLINK_MS = 30000;
 // New frames that count as "decoding again" (a tenth of a second of the teacher's camera).
 const NEW_FRAMES = 3;
+// How often the moving pupil's page samples its own reception.
+const SAMPLE_MS = 50;
 // Frames the pupil decodes before its address moves: 5 s of the 20 fps test camera.
 const STEADY_FRAMES = 100;
 
@@ -102,6 +104,68 @@ async function frames(page, want) {
     return c.testId;
   });
   return { pc, trackId: s.trackId ?? null, frames: s.framesDecoded ?? 0, state: s.connectionState ?? null };
+}
+
+/**
+ * In the page: every `everyMs`, when the sample was taken, the subscribe connection's local
+ * address (its selected pair's) and the frames decoded of `want` (kept in `window.moveWatch`).
+ */
+function startMoveWatch({ want, everyMs }) {
+  const c = window.classroom;
+  const watch = { samples: [], busy: false };
+  watch.timer = setInterval(async () => {
+    const pc = c.subscribePc;
+    if (watch.busy || !pc || watch.samples.length >= 2000) return;
+    watch.busy = true;
+    try {
+      const record = [...c.session.remoteTracks.values()].find((r) => r.kind === want.kind && r.source === want.source
+        && c.session.participant(r.participantId)?.role === want.role);
+      const stats = await pc.getStats();
+      let pair = null;
+      let inbound = null;
+      stats.forEach((s) => {
+        if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
+        if (record && s.type === 'inbound-rtp' && (s.trackIdentifier === record.track.id || (s.mid !== undefined && s.mid === record.mid))) inbound = s;
+      });
+      pc.testId ??= Math.random().toString(36).slice(2);
+      watch.samples.push({
+        at: Date.now(),
+        local: (pair && stats.get(pair.localCandidateId)?.address) ?? null,
+        pc: pc.testId,
+        trackId: record?.trackId ?? null,
+        frames: inbound?.framesDecoded ?? 0,
+        state: pc.connectionState,
+      });
+    } finally {
+      watch.busy = false;
+    }
+  }, everyMs);
+  window.moveWatch = watch;
+}
+
+/**
+ * When decoding resumed on a path from `address`: the first sample with a new frame, once
+ * NEW_FRAMES new frames confirm it (a lone frame is not a resumed picture); null until then.
+ * Frames counted while the path still starts at the old address (in flight at the move, or
+ * decoded from what the jitter buffer held) only move the base. How fast the frames after the
+ * first come is the layer's frame rate (a fresh estimate may start on a low temporal layer),
+ * not whether the picture is back.
+ */
+function decodedFromNewAddress(samples, address) {
+  let base = null;
+  let resumed = null;
+  for (const s of samples) {
+    if (s.local !== address || base === null) {
+      base = s;
+      resumed = null;
+      if (s.local !== address) continue;
+    }
+    const renewed = s.trackId !== base.trackId || s.pc !== base.pc;
+    const fresh = renewed ? s.frames : s.frames - base.frames;
+    if (fresh >= 1) resumed ??= s;
+    if (fresh >= NEW_FRAMES) return { at: resumed.at, confirmedAt: s.at, local: s.local, fresh, frames: s.frames, trackId: s.trackId };
+  }
+  return null;
 }
 
 /** Waits until `want` decodes NEW_FRAMES new frames after `base`; returns the ms since `since`. */
@@ -289,34 +353,28 @@ runScenario('reconnect', async (closers) => {
       const fresh = now.pc === settling.pc && now.trackId === settling.trackId ? now.frames - settling.frames : 0;
       return { ok: fresh >= STEADY_FRAMES, fresh };
     }, 30000);
-    let base = await frames(pupil, TEACHER_CAMERA);
+    // The page samples itself every SAMPLE_MS (a round trip from here per observation would add
+    // up to a poll's lag to the measure): when each sample was taken, the subscribe connection's
+    // local address, and the teacher's camera's decoded frames.
+    await pupil.evaluate(startMoveWatch, { want: TEACHER_CAMERA, everyMs: SAMPLE_MS });
     const moved = Date.now();
     inPupilNs('ip', 'addr', 'add', `${MOVED_ADDR}/24`, 'dev', PUPIL_DEV);
     inPupilNs('ip', 'route', 'replace', 'default', 'via', GATEWAY, 'dev', PUPIL_DEV, 'src', MOVED_ADDR);
     inPupilNs('ip', 'addr', 'del', `${PUPIL_ADDR}/24`, 'dev', PUPIL_DEV);
     console.log(`  (${new Date().toISOString().slice(11, 23)} the pupil's address moved to ${MOVED_ADDR})`);
-    // Only frames that came to the new address count. Frames counted while the subscribe
-    // connection's path still starts at the old address (in flight at the move, or decoded from
-    // what the jitter buffer held) are the base; the 3 new frames must come after the last such
-    // observation, on a path from the new address.
     const seen = await until(`pupil (moved): ${NEW_FRAMES} new frames of the teacher's camera from ${MOVED_ADDR}`, async () => {
-      const now = await frames(pupil, TEACHER_CAMERA);
-      const local = await localAddress(pupil);
-      if (process.env.TRACE_MOVE) {
-        const s = await inbound(pupil, TEACHER_CAMERA);
-        console.log(`  ${new Date().toISOString().slice(11, 23)} ${local} pkts=${s.packetsReceived} dec=${s.framesDecoded} key=${s.keyFramesDecoded} rcv=${s.framesReceived} pli=${s.pliCount} nack=${s.nackCount} lost=${s.packetsLost} ${s.connectionState}`);
-      }
-      if (local !== MOVED_ADDR) {
-        base = now;
-        return { local, now };
-      }
-      const renewed = now.trackId !== base.trackId || now.pc !== base.pc;
-      const fresh = renewed ? now.frames : now.frames - base.frames;
-      const state = await pupil.evaluate(() => window.classroom.state);
-      return { ok: fresh >= NEW_FRAMES, local, fresh, now, reconnects: state.reconnects, iceRestarts: state.iceRestarts };
+      const samples = await pupil.evaluate(() => window.moveWatch.samples);
+      const back = decodedFromNewAddress(samples.filter((s) => s.at >= moved), MOVED_ADDR);
+      return { ok: back !== null, back, last: samples.at(-1), samples: samples.length };
     }, MEDIA_BACK_MS + 30000);
-    const ms = Date.now() - moved;
-    console.log(`  pupil (moved): decoding again ${ms} ms after the address changed (${JSON.stringify(seen)})`);
+    await pupil.evaluate(() => clearInterval(window.moveWatch.timer));
+    const state = await pupil.evaluate(() => window.classroom.state);
+    const ms = seen.back.at - moved;
+    console.log(`  pupil (moved): decoding again ${ms} ms after the address changed, ${NEW_FRAMES} frames after ${seen.back.confirmedAt - moved} ms (${JSON.stringify({ ...seen.back, reconnects: state.reconnects, iceRestarts: state.iceRestarts })})`);
+    if (process.env.TRACE_MOVE) {
+      const samples = await pupil.evaluate(() => window.moveWatch.samples);
+      for (const s of samples) console.log(`    +${s.at - moved} ms ${s.local} ${s.trackId} frames=${s.frames} ${s.state}`);
+    }
     if (ms > MEDIA_BACK_MS) throw new Error(`pupil (moved) decoded again only after ${ms} ms (at most ${MEDIA_BACK_MS} ms allowed)`);
     await noButtonToPress(pupil, 'pupil');
   });

@@ -36,8 +36,12 @@ const QUICK_REOPEN_MS = 1500;
 const ICE_RESTART_AFTER_MS = 2000;
 const RESTART_RETRY_MS = 5000;
 // When media stops arriving (pathwatch.js), the server gets this long to answer a ping on the
-// socket: an answer means the device kept its address and nothing is forced.
+// socket: an answer means the device kept its address and nothing is forced. A socket whose
+// pings came back quickly gets a few of its slowest recent round trips (at least the minimum):
+// a tablet that moved should not wait out a margin made for a loaded school link.
 const PROBE_PONG_MS = 500;
+const PROBE_PONG_MIN_MS = 200;
+const PROBE_RTTS = 4;
 // No answer: a fresh socket may open within this long. One that opens means the old socket was
 // stranded on an address the device no longer has.
 const PROBE_OPEN_MS = 1500;
@@ -672,7 +676,9 @@ export class Session extends EventTarget {
     if (resumed) {
       // The connections were kept; those that lost their path get new ICE credentials now:
       // after an outage long enough to lose the socket, waiting would only add to it.
-      for (const which of ['publish', 'subscribe']) {
+      // Receiving first: the lesson reaching the pupil matters more than the pupil's own media,
+      // and the browser checks the restarted connections in about the order they were restarted.
+      for (const which of ['subscribe', 'publish']) {
         clearTimeout(this.restartTimers[which]);
         this.#restartIce(which, { renew: false, force: forced.includes(which) });
       }
@@ -807,7 +813,9 @@ export class Session extends EventTarget {
     this.probing = true;
     try {
       const signal = this.signal;
-      if (await signal.probe(PROBE_PONG_MS)) {
+      const rtt = signal.pingRttMs;
+      const wait = rtt === null ? PROBE_PONG_MS : Math.min(PROBE_PONG_MS, Math.max(PROBE_PONG_MIN_MS, PROBE_RTTS * rtt));
+      if (await signal.probe(wait)) {
         this.pathWatch.disarm();
         return;
       }

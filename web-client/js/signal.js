@@ -11,6 +11,8 @@ const PING_INTERVAL_MS = 10000;
 // A tablet that changes Wi-Fi can leave a WebSocket that never reports closing; a missing pong is
 // the only sign, so two missed intervals count as a lost connection.
 const PONG_DEADLINE_MS = 2 * PING_INTERVAL_MS;
+// Ping round trips remembered (`pingRttMs` is the slowest of them).
+const RTT_SAMPLES = 5;
 
 /** An `error` message from the server, or a local failure worded like one. */
 export class ProtocolError extends Error {
@@ -42,6 +44,10 @@ export class SignalChannel {
     this.pending = new Map(); // id -> {resolve, reject, timer}
     this.pingTimer = null;
     this.lastPong = 0;
+    // The slowest ping round trip of the last few (ms), null before the first: how long a
+    // healthy socket takes to answer on this link, queues included.
+    this.pingRttMs = null;
+    this.pingRtts = [];
     this.closed = false;
   }
 
@@ -115,6 +121,14 @@ export class SignalChannel {
   /** Starts the keep-alive. Only after `joined`: anything but `join` before it is refused. */
   startKeepalive() {
     this.lastPong = Date.now();
+    const ping = () => {
+      const sent = Date.now();
+      this.request({ type: 'ping' }, PONG_DEADLINE_MS)
+        .then(() => { this.#pong(sent); })
+        .catch(() => { /* judged by lastPong below, on the next tick */ });
+    };
+    // One at once: the socket's round trip is known from the start (see `pingRttMs`).
+    ping();
     this.pingTimer = setInterval(() => {
       if (Date.now() - this.lastPong > PONG_DEADLINE_MS) {
         this.ws?.close(4000, 'pong timeout');
@@ -123,9 +137,7 @@ export class SignalChannel {
         this.#closed(4000, 'pong timeout');
         return;
       }
-      this.request({ type: 'ping' }, PONG_DEADLINE_MS)
-        .then(() => { this.lastPong = Date.now(); })
-        .catch(() => { /* judged by lastPong above, on the next tick */ });
+      ping();
     }, PING_INTERVAL_MS);
   }
 
@@ -134,10 +146,17 @@ export class SignalChannel {
    * device no longer has neither answers nor reports closing.
    */
   probe(timeoutMs) {
+    const sent = Date.now();
     return this.request({ type: 'ping' }, timeoutMs).then(
-      () => { this.lastPong = Date.now(); return true; },
+      () => { this.#pong(sent); return true; },
       () => false,
     );
+  }
+
+  #pong(sent) {
+    this.lastPong = Date.now();
+    this.pingRtts = [...this.pingRtts.slice(-(RTT_SAMPLES - 1)), this.lastPong - sent];
+    this.pingRttMs = Math.max(...this.pingRtts);
   }
 
   close(code = 1000, reason = '') {
