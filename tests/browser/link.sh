@@ -60,6 +60,15 @@ cleanup() {
     kill -TERM "$test_pid" 2>/dev/null || true
     wait "$test_pid" 2>/dev/null || true
   fi
+  if [ -n "${ARTIFACT_DIR:-}" ]; then
+    # Each server's counters as the lesson left them (send errors, drops, estimates).
+    local side ns
+    for side in host partner; do
+      ns=${side}_ns
+      ip netns exec "${!ns}" python3 -c 'import urllib.request,sys; sys.stdout.write(urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=2).read().decode())' \
+        >"$work/$side-metrics.txt" 2>/dev/null || true
+    done
+  fi
   stop_pid "$host_pid"
   stop_pid "$partner_pid"
   stop_pid "$line_pid"
@@ -77,7 +86,7 @@ cleanup() {
   fi
   if [ -n "${ARTIFACT_DIR:-}" ]; then
     mkdir -p "$ARTIFACT_DIR"
-    for f in host.log partner.log delayline.log; do
+    for f in host.log partner.log delayline.log host-metrics.txt partner-metrics.txt; do
       [ -f "$work/$f" ] && cp "$work/$f" "$ARTIFACT_DIR/link-$f"
     done
   fi
