@@ -238,12 +238,12 @@ impl Shard {
         let mut restarted = false;
         if let Some(peer) = self.peer_mut(key) {
             let targets = round.targets;
-            let wants_more = targets.desired > round.estimate;
+            let starved = round.link.any_paused && targets.desired > round.estimate;
             let path_clear = peer.path_clear();
-            if let Verdict::Restore(rate) = peer.estimate_guard.stuck(now, wants_more, path_clear) {
+            if let Verdict::Restore(rate) = peer.estimate_guard.stuck(now, starved, path_clear) {
                 debug!(
                     %participant, estimate = rate, rtt_ms = ?peer.rtt_ms, loss = ?peer.loss,
-                    "estimate stood still below what is wanted on a clear path: restarted"
+                    "estimate stood still with video paused on a clear path: restarted"
                 );
                 peer.restart_estimate(rate);
                 restarted = true;
