@@ -207,7 +207,12 @@ pub struct Summary {
     /// fell behind; only with --spawn-server).
     pub client_socket_drops: u64,
     pub server_socket_drops: Option<u64>,
+    /// Packets received by the end of the run, as the run's last sample counted them (a pupil
+    /// still receiving adds to its own statistics after it).
     pub rx_packets_total: u64,
+    /// Packets in the pupils' own statistics at their end: the count the latency samples and
+    /// layer shares come from.
+    pub rx_packets_counted: u64,
     pub rx_packets_steady: u64,
     pub rx_pps_steady: f64,
     pub rx_mbps_steady: f64,
@@ -334,6 +339,7 @@ pub fn summarise(cfg: &RunConfig, outcome: &Outcome) -> Summary {
     let mut re_audio = Vec::new();
     let mut kbps = Vec::new();
     let mut layer_packets = [0u64; 4];
+    let mut rx_packets_counted = 0u64;
     let mut layer_bytes = [0u64; 4];
     let (mut v_exp, mut v_lost, mut a_exp, mut a_lost) = (0u64, 0u64, 0u64, 0u64);
     let mut v_jitter = Vec::new();
@@ -415,6 +421,7 @@ pub fn summarise(cfg: &RunConfig, outcome: &Outcome) -> Summary {
                 kbps.push(bytes as f64 * 8.0 / secs / 1000.0);
             }
         }
+        rx_packets_counted += s.packets();
         for i in 0..4 {
             layer_packets[i] += s.layer_packets[i];
             layer_bytes[i] += s.layer_bytes[i];
@@ -576,6 +583,7 @@ pub fn summarise(cfg: &RunConfig, outcome: &Outcome) -> Summary {
             _ => None,
         },
         rx_packets_total: b.rx_packets,
+        rx_packets_counted,
         rx_packets_steady: rx_steady,
         rx_pps_steady: rx_steady as f64 / steady_s,
         rx_mbps_steady: b.rx_bytes.saturating_sub(a.rx_bytes) as f64 * 8.0 / steady_s / 1e6,

@@ -102,5 +102,7 @@ fn ten_webrtc_rs_pupils_get_media_without_failures() {
     // counted gave a latency sample, audio (whose tag sits in Opus padding) included.
     let samples = summary["video_latency"]["samples"].as_u64().unwrap_or(0)
         + summary["audio_latency"]["samples"].as_u64().unwrap_or(0);
-    assert_eq!(Some(samples), summary["rx_packets_total"].as_u64());
+    // Against the pupils' own count: the run's last snapshot of the shared counter can miss a
+    // packet still arriving (4170 against 4171 samples once).
+    assert_eq!(Some(samples), summary["rx_packets_counted"].as_u64());
 }

@@ -23,10 +23,18 @@
 //!
 //! A fall in several smaller steps leaves the same state behind: in the same lesson a pupil's
 //! estimate went 78 → 66 → 63 → 45 kbit/s after a restart and then did not move at all for a
-//! minute, with round trips of 1–14 ms and loss under 2 %, while its video waited. GoogCC on a
-//! path it can measure moves its estimate every few feedback rounds, up or down; one that
-//! stands still for [`STUCK_AFTER`] while more is wanted, on a clear path, is restarted from
-//! where it stands, and probes from there.
+//! minute, with round trips of 1–14 ms and loss under 2 %, while its video waited. So an
+//! estimate that has not moved for [`STUCK_AFTER`] while video is paused for want of it, on a
+//! clear path, is restarted from where it stands, and probes from there. str0m reports its
+//! estimate as a 3 s mean and only when that moves by 5 %, so a healthy estimate on a steady
+//! narrow link can stand still too: only a starved subscriber counts (a picture, however small,
+//! flowing means the estimate works), and each restart that does not end the starvation doubles
+//! the wait, up to [`STUCK_AFTER_MAX`], so a link too weak for any video is not probed every
+//! few seconds.
+//!
+//! Around an outage nothing is judged: while the path is down its last round trip and loss are
+//! old news, and for [`SETTLE`] after it comes back the feedback is about the outage
+//! (`Shard::path_back` starts a sunk estimate over itself).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -35,8 +43,12 @@ use std::time::{Duration, Instant};
 const SUSPECT_FALL: u64 = 2;
 /// The least time between two restores for one subscriber.
 pub const COOLDOWN: Duration = Duration::from_secs(5);
-/// An estimate unchanged this long, while more is wanted, is stuck.
+/// An estimate unchanged this long, while video is paused for want of it, is stuck.
 pub const STUCK_AFTER: Duration = Duration::from_secs(6);
+/// The longest wait after restarts that did not end the starvation.
+pub const STUCK_AFTER_MAX: Duration = Duration::from_secs(48);
+/// After the path comes back from an outage nothing is judged for this long.
+pub const SETTLE: Duration = Duration::from_secs(5);
 /// The share of the delivered rate the estimator restarts from (per cent), libwebrtc's limit.
 const DELIVERED_PERCENT: u64 = 85;
 /// What the path delivered is measured over about this long.
@@ -57,16 +69,54 @@ pub enum Verdict {
 }
 
 /// One subscriber's guard.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EstimateGuard {
     /// (when, every byte sent towards the subscriber so far), oldest first.
     sent: VecDeque<(Instant, u64)>,
     last_restore: Option<Instant>,
     /// The estimate last taken, and since when it has stood.
     standing: Option<(u64, Instant)>,
+    /// How long a starved estimate may stand still now (doubled by each restart).
+    stuck_after: Duration,
+    /// The path is down.
+    down: bool,
+    /// Nothing is judged before this (the path came back [`SETTLE`] before it).
+    settled_at: Option<Instant>,
+}
+
+impl Default for EstimateGuard {
+    fn default() -> Self {
+        EstimateGuard {
+            sent: VecDeque::with_capacity(SAMPLES),
+            last_restore: None,
+            standing: None,
+            stuck_after: STUCK_AFTER,
+            down: false,
+            settled_at: None,
+        }
+    }
 }
 
 impl EstimateGuard {
+    /// The path went down.
+    pub fn path_down(&mut self) {
+        self.down = true;
+    }
+
+    /// The path is back: judging waits [`SETTLE`], and an estimate standing still counts from
+    /// then.
+    pub fn path_back(&mut self, now: Instant) {
+        self.down = false;
+        self.settled_at = Some(now + SETTLE);
+        if let Some((value, _)) = self.standing {
+            self.standing = Some((value, now));
+        }
+    }
+
+    fn settling(&self, now: Instant) -> bool {
+        self.down || self.settled_at.is_some_and(|t| now < t)
+    }
+
     /// Every allocation round: the bytes sent so far, from which the delivered rate comes.
     pub fn observe_sent(&mut self, now: Instant, bytes_sent: u64) {
         if self.sent.len() == SAMPLES {
@@ -96,13 +146,21 @@ impl EstimateGuard {
         verdict
     }
 
-    /// Every allocation round: whether the estimate has stood still for [`STUCK_AFTER`] while
-    /// `wants_more` (a higher layer waits for it), on a clear path.
-    pub fn stuck(&mut self, now: Instant, wants_more: bool, path_clear: bool) -> Verdict {
+    /// Every allocation round: whether the estimate has stood still for [`STUCK_AFTER`] (more
+    /// after restarts that did not help) while `starved` (video paused for want of bandwidth),
+    /// on a clear path.
+    pub fn stuck(&mut self, now: Instant, starved: bool, path_clear: bool) -> Verdict {
+        if !starved {
+            self.stuck_after = STUCK_AFTER;
+            return Verdict::Accept;
+        }
         let Some((estimate, since)) = self.standing else {
             return Verdict::Accept;
         };
-        if !wants_more || !path_clear || now.saturating_duration_since(since) < STUCK_AFTER {
+        if self.settling(now)
+            || !path_clear
+            || now.saturating_duration_since(since) < self.stuck_after
+        {
             return Verdict::Accept;
         }
         if self
@@ -113,6 +171,7 @@ impl EstimateGuard {
         }
         self.last_restore = Some(now);
         self.standing = Some((estimate, now));
+        self.stuck_after = (self.stuck_after * 2).min(STUCK_AFTER_MAX);
         Verdict::Restore(estimate)
     }
 
@@ -127,6 +186,9 @@ impl EstimateGuard {
         let Some(previous) = previous else {
             return Verdict::Accept;
         };
+        if self.settling(now) {
+            return Verdict::Accept;
+        }
         if estimate.saturating_mul(SUSPECT_FALL) >= previous || !path_clear {
             return Verdict::Accept;
         }
@@ -268,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn an_estimate_that_stands_still_while_more_is_wanted_is_restarted() {
+    fn an_estimate_that_stands_still_while_video_starves_is_restarted_less_and_less_often() {
         let now = Instant::now();
         let (mut guard, bytes) = sending(60_000, now);
         assert_eq!(
@@ -279,25 +341,68 @@ mod tests {
         assert_eq!(guard.stuck(almost, true, true), Verdict::Accept);
         let stood = now + STUCK_AFTER;
         assert_eq!(
-            guard.stuck(stood, false, true),
-            Verdict::Accept,
-            "nothing more wanted"
-        );
-        assert_eq!(
             guard.stuck(stood, true, false),
             Verdict::Accept,
             "a queue or loss"
         );
         assert_eq!(guard.stuck(stood, true, true), Verdict::Restore(44_554));
-        // Standing still again counts from the restart, and the cooldown holds.
+        // Still starved: the next restart waits twice as long from this one.
+        let twice = stood + STUCK_AFTER * 2;
         assert_eq!(
-            guard.stuck(stood + STUCK_AFTER - Duration::from_millis(1), true, true),
+            guard.stuck(twice - Duration::from_millis(1), true, true),
+            Verdict::Accept
+        );
+        assert_eq!(guard.stuck(twice, true, true), Verdict::Restore(44_554));
+        // Video flowing again ends it; a later starvation starts from the short wait.
+        assert_eq!(guard.stuck(twice, false, true), Verdict::Accept);
+        let again = twice + STUCK_AFTER;
+        assert_eq!(guard.stuck(again, true, true), Verdict::Restore(44_554));
+    }
+
+    #[test]
+    fn a_flowing_picture_is_never_stuck() {
+        let now = Instant::now();
+        let (mut guard, bytes) = sending(300_000, now);
+        assert_eq!(
+            guard.judge(now, Some(290_000), 280_000, true, bytes),
             Verdict::Accept
         );
         assert_eq!(
-            guard.stuck(stood + STUCK_AFTER, true, true),
-            Verdict::Restore(44_554)
+            guard.stuck(now + STUCK_AFTER_MAX, false, true),
+            Verdict::Accept
         );
+    }
+
+    #[test]
+    fn nothing_is_judged_while_the_path_is_down_or_settling() {
+        let now = Instant::now();
+        let (mut guard, bytes) = sending(450_000, now);
+        guard.path_down();
+        assert_eq!(
+            guard.judge(now, Some(584_206), 41_000, true, bytes),
+            Verdict::Accept
+        );
+        assert_eq!(
+            guard.stuck(now + STUCK_AFTER_MAX, true, true),
+            Verdict::Accept
+        );
+        guard.path_back(now);
+        let settling = now + SETTLE - Duration::from_millis(1);
+        assert_eq!(
+            guard.judge(settling, Some(584_206), 41_000, true, bytes),
+            Verdict::Accept
+        );
+        let later = now + SETTLE + Duration::from_secs(1);
+        for i in 0..=6u64 {
+            guard.observe_sent(
+                later - Duration::from_millis(3000 - 500 * i),
+                bytes + 56_250 * i / 2,
+            );
+        }
+        assert!(matches!(
+            guard.judge(later, Some(584_206), 41_000, true, bytes + 56_250 * 3),
+            Verdict::Restore(_)
+        ));
     }
 
     #[test]
