@@ -183,6 +183,9 @@ impl Shard {
         let Some(peer) = self.peer_mut(key) else {
             return 0;
         };
+        if peer.link.is_some() || lanes_used > 0 || lanes_desired > 0 {
+            peer.estimate_guard.exempt();
+        }
         let round = allocation_round::run(&link, &mut peer.probe, &mut inputs);
 
         let mut events = Vec::new();
