@@ -32,8 +32,6 @@ pub struct MediaCounters {
     pub datagrams_segmented: u64,
     pub peers: u64,
     pub layer_switches: u64,
-    /// Estimates restarted after a collapse the path did not show (`core::estimate_guard`).
-    pub estimate_restores: u64,
     /// Video subscriptions paused for lack of bandwidth, now.
     pub paused_tracks: u64,
     /// Subscribers' bandwidth estimates, sampled at every allocation: counts per bucket of
@@ -114,7 +112,6 @@ pub struct MediaMetrics {
     pub datagrams_segmented: AtomicU64,
     pub peers: AtomicU64,
     pub layer_switches: AtomicU64,
-    pub estimate_restores: AtomicU64,
     pub paused_tracks: AtomicU64,
     pub estimate_buckets: [AtomicU64; ESTIMATE_BUCKETS.len()],
     pub estimate_count: AtomicU64,
@@ -183,7 +180,6 @@ impl MediaMetrics {
             datagrams_segmented: zero(),
             peers: zero(),
             layer_switches: zero(),
-            estimate_restores: zero(),
             paused_tracks: zero(),
             estimate_buckets: std::array::from_fn(|_| zero()),
             estimate_count: zero(),
@@ -278,11 +274,6 @@ impl MediaMetrics {
             &self.layer_switches,
             c.layer_switches,
             before.layer_switches,
-        );
-        add(
-            &self.estimate_restores,
-            c.estimate_restores,
-            before.estimate_restores,
         );
         add(&self.paused_tracks, c.paused_tracks, before.paused_tracks);
         for ((a, v), b) in self
@@ -524,16 +515,12 @@ impl MediaMetrics {
             "# HELP classroom_media_layer_switches_total Changes of the spatial layer (or pause) a subscriber receives\n\
              # TYPE classroom_media_layer_switches_total counter\n\
              classroom_media_layer_switches_total {}\n\
-             # HELP classroom_media_estimate_restores_total Subscriber estimates restarted after a fall the path showed no sign of (a bad probe measurement)\n\
-             # TYPE classroom_media_estimate_restores_total counter\n\
-             classroom_media_estimate_restores_total {}\n\
              # HELP classroom_media_paused_video_tracks Video subscriptions paused for lack of bandwidth\n\
              # TYPE classroom_media_paused_video_tracks gauge\n\
              classroom_media_paused_video_tracks {}\n\
              # HELP classroom_media_subscriber_estimate_bps Subscribers' bandwidth estimates, sampled every allocation\n\
              # TYPE classroom_media_subscriber_estimate_bps histogram",
             load(&self.layer_switches),
-            load(&self.estimate_restores),
             load(&self.paused_tracks)
         );
         let mut cumulative = 0;

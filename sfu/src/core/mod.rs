@@ -8,7 +8,6 @@ pub mod capacity;
 pub mod demux;
 pub mod downtrack;
 pub mod dynacast;
-pub mod estimate_guard;
 pub mod forward;
 pub mod framing;
 pub mod keyframe;

@@ -21,7 +21,6 @@ use crate::core::allocator::{AUDIO_BPS, TrackClass};
 use crate::core::capacity::Observation;
 pub(crate) use crate::core::dynacast::Dynacast;
 use crate::core::dynacast::Viewer;
-use crate::core::estimate_guard::Verdict;
 use crate::core::lanes::{self, LaneTrack};
 use crate::core::layer::{Layer, MAX_SPATIAL};
 use crate::ids::{ParticipantId, TrackId};
@@ -40,25 +39,8 @@ impl Shard {
             _ => return,
         };
         tracing::trace!(?key, bps, "estimate");
-        let now = self.now;
-        let Some(peer) = self.peer_mut(key) else {
-            return;
-        };
-        let path_clear = peer.path_clear();
-        let verdict =
-            peer.estimate_guard
-                .judge(now, peer.estimate, bps, path_clear, peer.bytes_sent);
-        match verdict {
-            Verdict::Accept => peer.estimate = Some(bps),
-            Verdict::Restore(rate) => {
-                debug!(
-                    participant = %peer.participant, fallen = bps, previous = ?peer.estimate,
-                    restored = rate, rtt_ms = ?peer.rtt_ms, loss = ?peer.loss,
-                    "estimate fell with no queue or loss on the path: restarted"
-                );
-                peer.restart_estimate(rate);
-                self.counters.estimate_restores += 1;
-            }
+        if let Some(peer) = self.peer_mut(key) {
+            peer.estimate = Some(bps);
         }
     }
 
@@ -144,7 +126,6 @@ impl Shard {
             proven: None,
             queued: false,
         };
-        peer.estimate_guard.observe_sent(now, peer.bytes_sent);
         if estimating {
             link.proven = Some(peer.capacity.observe(Observation {
                 now,
@@ -183,9 +164,6 @@ impl Shard {
         let Some(peer) = self.peer_mut(key) else {
             return 0;
         };
-        if peer.link.is_some() || lanes_used > 0 || lanes_desired > 0 {
-            peer.estimate_guard.exempt();
-        }
         let round = allocation_round::run(&link, &mut peer.probe, &mut inputs);
 
         let mut events = Vec::new();
@@ -238,19 +216,8 @@ impl Shard {
                 );
             }
         }
-        let mut restarted = false;
         if let Some(peer) = self.peer_mut(key) {
             let targets = round.targets;
-            let starved = round.link.any_paused && targets.desired > round.estimate;
-            let path_clear = peer.path_clear();
-            if let Verdict::Restore(rate) = peer.estimate_guard.stuck(now, starved, path_clear) {
-                debug!(
-                    %participant, estimate = rate, rtt_ms = ?peer.rtt_ms, loss = ?peer.loss,
-                    "estimate stood still with video paused on a clear path: restarted"
-                );
-                peer.restart_estimate(rate);
-                restarted = true;
-            }
             // A link probes towards every lane the far side wants.
             let desired = targets.desired + lanes_desired;
             peer.rtc
@@ -268,9 +235,6 @@ impl Shard {
                     debug!(%participant, paced, estimate = round.estimate, ?loss, "video pacing");
                 }
             }
-        }
-        if restarted {
-            self.counters.estimate_restores += 1;
         }
         self.mark_dirty(key);
         for e in events {

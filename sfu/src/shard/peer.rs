@@ -86,8 +86,6 @@ pub(crate) struct Peer {
     pub bytes_sent: u64,
     /// The rate this (subscribe) link has shown it carries, for larger pictures.
     pub capacity: crate::core::capacity::CapacityProof,
-    /// Takes back an estimate one bad probe measurement threw down (`core::estimate_guard`).
-    pub estimate_guard: crate::core::estimate_guard::EstimateGuard,
     /// When to ask the estimator to probe for a higher layer (subscribe connections).
     pub probe: ProbePacer,
     /// Whether this subscriber's video goes through str0m's pacer (`core::pacing`); str0m
@@ -100,22 +98,6 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    /// Whether the path towards this peer shows no sign of congestion: no queue lately or in
-    /// the latest round trip, and receiver-reported loss under `estimate_guard::CLEAN_LOSS`.
-    pub fn path_clear(&self) -> bool {
-        !self.capacity.queued()
-            && !self.capacity.delayed(self.rtt_ms)
-            && self
-                .loss
-                .is_none_or(|l| l < crate::core::estimate_guard::CLEAN_LOSS)
-    }
-
-    /// Starts the bandwidth estimator again from `bps` (`core::estimate_guard`).
-    pub fn restart_estimate(&mut self, bps: u64) {
-        self.rtc.bwe().reset(str0m::bwe::Bitrate::bps(bps));
-        self.estimate = Some(bps);
-    }
-
     /// An `Rtc` in RTP mode that answers on `candidates`; with `bandwidth_estimation`, str0m
     /// estimates what the path to the peer carries and paces what is sent. `ice_lite` for every
     /// peer but a link's (`super::link`), whose far end is ICE-lite too.
@@ -157,7 +139,6 @@ impl Peer {
             loss: None,
             bytes_sent: 0,
             capacity: Default::default(),
-            estimate_guard: Default::default(),
             probe: ProbePacer::default(),
             video_paced: true,
             recovery: Default::default(),

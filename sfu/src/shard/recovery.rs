@@ -140,15 +140,9 @@ impl Shard {
     /// lost once it returns, and that burst of loss would drag its bandwidth estimate down just
     /// when the pupil comes back.
     pub(super) fn set_reachable(&mut self, key: PeerKey, reachable: bool) {
-        let now = self.now;
-        let Some(peer) = self.peer_mut(key) else {
+        let Some(peer) = self.peer(key) else {
             return;
         };
-        if reachable {
-            peer.estimate_guard.path_back(now);
-        } else {
-            peer.estimate_guard.path_down();
-        }
         let PeerRole::Subscribe { tracks, .. } = &peer.role else {
             return;
         };
