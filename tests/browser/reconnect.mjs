@@ -190,18 +190,6 @@ async function decodingAgain(page, label, want, base, since, limitMs) {
   return ms;
 }
 
-/** The local address of the subscribe connection's selected candidate pair (null if none). */
-function localAddress(page) {
-  return page.evaluate(async () => {
-    const pc = window.classroom.subscribePc;
-    if (!pc) return null;
-    const stats = await pc.getStats();
-    let pair = null;
-    stats.forEach((s) => { if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId); });
-    return (pair && stats.get(pair.localCandidateId)?.address) ?? null;
-  });
-}
-
 /** What the page's publish connection sends, for the log. */
 function senders(page) {
   return page.evaluate(async () => {
