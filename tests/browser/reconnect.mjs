@@ -144,12 +144,10 @@ function startMoveWatch({ want, everyMs }) {
 }
 
 /**
- * When decoding resumed on a path from `address`: the first sample with a new frame, once
- * NEW_FRAMES new frames confirm it (a lone frame is not a resumed picture); null until then.
- * Frames counted while the path still starts at the old address (in flight at the move, or
- * decoded from what the jitter buffer held) only move the base. How fast the frames after the
- * first come is the layer's frame rate (a fresh estimate may start on a low temporal layer),
- * not whether the picture is back.
+ * When decoding resumed on a path from `address`: the first sample with NEW_FRAMES new frames
+ * (`at`), and the first with one (`firstAt`, for the log); null until then. Frames counted while
+ * the path still starts at the old address (in flight at the move, or decoded from what the
+ * jitter buffer held) only move the base.
  */
 function decodedFromNewAddress(samples, address) {
   let base = null;
@@ -163,7 +161,7 @@ function decodedFromNewAddress(samples, address) {
     const renewed = s.trackId !== base.trackId || s.pc !== base.pc;
     const fresh = renewed ? s.frames : s.frames - base.frames;
     if (fresh >= 1) resumed ??= s;
-    if (fresh >= NEW_FRAMES) return { at: resumed.at, confirmedAt: s.at, local: s.local, fresh, frames: s.frames, trackId: s.trackId };
+    if (fresh >= NEW_FRAMES) return { at: s.at, firstAt: resumed.at, local: s.local, fresh, frames: s.frames, trackId: s.trackId };
   }
   return null;
 }
@@ -358,7 +356,7 @@ runScenario('reconnect', async (closers) => {
     await pupil.evaluate(() => clearInterval(window.moveWatch.timer));
     const state = await pupil.evaluate(() => window.classroom.state);
     const ms = seen.back.at - moved;
-    console.log(`  pupil (moved): decoding again ${ms} ms after the address changed, ${NEW_FRAMES} frames after ${seen.back.confirmedAt - moved} ms (${JSON.stringify({ ...seen.back, reconnects: state.reconnects, iceRestarts: state.iceRestarts })})`);
+    console.log(`  pupil (moved): decoding again (${NEW_FRAMES} new frames) ${ms} ms after the address changed, the first after ${seen.back.firstAt - moved} ms (${JSON.stringify({ ...seen.back, reconnects: state.reconnects, iceRestarts: state.iceRestarts })})`);
     if (process.env.TRACE_MOVE) {
       const samples = await pupil.evaluate(() => window.moveWatch.samples);
       for (const s of samples) console.log(`    +${s.at - moved} ms ${s.local} ${s.trackId} frames=${s.frames} ${s.state}`);
